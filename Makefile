@@ -1,0 +1,49 @@
+# Two commands do all the set-up on a fresh machine:
+#   make sim    run the graph on the MuJoCo twin of the lab cell
+#   make test   run the test suite
+# Both create or reuse .venv. torch is installed first and pinned (the CPU build);
+# the ROS 2 Jazzy rclpy wheels come from PyPI only when `import rclpy` fails,
+# so a lab PC's sourced system ROS 2 always wins.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PIN := torch==2.13.0
+ROS_WHEELS := ros-jazzy-rclpy[fastrtps]==7.1.6 ros-sensor-msgs==5.3.6 ros-std-msgs==5.3.6 \
+	ros-std-srvs==5.3.6 ros-geometry-msgs==5.3.6 ros-trajectory-msgs==5.3.6 ros-diagnostic-msgs==5.3.6
+EXTRAS ?= twin,xarm,dev
+DURATION ?= 0
+PYTEST_ARGS ?=
+
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+
+.PHONY: sim test bench venv clean
+
+venv: $(VENV)/.ready
+
+$(VENV)/.ready: setup.py setup.cfg package.xml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_PIN)"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	@if $(PY) -c "import rclpy, sensor_msgs.msg, std_srvs.srv, diagnostic_msgs.msg, geometry_msgs.msg, trajectory_msgs.msg" 2>/dev/null; then \
+		echo "rclpy found (system ROS 2 or earlier install): not installing the PyPI wheels"; \
+	else \
+		echo "installing ROS 2 Jazzy rclpy wheels from PyPI"; \
+		$(PIP) install -q $(ROS_WHEELS); \
+	fi
+	@touch $@
+
+sim: venv
+	$(VENV)/bin/robot-runtime sim --config config/sim.yaml --duration $(DURATION)
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) -m bench.twin
+
+clean:
+	rm -rf $(VENV) build *.egg-info bench/results

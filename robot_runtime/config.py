@@ -1,0 +1,415 @@
+"""Typed, validated configuration.
+
+A YAML file is loaded into the dataclasses below. Validation happens once, at start:
+an unknown key, a wrong type, an out-of-range value or a missing file raises
+:class:`~robot_runtime.errors.ConfigError` naming the file and the dotted key path
+(for example ``config/sim.yaml: key 'twin.camera.fps': 500 is above the maximum 120``).
+
+Device sections (``arm``, ``hand``, ``camera``) hold one backend each, chosen by their
+``type`` string; each backend has its own config dataclass registered with
+:func:`register_backend_config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from robot_runtime import description as _desc
+from robot_runtime.errors import ConfigError
+
+# --------------------------------------------------------------------------------------
+# Field helpers
+
+
+def rng(default: Any, lo: float | None = None, hi: float | None = None, **meta: Any):
+    """A dataclass field with an inclusive numeric range (applies to each element of a sequence)."""
+    kwargs = {"default_factory": (lambda d=default: list(d))} if isinstance(default, list) else {"default": default}
+    return field(metadata={"range": (lo, hi), **meta}, **kwargs)
+
+
+def seq(default: list, length: int | None = None, lo: float | None = None, hi: float | None = None):
+    """A list field with an exact length and optional per-element range."""
+    return field(default_factory=lambda d=default: list(d), metadata={"length": length, "range": (lo, hi)})
+
+
+class FilePath(str):
+    """A path to an existing file, relative to the config file's folder unless absolute."""
+
+
+class OptionalFilePath(str):
+    """Like :class:`FilePath`, but the empty string means 'none'."""
+
+
+# --------------------------------------------------------------------------------------
+# Backend registry: one config dataclass per backend, selected by ``type``.
+
+_BACKEND_CONFIGS: dict[str, dict[str, type]] = {"arm": {}, "hand": {}, "camera": {}}
+
+
+def register_backend_config(family: str, type_name: str):
+    """Class decorator: register ``cls`` as the config of backend ``type_name`` of ``family``."""
+
+    def deco(cls):
+        _BACKEND_CONFIGS[family][type_name] = cls
+        cls.TYPE = type_name
+        return cls
+
+    return deco
+
+
+def backend_types(family: str) -> list[str]:
+    """The registered backend type names of a device family ('arm', 'hand', 'camera')."""
+    return sorted(_BACKEND_CONFIGS[family])
+
+
+# --------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class MountConfig:
+    """Fixed transform of the hand's palm frame in the arm's flange frame (m, rad, roll-pitch-yaw)."""
+
+    xyz: list[float] = seq([0.0, 0.0, 0.0], 3, -0.5, 0.5)
+    rpy: list[float] = seq([0.0, 0.0, 0.0], 3, -2 * math.pi, 2 * math.pi)
+
+
+@dataclass
+class RobotConfig:
+    """The robot: hand mount and home pose (rad, in description joint order)."""
+
+    hand_mount: MountConfig = field(default_factory=lambda: MountConfig(xyz=list(_desc.DEFAULT_MOUNT_XYZ),
+                                                                        rpy=list(_desc.DEFAULT_MOUNT_RPY)))
+    arm_home: list[float] = seq(list(_desc.ARM_HOME), 7, -6.2832, 6.2832)
+    hand_home: list[float] = seq(list(_desc.HAND_HOME), 16, -0.5, 1.8)
+
+
+@dataclass
+class RatesConfig:
+    """Loop rates (Hz)."""
+
+    policy_hz: float = rng(20.0, 1.0, 100.0)
+    arm_hz: float = rng(120.0, 10.0, 250.0)
+    hand_hz: float = rng(300.0, 50.0, 1000.0)
+
+
+@register_backend_config("arm", "twin")
+@dataclass
+class TwinArmConfig:
+    """Arm served by sim_node: joint states and servo targets on ROS topics."""
+
+    type: str = "twin"
+    state_topic: str = "/arm/joint_states"
+    target_topic: str = "/arm/servo_target"
+    state_timeout_s: float = rng(2.0, 0.01, 60.0)
+
+
+@register_backend_config("arm", "xarm")
+@dataclass
+class XArmConfig:
+    """UFactory xArm7 through xarm-python-sdk (servo mode); ``ip`` is the control box address."""
+
+    type: str = "xarm"
+    ip: str = "192.168.1.222"
+    state_topic: str = "/arm/joint_states"
+    target_topic: str = "/arm/servo_target"
+    connect_timeout_s: float = rng(5.0, 0.1, 60.0)
+    max_joint_speed: float = rng(2.1, 0.01, 3.14)
+
+
+@register_backend_config("hand", "twin")
+@dataclass
+class TwinHandConfig:
+    """Allegro hand served by sim_node on the allegro_hand_ros topic shapes."""
+
+    type: str = "twin"
+    topic_prefix: str = "/allegroHand_0"
+    state_timeout_s: float = rng(2.0, 0.01, 60.0)
+
+
+@register_backend_config("hand", "allegro_ros")
+@dataclass
+class AllegroRosHandConfig:
+    """A running Allegro driver of the allegro_hand_ros family (joint_states in, torque_cmd out)."""
+
+    type: str = "allegro_ros"
+    topic_prefix: str = "/allegroHand_0"
+    state_timeout_s: float = rng(2.0, 0.01, 60.0)
+
+
+@register_backend_config("camera", "twin")
+@dataclass
+class TwinCameraConfig:
+    """Depth rendered by sim_node (its own ``twin.camera`` section sets the image)."""
+
+    type: str = "twin"
+    depth_topic: str = "/camera/depth/image"
+    info_topic: str = "/camera/depth/camera_info"
+
+
+@register_backend_config("camera", "zed")
+@dataclass
+class ZedCameraConfig:
+    """Stereolabs ZED 2 through pyzed (ships with the ZED SDK, not on PyPI)."""
+
+    type: str = "zed"
+    depth_topic: str = "/camera/depth/image"
+    info_topic: str = "/camera/depth/camera_info"
+    serial_number: int = rng(0, 0, None)
+    resolution: Literal["HD2K", "HD1080", "HD720", "VGA"] = "VGA"
+    fps: int = rng(30, 15, 100)
+    depth_mode: Literal["PERFORMANCE", "QUALITY", "ULTRA", "NEURAL"] = "NEURAL"
+    min_depth: float = rng(0.3, 0.1, 20.0)
+    max_depth: float = rng(3.0, 0.2, 40.0)
+
+
+@register_backend_config("camera", "replay")
+@dataclass
+class ReplayCameraConfig:
+    """Recorded depth (``.npz`` with ``depth`` [N,H,W] metres, ``stamps`` [N] s, ``K`` [3,3]) at its timing."""
+
+    type: str = "replay"
+    path: FilePath = FilePath("")
+    depth_topic: str = "/camera/depth/image"
+    info_topic: str = "/camera/depth/camera_info"
+    loop: bool = True
+
+
+@dataclass
+class TwinCameraModel:
+    """The twin's ZED-like depth camera: pose in the robot base frame (m), image and rate."""
+
+    position: list[float] = seq([0.55, -0.75, 0.45], 3, -3.0, 3.0)
+    look_at: list[float] = seq([0.55, 0.0, 0.0], 3, -3.0, 3.0)
+    fovy_deg: float = rng(70.0, 10.0, 150.0)
+    width: int = rng(320, 16, 2208)
+    height: int = rng(240, 16, 1242)
+    fps: float = rng(30.0, 1.0, 120.0)
+    min_depth: float = rng(0.1, 0.01, 5.0)
+    max_depth: float = rng(3.0, 0.2, 40.0)
+
+
+@dataclass
+class TwinConfig:
+    """The MuJoCo twin of the lab cell."""
+
+    physics_hz: float = rng(500.0, 500.0, 5000.0)
+    task: Literal["grasp_drop", "grasp_pour", "grasp_lift"] = "grasp_lift"
+    seed: int = rng(0, 0, None)
+    arm_max_joint_speed: float = rng(3.14, 0.1, 3.14)
+    arm_state_hz: float = rng(250.0, 10.0, 1000.0)
+    hand_state_hz: float = rng(333.0, 10.0, 1000.0)
+    object_pose_hz: float = rng(30.0, 1.0, 500.0)
+    hand_torque_timeout_s: float = rng(0.1, 0.005, 5.0)
+    hand_torque_limit: float = rng(0.7, 0.05, 5.0)
+    camera: TwinCameraModel = field(default_factory=TwinCameraModel)
+
+
+@dataclass
+class DemoConfig:
+    """Scripted reach-and-grasp motion shown by ``make sim`` (runs on the twin only)."""
+
+    enabled: bool = True
+    cycle_s: float = rng(8.0, 2.0, 120.0)
+    hand_kp: list[float] = seq([3.0] * 16, 16, 0.0, 50.0)
+    hand_kd: list[float] = seq([0.1] * 16, 16, 0.0, 5.0)
+    rate_hz: float = rng(200.0, 10.0, 1000.0)
+
+
+@dataclass
+class RuntimeConfig:
+    """The whole runtime's configuration (one YAML file)."""
+
+    robot: RobotConfig = field(default_factory=RobotConfig)
+    rates: RatesConfig = field(default_factory=RatesConfig)
+    arm: Any = field(default_factory=TwinArmConfig, metadata={"backend": "arm"})
+    hand: Any = field(default_factory=TwinHandConfig, metadata={"backend": "hand"})
+    camera: Any = field(default_factory=TwinCameraConfig, metadata={"backend": "camera"})
+    twin: TwinConfig = field(default_factory=TwinConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    source_file: str = field(default="", metadata={"internal": True})
+
+    @property
+    def uses_twin(self) -> bool:
+        """True when any device is served by the twin (then sim_node is part of the graph)."""
+        return "twin" in (self.arm.type, self.hand.type, self.camera.type)
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path) -> RuntimeConfig:
+    """Load and validate a runtime config YAML file.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a key or value is bad;
+            the message names the file and the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", file=str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=str(path)) from exc
+    if data is None:
+        data = {}
+    cfg = config_from_dict(data, file=str(path), base_dir=path.parent)
+    cfg.source_file = str(path.resolve())
+    return cfg
+
+
+def config_from_dict(data: Any, file: str = "<dict>", base_dir: Path | None = None) -> RuntimeConfig:
+    """Validate a plain dict (as YAML would give) into a :class:`RuntimeConfig`."""
+    cfg = _build(RuntimeConfig, data, "", file, base_dir or Path.cwd())
+    _check_cross_fields(cfg, file)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """The plain-dict form of a config dataclass (round-trips through :func:`config_from_dict`)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("internal"):
+            continue
+        v = getattr(cfg, f.name)
+        out[f.name] = config_to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, (list, tuple)) else v)
+    return out
+
+
+def _check_cross_fields(cfg: RuntimeConfig, file: str) -> None:
+    cam = cfg.twin.camera
+    if cam.max_depth <= cam.min_depth:
+        raise ConfigError(f"max_depth {cam.max_depth} must exceed min_depth {cam.min_depth}",
+                          file=file, key="twin.camera.max_depth")
+    if cfg.camera.type == "zed" and cfg.camera.max_depth <= cfg.camera.min_depth:
+        raise ConfigError("max_depth must exceed min_depth", file=file, key="camera.max_depth")
+    if cfg.demo.enabled and not (cfg.arm.type == "twin" and cfg.hand.type == "twin"):
+        raise ConfigError("the scripted demo motion runs on the twin only; set demo.enabled: false "
+                          "for real hardware", file=file, key="demo.enabled")
+    for i, (q, (lo, hi)) in enumerate(zip(cfg.robot.arm_home, _desc.ARM_LIMITS)):
+        if not lo <= q <= hi:
+            raise ConfigError(f"{q} is outside joint {_desc.ARM_JOINTS[i]}'s limits [{lo}, {hi}]",
+                              file=file, key=f"robot.arm_home[{i}]")
+    for i, (q, (lo, hi)) in enumerate(zip(cfg.robot.hand_home, _desc.HAND_LIMITS)):
+        if not lo <= q <= hi:
+            raise ConfigError(f"{q} is outside joint {_desc.HAND_JOINTS[i]}'s limits [{lo}, {hi}]",
+                              file=file, key=f"robot.hand_home[{i}]")
+
+
+def _type_name(tp: Any) -> str:
+    if tp is float:
+        return "a number"
+    if tp is int:
+        return "an integer"
+    if tp is bool:
+        return "true or false"
+    if tp is str or tp in (FilePath, OptionalFilePath):
+        return "a string"
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: type, data: Any, prefix: str, file: str, base_dir: Path):
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping, got {type(data).__name__} {data!r}", file=file,
+                          key=prefix.rstrip(".") or "<top level>")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(f"unknown key (known keys here: {', '.join(sorted(fields))})",
+                          file=file, key=prefix + str(unknown[0]))
+    kwargs = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in data:
+            if hints[name] is FilePath and not getattr(cls, name, ""):
+                raise ConfigError("required file path is missing", file=file, key=key)
+            continue
+        value = data[name]
+        family = f.metadata.get("backend")
+        if family:
+            kwargs[name] = _build_backend(family, value, key, file, base_dir)
+            continue
+        kwargs[name] = _convert(hints[name], value, key, f.metadata, file, base_dir)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - dataclass construction is fully checked above
+        raise ConfigError(str(exc), file=file, key=prefix.rstrip(".")) from exc
+
+
+def _build_backend(family: str, value: Any, key: str, file: str, base_dir: Path):
+    registry = _BACKEND_CONFIGS[family]
+    if not isinstance(value, dict):
+        raise ConfigError(f"expected a mapping with a 'type' ({', '.join(sorted(registry))})", file=file, key=key)
+    if "type" not in value:
+        raise ConfigError(f"missing 'type' (one of {', '.join(sorted(registry))})", file=file, key=key + ".type")
+    type_name = value["type"]
+    if type_name not in registry:
+        raise ConfigError(f"unknown {family} backend {type_name!r} (one of {', '.join(sorted(registry))})",
+                          file=file, key=key + ".type")
+    return _build(registry[type_name], value, key + ".", file, base_dir)
+
+
+def _convert(tp: Any, value: Any, key: str, meta: typing.Mapping, file: str, base_dir: Path):
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", file, base_dir)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, key, meta, file, base_dir)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{value!r} is not {_type_name(tp)}", file=file, key=key)
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"expected a list, got {value!r}", file=file, key=key)
+        length = meta.get("length")
+        if length is not None and len(value) != length:
+            raise ConfigError(f"expected {length} values, got {len(value)}", file=file, key=key)
+        (elem,) = get_args(tp)[:1] or (Any,)
+        return [_convert(elem, v, f"{key}[{i}]", meta, file, base_dir) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {value!r}", file=file, key=key)
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not isinstance(value, int)):
+            raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", file=file, key=key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"expected a finite number, got {value!r}", file=file, key=key)
+        lo, hi = meta.get("range", (None, None))
+        if lo is not None and value < lo:
+            raise ConfigError(f"{value} is below the minimum {lo}", file=file, key=key)
+        if hi is not None and value > hi:
+            raise ConfigError(f"{value} is above the maximum {hi}", file=file, key=key)
+        return tp(value)
+    if tp in (str, FilePath, OptionalFilePath):
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {value!r}", file=file, key=key)
+        if tp is FilePath or (tp is OptionalFilePath and value):
+            p = Path(value).expanduser()
+            if not p.is_absolute():
+                p = base_dir / p
+            if not p.is_file():
+                raise ConfigError(f"file not found: {p}", file=file, key=key)
+            return tp(str(p))
+        return tp(value)
+    if tp is Any:
+        return value
+    raise ConfigError(f"unsupported config type {tp!r}", file=file, key=key)  # pragma: no cover

@@ -1,0 +1,149 @@
+"""sim_node: the MuJoCo twin of the lab cell, serving the same topics as the real drivers.
+
+Publishes: arm joint states (``arm.state_topic``), Allegro joint states
+(``<prefix>/joint_states``), depth (32FC1 m) and CameraInfo, ground-truth object poses
+(``/twin/object_poses``, PoseArray in the base frame, names and task on the latched
+``/twin/episode``), and statistics with the real-time factor on ``/diagnostics``.
+Subscribes: arm servo targets (``arm.target_topic``) and Allegro torques
+(``<prefix>/torque_cmd``, JointState effort). Service ``/twin/reset`` (Trigger) resets
+to the ``task`` and ``seed`` parameters.
+"""
+from __future__ import annotations
+
+import json
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import Pose, PoseArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from robot_runtime import description as D
+from robot_runtime import ros_io
+from robot_runtime.config import TwinArmConfig, TwinCameraConfig, TwinHandConfig, load_config
+from robot_runtime.errors import TwinError
+from robot_runtime.twin.scene import TASKS
+from robot_runtime.twin.runner import TwinRunner
+from robot_runtime.twin.sim import TwinSimulation
+
+CAMERA_FRAME = "camera_depth_optical_frame"
+BASE_FRAME = "link_base"
+
+
+class SimNode(Node):
+    def __init__(self):
+        super().__init__("sim_node")
+        path = self.declare_parameter("config_file", "").value
+        cfg = load_config(path)
+        task = self.declare_parameter("task", cfg.twin.task).value
+        seed = self.declare_parameter("seed", cfg.twin.seed).value
+        cfg.twin.task, cfg.twin.seed = task, seed
+        self.add_on_set_parameters_callback(self._check_params)
+        arm = cfg.arm if cfg.arm.type == "twin" else TwinArmConfig()
+        hand = cfg.hand if cfg.hand.type == "twin" else TwinHandConfig()
+        cam = cfg.camera if cfg.camera.type == "twin" else TwinCameraConfig()
+        self.cam_model = cfg.twin.camera
+        self.pub_arm = self.create_publisher(JointState, arm.state_topic, ros_io.STATE_QOS)
+        self.pub_hand = self.create_publisher(JointState, f"{hand.topic_prefix}/joint_states", ros_io.STATE_QOS)
+        self.pub_depth = self.create_publisher(Image, cam.depth_topic, ros_io.IMAGE_QOS)
+        self.pub_info = self.create_publisher(CameraInfo, cam.info_topic, ros_io.IMAGE_QOS)
+        self.pub_objects = self.create_publisher(PoseArray, "/twin/object_poses", ros_io.STATE_QOS)
+        self.pub_episode = self.create_publisher(String, "/twin/episode", ros_io.LATCHED_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
+        self.runner = TwinRunner(TwinSimulation(cfg.twin, cfg.robot), cfg.twin, self,
+                                 stamp_clock=lambda: self.get_clock().now().nanoseconds * 1e-9)
+        self.create_subscription(JointState, arm.target_topic, self._on_arm_target, ros_io.COMMAND_QOS)
+        self.create_subscription(JointState, f"{hand.topic_prefix}/torque_cmd", self._on_hand_torque,
+                                 ros_io.COMMAND_QOS)
+        self.create_service(Trigger, "/twin/reset", self._on_reset)
+        self.create_timer(0.5, self._watch_runner)
+        self.runner.start()
+        self.get_logger().info(f"twin running: task {task}, seed {seed}, physics {cfg.twin.physics_hz:g} Hz, "
+                               f"depth {self.cam_model.width}x{self.cam_model.height} at {self.cam_model.fps:g} Hz")
+
+    # ---------------------------------------------------------------- inputs
+    def _on_arm_target(self, msg: JointState) -> None:
+        try:
+            self.runner.command_arm(ros_io.ordered_values(msg.name, msg.position, D.ARM_JOINTS, "position"))
+        except ValueError as exc:
+            self.runner.rejected_commands += 1
+            self.get_logger().warn(f"arm target rejected: {exc}", throttle_duration_sec=1.0)
+
+    def _on_hand_torque(self, msg: JointState) -> None:
+        try:
+            self.runner.command_hand(ros_io.ordered_values(msg.name, msg.effort, D.HAND_JOINTS, "effort",
+                                                           allow_unnamed=True))
+        except ValueError as exc:
+            self.runner.rejected_commands += 1
+            self.get_logger().warn(f"hand torque rejected: {exc}", throttle_duration_sec=1.0)
+
+    def _check_params(self, params) -> SetParametersResult:
+        for p in params:
+            if p.name == "task" and p.value not in TASKS:
+                return SetParametersResult(successful=False, reason=f"unknown task {p.value!r} (one of {list(TASKS)})")
+            if p.name == "seed" and (not isinstance(p.value, int) or p.value < 0):
+                return SetParametersResult(successful=False, reason="seed must be a non-negative integer")
+        return SetParametersResult(successful=True)
+
+    def _on_reset(self, request, response):
+        task = self.get_parameter("task").value
+        seed = self.get_parameter("seed").value
+        try:
+            self.runner.request_reset(task, seed)
+            response.success = True
+            response.message = json.dumps({"task": task, "seed": seed,
+                                           "active": list(self.runner.sim.active_objects)})
+        except TwinError as exc:
+            response.success, response.message = False, str(exc)
+        return response
+
+    def _watch_runner(self) -> None:
+        if self.runner.error is not None:
+            self.get_logger().fatal(f"twin loop failed: {self.runner.error!r}")
+            raise SystemExit(1)
+
+    # ---------------------------------------------------------------- TwinSink
+    def arm_state(self, sample, stamp):
+        self.pub_arm.publish(ros_io.joint_state_msg(D.ARM_JOINTS, stamp, sample.position, sample.velocity,
+                                                    sample.effort))
+
+    def hand_state(self, sample, stamp):
+        self.pub_hand.publish(ros_io.joint_state_msg(D.HAND_JOINTS, stamp, sample.position, sample.velocity,
+                                                     sample.effort))
+
+    def depth(self, depth, K, stamp):
+        self.pub_depth.publish(ros_io.depth_image_msg(depth, stamp, CAMERA_FRAME))
+        self.pub_info.publish(ros_io.camera_info_msg(K, depth.shape[1], depth.shape[0], stamp, CAMERA_FRAME))
+
+    def object_poses(self, poses, stamp):
+        msg = PoseArray()
+        msg.header.stamp = ros_io.to_time_msg(stamp)
+        msg.header.frame_id = BASE_FRAME
+        for p in poses.values():
+            pose = Pose()
+            pose.position.x, pose.position.y, pose.position.z = (float(v) for v in p.position)
+            pose.orientation.w, pose.orientation.x, pose.orientation.y, pose.orientation.z = (
+                float(v) for v in p.quaternion)
+            msg.poses.append(pose)
+        self.pub_objects.publish(msg)
+
+    def episode(self, task, seed, objects, active):
+        self.pub_episode.publish(String(data=json.dumps({"task": task, "seed": seed, "objects": objects,
+                                                         "active": active})))
+
+    def statistics(self, stats, stamp):
+        self.pub_diag.publish(ros_io.diagnostics_msg(stamp, "sim_node: twin", "mujoco_twin", stats))
+
+    def close(self):
+        self.runner.stop()
+
+
+def main(args=None) -> int:
+    return ros_io.spin_ros_main(SimNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""Conversions between ROS messages and numpy, shared by the node shells.
+
+Only standard message packages are used (sensor_msgs, std_msgs, geometry_msgs,
+diagnostic_msgs), so nothing needs a message-generation build.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, JointState
+
+#: Latest-value command topics: only the newest message matters.
+COMMAND_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+#: State streams.
+STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+#: Images: a short queue so a slow reader gets the newest frame.
+IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+#: Once-per-change facts (episode info) that late joiners must still get.
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+
+
+def to_time_msg(t: float) -> Time:
+    """Seconds (float, ROS/epoch time) to builtin_interfaces/Time."""
+    sec = int(np.floor(t))
+    return Time(sec=sec, nanosec=int(round((t - sec) * 1e9)) % 1_000_000_000)
+
+
+def from_time_msg(stamp: Time) -> float:
+    """builtin_interfaces/Time to seconds (float)."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def joint_state_msg(names: Sequence[str], stamp: float, position=None, velocity=None, effort=None) -> JointState:
+    msg = JointState()
+    msg.header.stamp = to_time_msg(stamp)
+    msg.name = list(names)
+    if position is not None:
+        msg.position = [float(v) for v in position]
+    if velocity is not None:
+        msg.velocity = [float(v) for v in velocity]
+    if effort is not None:
+        msg.effort = [float(v) for v in effort]
+    return msg
+
+
+def ordered_values(msg_names: Sequence[str], values: Sequence[float], expected: Sequence[str], field: str,
+                   allow_unnamed: bool = False) -> np.ndarray:
+    """Values of a JointState field reordered to ``expected`` joint names.
+
+    Raises:
+        ValueError: names do not match ``expected`` (missing, extra or duplicated), the
+            field's length differs from the names', or a value is not finite.
+    """
+    values = np.asarray(values, dtype=float)
+    if not msg_names:
+        if not allow_unnamed:
+            raise ValueError(f"JointState has no joint names; expected {list(expected)}")
+        if values.shape != (len(expected),):
+            raise ValueError(f"unnamed JointState.{field} has {values.size} values, expected {len(expected)}")
+        out = values
+    else:
+        if len(msg_names) != len(values):
+            raise ValueError(f"JointState has {len(msg_names)} names but {len(values)} {field} values")
+        if sorted(msg_names) != sorted(expected):
+            missing = sorted(set(expected) - set(msg_names))
+            extra = sorted(set(msg_names) - set(expected))
+            raise ValueError(f"joint names do not match: missing {missing}, unexpected {extra}")
+        index = {n: i for i, n in enumerate(msg_names)}
+        out = values[[index[n] for n in expected]]
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"JointState.{field} has a non-finite value: {out.tolist()}")
+    return out
+
+
+def depth_image_msg(depth: np.ndarray, stamp: float, frame_id: str) -> Image:
+    """A 32FC1 depth image (metres) message from an [H, W] float32 array."""
+    depth = np.ascontiguousarray(depth, dtype=np.float32)
+    msg = Image()
+    msg.header.stamp = to_time_msg(stamp)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = depth.shape
+    msg.encoding = "32FC1"
+    msg.is_bigendian = 0
+    msg.step = depth.shape[1] * 4
+    msg.data = depth.tobytes()
+    return msg
+
+
+def depth_from_msg(msg: Image) -> np.ndarray:
+    """[H, W] float32 metres from a 32FC1 Image (``16UC1`` millimetres is converted)."""
+    if msg.encoding == "32FC1":
+        return np.frombuffer(msg.data, dtype=np.float32).reshape(msg.height, msg.width)
+    if msg.encoding == "16UC1":
+        mm = np.frombuffer(msg.data, dtype=np.uint16).reshape(msg.height, msg.width)
+        out = mm.astype(np.float32) / 1000.0
+        out[mm == 0] = np.nan
+        return out
+    raise ValueError(f"unsupported depth encoding {msg.encoding!r} (expected 32FC1 or 16UC1)")
+
+
+def camera_info_msg(K: np.ndarray, width: int, height: int, stamp: float, frame_id: str) -> CameraInfo:
+    msg = CameraInfo()
+    msg.header.stamp = to_time_msg(stamp)
+    msg.header.frame_id = frame_id
+    msg.width, msg.height = int(width), int(height)
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0] * 5
+    msg.k = [float(v) for v in np.ravel(K)]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    msg.p = [float(v) for v in np.ravel(P)]
+    return msg
+
+
+def diagnostics_msg(stamp: float, name: str, hardware_id: str, values: dict, level: int = 0,
+                    message: str = "ok") -> DiagnosticArray:
+    """A DiagnosticArray with one status; ``values`` become key/value strings."""
+    arr = DiagnosticArray()
+    arr.header.stamp = to_time_msg(stamp)
+    st = DiagnosticStatus(level=bytes([level]), name=name, message=message, hardware_id=hardware_id)
+    st.values = [KeyValue(key=str(k), value=_fmt(v)) for k, v in values.items()]
+    arr.status = [st]
+    return arr
+
+
+def diagnostic_values(arr: DiagnosticArray, name: str) -> dict[str, str] | None:
+    """The key/values of the status called ``name`` in ``arr``, or None."""
+    for st in arr.status:
+        if st.name == name:
+            return {kv.key: kv.value for kv in st.values}
+    return None
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
+    """Run one node until shutdown; a RobotRuntimeError at start prints one line and exits 2."""
+    import sys
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    from robot_runtime.errors import RobotRuntimeError
+
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = node_factory()
+        rclpy.spin(node)
+    except RobotRuntimeError as exc:
+        print(f"[{getattr(node_factory, '__name__', 'node')}] error: {exc}", file=sys.stderr, flush=True)
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close:
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return code

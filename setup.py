@@ -1,0 +1,50 @@
+"""ament_python package for robot_runtime.
+
+Installs with ``colcon build`` on a lab PC with ROS 2 Jazzy, and with
+``pip install -e .[twin,dev]`` in a plain virtual environment (the Makefile does this).
+"""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "robot_runtime"
+
+NODES = {
+    "sim_node": "robot_runtime.nodes.sim_node:main",
+    "camera_node": "robot_runtime.nodes.camera_node:main",
+    "demo_motion_node": "robot_runtime.nodes.demo_motion_node:main",
+}
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=["robot_runtime", "robot_runtime.*", "policies", "policies.*",
+                                    "calibration", "calibration.*"]),
+    package_data={"robot_runtime": ["description/*.urdf", "description/*.xml"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/description", glob("robot_runtime/description/*.urdf")
+         + glob("robot_runtime/description/*.xml")),
+    ],
+    python_requires=">=3.10",
+    install_requires=["numpy>=1.24", "PyYAML>=6"],
+    extras_require={
+        # The MuJoCo twin of the lab cell (offscreen rendering with MUJOCO_GL=egl).
+        "twin": ["mujoco>=3.2"],
+        # UFactory xArm: imported only when an arm backend of type "xarm" is chosen.
+        "xarm": ["xarm-python-sdk>=1.14"],
+        "dev": ["pytest>=7", "pytest-timeout>=2"],
+    },
+    zip_safe=True,
+    maintainer="robot_runtime maintainers",
+    maintainer_email="lab@example.org",
+    description="Runtime for learned dexterous manipulation policies on xArm7 + Allegro + ZED 2.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [f"{name} = {target}" for name, target in NODES.items()]
+        + ["robot-runtime = robot_runtime.cli:main"],
+    },
+)
