@@ -152,7 +152,11 @@ def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
 
     from robot_runtime.errors import RobotRuntimeError
 
-    rclpy.init(args=args)
+    from rclpy.signals import SignalHandlerOptions
+
+    # SIGINT becomes KeyboardInterrupt here, so the context is still valid while the
+    # node cleans up (stops its device, sends a last safe command).
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     code = 0
     try:

@@ -88,6 +88,7 @@ class TwinRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._render_thread: threading.Thread | None = None
+        self._started: float | None = None
         self.error: BaseException | None = None
 
     # ------------------------------------------------------------ commands (any thread)
@@ -153,6 +154,7 @@ class TwinRunner:
         try:
             self._emit_episode()
             now = self.clock()
+            self._started = now
             self.pacer.start(now)
             for s in self.streams.values():
                 s.next_due = now
@@ -223,6 +225,7 @@ class TwinRunner:
             "real_time_factor": round(self.pacer.real_time_factor(), 4),
             "physics_hz": 1.0 / self.sim.dt,
             "sim_time_s": round(self.sim.time, 3),
+            "uptime_s": round(self.clock() - self._started, 3) if self._started is not None else 0.0,
             "dropped_s": round(self.pacer.dropped_s, 4),
             "rejected_commands": self.rejected_commands,
             "render_ms_p50": round(float(np.median(r)), 3) if r else math.nan,

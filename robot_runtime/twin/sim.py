@@ -18,19 +18,10 @@ import numpy as np
 
 from robot_runtime import description as D
 from robot_runtime.config import RobotConfig, TwinConfig
+from robot_runtime.devices.base import JointSample
 from robot_runtime.errors import TwinError
 from robot_runtime.transforms import look_at_axes
 from robot_runtime.twin import scene
-
-
-@dataclass(frozen=True)
-class JointSample:
-    """Joint positions (rad), velocities (rad/s) and efforts (N m), each [n], at sim time ``t`` (s)."""
-
-    t: float
-    position: np.ndarray
-    velocity: np.ndarray
-    effort: np.ndarray
 
 
 @dataclass(frozen=True)

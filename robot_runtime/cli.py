@@ -1,0 +1,111 @@
+"""The ``robot-runtime`` command line.
+
+    robot-runtime sim [--config config/sim.yaml] [--duration S] [--task T] [--seed N]
+    robot-runtime check-config FILE
+    robot-runtime plan [--config FILE]
+    robot-runtime description [--write] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from robot_runtime.errors import RobotRuntimeError
+
+
+def default_config(name: str) -> Path:
+    """A packaged config: the checkout's ``config/`` or the installed share folder."""
+    here = Path(__file__).resolve().parent.parent / "config" / name
+    if here.is_file():
+        return here
+    installed = Path(sys.prefix) / "share" / "robot_runtime" / "config" / name
+    if installed.is_file():
+        return installed
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("robot_runtime")) / "config" / name
+    except Exception:
+        return here
+
+
+def _cmd_sim(args) -> int:
+    from robot_runtime.config import load_config
+    from robot_runtime.launcher import run_graph
+    from robot_runtime.plan import node_plan
+
+    path = Path(args.config or default_config("sim.yaml"))
+    cfg = load_config(path)
+    if args.task:
+        cfg.twin.task = args.task
+    if args.seed is not None:
+        cfg.twin.seed = args.seed
+    plan = node_plan(cfg, str(path.resolve()))
+    if args.task or args.seed is not None:
+        plan = [s if s.name != "sim_node" else type(s)(s.name, s.executable, s.module,
+                                                        {**s.parameters, "task": cfg.twin.task, "seed": cfg.twin.seed})
+                for s in plan]
+    return run_graph(plan, duration=args.duration)
+
+
+def _cmd_check(args) -> int:
+    from robot_runtime.config import config_to_dict, load_config
+
+    cfg = load_config(args.file)
+    print(json.dumps(config_to_dict(cfg), indent=2))
+    print(f"{args.file}: ok", file=sys.stderr)
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from robot_runtime.config import load_config
+    from robot_runtime.plan import node_plan
+
+    path = Path(args.config or default_config("sim.yaml"))
+    for spec in node_plan(load_config(path), str(path.resolve())):
+        print(spec.executable, " ".join(spec.ros_args()))
+    return 0
+
+
+def _cmd_description(args) -> int:
+    from robot_runtime.description import build
+
+    if args.write or args.out:
+        for p in build.write_packaged(args.out):
+            print(p)
+    else:
+        print(build.urdf_text())
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="robot-runtime", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("sim", help="run the graph on the MuJoCo twin")
+    p.add_argument("--config", help="runtime config YAML (default: config/sim.yaml)")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
+    p.add_argument("--task", choices=["grasp_drop", "grasp_pour", "grasp_lift"])
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=_cmd_sim)
+    p = sub.add_parser("check-config", help="validate a config file and print it with defaults filled in")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_check)
+    p = sub.add_parser("plan", help="print the node plan a config starts")
+    p.add_argument("--config")
+    p.set_defaults(func=_cmd_plan)
+    p = sub.add_parser("description", help="print the URDF, or write the packaged URDF and MJCF")
+    p.add_argument("--write", action="store_true")
+    p.add_argument("--out")
+    p.set_defaults(func=_cmd_description)
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except RobotRuntimeError as exc:
+        print(f"robot-runtime: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

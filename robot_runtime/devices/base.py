@@ -1,0 +1,130 @@
+"""One small interface per device family, and a registry of backends chosen by ``type``.
+
+Backends are registered by module path, so a vendor SDK (pyzed, xarm) is imported only
+when its backend is chosen. The twin and replay backends are registered exactly like
+the real ones.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from robot_runtime.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class JointSample:
+    """Joint positions (rad), velocities (rad/s) and efforts (N m), each [n], acquired at ``t`` (s)."""
+
+    t: float
+    position: np.ndarray
+    velocity: np.ndarray
+    effort: np.ndarray
+
+
+@dataclass(frozen=True)
+class DepthFrame:
+    """Depth [H, W] float32 (m along the optical axis, NaN = invalid), intrinsics K [3, 3],
+    acquisition time ``t`` (s)."""
+
+    depth: np.ndarray
+    K: np.ndarray
+    t: float
+
+
+class ArmDevice(ABC):
+    """A 7-DoF arm taking joint servo targets (rad) in ``joint1..joint7`` order."""
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Open the connection; raise DeviceError / DeviceNotAvailableError when it cannot."""
+
+    @abstractmethod
+    def read_state(self) -> JointSample | None:
+        """Newest joint state, or None when none has arrived yet."""
+
+    @abstractmethod
+    def send_servo_target(self, q: np.ndarray) -> None:
+        """Stream one servo target [7] (rad). The caller is responsible for small steps."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop motion now."""
+
+    @abstractmethod
+    def disconnect(self) -> None: ...
+
+    def faults(self) -> list[str]:
+        """Active faults, each named (empty when healthy)."""
+        return []
+
+
+class HandDevice(ABC):
+    """A 16-DoF Allegro hand taking joint torques (N m) in the driver's joint order."""
+
+    @abstractmethod
+    def connect(self) -> None: ...
+
+    @abstractmethod
+    def read_state(self) -> JointSample | None: ...
+
+    @abstractmethod
+    def send_torque(self, tau: np.ndarray) -> None:
+        """Send torques [16] (N m)."""
+
+    @abstractmethod
+    def disconnect(self) -> None: ...
+
+
+class DepthCamera(ABC):
+    """A depth camera giving metric depth frames stamped at acquisition."""
+
+    @abstractmethod
+    def connect(self) -> None: ...
+
+    @abstractmethod
+    def read(self, timeout_s: float = 0.1) -> DepthFrame | None:
+        """The next new frame, or None when none arrived within ``timeout_s``."""
+
+    @abstractmethod
+    def disconnect(self) -> None: ...
+
+
+_BACKENDS: dict[str, dict[str, str]] = {
+    "arm": {
+        "twin": "robot_runtime.devices.ros_topics:TopicArm",
+        "xarm": "robot_runtime.devices.xarm:XArm",
+    },
+    "hand": {
+        "twin": "robot_runtime.devices.ros_topics:TopicHand",
+        "allegro_ros": "robot_runtime.devices.ros_topics:TopicHand",
+    },
+    "camera": {
+        "twin": "robot_runtime.devices.ros_topics:TopicDepthCamera",
+        "zed": "robot_runtime.devices.zed:ZedCamera",
+        "replay": "robot_runtime.devices.replay:ReplayCamera",
+    },
+}
+
+
+def register_backend(family: str, type_name: str, target: str) -> None:
+    """Register ``module:Class`` as backend ``type_name`` of ``family`` (imported on first use)."""
+    _BACKENDS[family][type_name] = target
+
+
+def make_device(family: str, cfg, **deps):
+    """Build the backend for ``cfg.type`` (``deps``: e.g. ``node=`` for topic backends).
+
+    Raises:
+        ConfigError: no backend of that type is registered.
+    """
+    try:
+        target = _BACKENDS[family][cfg.type]
+    except KeyError:
+        raise ConfigError(f"no {family} backend of type {cfg.type!r} (have {sorted(_BACKENDS.get(family, {}))})",
+                          key=f"{family}.type") from None
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)(cfg, **deps)

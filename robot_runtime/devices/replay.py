@@ -1,0 +1,63 @@
+"""Replay of recorded depth at its recorded timing.
+
+The file is an ``.npz`` with ``depth`` [N, H, W] float32 (m), ``stamps`` [N] (s, any
+origin, increasing) and ``K`` [3, 3]. Frames come out at the recorded spacing, stamped
+with the replay clock's time when they are released.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from robot_runtime.devices.base import DepthCamera, DepthFrame
+from robot_runtime.errors import DeviceError
+
+
+def save_depth_recording(path, depth: np.ndarray, stamps: np.ndarray, K: np.ndarray) -> None:
+    """Write a recording that :class:`ReplayCamera` plays."""
+    np.savez_compressed(path, depth=np.asarray(depth, np.float32), stamps=np.asarray(stamps, float),
+                        K=np.asarray(K, float))
+
+
+class ReplayCamera(DepthCamera):
+    def __init__(self, cfg, node=None, clock: Callable[[], float] = time.monotonic,
+                 stamp_clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+        self.cfg = cfg
+        self.clock, self.stamp_clock, self.sleep = clock, stamp_clock, sleep
+        self._i = 0
+
+    def connect(self) -> None:
+        try:
+            with np.load(self.cfg.path) as f:
+                self.depth, self.stamps, self.K = f["depth"], f["stamps"], f["K"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise DeviceError(f"{self.cfg.path}: not a depth recording (need depth, stamps, K): {exc}") from exc
+        if self.depth.ndim != 3 or len(self.stamps) != len(self.depth) or self.K.shape != (3, 3):
+            raise DeviceError(f"{self.cfg.path}: depth {self.depth.shape}, stamps {self.stamps.shape}, "
+                              f"K {self.K.shape} do not fit together")
+        if len(self.stamps) > 1 and np.any(np.diff(self.stamps) <= 0):
+            raise DeviceError(f"{self.cfg.path}: stamps are not increasing")
+        self._i = 0
+        self._t0 = self.clock()
+
+    def read(self, timeout_s: float = 0.1) -> DepthFrame | None:
+        if self._i >= len(self.depth):
+            if not self.cfg.loop:
+                return None
+            self._i = 0
+            self._t0 = self.clock()
+        due = self._t0 + (self.stamps[self._i] - self.stamps[0])
+        wait = due - self.clock()
+        if wait > timeout_s:
+            self.sleep(timeout_s)
+            return None
+        if wait > 0:
+            self.sleep(wait)
+        frame = DepthFrame(self.depth[self._i], self.K, self.stamp_clock())
+        self._i += 1
+        return frame
+
+    def disconnect(self) -> None:
+        self._i = 0

@@ -1,0 +1,43 @@
+"""Damped-least-squares inverse kinematics on the URDF model, respecting joint limits."""
+from __future__ import annotations
+
+import numpy as np
+
+from robot_runtime.kinematics import UrdfModel
+
+
+def _rot_error(R_cur: np.ndarray, R_goal: np.ndarray) -> np.ndarray:
+    """Axis-angle vector (base frame, rad) rotating R_cur onto R_goal."""
+    R = R_goal @ R_cur.T
+    angle = np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))
+    if angle < 1e-9:
+        return np.zeros(3)
+    axis = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    n = np.linalg.norm(axis)
+    if n < 1e-9:  # angle near pi: pick the largest diagonal axis
+        axis = np.sqrt(np.maximum((np.diag(R) + 1) / 2, 0))
+        n = np.linalg.norm(axis)
+    return axis / n * angle
+
+
+def solve_ik(model: UrdfModel, q0, link: str, target: np.ndarray, joints: np.ndarray,
+             iters: int = 100, damping: float = 0.05, rot_weight: float = 0.3,
+             tol_pos: float = 1e-4, tol_rot: float = 1e-3) -> tuple[np.ndarray, float, float]:
+    """Move ``link`` to the 4x4 ``target`` by changing only the indices ``joints`` of q.
+
+    Returns (q, position error m, rotation error rad). Joint limits are enforced at
+    every iteration.
+    """
+    q = np.array(q0, dtype=float)
+    lo, hi = model.limits[joints, 0], model.limits[joints, 1]
+    W = np.diag([1, 1, 1, rot_weight, rot_weight, rot_weight])
+    for _ in range(iters):
+        T = model.link_pose(q, link)
+        e = np.concatenate([target[:3, 3] - T[:3, 3], _rot_error(T[:3, :3], target[:3, :3])])
+        if np.linalg.norm(e[:3]) < tol_pos and np.linalg.norm(e[3:]) < tol_rot:
+            break
+        J = W @ model.jacobian(q, link)[:, joints]
+        dq = J.T @ np.linalg.solve(J @ J.T + damping**2 * np.eye(6), W @ e)
+        q[joints] = np.clip(q[joints] + dq, lo, hi)
+    T = model.link_pose(q, link)
+    return q, float(np.linalg.norm(target[:3, 3] - T[:3, 3])), float(np.linalg.norm(_rot_error(T[:3, :3], target[:3, :3])))

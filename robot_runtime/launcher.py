@@ -1,0 +1,159 @@
+"""The native launcher: starts the node plan as processes, supervises them, summarises.
+
+``ros2 launch`` is not available from PyPI, so here the same plan that the launch files
+use is started as ``python -m <module> --ros-args ...`` processes. A node that dies is
+reported and the rest are shut down cleanly (SIGINT, then SIGTERM, then SIGKILL).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from robot_runtime.plan import NodeSpec
+
+
+@dataclass
+class NodeProcess:
+    spec: NodeSpec
+    proc: subprocess.Popen
+    started: float
+    returncode: int | None = None
+
+
+class GraphSupervisor:
+    """Starts and watches one process per node."""
+
+    def __init__(self, plan: list[NodeSpec], env: dict | None = None, stdout=None, stderr=None):
+        self.plan = plan
+        self.env = {**os.environ, **(env or {})}
+        self.env.setdefault("MUJOCO_GL", "egl")
+        self.env.setdefault("PYTHONUNBUFFERED", "1")
+        self.stdout, self.stderr = stdout, stderr
+        self.procs: list[NodeProcess] = []
+
+    def start(self) -> None:
+        for spec in self.plan:
+            cmd = [sys.executable, "-m", spec.module, *spec.ros_args()]
+            proc = subprocess.Popen(cmd, env=self.env, stdout=self.stdout, stderr=self.stderr,
+                                    start_new_session=True)
+            self.procs.append(NodeProcess(spec, proc, time.monotonic()))
+
+    def dead(self) -> list[NodeProcess]:
+        """Processes that have exited (their return code is recorded)."""
+        out = []
+        for p in self.procs:
+            if p.returncode is None:
+                p.returncode = p.proc.poll()
+            if p.returncode is not None:
+                out.append(p)
+        return out
+
+    def shutdown(self, grace_s: float = 5.0) -> dict[str, int]:
+        """Stop every node still running; returns each node's exit code."""
+        for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
+            alive = [p for p in self.procs if p.proc.poll() is None]
+            if not alive:
+                break
+            for p in alive:
+                try:
+                    os.killpg(p.proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+            end = time.monotonic() + wait_s
+            for p in alive:
+                try:
+                    p.proc.wait(max(0.0, end - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        return {p.spec.name: p.proc.returncode for p in self.procs}
+
+
+class GraphMonitor:
+    """A small rclpy node in the launcher that keeps the twin's latest statistics."""
+
+    def __init__(self):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        from robot_runtime import ros_io
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("robot_runtime_launcher", context=self.context)
+        self.twin: dict[str, str] | None = None
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, ros_io.STATE_QOS)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def _on_diag(self, msg) -> None:
+        from robot_runtime import ros_io
+
+        vals = ros_io.diagnostic_values(msg, "sim_node: twin")
+        if vals is not None:
+            self.twin = vals
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        self.rclpy.shutdown(context=self.context)
+
+
+def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: dict | None) -> str:
+    """One line: duration, node outcome, and the twin's real-time factor and stream rates."""
+    parts = [f"ran {elapsed:.1f} s", f"{len(codes)} nodes"]
+    parts.append(f"FAILED: {', '.join(died)}" if died else "all nodes ok")
+    if twin:
+        up = float(twin.get("uptime_s", "0")) or float("nan")
+        parts.append(f"twin RTF {float(twin['real_time_factor']):.2f}")
+        parts.append("rates " + ", ".join(
+            f"{k} {int(twin[k + '_count']) / up:.0f} Hz" for k in ("arm", "hand", "depth") if k + "_count" in twin))
+        parts.append(f"task {twin.get('task')} seed {twin.get('seed')}")
+    return "robot-runtime: " + " | ".join(parts)
+
+
+def run_graph(plan: list[NodeSpec], duration: float = 0.0, monitor: bool = True, env: dict | None = None) -> int:
+    """Run ``plan`` until Ctrl-C, ``duration`` seconds (0 = no limit), or a node dies.
+
+    Returns 0 when every node ran to the end, 1 when one died.
+    """
+    sup = GraphSupervisor(plan, env=env)
+    mon = GraphMonitor() if monitor else None
+    t0 = time.monotonic()
+    died: list[str] = []
+    print(f"robot-runtime: starting {', '.join(s.name for s in plan)}"
+          + (f" for {duration:g} s" if duration else " (Ctrl-C to stop)"), flush=True)
+    sup.start()
+    try:
+        while not duration or time.monotonic() - t0 < duration:
+            dead = sup.dead()
+            if dead:
+                for p in dead:
+                    died.append(f"{p.spec.name} (exit {p.returncode})")
+                    print(f"robot-runtime: {p.spec.name} exited with code {p.returncode} after "
+                          f"{time.monotonic() - p.started:.1f} s; stopping the rest", file=sys.stderr, flush=True)
+                break
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        print("robot-runtime: Ctrl-C, stopping", flush=True)
+    elapsed = time.monotonic() - t0
+    twin = mon.twin if mon else None
+    codes = sup.shutdown()
+    if mon:
+        mon.close()
+    print(summary_line(elapsed, codes, died, twin), flush=True)
+    return 1 if died else 0
