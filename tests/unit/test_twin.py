@@ -1,0 +1,136 @@
+import math
+
+import numpy as np
+import pytest
+
+from robot_runtime import description as D
+from robot_runtime.config import TwinConfig
+from robot_runtime.errors import TwinError
+from robot_runtime.twin import scene
+from robot_runtime.twin.sim import RealTimePacer, TwinSimulation
+
+
+@pytest.fixture(scope="module")
+def sim():
+    s = TwinSimulation(TwinConfig())
+    yield s
+    s.close()
+
+
+def test_physics_rate_and_home(sim):
+    assert 1.0 / sim.dt >= 500
+    sim.reset("grasp_lift", 0)
+    np.testing.assert_allclose(sim.arm_state().position, D.ARM_HOME, atol=1e-9)
+
+
+@pytest.mark.parametrize("task", list(scene.TASKS))
+def test_reset_is_reproducible_per_seed(sim, task):
+    a = sim.reset(task, 11)
+    b = sim.reset(task, 11)
+    c = sim.reset(task, 12)
+    assert all(np.array_equal(a[n].position, b[n].position) for n in a)
+    active = [n for n, p in a.items() if p.active]
+    assert len(active) == (1 if task == "grasp_lift" else 2)
+    assert any(not np.array_equal(a[n].position, c[n].position) for n in active) or \
+        [n for n, p in c.items() if p.active] != active
+    for n in active:  # on the table, inside the placement region, well apart
+        x, y, z = a[n].position
+        assert scene.PLACEMENT_X[0] <= x <= scene.PLACEMENT_X[1] and scene.PLACEMENT_Y[0] <= y <= scene.PLACEMENT_Y[1]
+    if len(active) == 2:
+        assert np.linalg.norm(a[active[0]].position[:2] - a[active[1]].position[:2]) >= scene.MIN_SEPARATION
+
+
+def test_grasp_lift_uses_all_four_objects_across_seeds(sim):
+    seen = {sim.reset("grasp_lift", s) and sim.active_objects[0] for s in range(40)}
+    assert seen == set(scene.TASKS["grasp_lift"])
+
+
+def test_unknown_task_and_bad_seed(sim):
+    with pytest.raises(TwinError, match="unknown task 'juggle'"):
+        sim.reset("juggle", 0)
+    with pytest.raises(TwinError, match="seed"):
+        sim.reset("grasp_lift", -1)
+
+
+def test_objects_rest_on_table(sim):
+    sim.reset("grasp_drop", 3)
+    before = sim.object_poses()
+    sim.step(int(1.0 / sim.dt))
+    after = sim.object_poses()
+    for n in sim.active_objects:
+        assert np.linalg.norm(after[n].position - before[n].position) < 5e-3
+
+
+def test_arm_tracks_target_with_bounded_speed(sim):
+    sim.reset("grasp_lift", 0)
+    target = np.array(D.ARM_HOME) + np.array([0.6, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    sim.set_arm_target(target)
+    vmax = sim.cfg.arm_max_joint_speed
+    q_prev = sim.arm_state().position
+    peak = 0.0
+    for _ in range(int(0.5 / sim.dt)):
+        sim.step()
+        q = sim.arm_state().position
+        peak = max(peak, float(np.max(np.abs(q - q_prev))) / sim.dt)
+        q_prev = q
+    assert peak <= vmax * 1.1
+    np.testing.assert_allclose(sim.arm_state().position, target, atol=5e-3)
+    # It takes at least distance / vmax to get there.
+    sim.reset("grasp_lift", 0)
+    sim.set_arm_target(target)
+    sim.step(int(0.6 / vmax / 2 / sim.dt))
+    assert abs(sim.arm_state().position[0] - D.ARM_HOME[0]) < 0.6 * 0.6
+
+
+def test_arm_target_validation(sim):
+    with pytest.raises(ValueError, match="shape"):
+        sim.set_arm_target(np.zeros(6))
+    with pytest.raises(ValueError, match="non-finite"):
+        sim.set_arm_target([0, 0, 0, math.nan, 0, 0, 0])
+
+
+def test_hand_is_torque_driven_and_goes_limp_when_commands_stop(sim):
+    sim.reset("grasp_lift", 0)
+    tau = np.zeros(16)
+    tau[1] = 0.3  # index proximal flexion
+    q0 = sim.hand_state().position[1]
+    sim.set_hand_torque(tau)
+    sim.step(int(0.05 / sim.dt))
+    assert sim.hand_state().position[1] > q0 + 0.05
+    assert sim.data.ctrl[sim._hand_act[1]] == pytest.approx(0.3)
+    sim.step(int((sim.cfg.hand_torque_timeout_s + 0.02) / sim.dt))
+    assert sim.data.ctrl[sim._hand_act[1]] == 0.0
+    sim.set_hand_torque(np.full(16, 5.0))
+    assert np.all(sim._hand_tau == sim.cfg.hand_torque_limit)
+
+
+def test_depth_matches_projection_of_known_points(sim):
+    sim.reset("grasp_drop", 5)
+    depth = sim.render_depth()
+    cam = sim.cfg.camera
+    assert depth.shape == (cam.height, cam.width) and depth.dtype == np.float32
+    K, T = sim.intrinsics(), sim.camera_pose()
+    # The table top at a point in front: its depth along the optical axis is z in the camera frame.
+    for p in ([0.45, 0.25, 0.0], [0.8, -0.3, 0.0], [0.9, 0.3, 0.0]):
+        pc = np.linalg.inv(T) @ np.r_[p, 1.0]
+        u, v, _ = K @ (pc[:3] / pc[2])
+        assert 0 <= u < cam.width and 0 <= v < cam.height
+        assert depth[int(round(v)), int(round(u))] == pytest.approx(pc[2], abs=4e-3)
+    assert np.isnan(depth).any()  # beyond max_depth -> invalid, as the ZED reports
+
+
+def test_pacer_keeps_real_time_and_drops_excess_lag():
+    p = RealTimePacer(dt=0.002, max_lag_s=0.05)
+    p.start(100.0)
+    assert p.steps_due(100.0) == 0
+    assert p.steps_due(100.010) == 5
+    p.record(5, 100.010)
+    assert p.steps_due(100.011) == 0
+    assert p.steps_due(100.5) == 25  # 245 due, capped at 50 ms of catch-up
+    assert p.dropped_s == pytest.approx(0.44, abs=1e-9)
+    p.record(25, 100.5)
+    t = 100.5
+    for _ in range(500):
+        t += 0.004
+        p.record(p.steps_due(t), t)
+    assert p.real_time_factor() == pytest.approx(1.0, abs=0.01)
