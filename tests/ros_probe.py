@@ -1,0 +1,87 @@
+"""A test-side rclpy node spinning on its own thread, with event-based waiting."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class RosProbe:
+    def __init__(self, name: str = "test_probe"):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._cv = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.02)
+
+    def subscribe(self, msg_type, topic, qos, store: list):
+        """Append every message to ``store`` and wake waiters."""
+        def cb(msg):
+            with self._cv:
+                store.append(msg)
+                self._cv.notify_all()
+        return self.node.create_subscription(msg_type, topic, cb, qos)
+
+    def wait_for(self, predicate, timeout: float) -> bool:
+        """Block until ``predicate()`` is true (checked on every message) or ``timeout``."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            while not predicate():
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(min(left, 0.1))
+        return True
+
+    def call(self, client, request, timeout: float = 10.0):
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {client.srv_name} not available")
+        fut = client.call_async(request)
+        done = threading.Event()
+        fut.add_done_callback(lambda _f: done.set())
+        if not done.wait(timeout):
+            raise TimeoutError(f"service {client.srv_name} did not answer")
+        return fut.result()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(2.0)
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def start_node(module: str, *ros_args: str, log_path: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = open(log_path, "w") if log_path else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], env=env, cwd=REPO,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_node(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
