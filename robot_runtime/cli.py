@@ -42,12 +42,7 @@ def _cmd_sim(args) -> int:
         cfg.twin.task = args.task
     if args.seed is not None:
         cfg.twin.seed = args.seed
-    plan = node_plan(cfg, str(path.resolve()))
-    if args.task or args.seed is not None:
-        plan = [s if s.name != "sim_node" else type(s)(s.name, s.executable, s.module,
-                                                        {**s.parameters, "task": cfg.twin.task, "seed": cfg.twin.seed})
-                for s in plan]
-    return run_graph(plan, duration=args.duration)
+    return run_graph(node_plan(cfg, str(path.resolve())), duration=args.duration)
 
 
 def _cmd_check(args) -> int:
