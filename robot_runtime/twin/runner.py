@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import queue
+from collections import deque
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ class TwinRunner:
         self._arm_cmd: np.ndarray | None = None
         self._hand_cmd: np.ndarray | None = None
         self._reset: _ResetRequest | None = None
-        self.render_ms: list[float] = []
+        self.render_ms: deque[float] = deque(maxlen=300)  # recent render times (ms)
         self.rejected_commands = 0
         self.depth_skipped = 0
         self._free_scenes: queue.SimpleQueue = queue.SimpleQueue()
@@ -220,7 +221,7 @@ class TwinRunner:
 
     def statistics(self) -> dict:
         """Real-time factor, dropped time, per-stream counts and render time (ms)."""
-        r = self.render_ms[-300:]
+        r = list(self.render_ms)
         return {
             "real_time_factor": round(self.pacer.real_time_factor(), 4),
             "physics_hz": 1.0 / self.sim.dt,

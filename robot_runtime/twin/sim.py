@@ -190,11 +190,6 @@ class TwinSimulation:
         return JointSample(self.time, d.qpos[self._hand_qadr].copy(), d.qvel[self._hand_dadr].copy(),
                            d.actuator_force[self._hand_act].copy())
 
-    @property
-    def arm_servo_reference(self) -> np.ndarray:
-        """Where the simulated servo is now heading (rad): the target, reached at bounded speed."""
-        return self._arm_ref.copy()
-
     def object_poses(self) -> dict[str, ObjectPose]:
         """Ground-truth poses of every object (inactive ones are parked off the table)."""
         out = {}
