@@ -13,6 +13,8 @@ NODES = {
     "sim_node": "robot_runtime.nodes.sim_node:main",
     "camera_node": "robot_runtime.nodes.camera_node:main",
     "demo_motion_node": "robot_runtime.nodes.demo_motion_node:main",
+    "arm_controller_node": "robot_runtime.nodes.arm_controller_node:main",
+    "hand_controller_node": "robot_runtime.nodes.hand_controller_node:main",
 }
 
 setup(

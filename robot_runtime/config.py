@@ -108,7 +108,6 @@ class TwinArmConfig:
     type: str = "twin"
     state_topic: str = "/arm/joint_states"
     target_topic: str = "/arm/servo_target"
-    state_timeout_s: float = rng(2.0, 0.01, 60.0)
 
 
 @register_backend_config("arm", "xarm")
@@ -118,10 +117,7 @@ class XArmConfig:
 
     type: str = "xarm"
     ip: str = "192.168.1.222"
-    state_topic: str = "/arm/joint_states"
-    target_topic: str = "/arm/servo_target"
     connect_timeout_s: float = rng(5.0, 0.1, 60.0)
-    max_joint_speed: float = rng(2.1, 0.01, 3.14)
 
 
 @register_backend_config("hand", "twin")
@@ -131,7 +127,6 @@ class TwinHandConfig:
 
     type: str = "twin"
     topic_prefix: str = "/allegroHand_0"
-    state_timeout_s: float = rng(2.0, 0.01, 60.0)
 
 
 @register_backend_config("hand", "allegro_ros")
@@ -141,7 +136,6 @@ class AllegroRosHandConfig:
 
     type: str = "allegro_ros"
     topic_prefix: str = "/allegroHand_0"
-    state_timeout_s: float = rng(2.0, 0.01, 60.0)
 
 
 @register_backend_config("camera", "twin")
@@ -214,13 +208,67 @@ class TwinConfig:
 
 @dataclass
 class DemoConfig:
-    """Scripted reach-and-grasp motion shown by ``make sim`` (runs on the twin only)."""
+    """Scripted reach-and-grasp targets shown by ``make sim`` (runs on the twin only): published
+    at the policy rate on the policy topic, through the controllers like a policy's."""
 
     enabled: bool = True
-    cycle_s: float = rng(8.0, 2.0, 120.0)
-    hand_kp: list[float] = seq([3.0] * 16, 16, 0.0, 50.0)
-    hand_kd: list[float] = seq([0.1] * 16, 16, 0.0, 5.0)
-    rate_hz: float = rng(200.0, 10.0, 1000.0)
+    cycle_s: float = rng(10.0, 2.0, 120.0)
+
+
+@dataclass
+class ArmControlConfig:
+    """Arm safety limits (rad, rad/s, rad/s^2; rad per tick), per joint joint1..joint7."""
+
+    position_margin: float = rng(0.02, 0.0, 0.3)
+    max_velocity: list[float] = seq([1.5] * 7, 7, 0.01, 3.1)
+    max_acceleration: list[float] = seq([20.0] * 7, 7, 0.1, 200.0)
+    max_step: list[float] = seq([0.02] * 7, 7, 0.0001, 0.05)
+
+
+@dataclass
+class HandControlConfig:
+    """Allegro PD gains (N m/rad, N m s/rad), torque limits (N m) and safety limits, per joint
+    in the driver's order (index, middle, ring, thumb)."""
+
+    kp: list[float] = seq([3.0, 3.0, 3.0, 5.0] * 3 + [5.0, 5.0, 5.0, 3.0], 16, 0.0, 100.0)
+    kd: list[float] = seq([0.1] * 16, 16, 0.0, 10.0)
+    torque_limit: list[float] = seq([0.7] * 16, 16, 0.01, 5.0)
+    velocity_cutoff_hz: float = rng(50.0, 1.0, 500.0)
+    position_margin: float = rng(0.02, 0.0, 0.2)
+    max_velocity: list[float] = seq([4.0] * 16, 16, 0.01, 20.0)
+    max_acceleration: list[float] = seq([80.0] * 16, 16, 0.1, 2000.0)
+    max_step: list[float] = seq([0.02] * 16, 16, 0.0001, 0.2)
+
+
+@dataclass
+class WorkspaceConfig:
+    """Where the flange and fingertips may go (m, robot base frame), and the flange's top speed (m/s)."""
+
+    table_z: float = rng(0.0, -1.0, 1.0)
+    flange_clearance: float = rng(0.05, 0.0, 1.0)
+    fingertip_clearance: float = rng(0.0, -0.05, 0.5)
+    box_min: list[float] = seq([-0.3, -0.8, -0.1], 3, -3.0, 3.0)
+    box_max: list[float] = seq([1.2, 0.8, 1.2], 3, -3.0, 3.0)
+    max_flange_speed: float = rng(0.5, 0.01, 1.0)
+
+
+@dataclass
+class ControlConfig:
+    """The arm and hand controllers: target topics, watchdog, loop scheduling, limits."""
+
+    source: Literal["policy", "teleop"] = "policy"
+    policy_topic: str = "/policy/joint_targets"
+    teleop_topic: str = "/teleop/joint_targets"
+    hold_after_periods: float = rng(2.0, 1.0, 20.0)
+    latch_after_s: float = rng(0.25, 0.02, 5.0)
+    blend_s: float = rng(0.5, 0.0, 10.0)
+    max_target_lead_s: float = rng(1.0, 0.01, 10.0)
+    device_state_timeout_s: float = rng(0.1, 0.01, 5.0)
+    realtime_priority: int = rng(40, 0, 99)
+    spin_us: float = rng(200.0, 0.0, 2000.0)
+    arm: ArmControlConfig = field(default_factory=ArmControlConfig)
+    hand: HandControlConfig = field(default_factory=HandControlConfig)
+    workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
 
 
 @dataclass
@@ -232,6 +280,7 @@ class RuntimeConfig:
     arm: Any = field(default_factory=TwinArmConfig, metadata={"backend": "arm"})
     hand: Any = field(default_factory=TwinHandConfig, metadata={"backend": "hand"})
     camera: Any = field(default_factory=TwinCameraConfig, metadata={"backend": "camera"})
+    control: ControlConfig = field(default_factory=ControlConfig)
     twin: TwinConfig = field(default_factory=TwinConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     source_file: str = field(default="", metadata={"internal": True})
@@ -297,6 +346,19 @@ def _check_cross_fields(cfg: RuntimeConfig, file: str) -> None:
     if cfg.demo.enabled and not (cfg.arm.type == "twin" and cfg.hand.type == "twin"):
         raise ConfigError("the scripted demo motion runs on the twin only; set demo.enabled: false "
                           "for real hardware", file=file, key="demo.enabled")
+    ctl = cfg.control
+    hold_s = ctl.hold_after_periods / cfg.rates.policy_hz
+    if ctl.latch_after_s <= hold_s:
+        raise ConfigError(f"{ctl.latch_after_s} s must exceed the hold time, {ctl.hold_after_periods} policy periods "
+                          f"= {hold_s:.3f} s", file=file, key="control.latch_after_s")
+    ws = ctl.workspace
+    for i, (lo, hi) in enumerate(zip(ws.box_min, ws.box_max)):
+        if hi <= lo:
+            raise ConfigError(f"box_max[{i}] {hi} must exceed box_min[{i}] {lo}", file=file,
+                              key=f"control.workspace.box_max[{i}]")
+    if ctl.policy_topic == ctl.teleop_topic:
+        raise ConfigError("the policy and teleop sources need different topics", file=file,
+                          key="control.teleop_topic")
     for i, (q, (lo, hi)) in enumerate(zip(cfg.robot.arm_home, _desc.ARM_LIMITS)):
         if not lo <= q <= hi:
             raise ConfigError(f"{q} is outside joint {_desc.ARM_JOINTS[i]}'s limits [{lo}, {hi}]",

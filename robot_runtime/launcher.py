@@ -87,6 +87,7 @@ class GraphMonitor:
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("robot_runtime_launcher", context=self.context)
         self.twin: dict[str, str] | None = None
+        self.loops: dict[str, dict[str, str]] = {}
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, ros_io.STATE_QOS)
         self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -101,9 +102,12 @@ class GraphMonitor:
     def _on_diag(self, msg) -> None:
         from robot_runtime import ros_io
 
-        vals = ros_io.diagnostic_values(msg, "sim_node: twin")
-        if vals is not None:
-            self.twin = vals
+        for st in msg.status:
+            vals = {kv.key: kv.value for kv in st.values}
+            if st.name == "sim_node: twin":
+                self.twin = vals
+            elif st.name.endswith(": loop"):
+                self.loops[st.name.split(":")[0]] = vals
 
     def close(self) -> None:
         self._stop.set()
@@ -113,8 +117,10 @@ class GraphMonitor:
         self.rclpy.shutdown(context=self.context)
 
 
-def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: dict | None) -> str:
-    """One line: duration, node outcome, and the twin's real-time factor and stream rates."""
+def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: dict | None,
+                 loops: dict[str, dict] | None = None) -> str:
+    """One line: duration, node outcome, the twin's real-time factor and stream rates, and
+    each control loop's rate, wake-up lateness p99, mode and shield interventions."""
     parts = [f"ran {elapsed:.1f} s", f"{len(codes)} nodes"]
     parts.append(f"FAILED: {', '.join(died)}" if died else "all nodes ok")
     if twin:
@@ -123,6 +129,10 @@ def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: d
         parts.append("rates " + ", ".join(
             f"{k} {int(twin[k + '_count']) / up:.0f} Hz" for k in ("arm", "hand", "depth") if k + "_count" in twin))
         parts.append(f"task {twin.get('task')} seed {twin.get('seed')}")
+    for name, v in sorted((loops or {}).items()):
+        shield = sum(int(x) for k, x in v.items() if k.startswith("shield_"))
+        parts.append(f"{name.replace('_node', '')} {float(v['rate_hz']):.0f} Hz, late p99 "
+                     f"{float(v['lateness_p99_ms']):.2f} ms, {v['mode']}, {shield} shield interventions")
     return "robot-runtime: " + " | ".join(parts)
 
 
@@ -152,8 +162,9 @@ def run_graph(plan: list[NodeSpec], duration: float = 0.0, monitor: bool = True,
         print("robot-runtime: Ctrl-C, stopping", flush=True)
     elapsed = time.monotonic() - t0
     twin = mon.twin if mon else None
+    loops = dict(mon.loops) if mon else None
     codes = sup.shutdown()
     if mon:
         mon.close()
-    print(summary_line(elapsed, codes, died, twin), flush=True)
+    print(summary_line(elapsed, codes, died, twin, loops), flush=True)
     return 1 if died else 0

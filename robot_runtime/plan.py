@@ -46,6 +46,10 @@ def node_plan(cfg: RuntimeConfig, config_file: str) -> list[NodeSpec]:
                              {**params, "task": cfg.twin.task, "seed": cfg.twin.seed}))
     if cfg.camera.type in ("zed", "replay"):
         plan.append(NodeSpec("camera_node", "camera_node", "robot_runtime.nodes.camera_node", dict(params)))
+    plan.append(NodeSpec("arm_controller_node", "arm_controller_node", "robot_runtime.nodes.arm_controller_node",
+                         dict(params)))
+    plan.append(NodeSpec("hand_controller_node", "hand_controller_node", "robot_runtime.nodes.hand_controller_node",
+                         dict(params)))
     if cfg.demo.enabled:
         plan.append(NodeSpec("demo_motion_node", "demo_motion_node", "robot_runtime.nodes.demo_motion_node",
                              dict(params)))

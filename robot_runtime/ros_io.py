@@ -24,6 +24,51 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
 
 
+class PolledSubscription:
+    """A subscription whose messages are taken on demand by the caller's thread.
+
+    rclpy's executor spends about 0.4 ms of CPU per message (it rebuilds its wait set
+    every time) and holds the GIL while it does; a 300 Hz loop subscribed to 300 Hz
+    streams would spend a third of a core there and wake late. Taking messages straight
+    from the subscription costs a fraction of that. ``node`` must never be added to an
+    executor, or the executor would take the messages first.
+    """
+
+    def __init__(self, node, msg_type, topic: str, qos):
+        self.msg_type, self.topic = msg_type, topic
+        self.sub = node.create_subscription(msg_type, topic, self._never_called, qos)
+
+    @staticmethod
+    def _never_called(_msg) -> None:  # pragma: no cover - the node is never spun
+        raise RuntimeError("a polled subscription's node must not be spun by an executor")
+
+    def take(self):
+        """The oldest waiting message, or None."""
+        with self.sub.handle:
+            got = self.sub.handle.take_message(self.msg_type, False)
+        return None if got is None else got[0]
+
+    def take_all(self, limit: int = 100) -> list:
+        """Every waiting message, oldest first (at most ``limit``)."""
+        out = []
+        while len(out) < limit:
+            m = self.take()
+            if m is None:
+                break
+            out.append(m)
+        return out
+
+    def take_latest(self):
+        """The newest waiting message (older ones are discarded), or None."""
+        latest = None
+        for _ in range(1000):
+            m = self.take()
+            if m is None:
+                break
+            latest = m
+        return latest
+
+
 def to_time_msg(t: float) -> Time:
     """Seconds (float, ROS/epoch time) to builtin_interfaces/Time."""
     sec = int(np.floor(t))

@@ -20,7 +20,9 @@ HAND_CLOSED = np.array([0.0, 0.9, 0.7, 0.5] * 3 + [1.3, 0.5, 0.6, 0.6])
 #: Grasp point in the palm frame (m): between the fingers and the thumb, part-way down the fingers.
 GRASP_POINT_PALM = np.array([0.045, 0.0, 0.085])
 #: Fractions of the cycle at which each waypoint is reached.
-PHASES = {"start": 0.0, "above": 0.25, "down": 0.42, "closed": 0.55, "lifted": 0.78, "released": 0.88, "home": 1.0}
+PHASES = {"start": 0.0, "above": 0.22, "down": 0.36, "closed": 0.46, "lifted": 0.64, "released": 0.72, "home": 1.0}
+#: The open fingertips stay this far above the table at the grasp pose (m).
+TIP_CLEARANCE = 0.015
 
 
 def min_jerk(s: float) -> float:
@@ -45,8 +47,10 @@ class ReachGraspScript:
         mount_xyz, mount_rpy: hand mount on the flange (m, rad).
     """
 
-    def __init__(self, model: UrdfModel, arm_home, hand_open, mount_xyz, mount_rpy, cycle_s: float):
+    def __init__(self, model: UrdfModel, arm_home, hand_open, mount_xyz, mount_rpy, cycle_s: float,
+                 table_z: float = 0.0):
         self.model = model
+        self.table_z = table_z
         self.arm_home = np.asarray(arm_home, float)
         self.hand_open = np.asarray(hand_open, float)
         self.cycle_s = cycle_s
@@ -68,6 +72,13 @@ class ReachGraspScript:
         arms = {}
         for name, lift in (("above", 0.15), ("down", 0.0), ("lifted", 0.2)):
             q, _, _ = solve_ik(self.model, q, D.FLANGE_FRAME, self._flange_for(obj + [0, 0, lift]), arm_idx)
+            if name == "down":  # open fingers point down: keep their tips off the table
+                poses = self.model.forward(q)
+                low = min(poses[f][2, 3] for f in D.FINGERTIP_FRAMES)
+                deficit = self.table_z + TIP_CLEARANCE - low
+                if deficit > 0:
+                    q, _, _ = solve_ik(self.model, q, D.FLANGE_FRAME, self._flange_for(obj + [0, 0, deficit]),
+                                       arm_idx)
             arms[name] = q[:7].copy()
         c, o = HAND_CLOSED, self.hand_open
         plan = [("start", np.asarray(arm_now, float), o), ("above", arms["above"], o), ("down", arms["down"], o),

@@ -35,6 +35,19 @@ class DepthFrame:
     t: float
 
 
+@dataclass(frozen=True)
+class DeviceFault:
+    """A fault reported by a device: its code, what it means, and whether it is an error
+    (motion must stop) or a warning (reported only)."""
+
+    code: int | None
+    text: str
+    error: bool = True
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class ArmDevice(ABC):
     """A 7-DoF arm taking joint servo targets (rad) in ``joint1..joint7`` order."""
 
@@ -57,8 +70,15 @@ class ArmDevice(ABC):
     @abstractmethod
     def disconnect(self) -> None: ...
 
-    def faults(self) -> list[str]:
-        """Active faults, each named (empty when healthy)."""
+    def enable(self) -> None:
+        """Make the arm ready to stream servo targets (explicit operator action: clears errors).
+
+        Raises:
+            DeviceError: the arm refused; the message names the fault.
+        """
+
+    def faults(self) -> list[DeviceFault]:
+        """Active faults (empty when healthy)."""
         return []
 
 

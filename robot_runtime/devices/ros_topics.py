@@ -1,13 +1,17 @@
 """Backends that talk to a device over ROS topics: the twin (sim_node) and the Allegro driver.
 
 The twin serves the same topic shapes as the real drivers, so the Allegro hand's
-``twin`` and ``allegro_ros`` backends are one class. Each backend attaches its
-subscriptions to the rclpy node it is given; callbacks only validate and drop the
-message into a latest-value slot.
+``twin`` and ``allegro_ros`` backends are one class. The arm and hand backends are read
+by a control loop at 120/300 Hz, so they take joint states on demand from a polled
+subscription (on a node that no executor spins) instead of paying for an executor
+callback per message. The depth camera keeps a callback that validates and drops each
+frame into a latest-value slot.
 """
 from __future__ import annotations
 
 import threading
+import time
+from typing import Callable
 
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -19,30 +23,36 @@ from robot_runtime.errors import DeviceError
 
 
 class _JointTopics:
-    def __init__(self, node, names, state_topic: str, command_topic: str, timeout_s: float):
-        self.node, self.names, self.timeout_s = node, tuple(names), timeout_s
+    """Joint states taken on demand from a polled subscription; commands published.
+
+    ``node`` must not be spun by an executor (see :class:`ros_io.PolledSubscription`):
+    :meth:`read` takes every waiting state message and keeps the newest.
+    """
+
+    def __init__(self, node, names, state_topic: str, command_topic: str):
+        self.node, self.names = node, tuple(names)
         self.state_topic, self.command_topic = state_topic, command_topic
         self._latest: JointSample | None = None
-        self._arrived = threading.Event()
         self.rejected = 0
-        self._sub = None
+        self._sub: ros_io.PolledSubscription | None = None
         self._pub = None
 
     def connect(self) -> None:
-        self._sub = self.node.create_subscription(JointState, self.state_topic, self._on_state, ros_io.STATE_QOS)
+        self._sub = ros_io.PolledSubscription(self.node, JointState, self.state_topic, ros_io.STATE_QOS)
         self._pub = self.node.create_publisher(JointState, self.command_topic, ros_io.COMMAND_QOS)
 
-    def wait_for_state(self) -> JointSample:
-        """Block until a first state arrives (the node must be spinning on another thread).
-
-        Raises:
-            DeviceError: nothing on the state topic within ``state_timeout_s``.
-        """
-        if not self._arrived.wait(self.timeout_s):
-            raise DeviceError(f"no joint states on {self.state_topic} within {self.timeout_s} s")
+    def read(self) -> JointSample | None:
+        """The newest valid joint state (a malformed message is counted and skipped)."""
+        if self._sub is None:
+            raise DeviceError(f"not connected: {self.state_topic}")
+        for msg in reversed(self._sub.take_all()):
+            sample = self._parse(msg)
+            if sample is not None:
+                self._latest = sample
+                break
         return self._latest
 
-    def _on_state(self, msg: JointState) -> None:
+    def _parse(self, msg: JointState) -> JointSample | None:
         n = len(self.names)
         try:
             q = ros_io.ordered_values(msg.name, msg.position, self.names, "position", allow_unnamed=True)
@@ -51,44 +61,41 @@ class _JointTopics:
         except ValueError as exc:
             self.rejected += 1
             self.node.get_logger().warn(f"{self.state_topic}: {exc}", throttle_duration_sec=1.0)
-            return
-        self._latest = JointSample(ros_io.from_time_msg(msg.header.stamp), q, v, e)
-        self._arrived.set()
+            return None
+        return JointSample(ros_io.from_time_msg(msg.header.stamp), q, v, e)
 
-    def read(self) -> JointSample | None:
-        return self._latest
-
-    def publish(self, field: str, values) -> None:
+    def publish(self, field: str, values, stamp: float) -> None:
         if self._pub is None:
             raise DeviceError(f"not connected: {self.command_topic}")
-        stamp = self.node.get_clock().now().nanoseconds * 1e-9
         self._pub.publish(ros_io.joint_state_msg(self.names, stamp, **{field: values}))
 
     def disconnect(self) -> None:
         if self._sub is not None:
-            self.node.destroy_subscription(self._sub)
+            self.node.destroy_subscription(self._sub.sub)
             self.node.destroy_publisher(self._pub)
             self._sub = self._pub = None
 
 
 class TopicArm(ArmDevice):
-    """Arm behind ``state_topic`` (JointState) and ``target_topic`` (JointState positions)."""
+    """Arm behind ``state_topic`` (JointState) and ``target_topic`` (JointState positions).
 
-    def __init__(self, cfg, node):
-        self.cfg = cfg
-        self.io = _JointTopics(node, D.ARM_JOINTS, cfg.state_topic, cfg.target_topic, cfg.state_timeout_s)
+    Args:
+        node: an rclpy node that is never spun (states are polled by :meth:`read_state`).
+        clock: stamps for outgoing targets (s, ROS time).
+    """
+
+    def __init__(self, cfg, node, clock: Callable[[], float] = time.time):
+        self.cfg, self.clock = cfg, clock
+        self.io = _JointTopics(node, D.ARM_JOINTS, cfg.state_topic, cfg.target_topic)
 
     def connect(self) -> None:
         self.io.connect()
-
-    def wait_for_state(self) -> JointSample:
-        return self.io.wait_for_state()
 
     def read_state(self) -> JointSample | None:
         return self.io.read()
 
     def send_servo_target(self, q) -> None:
-        self.io.publish("position", q)
+        self.io.publish("position", q, self.clock())
 
     def stop(self) -> None:
         s = self.io.read()
@@ -100,27 +107,30 @@ class TopicArm(ArmDevice):
 
 
 class TopicHand(HandDevice):
-    """Allegro hand on the allegro_hand_ros topics: ``<prefix>/joint_states`` in, ``<prefix>/torque_cmd`` out."""
+    """Allegro hand on the allegro_hand_ros topics: ``<prefix>/joint_states`` in, ``<prefix>/torque_cmd`` out.
 
-    def __init__(self, cfg, node):
-        self.cfg = cfg
+    Args:
+        node: an rclpy node that is never spun (states are polled by :meth:`read_state`).
+        clock: stamps for outgoing torques (s, ROS time).
+    """
+
+    def __init__(self, cfg, node, clock: Callable[[], float] = time.time):
+        self.cfg, self.clock = cfg, clock
         p = cfg.topic_prefix.rstrip("/")
-        self.io = _JointTopics(node, D.HAND_JOINTS, f"{p}/joint_states", f"{p}/torque_cmd", cfg.state_timeout_s)
+        self.io = _JointTopics(node, D.HAND_JOINTS, f"{p}/joint_states", f"{p}/torque_cmd")
 
     def connect(self) -> None:
         self.io.connect()
-
-    def wait_for_state(self) -> JointSample:
-        return self.io.wait_for_state()
 
     def read_state(self) -> JointSample | None:
         return self.io.read()
 
     def send_torque(self, tau) -> None:
-        self.io.publish("effort", tau)
+        self.io.publish("effort", tau, self.clock())
 
     def disconnect(self) -> None:
-        self.send_torque(np.zeros(16))
+        if self.io._pub is not None:
+            self.send_torque(np.zeros(16))
         self.io.disconnect()
 
 

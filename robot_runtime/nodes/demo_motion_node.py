@@ -1,8 +1,10 @@
-"""demo_motion_node: a scripted reach-and-grasp cycle on the twin (what ``make sim`` shows).
+"""demo_motion_node: scripted reach-and-grasp targets on the twin (what ``make sim`` shows).
 
-Drives the arm and hand through their device backends (``twin``), toward the active
-object from ``/twin/object_poses``; at the end of each cycle it resets the twin with
-the next seed. The hand PD here is the plain law in ``control.pd``.
+Stands in for a policy: at the policy rate it publishes the 23 joint targets on
+``control.policy_topic``, each stamped for the next tick, so the motion goes through the
+arm and hand controllers and their safety shield exactly as a policy's would. At start it
+arms both controllers (the operator's action, done for you on the twin only). At the end
+of each cycle it resets the twin with the next seed.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from geometry_msgs.msg import PoseArray
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
@@ -20,34 +23,56 @@ from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
 from robot_runtime.control.demo_motion import ReachGraspScript
-from robot_runtime.control.pd import pd_torque
-from robot_runtime.devices.base import make_device
+from robot_runtime.control.factory import TARGET_JOINTS
+from robot_runtime.errors import ConfigError
 from robot_runtime.kinematics import UrdfModel
+from robot_runtime.nodes.controller_shell import STATE_TOPICS
 
 
 class DemoMotionNode(Node):
     def __init__(self):
         super().__init__("demo_motion_node")
         cfg = load_config(self.declare_parameter("config_file", "").value)
+        if not cfg.uses_twin:
+            raise ConfigError("demo_motion_node drives the twin only", key="demo.enabled")
         self.cfg = cfg
-        self.arm = make_device("arm", cfg.arm, node=self)
-        self.hand = make_device("hand", cfg.hand, node=self)
-        self.arm.connect()
-        self.hand.connect()
         model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
         self.script = ReachGraspScript(model, cfg.robot.arm_home, cfg.robot.hand_home, cfg.robot.hand_mount.xyz,
-                                       cfg.robot.hand_mount.rpy, cfg.demo.cycle_s)
+                                       cfg.robot.hand_mount.rpy, cfg.demo.cycle_s, cfg.control.workspace.table_z)
+        self.period = 1.0 / cfg.rates.policy_hz
         self.objects: list[str] = []
         self.active: list[str] = []
         self.poses: PoseArray | None = None
+        self.arm_q: np.ndarray | None = None
         self.create_subscription(String, "/twin/episode", self._on_episode, ros_io.LATCHED_QOS)
         self.create_subscription(PoseArray, "/twin/object_poses", self._on_poses, ros_io.STATE_QOS)
+        self.create_subscription(JointState, STATE_TOPICS["arm"], self._on_arm_state, ros_io.STATE_QOS)
+        self.pub = self.create_publisher(JointState, cfg.control.policy_topic, ros_io.STATE_QOS)
         self.reset_client = self.create_client(Trigger, "/twin/reset")
+        self.arm_clients = [self.create_client(Trigger, f"/{n}/arm")
+                            for n in ("arm_controller_node", "hand_controller_node")]
+        self.armed = [False, False]
+        self._arming = [False, False]
         self.params = AsyncParameterClient(self, "sim_node")
         self.seed = cfg.twin.seed
         self.cycle_start: float | None = None
         self.cycles = 0
-        self.create_timer(1.0 / cfg.demo.rate_hz, self._tick)
+        self.create_timer(self.period, self._tick)
+        self.create_timer(0.5, self._arm_controllers)
+
+    def _arm_controllers(self) -> None:
+        for i, client in enumerate(self.arm_clients):
+            if self.armed[i] or self._arming[i] or not client.service_is_ready():
+                continue
+            self._arming[i] = True
+            client.call_async(Trigger.Request()).add_done_callback(lambda f, i=i: self._armed(i, f))
+
+    def _armed(self, i: int, future) -> None:
+        self._arming[i] = False
+        res = future.result()
+        if res is not None and res.success:
+            self.armed[i] = True
+            self.get_logger().info(res.message)
 
     def _on_episode(self, msg: String) -> None:
         info = json.loads(msg.data)
@@ -57,6 +82,9 @@ class DemoMotionNode(Node):
     def _on_poses(self, msg: PoseArray) -> None:
         self.poses = msg
 
+    def _on_arm_state(self, msg: JointState) -> None:
+        self.arm_q = np.asarray(msg.position, dtype=float)
+
     def _target_position(self) -> np.ndarray | None:
         if self.poses is None or not self.active:
             return None
@@ -64,32 +92,23 @@ class DemoMotionNode(Node):
         p = self.poses.poses[self.objects.index(graspable[0])].position
         return np.array([p.x, p.y, p.z])
 
-    def _now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
-
     def _tick(self) -> None:
-        arm, hand = self.arm.read_state(), self.hand.read_state()
         target = self._target_position()
-        if arm is None or hand is None or target is None:
+        if self.arm_q is None or target is None or not all(self.armed):
             return
-        now = self._now()
+        now = self.get_clock().now().nanoseconds * 1e-9
         if self.cycle_start is None:
-            self.script.plan(arm.position, target)
+            self.script.plan(self.arm_q, target)
             self.cycle_start = now
-        t = now - self.cycle_start
-        q_arm, q_hand = self.script.sample(t)
-        self.arm.send_servo_target(q_arm)
-        self.hand.send_torque(pd_torque(q_hand, hand.position, hand.velocity, self.cfg.demo.hand_kp,
-                                        self.cfg.demo.hand_kd, self.cfg.twin.hand_torque_limit))
-        if t > self.cfg.demo.cycle_s + 0.5 and self.reset_client.service_is_ready():
+        t_for = now + self.period  # each target is for the next tick
+        q_arm, q_hand = self.script.sample(t_for - self.cycle_start)
+        self.pub.publish(ros_io.joint_state_msg(TARGET_JOINTS, t_for, np.concatenate([q_arm, q_hand])))
+        if now - self.cycle_start > self.cfg.demo.cycle_s + 0.5 and self.reset_client.service_is_ready():
             self.cycles += 1
             self.seed += 1
             self.cycle_start = now + 3600.0  # hold until the new episode arrives
             self.params.set_parameters([Parameter("seed", value=self.seed)]).add_done_callback(
                 lambda _f: self.reset_client.call_async(Trigger.Request()))
-
-    def close(self) -> None:
-        self.hand.disconnect()
 
 
 def main(args=None) -> int:

@@ -53,11 +53,15 @@ class SimNode(Node):
         self.pub_objects = self.create_publisher(PoseArray, "/twin/object_poses", ros_io.STATE_QOS)
         self.pub_episode = self.create_publisher(String, "/twin/episode", ros_io.LATCHED_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
+        # Commands arrive at 120 and 300 Hz: the physics loop takes them itself from
+        # subscriptions on a node no executor spins (cheaper than a callback each).
+        self.io = rclpy.create_node("sim_node_io", context=self.context)
+        self.arm_in = ros_io.PolledSubscription(self.io, JointState, arm.target_topic, ros_io.COMMAND_QOS)
+        self.hand_in = ros_io.PolledSubscription(self.io, JointState, f"{hand.topic_prefix}/torque_cmd",
+                                                 ros_io.COMMAND_QOS)
         self.runner = TwinRunner(TwinSimulation(cfg.twin, cfg.robot), cfg.twin, self,
-                                 stamp_clock=lambda: self.get_clock().now().nanoseconds * 1e-9)
-        self.create_subscription(JointState, arm.target_topic, self._on_arm_target, ros_io.COMMAND_QOS)
-        self.create_subscription(JointState, f"{hand.topic_prefix}/torque_cmd", self._on_hand_torque,
-                                 ros_io.COMMAND_QOS)
+                                 stamp_clock=lambda: self.get_clock().now().nanoseconds * 1e-9,
+                                 poll_inputs=self._take_commands)
         self.create_service(Trigger, "/twin/reset", self._on_reset)
         self.create_timer(0.5, self._watch_runner)
         self.runner.start()
@@ -65,6 +69,14 @@ class SimNode(Node):
                                f"depth {self.cam_model.width}x{self.cam_model.height} at {self.cam_model.fps:g} Hz")
 
     # ---------------------------------------------------------------- inputs
+    def _take_commands(self) -> None:
+        msg = self.arm_in.take_latest()
+        if msg is not None:
+            self._on_arm_target(msg)
+        msg = self.hand_in.take_latest()
+        if msg is not None:
+            self._on_hand_torque(msg)
+
     def _on_arm_target(self, msg: JointState) -> None:
         try:
             self.runner.command_arm(ros_io.ordered_values(msg.name, msg.position, D.ARM_JOINTS, "position"))
@@ -139,6 +151,7 @@ class SimNode(Node):
 
     def close(self):
         self.runner.stop()
+        self.io.destroy_node()
 
 
 def main(args=None) -> int:

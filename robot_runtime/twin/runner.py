@@ -60,12 +60,16 @@ class TwinRunner:
         clock: monotonic clock for pacing (s).
         stamp_clock: clock for message stamps (s; ROS time in the node).
         sleep: sleeps a duration (s); injectable for tests.
+        poll_inputs: called at the start of every cycle on the loop's thread, to take
+            commands that arrived (they are handed over with :meth:`command_arm` and
+            :meth:`command_hand`).
     """
 
     def __init__(self, sim: TwinSimulation, cfg: TwinConfig, sink: TwinSink,
                  clock: Callable[[], float] = time.monotonic, stamp_clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, poll_inputs: Callable[[], None] | None = None):
         self.sim, self.cfg, self.sink = sim, cfg, sink
+        self.poll_inputs = poll_inputs
         self.clock, self.stamp_clock, self.sleep = clock, stamp_clock, sleep
         self.pacer = RealTimePacer(sim.dt)
         self.streams = {
@@ -162,7 +166,7 @@ class TwinRunner:
             while not self._stop.is_set():
                 self.cycle(self.clock())
                 wake = min(s.next_due for s in self.streams.values())
-                wake = min(wake, self.clock() + 0.01)
+                wake = min(wake, self.clock() + (0.002 if self.poll_inputs else 0.01))
                 delay = wake - self.clock()
                 if delay > 0:
                     self.sleep(delay)
@@ -173,6 +177,8 @@ class TwinRunner:
 
     def cycle(self, now: float) -> None:
         """One pass: apply commands and resets, step physics to ``now``, emit due outputs."""
+        if self.poll_inputs is not None:
+            self.poll_inputs()
         with self._lock:
             arm, self._arm_cmd = self._arm_cmd, None
             hand, self._hand_cmd = self._hand_cmd, None

@@ -4,22 +4,24 @@ import pytest
 from robot_runtime.config import ReplayCameraConfig, XArmConfig, ZedCameraConfig, load_config
 from robot_runtime.devices.base import make_device
 from robot_runtime.devices.replay import ReplayCamera, save_depth_recording
-from robot_runtime.devices.xarm import XArm, xarm_error_name
+from robot_runtime.devices.xarm import XArm
 from robot_runtime.errors import ConfigError, DeviceError, DeviceNotAvailableError
 from robot_runtime.plan import node_plan
+from tests.xarm_standin import StandInXArmAPI
 
 
 def test_sim_plan(repo):
     cfg = load_config(repo / "config" / "sim.yaml")
     plan = node_plan(cfg, "/x/sim.yaml")
-    assert [s.name for s in plan] == ["sim_node", "demo_motion_node"]
+    assert [s.name for s in plan] == ["sim_node", "arm_controller_node", "hand_controller_node", "demo_motion_node"]
     args = plan[0].ros_args()
     assert "config_file:=/x/sim.yaml" in args and "task:=grasp_lift" in args
 
 
 def test_robot_plan_has_no_twin(repo):
     cfg = load_config(repo / "config" / "robot.yaml")
-    assert [s.name for s in node_plan(cfg, "r.yaml")] == ["camera_node"]
+    assert [s.name for s in node_plan(cfg, "r.yaml")] == ["camera_node", "arm_controller_node",
+                                                          "hand_controller_node"]
 
 
 def test_unknown_backend_type():
@@ -35,42 +37,15 @@ def test_zed_without_sdk_says_where_it_comes_from():
         cam.connect()
 
 
-class StandInXArm:
-    """Stand-in for xarm.wrapper.XArmAPI (the real controller is not reachable here)."""
-
-    def __init__(self, ip, connected=True):
-        self.ip, self.connected = ip, connected
-        self.error_code, self.warn_code = 0, 0
-        self.calls = []
-
-    def get_joint_states(self, is_radian=True):
-        self.calls.append("get_joint_states")
-        return 0, [[0.1 * i for i in range(7)], [0.0] * 7, [1.0] * 7]
-
-    def __getattr__(self, name):
-        def call(*a, **k):
-            self.calls.append(name)
-            return 0
-        return call
-
-
 def test_xarm_connects_and_reads_state():
-    arm = XArm(XArmConfig(ip="10.0.0.1"), sdk_factory=StandInXArm, clock=lambda: 42.0)
+    arm = XArm(XArmConfig(ip="10.0.0.1"), sdk_factory=StandInXArmAPI, clock=lambda: 42.0)
     arm.connect()
     s = arm.read_state()
-    assert s.t == 42.0 and np.allclose(s.position, [0.1 * i for i in range(7)])
-    arm.enable_servo()
-    assert arm.api.calls[-4:] == ["clean_error", "motion_enable", "set_mode", "set_state"]
-
-
-def test_xarm_unreachable_and_faults_named():
-    with pytest.raises(DeviceError, match="10.0.0.2 is not reachable"):
-        XArm(XArmConfig(ip="10.0.0.2"), sdk_factory=lambda ip: StandInXArm(ip, connected=False)).connect()
-    arm = XArm(XArmConfig(), sdk_factory=StandInXArm)
-    arm.connect()
-    arm.api.error_code = 22
-    assert arm.faults() == ["C22 self-collision"]
-    assert xarm_error_name(35) == "C35 safety boundary reached" and xarm_error_name(999).startswith("C999 unknown")
+    assert s.t == 42.0 and np.allclose(s.position, arm.api.angles)
+    assert arm.faults() == []
+    arm.api.raise_error(22)
+    assert [str(f) for f in arm.faults()] == ["C22 self-collision"] and arm.faults()[0].error
+    assert arm.read_state() is not None  # state stays readable while the controller has an error
 
 
 def test_replay_plays_at_recorded_timing(tmp_path):

@@ -1,0 +1,393 @@
+"""Joint controllers that turn stamped 20 Hz targets into safe commands at their own rate.
+
+Plain classes: no ROS. Time is an argument everywhere (s, ROS time), so tests step them
+deterministically. One controller drives one device:
+
+- :class:`ArmServoController` streams servo positions to an :class:`ArmDevice` (120 Hz);
+- :class:`HandPDController` turns positions into PD torques for a :class:`HandDevice` (300 Hz).
+
+Both share :class:`JointController`: two sources (``policy``, ``teleop``) of which exactly
+one is active, a target buffer per source (interpolation, never extrapolation), the
+watchdog (hold, then latch), an explicit arm/e-stop life cycle, and the safety shield,
+whose output is the command actually sent.
+
+Modes: ``disarmed`` at start (holding), ``armed`` (following the active source; holding
+while it is stale or has not started), ``stopped`` (latched by the watchdog, an e-stop or
+a device fault; only :meth:`JointController.arm` leaves it).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+from typing import Sequence
+
+import numpy as np
+
+from robot_runtime.control.safety import (InterventionCounter, JointLimits, PointsFn, ShieldResult, ShieldState,
+                                          Workspace, brake, shield_step)
+from robot_runtime.control.targets import Freshness, TargetBuffer, TargetRejected, freshness, select_joints
+from robot_runtime.devices.base import ArmDevice, DeviceFault, HandDevice, JointSample
+from robot_runtime.errors import DeviceError
+
+SOURCES = ("policy", "teleop")
+
+
+class Mode(str, Enum):
+    DISARMED = "disarmed"
+    ARMED = "armed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class WatchdogTiming:
+    """Watchdog and hand-over timing (s)."""
+
+    hold_after_s: float = 0.1
+    latch_after_s: float = 0.25
+    blend_s: float = 0.5
+    max_lead_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class TickOutput:
+    """One tick: the command sent (positions [n] rad, velocities [n] rad/s), or None when
+    nothing was sent, and the shield's reasons."""
+
+    q: np.ndarray | None
+    v: np.ndarray | None
+    reasons: tuple[str, ...]
+    mode: Mode
+    freshness: Freshness | None
+
+
+class JointController:
+    """Sources, watchdog, hand-over blending and the shield for one device.
+
+    Thread safety: target callbacks, service requests and the loop may call in from
+    different threads; one lock serialises them (every method is short).
+
+    Args:
+        name: 'arm' or 'hand' (used in messages).
+        joint_names: this device's joints, in device order.
+        target_names: the joints every target message must name (the 23 of the robot).
+        limits: the shield's joint limits.
+        timing: watchdog and blending timing.
+        period_s: the loop period (s), used as ``dt`` of the first tick.
+        workspace, points_fn: workspace check (``points_fn`` maps this device's positions
+            and the other device's measured positions [m] to named points).
+        source: the initially active source.
+        state_timeout_s: a measured joint state older than this (s) stops the controller.
+    """
+
+    def __init__(self, name: str, joint_names: Sequence[str], target_names: Sequence[str], limits: JointLimits,
+                 timing: WatchdogTiming, period_s: float, workspace: Workspace | None = None,
+                 points_fn=None, source: str = "policy", state_timeout_s: float = 0.1):
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r} (one of {SOURCES})")
+        self.name, self.joint_names, self.target_names = name, tuple(joint_names), tuple(target_names)
+        self.limits, self.timing, self.period_s = limits, timing, period_s
+        self.state_timeout_s = state_timeout_s
+        self.workspace, self._points_fn = workspace, points_fn
+        self._lock = threading.RLock()
+        self.buffers = {s: TargetBuffer(max_lead_s=timing.max_lead_s, max_age_s=timing.hold_after_s)
+                        for s in SOURCES}
+        self.source = source
+        self.mode = Mode.DISARMED
+        self.reason = "started disarmed: call the arm service to follow targets"
+        self.interventions = InterventionCounter()
+        self.rejected_targets: Counter = Counter()
+        self.faults: list[str] = []
+        self.context: np.ndarray | None = None  # the other device's measured positions
+        self._prev: ShieldState | None = None
+        self._prev_t: float | None = None
+        self._engaged_at = -math.inf
+        self._blend_pending = True
+        self._blend_from: np.ndarray | None = None
+        self._blend_start = 0.0
+        self._freshness: Freshness | None = None
+        self.last_measured: JointSample | None = None
+        self.ticks = 0
+        self._tick_done = threading.Condition(self._lock)
+
+    # ------------------------------------------------------------------ inputs
+    def on_target(self, source: str, names: Sequence[str], positions: Sequence[float], stamp: float,
+                  received: float) -> None:
+        """Validate a target message and store it for ``source``.
+
+        Raises:
+            TargetRejected: wrong names, non-finite values, or a stamp too far off; the
+                rejection is counted under its reason.
+        """
+        with self._lock:
+            try:
+                if source not in SOURCES:
+                    raise TargetRejected("names", f"unknown source {source!r}")
+                q = select_joints(names, positions, self.target_names, self.joint_names)
+                self.buffers[source].add(stamp, q, received)
+            except TargetRejected as exc:
+                self.rejected_targets[exc.reason] += 1
+                self.interventions.add((exc.reason,), str(exc))
+                raise
+
+    def set_context(self, q_other: np.ndarray) -> None:
+        """Latest measured positions of the other device (for the workspace check)."""
+        with self._lock:
+            self.context = np.asarray(q_other, dtype=float)
+
+    # ------------------------------------------------------------------ life cycle
+    def arm(self, now: float) -> str:
+        """Start following the active source from the current position (explicit operator action).
+
+        Raises:
+            DeviceError: the controller cannot arm (no joint state yet, or no context for
+                the workspace check); the message says what is missing.
+        """
+        with self._lock:
+            if self._prev is None:
+                raise DeviceError(f"{self.name}: no joint state from the device yet; cannot arm")
+            if self.workspace is not None and self._points_fn is not None and self.context is None:
+                raise DeviceError(f"{self.name}: no joint states of the other device yet; the workspace "
+                                  "check needs them")
+            self.mode = Mode.ARMED
+            self.reason = ""
+            self.faults = []
+            self._prev = ShieldState.at_rest(self._measured_q, self._bound_points())
+            self._engage(now)
+            return f"{self.name} armed, following {self.source}"
+
+    def estop(self, reason: str = "e-stop") -> None:
+        """Hold at once and latch a stop until re-armed."""
+        with self._lock:
+            self._latch(reason)
+            if self._prev is not None:  # hold exactly here, without braking
+                self._prev = ShieldState(self._prev.q, np.zeros_like(self._prev.v), self._prev.points)
+
+    def select_source(self, source: str, now: float) -> str:
+        """Make ``source`` the one source driving this controller; the hand-over starts from
+        the current command, so it never jumps."""
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r} (one of {SOURCES})")
+        with self._lock:
+            if source == self.source:
+                return f"{self.name} already follows {source}"
+            old, self.source = self.source, source
+            self._engage(now)
+            return f"{self.name} switched from {old} to {source}"
+
+    def _engage(self, now: float) -> None:
+        self._engaged_at = now
+        self._blend_pending = True
+
+    def _latch(self, reason: str) -> None:
+        self.mode = Mode.STOPPED
+        self.reason = reason
+
+    # ------------------------------------------------------------------ loop
+    _measured_q: np.ndarray
+
+    def _bound_points(self) -> PointsFn | None:
+        if self.workspace is None or self._points_fn is None or self.context is None:
+            return None
+        ctx = self.context
+        return lambda q: self._points_fn(q, ctx)
+
+    def step(self, now: float, measured: JointSample | None) -> TickOutput:
+        """Compute this tick's command (positions) at ``now`` (s) from the measured state."""
+        with self._lock:
+            out = self._step(now, measured)
+            self.ticks += 1
+            self._tick_done.notify_all()
+            return out
+
+    def wait_for_tick(self, timeout: float) -> bool:
+        """Block until the loop has run one more tick (False on timeout)."""
+        with self._lock:
+            start = self.ticks
+            return self._tick_done.wait_for(lambda: self.ticks > start, timeout)
+
+    def _step(self, now: float, measured: JointSample | None) -> TickOutput:
+        self.last_measured = measured
+        if measured is None:
+            return TickOutput(None, None, (), self.mode, None)
+        if now - measured.t > self.state_timeout_s:
+            if self.mode is Mode.ARMED:
+                self._latch(f"{self.name}: joint states stopped ({now - measured.t:.3f} s old, "
+                            f"limit {self.state_timeout_s} s)")
+            return TickOutput(None, None, (), self.mode, None)
+        self._measured_q = measured.position
+        points_fn = self._bound_points()
+        if self._prev is None:
+            self._prev = ShieldState.at_rest(measured.position, points_fn)
+        dt = now - self._prev_t if self._prev_t is not None else self.period_s
+        dt = min(max(dt, 1e-4), 0.1)
+        self._prev_t = now
+        if self.mode is not Mode.ARMED:
+            self._freshness = None
+            res = brake(self.limits, self._prev, dt, "stopped", points_fn)
+            self._prev = res.state
+            return TickOutput(res.q, res.v, (), self.mode, None)
+        buf = self.buffers[self.source]
+        newest = buf.newest
+        fr = freshness(newest.received if newest else None, self._engaged_at, now, self.timing.hold_after_s,
+                       self.timing.latch_after_s)
+        self._freshness = fr
+        if fr is Freshness.LATCH:
+            self._latch(f"watchdog: no {self.source} target for {now - newest.received:.3f} s "
+                        f"(latch after {self.timing.latch_after_s} s)")
+            res = brake(self.limits, self._prev, dt, "stale_hold", points_fn)
+        elif fr is not Freshness.FRESH:
+            self._blend_pending = True
+            res = brake(self.limits, self._prev, dt, "stale_hold", points_fn)
+            if fr is Freshness.WAITING:
+                res = ShieldResult(res.q, res.v, (), res.points)
+        else:
+            if self._blend_pending:
+                self._blend_pending = False
+                self._blend_from, self._blend_start = self._prev.q.copy(), now
+            q_src = buf.sample(now)
+            alpha = min(1.0, (now - self._blend_start) / self.timing.blend_s) if self.timing.blend_s > 0 else 1.0
+            q_des = self._blend_from + alpha * (q_src - self._blend_from)
+            res = shield_step(self.limits, self._prev, q_des, dt, self.workspace, points_fn)
+        self.interventions.add(res.reasons, res.detail)
+        self._prev = res.state
+        return TickOutput(res.q, res.v, res.reasons, self.mode, fr)
+
+    # ------------------------------------------------------------------ reporting
+    def status(self) -> dict:
+        """Mode, reason, source, freshness and faults (for the latched status topic)."""
+        with self._lock:
+            return {"controller": self.name, "mode": self.mode.value, "reason": self.reason, "source": self.source,
+                    "targets": self._freshness.value if self._freshness else "none", "faults": list(self.faults)}
+
+    def diagnostics(self) -> dict:
+        """Counters for /diagnostics: interventions by reason, rejected targets, mode."""
+        with self._lock:
+            return {"mode": self.mode.value, "source": self.source, "reason": self.reason,
+                    "targets": self._freshness.value if self._freshness else "none",
+                    **self.interventions.as_dict(),
+                    "rejected_targets": int(sum(self.rejected_targets.values())),
+                    "faults": "; ".join(self.faults) or "none"}
+
+
+class ArmServoController(JointController):
+    """The arm: streams shielded servo targets to an :class:`ArmDevice` while armed.
+
+    While disarmed or stopped nothing is streamed (the arm holds its last target). A device
+    fault or a failed send latches a stop, stops the arm and is reported by name.
+    """
+
+    def __init__(self, device: ArmDevice, **kwargs):
+        super().__init__("arm", **kwargs)
+        self.device = device
+        self._stopped_device = False
+
+    def tick(self, now: float) -> TickOutput:
+        """Read the arm, check its faults, compute and send one command."""
+        try:
+            measured = self.device.read_state()
+            faults = self.device.faults()
+        except DeviceError as exc:
+            measured, faults = None, [DeviceFault(None, f"arm read failed: {exc}")]
+        errors = [str(f) for f in faults if f.error]
+        with self._lock:
+            self.faults = [str(f) for f in faults]
+            if errors and self.mode is not Mode.STOPPED:
+                self._latch(f"arm fault: {'; '.join(errors)}")
+            out = self.step(now, measured)
+            if out.q is not None and out.mode is Mode.ARMED:
+                try:
+                    self.device.send_servo_target(out.q)
+                    self._stopped_device = False
+                except DeviceError as exc:
+                    self._latch(f"arm send failed: {exc}")
+                    out = TickOutput(out.q, out.v, out.reasons, self.mode, out.freshness)
+            if self.mode is Mode.STOPPED and not self._stopped_device:
+                self._stopped_device = True
+                try:
+                    self.device.stop()
+                except DeviceError as exc:
+                    self.faults = self.faults + [f"stop failed: {exc}"]
+            return out
+
+    def arm(self, now: float) -> str:
+        """Re-enable the device (clear errors, servo mode, ready) and arm."""
+        self.device.enable()
+        with self._lock:
+            msg = super().arm(now)
+            self._stopped_device = False
+            return msg
+
+
+class VelocityFilter:
+    """Joint velocity from a first-order low-pass filtered difference of measured positions.
+
+    Args:
+        cutoff_hz: filter cut-off (Hz).
+    """
+
+    def __init__(self, cutoff_hz: float):
+        self.cutoff_hz = cutoff_hz
+        self._t: float | None = None
+        self._q: np.ndarray | None = None
+        self.v: np.ndarray | None = None
+
+    def update(self, t: float, q: np.ndarray) -> np.ndarray:
+        """Velocity estimate [n] (rad/s) after a sample of positions ``q`` [n] taken at ``t`` (s)."""
+        q = np.asarray(q, dtype=float)
+        if self._t is None:
+            self._t, self._q, self.v = t, q.copy(), np.zeros_like(q)
+            return self.v
+        dt = t - self._t
+        if dt <= 0:  # same sample again
+            return self.v
+        raw = (q - self._q) / dt
+        alpha = 1.0 - math.exp(-2.0 * math.pi * self.cutoff_hz * dt)
+        self.v = self.v + alpha * (raw - self.v)
+        self._t, self._q = t, q.copy()
+        return self.v
+
+
+@dataclass(frozen=True)
+class HandTickOutput(TickOutput):
+    """A hand tick adds the torques sent [16] (N m)."""
+
+    torque: np.ndarray | None = None
+
+
+class HandPDController(JointController):
+    """The hand: PD torque tau = Kp (q* - q) - Kd q' toward the shielded target q*.
+
+    Torques are sent every tick, in every mode: a disarmed or stopped hand holds its
+    position rather than going limp.
+
+    Args:
+        device: the hand.
+        kp, kd, torque_limit: per-joint gains [16] (N m/rad, N m s/rad) and limits [16] (N m).
+        velocity_cutoff_hz: cut-off of the velocity filter (Hz).
+    """
+
+    def __init__(self, device: HandDevice, kp, kd, torque_limit, velocity_cutoff_hz: float = 50.0, **kwargs):
+        super().__init__("hand", **kwargs)
+        self.device = device
+        self.kp, self.kd = np.asarray(kp, float), np.asarray(kd, float)
+        self.torque_limit = np.asarray(torque_limit, float)
+        self.velocity = VelocityFilter(velocity_cutoff_hz)
+
+    def tick(self, now: float) -> HandTickOutput:
+        measured = self.device.read_state()
+        with self._lock:
+            out = self.step(now, measured)
+            if out.q is None:
+                if measured is not None:  # state stopped arriving: do not push on stale positions
+                    self.device.send_torque(np.zeros(len(self.joint_names)))
+                return HandTickOutput(None, None, (), out.mode, out.freshness)
+            qd = self.velocity.update(measured.t, measured.position)
+            tau = self.kp * (out.q - measured.position) - self.kd * qd
+            tau_c = np.clip(tau, -self.torque_limit, self.torque_limit)
+            if np.any(tau_c != tau):
+                self.interventions.add(("torque",))
+            self.device.send_torque(tau_c)
+            return HandTickOutput(out.q, out.v, out.reasons, out.mode, out.freshness, tau_c)

@@ -1,0 +1,79 @@
+"""Build the arm and hand controllers from a :class:`~robot_runtime.config.RuntimeConfig` (no ROS)."""
+from __future__ import annotations
+
+import numpy as np
+
+from robot_runtime import description as D
+from robot_runtime.config import RuntimeConfig
+from robot_runtime.control.controller import ArmServoController, HandPDController, WatchdogTiming
+from robot_runtime.control.safety import JointLimits, Workspace
+from robot_runtime.kinematics import UrdfModel
+
+#: Every target message names exactly these joints (the policy's 23, in any order).
+TARGET_JOINTS = D.ARM_JOINTS + D.HAND_JOINTS
+
+
+class RobotPoints:
+    """Flange and fingertip positions (m, base frame) by forward kinematics of the whole robot."""
+
+    def __init__(self, model: UrdfModel | None = None):
+        self.model = model or UrdfModel.from_file(D.description_path(D.URDF_NAME))
+        self.tips = tuple(D.FINGERTIP_FRAMES)
+        self._slots = {n: self.model.link_slot(D.FLANGE_FRAME if n == "flange" else n) for n in ("flange",) + self.tips}
+
+    def _points(self, q: np.ndarray, names) -> dict[str, np.ndarray]:
+        T = self.model.forward_array(q)
+        return {n: T[self._slots[n], :3, 3].copy() for n in names}
+
+    def for_arm(self, q_arm: np.ndarray, q_hand: np.ndarray) -> dict[str, np.ndarray]:
+        """Flange and fingertips for arm positions [7] with the hand at ``q_hand`` [16]."""
+        return self._points(np.concatenate([q_arm, q_hand]), ("flange",) + self.tips)
+
+    def for_hand(self, q_hand: np.ndarray, q_arm: np.ndarray) -> dict[str, np.ndarray]:
+        """Fingertips for hand positions [16] with the arm at ``q_arm`` [7]."""
+        return self._points(np.concatenate([q_arm, q_hand]), self.tips)
+
+
+def workspace_of(cfg: RuntimeConfig) -> Workspace:
+    w = cfg.control.workspace
+    return Workspace(w.table_z, w.flange_clearance, w.fingertip_clearance, tuple(w.box_min), tuple(w.box_max),
+                     w.max_flange_speed)
+
+
+def timing_of(cfg: RuntimeConfig) -> WatchdogTiming:
+    c = cfg.control
+    return WatchdogTiming(hold_after_s=c.hold_after_periods / cfg.rates.policy_hz, latch_after_s=c.latch_after_s,
+                          blend_s=c.blend_s, max_lead_s=c.max_target_lead_s)
+
+
+def arm_limits(cfg: RuntimeConfig) -> JointLimits:
+    a = cfg.control.arm
+    lim = np.asarray(D.ARM_LIMITS, float)
+    return JointLimits(tuple(D.ARM_JOINTS), lim[:, 0], lim[:, 1], a.position_margin, np.asarray(a.max_velocity),
+                       np.asarray(a.max_acceleration), np.asarray(a.max_step))
+
+
+def hand_limits(cfg: RuntimeConfig) -> JointLimits:
+    h = cfg.control.hand
+    lim = np.asarray(D.HAND_LIMITS, float)
+    return JointLimits(tuple(D.HAND_JOINTS), lim[:, 0], lim[:, 1], h.position_margin, np.asarray(h.max_velocity),
+                       np.asarray(h.max_acceleration), np.asarray(h.max_step))
+
+
+def make_arm_controller(cfg: RuntimeConfig, device, points: RobotPoints | None = None) -> ArmServoController:
+    points = points or RobotPoints()
+    return ArmServoController(device, joint_names=D.ARM_JOINTS, target_names=TARGET_JOINTS, limits=arm_limits(cfg),
+                              timing=timing_of(cfg), period_s=1.0 / cfg.rates.arm_hz, workspace=workspace_of(cfg),
+                              points_fn=points.for_arm, source=cfg.control.source,
+                              state_timeout_s=cfg.control.device_state_timeout_s)
+
+
+def make_hand_controller(cfg: RuntimeConfig, device, points: RobotPoints | None = None) -> HandPDController:
+    points = points or RobotPoints()
+    h = cfg.control.hand
+    return HandPDController(device, kp=h.kp, kd=h.kd, torque_limit=h.torque_limit,
+                            velocity_cutoff_hz=h.velocity_cutoff_hz, joint_names=D.HAND_JOINTS,
+                            target_names=TARGET_JOINTS, limits=hand_limits(cfg), timing=timing_of(cfg),
+                            period_s=1.0 / cfg.rates.hand_hz, workspace=workspace_of(cfg),
+                            points_fn=points.for_hand, source=cfg.control.source,
+                            state_timeout_s=cfg.control.device_state_timeout_s)

@@ -1,0 +1,201 @@
+"""A deadline-based periodic loop for hard-rate control (no ROS here).
+
+Each tick has an absolute deadline ``t0 + k * period`` on one grid, so the rate never
+drifts. The loop sleeps until a short spin margin before the deadline, then polls the
+clock up to the deadline: ``time.sleep`` alone wakes 50-100 us late on an idle Linux
+machine and later on a busy one. A tick that overruns skips the deadlines it missed
+(the grid keeps its phase) rather than bursting to catch up. Every tick's wake-up
+lateness is recorded; :class:`LoopStatistics` summarises a window of them.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """p50 / p99 / max of a set of durations (ms), and how many there were."""
+
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    n: int
+
+    @classmethod
+    def of(cls, values_ms) -> "LatencySummary":
+        v = np.asarray(values_ms, dtype=float)
+        if v.size == 0:
+            return cls(math.nan, math.nan, math.nan, 0)
+        return cls(float(np.percentile(v, 50)), float(np.percentile(v, 99)), float(v.max()), int(v.size))
+
+    def as_dict(self) -> dict:
+        return {"p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "max_ms": self.max_ms, "n": self.n}
+
+
+class LoopStatistics:
+    """Wake-up lateness and tick duration of a periodic loop.
+
+    A *miss* is a tick woken more than half a period late; an *overrun* is a deadline
+    skipped because the previous tick ran past it.
+
+    Args:
+        period_s: the loop period (s).
+        window: how many recent ticks the windowed summary covers.
+        keep_all: also keep every lateness sample (for benchmarks; memory grows).
+    """
+
+    def __init__(self, period_s: float, window: int = 1000, keep_all: bool = False):
+        self.period_s = period_s
+        self.lateness_ms: deque[float] = deque(maxlen=window)
+        self.tick_ms: deque[float] = deque(maxlen=window)
+        self.all_lateness_ms: list[float] | None = [] if keep_all else None
+        self.ticks = 0
+        self.misses = 0
+        self.overruns = 0
+        self._tick_times: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()  # the loop records while /diagnostics reads
+
+    def record(self, woke: float, lateness_s: float, tick_s: float) -> None:
+        with self._lock:
+            self._record(woke, lateness_s, tick_s)
+
+    def _record(self, woke: float, lateness_s: float, tick_s: float) -> None:
+        ms = lateness_s * 1e3
+        self.ticks += 1
+        self.lateness_ms.append(ms)
+        self.tick_ms.append(tick_s * 1e3)
+        self._tick_times.append(woke)
+        if self.all_lateness_ms is not None:
+            self.all_lateness_ms.append(ms)
+        if lateness_s > 0.5 * self.period_s:
+            self.misses += 1
+
+    def achieved_hz(self, over_s: float = 1.0) -> float:
+        """Ticks per second over the last ``over_s`` seconds of ticks."""
+        with self._lock:
+            t = list(self._tick_times)
+        if len(t) < 2:
+            return 0.0
+        end = t[-1]
+        recent = [x for x in t if x >= end - over_s]
+        if len(recent) < 2 or recent[-1] == recent[0]:
+            return 0.0
+        return (len(recent) - 1) / (recent[-1] - recent[0])
+
+    def summary(self) -> dict:
+        """Flat key/values for ``/diagnostics``: rate, lateness p50/p99/max (ms), misses, overruns."""
+        with self._lock:
+            late = LatencySummary.of(list(self.lateness_ms))
+            tick = LatencySummary.of(list(self.tick_ms))
+        return {
+            "rate_hz": round(self.achieved_hz(), 2),
+            "target_hz": round(1.0 / self.period_s, 2),
+            "lateness_p50_ms": round(late.p50_ms, 4),
+            "lateness_p99_ms": round(late.p99_ms, 4),
+            "lateness_max_ms": round(late.max_ms, 4),
+            "tick_p99_ms": round(tick.p99_ms, 4),
+            "ticks": self.ticks,
+            "misses": self.misses,
+            "overruns": self.overruns,
+        }
+
+
+class DeadlineLoop:
+    """Calls ``tick(deadline)`` at absolute deadlines ``t0 + k / rate_hz`` until stopped.
+
+    Args:
+        rate_hz: loop rate (Hz).
+        tick: called once per deadline with the deadline (s, on ``clock``).
+        clock: monotonic clock (s).
+        sleep: sleeps a duration (s).
+        spin_s: how long before a deadline to stop sleeping and poll the clock (s).
+        stats: where lateness is recorded (a new :class:`LoopStatistics` by default).
+    """
+
+    def __init__(self, rate_hz: float, tick: Callable[[float], None], clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, spin_s: float = 2e-4,
+                 stats: LoopStatistics | None = None):
+        if rate_hz <= 0:
+            raise ValueError(f"rate_hz must be positive, got {rate_hz}")
+        self.period = 1.0 / rate_hz
+        self.tick = tick
+        self.clock, self.sleep, self.spin_s = clock, sleep, spin_s
+        self.stats = stats or LoopStatistics(self.period)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def wait_until(self, deadline: float) -> float:
+        """Sleep, then poll, until ``deadline``; return the wake-up time."""
+        remaining = deadline - self.clock()
+        if remaining > self.spin_s:
+            self.sleep(remaining - self.spin_s)
+        now = self.clock()
+        while now < deadline:
+            now = self.clock()
+        return now
+
+    def run(self, max_ticks: int | None = None) -> None:
+        """Run on the calling thread until :meth:`stop` (or ``max_ticks`` ticks)."""
+        t0 = self.clock()
+        k = 1
+        done = 0
+        while not self._stop.is_set() and (max_ticks is None or done < max_ticks):
+            deadline = t0 + k * self.period
+            woke = self.wait_until(deadline)
+            self.tick(deadline)
+            end = self.clock()
+            self.stats.record(woke, woke - deadline, end - woke)
+            done += 1
+            k += 1
+            behind = math.floor((end - t0) / self.period) + 1 - k
+            if behind > 0:  # ran past later deadlines: skip them, keep the grid's phase
+                self.stats.overruns += behind
+                k += behind
+
+
+def _set_timer_slack_ns(ns: int) -> bool:
+    """Linux: let the kernel wake this thread within ``ns`` of its timer (default 50 us)."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(29, ctypes.c_ulong(ns), 0, 0, 0) == 0  # PR_SET_TIMERSLACK
+    except (OSError, AttributeError):
+        return False
+
+
+def request_realtime(priority: int) -> str:
+    """Ask for SCHED_FIFO at ``priority`` for the calling thread (0: do not ask), and for the
+    smallest timer slack (allowed to everyone).
+
+    Returns a short description of the scheduling actually in effect; never raises,
+    since many machines refuse real-time priority to unprivileged users.
+    """
+    slack = ", timer slack 1 ns" if _set_timer_slack_ns(1) else ""
+    if priority <= 0 or not hasattr(os, "sched_setscheduler"):
+        return "SCHED_OTHER" + slack
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        return f"SCHED_FIFO {priority}{slack}"
+    except (PermissionError, OSError) as exc:
+        return f"SCHED_OTHER{slack} (SCHED_FIFO {priority} refused: {exc.strerror or exc})"
+
+
+def tighten_gil_switching(interval_s: float = 1e-4) -> None:
+    """Make a busy Python thread hand the GIL to a woken loop thread within ``interval_s``."""
+    sys.setswitchinterval(interval_s)

@@ -1,0 +1,230 @@
+"""The ROS shell shared by arm_controller_node and hand_controller_node.
+
+Declares parameters, topics and services, and runs the plain controller
+(:mod:`robot_runtime.control.controller`) on a deadline loop thread of its own
+(SCHED_FIFO when the machine allows it). High-rate inputs (device states, the other
+controller's states, targets) are subscriptions on a second node that no executor
+spins: at the start of each tick the loop takes what has arrived (targets are validated
+into the controller's buffers, states into latest-value slots). The executor spins the
+main node for services and the 1 Hz diagnostics only, so it never competes with the
+loop for the GIL at message rate.
+
+Topics (``<n>`` is the node name, ``arm_controller_node`` or ``hand_controller_node``):
+
+- in: ``control.policy_topic`` / ``control.teleop_topic`` (JointState, 23 named joints,
+  stamped for the time each target is for); the other controller's ``/<other>/joint_states``
+  (for the workspace check);
+- out, at loop rate: ``/<n>/joint_states`` (measured, stamped at acquisition) and
+  ``/<n>/command`` (what was sent: position, velocity, and effort for the hand);
+- ``/<n>/status`` (latched JSON: mode, reason, source, target freshness, faults), on change;
+- ``/diagnostics`` once a second: loop rate, wake-up lateness p50/p99/max, misses,
+  overruns, and every shield intervention by reason.
+
+Services (std_srvs/Trigger): ``/<n>/arm``, ``/<n>/estop``, ``/<n>/select_policy``,
+``/<n>/select_teleop``.
+
+Parameters: ``config_file``; ``scheduling`` (``deadline``, or ``ros_timer`` to run the
+same tick from a plain rclpy timer, for the benchmark's comparison); ``timing_log`` (a
+``.npz`` path that receives every tick's lateness when the node stops).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from robot_runtime import ros_io
+from robot_runtime.config import RuntimeConfig, load_config
+from robot_runtime.control.controller import SOURCES, JointController, Mode
+from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, request_realtime, tighten_gil_switching
+from robot_runtime.control.targets import TargetRejected
+from robot_runtime.devices.base import make_device
+from robot_runtime.errors import ConfigError, DeviceError
+
+#: Measured joint states each controller republishes at its loop rate.
+STATE_TOPICS = {"arm": "/arm_controller_node/joint_states", "hand": "/hand_controller_node/joint_states"}
+
+
+class ControllerNode(Node):
+    """Subclasses set ``PART`` ('arm' or 'hand') and implement :meth:`rate_hz` and :meth:`build`."""
+
+    PART = ""
+
+    def rate_hz(self, cfg: RuntimeConfig) -> float:
+        raise NotImplementedError
+
+    def build(self, cfg: RuntimeConfig, device) -> JointController:
+        raise NotImplementedError
+
+    def __init__(self, node_name: str):
+        super().__init__(node_name)
+        cfg = load_config(self.declare_parameter("config_file", "").value)
+        self.scheduling = self.declare_parameter("scheduling", "deadline").value
+        if self.scheduling not in ("deadline", "ros_timer"):
+            raise ConfigError(f"parameter 'scheduling' must be 'deadline' or 'ros_timer', not {self.scheduling!r}")
+        self.timing_log = self.declare_parameter("timing_log", "").value
+        self.cfg, self.rate = cfg, self.rate_hz(cfg)
+        # The loop's own node: polled subscriptions and the loop's publishers; never spun.
+        self.io = rclpy.create_node(f"{node_name}_io", context=self.context)
+        self.device = make_device(self.PART, getattr(cfg, self.PART), node=self.io)
+        self.device.connect()
+        self.controller = self.build(cfg, self.device)
+        ns = f"/{node_name}"
+        self.pub_state = self.io.create_publisher(JointState, STATE_TOPICS[self.PART], ros_io.STATE_QOS)
+        self.pub_command = self.io.create_publisher(JointState, f"{ns}/command", ros_io.STATE_QOS)
+        self.pub_status = self.create_publisher(String, f"{ns}/status", ros_io.LATCHED_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
+        topics = {"policy": cfg.control.policy_topic, "teleop": cfg.control.teleop_topic}
+        self.targets = {s: ros_io.PolledSubscription(self.io, JointState, topics[s], ros_io.STATE_QOS)
+                        for s in SOURCES}
+        other = "hand" if self.PART == "arm" else "arm"
+        self.context_sub = ros_io.PolledSubscription(self.io, JointState, STATE_TOPICS[other], ros_io.STATE_QOS)
+        self._status_lock = threading.Lock()
+        self.create_service(Trigger, f"{ns}/arm", self._on_arm)
+        self.create_service(Trigger, f"{ns}/estop", self._on_estop)
+        for source in SOURCES:
+            self.create_service(Trigger, f"{ns}/select_{source}", partial(self._on_select, source))
+        self.stats = LoopStatistics(1.0 / self.rate, keep_all=bool(self.timing_log))
+        self.sched_info = "rclpy timer" if self.scheduling == "ros_timer" else "starting"
+        self._last_status: dict | None = None
+        self.loop_error: BaseException | None = None
+        self.create_timer(1.0, self._publish_diagnostics)
+        self._loop: DeadlineLoop | None = None
+        self._thread: threading.Thread | None = None
+        if self.scheduling == "deadline":
+            self._loop = DeadlineLoop(self.rate, self._on_deadline, spin_s=cfg.control.spin_us * 1e-6,
+                                      stats=self.stats)
+            self._thread = threading.Thread(target=self._run_loop, name=f"{self.PART}-loop", daemon=True)
+            self._thread.start()
+        else:
+            self._timer_expected: float | None = None
+            self._timer = self.create_timer(1.0 / self.rate, self._on_timer)
+        self.get_logger().info(f"{self.PART} controller at {self.rate:g} Hz ({self.scheduling}), disarmed; "
+                               f"source {self.controller.source}; arm with {ns}/arm")
+
+    # ------------------------------------------------------------------ loop
+    def _run_loop(self) -> None:
+        self.sched_info = request_realtime(self.cfg.control.realtime_priority)
+        tighten_gil_switching()
+        gc.collect()
+        gc.freeze()  # start-up objects never need collecting again: shorter GC pauses in the loop
+        try:
+            self._loop.run()
+        except BaseException as exc:  # reported on /diagnostics and the log; the node then exits
+            self.loop_error = exc
+            self.get_logger().fatal(f"{self.PART} loop failed: {exc!r}")
+
+    def _on_deadline(self, deadline: float) -> None:
+        self._tick(time.time())
+
+    def _on_timer(self) -> None:
+        t = time.time()
+        if self._timer_expected is not None:
+            late = t - self._timer_expected
+            self.stats.record(t, late, 0.0)
+            behind = int(late // (1.0 / self.rate))
+            self.stats.overruns += max(0, behind)
+        self._tick(t)
+        self._timer_expected = time.time() + self._timer.time_until_next_call() * 1e-9
+
+    def _tick(self, now: float) -> None:
+        self._take_inputs(now)
+        out = self.controller.tick(now)
+        m = self.controller.last_measured
+        if m is not None:
+            self.pub_state.publish(ros_io.joint_state_msg(self.controller.joint_names, m.t, m.position, m.velocity,
+                                                          m.effort))
+        if out.q is not None:
+            self.pub_command.publish(ros_io.joint_state_msg(self.controller.joint_names, now, out.q, out.v,
+                                                            getattr(out, "torque", None)))
+        self._publish_status()
+
+    def _take_inputs(self, now: float) -> None:
+        for source, sub in self.targets.items():
+            for msg in sub.take_all():
+                try:
+                    self.controller.on_target(source, msg.name, msg.position,
+                                              ros_io.from_time_msg(msg.header.stamp), now)
+                except TargetRejected as exc:
+                    self.get_logger().warn(f"{source} target rejected ({exc.reason}): {exc}",
+                                           throttle_duration_sec=1.0)
+        ctx = self.context_sub.take_latest()
+        if ctx is not None:
+            self.controller.set_context(np.asarray(ctx.position, dtype=float))
+
+    def _publish_status(self) -> None:
+        """Publish the latched status when it changed (from the loop or a service)."""
+        status = self.controller.status()
+        with self._status_lock:
+            if status == self._last_status:
+                return
+            self._last_status = status
+        self.pub_status.publish(String(data=json.dumps(status)))
+        if status["mode"] == Mode.STOPPED.value:
+            self.get_logger().warn(f"{self.PART} stopped: {status['reason']}")
+
+    # ------------------------------------------------------------------ services
+
+    def _on_arm(self, request, response):
+        try:
+            response.message = self.controller.arm(time.time())
+            response.success = True
+            self.get_logger().info(response.message)
+        except DeviceError as exc:
+            response.success, response.message = False, str(exc)
+            self.get_logger().error(f"arming refused: {exc}")
+        return response
+
+    def _on_estop(self, request, response):
+        self.controller.estop("e-stop service")
+        ticked = self.controller.wait_for_tick(0.2)
+        if not ticked and self.PART == "arm":  # the loop is not running: stop the arm from here
+            self.device.stop()
+        response.success = True
+        response.message = f"{self.PART} holding; stopped until re-armed"
+        self.get_logger().warn(f"e-stop: {response.message}")
+        return response
+
+    def _on_select(self, source: str, request, response):
+        response.message = self.controller.select_source(source, time.time())
+        response.success = True
+        self.get_logger().info(response.message)
+        return response
+
+    def _publish_diagnostics(self) -> None:
+        if self.loop_error is not None:
+            raise SystemExit(f"{self.PART} loop failed: {self.loop_error!r}")
+        values = {**self.stats.summary(), "scheduling": self.sched_info, **self.controller.diagnostics()}
+        mode = self.controller.mode
+        level = 0 if mode is Mode.ARMED else (2 if self.controller.faults and mode is Mode.STOPPED else 1)
+        message = self.controller.reason or f"armed, following {self.controller.source}"
+        self.pub_diag.publish(ros_io.diagnostics_msg(time.time(), f"{self.get_name()}: loop", self.PART, values,
+                                                     level, message))
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.stop()
+            self._thread.join(2.0)
+        if self.timing_log:
+            path = Path(self.timing_log)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, lateness_ms=np.asarray(self.stats.all_lateness_ms), rate_hz=self.rate,
+                     overruns=self.stats.overruns, misses=self.stats.misses, scheduling=self.sched_info)
+        try:
+            if self.PART == "arm" and self.controller.mode is Mode.ARMED:
+                self.device.stop()
+            self.device.disconnect()
+        except DeviceError as exc:
+            self.get_logger().error(f"{self.PART} shutdown: {exc}")
+        self.io.destroy_node()

@@ -1,0 +1,389 @@
+"""Arm and hand controllers, the deadline loop and the xArm backend, with injected time."""
+import numpy as np
+import pytest
+
+from robot_runtime import description as D
+from robot_runtime.config import RuntimeConfig, XArmConfig
+from robot_runtime.control.controller import Mode, VelocityFilter
+from robot_runtime.control.factory import TARGET_JOINTS, make_arm_controller, make_hand_controller
+from robot_runtime.control.loop import DeadlineLoop, LatencySummary, LoopStatistics
+from robot_runtime.control.targets import TargetRejected
+from robot_runtime.devices.base import ArmDevice, HandDevice, JointSample
+from robot_runtime.devices.xarm import XARM_ERRORS, XArm, xarm_error_name
+from robot_runtime.errors import DeviceError
+from tests.xarm_standin import StandInXArmAPI
+
+ARM_DT = 1.0 / 120
+T0 = 1000.0
+
+
+class IdealArm(ArmDevice):
+    """An arm that is exactly where it was last told to be (the controller logic under test)."""
+
+    def __init__(self, q, clock):
+        self.q, self.clock = np.array(q, float), clock
+        self.sent: list[np.ndarray] = []
+        self.stops = 0
+
+    def connect(self): ...
+    def disconnect(self): ...
+
+    def read_state(self):
+        return JointSample(self.clock(), self.q.copy(), np.zeros(7), np.zeros(7))
+
+    def send_servo_target(self, q):
+        self.q = np.array(q, float)
+        self.sent.append(self.q.copy())
+
+    def stop(self):
+        self.stops += 1
+
+
+class Rig:
+    """One arm controller on an ideal arm, with a clock the test advances."""
+
+    def __init__(self, cfg=None, device=None):
+        self.cfg = cfg or RuntimeConfig()
+        self.now = T0
+        self.arm = device or IdealArm(self.cfg.robot.arm_home, lambda: self.now)
+        self.ctl = make_arm_controller(self.cfg, self.arm)
+        self.ctl.set_context(np.array(self.cfg.robot.hand_home))
+        self.home = np.array(self.cfg.robot.arm_home)
+
+    def target(self, q_arm, t_for, source="policy"):
+        self.ctl.on_target(source, TARGET_JOINTS, list(q_arm) + list(self.cfg.robot.hand_home), t_for, self.now)
+
+    def run(self, seconds, target_fn=None, source="policy"):
+        """Tick at 120 Hz for ``seconds``; ``target_fn(t)`` -> arm targets published at 20 Hz, stamped +50 ms."""
+        outs = []
+        next_pub = self.now
+        for _ in range(int(round(seconds / ARM_DT))):
+            if target_fn is not None and self.now >= next_pub - 1e-9:
+                self.target(target_fn(self.now + 0.05), self.now + 0.05, source)
+                next_pub += 0.05
+            outs.append(self.ctl.tick(self.now))
+            self.now += ARM_DT
+        return outs
+
+
+def sent_steps(arm):
+    return np.abs(np.diff(np.array(arm.sent), axis=0)).max(axis=1) if len(arm.sent) > 1 else np.zeros(1)
+
+
+def test_starts_disarmed_and_streams_nothing():
+    rig = Rig()
+    rig.run(0.5, lambda t: rig.home + 0.1)
+    assert rig.ctl.mode is Mode.DISARMED and rig.arm.sent == []
+    assert "arm service" in rig.ctl.status()["reason"]
+
+
+def test_armed_arm_tracks_a_ramp_smoothly():
+    rig = Rig()
+    rig.run(0.05)
+    rig.ctl.arm(rig.now)
+    ramp = lambda t: rig.home + 0.2 * np.sin(0.5 * (t - T0)) * np.array([1, 0.5, 0, 1, 0, -1, 1.0])  # noqa: E731
+    rig.run(3.0, ramp)
+    err = np.abs(rig.arm.q - ramp(rig.now))
+    assert err.max() < 0.01
+    limit = rig.cfg.control.arm.max_step[0]
+    assert sent_steps(rig.arm).max() <= limit + 1e-12
+
+
+def test_stale_targets_hold_then_latch_and_need_rearm():
+    rig = Rig()
+    rig.run(0.05)
+    rig.ctl.arm(rig.now)
+    moving = lambda t: rig.home + 0.5 * (t - T0) * np.array([1, 0, 0, 0, 0, 0, 0.0])  # noqa: E731
+    rig.run(1.0, moving)
+    killed_at = rig.now
+    n_before = len(rig.arm.sent)
+    outs = rig.run(0.2)  # publisher gone
+    held = [o for o in outs if "stale_hold" in o.reasons]
+    assert held, "the controller should hold once targets are two policy periods old"
+    # Holding: the arm comes to rest (no extrapolation) with no step larger than the limit.
+    assert np.allclose(rig.arm.sent[-1], rig.arm.sent[-2])
+    assert sent_steps(rig.arm).max() <= rig.cfg.control.arm.max_step[0] + 1e-12
+    rig.run(0.1)
+    assert rig.ctl.mode is Mode.STOPPED and "watchdog" in rig.ctl.reason and rig.arm.stops == 1
+    assert killed_at < rig.now and len(rig.arm.sent) > n_before
+    # Fresh targets do not move a stopped controller: re-arming is explicit.
+    n = len(rig.arm.sent)
+    rig.run(0.3, lambda t: rig.home)
+    assert len(rig.arm.sent) == n and rig.ctl.mode is Mode.STOPPED
+    rig.ctl.arm(rig.now)
+    rig.run(0.5, lambda t: rig.arm.q)
+    assert rig.ctl.mode is Mode.ARMED and len(rig.arm.sent) > n
+
+
+def test_hold_then_resume_blends_from_where_it_stopped():
+    rig = Rig()
+    rig.run(0.05)
+    rig.ctl.arm(rig.now)
+    rig.run(0.5, lambda t: rig.home)
+    rig.run(0.15)  # stale, held, not yet latched
+    assert rig.ctl.mode is Mode.ARMED
+    far = rig.home + np.array([0.3, 0, 0, 0, 0, 0, 0])
+    rig.run(0.05, lambda t: far)
+    assert sent_steps(rig.arm).max() <= rig.cfg.control.arm.max_step[0] + 1e-12
+
+
+def test_estop_holds_at_once_and_stops_the_arm():
+    rig = Rig()
+    rig.run(0.05)
+    rig.ctl.arm(rig.now)
+    rig.run(0.5, lambda t: rig.home + 0.3 * (t - T0))
+    rig.ctl.estop("e-stop service")
+    n = len(rig.arm.sent)
+    rig.run(0.2, lambda t: rig.home + 0.3 * (t - T0))
+    assert len(rig.arm.sent) == n and rig.arm.stops == 1
+    assert rig.ctl.status()["mode"] == "stopped" and rig.ctl.status()["reason"] == "e-stop service"
+
+
+def test_source_switch_starts_from_the_current_position():
+    rig = Rig()
+    rig.run(0.05)
+    rig.ctl.arm(rig.now)
+    policy = lambda t: rig.home + np.array([0.2, 0, 0, 0, 0, 0, 0])  # noqa: E731
+    teleop = lambda t: rig.home - np.array([0.2, 0, 0, 0, 0, 0, 0])  # noqa: E731
+    next_pub = rig.now
+    steps = []
+    for i in range(int(3.0 / ARM_DT)):
+        if rig.now >= next_pub - 1e-9:  # both sources publish all along
+            rig.target(policy(rig.now), rig.now + 0.05, "policy")
+            rig.target(teleop(rig.now), rig.now + 0.05, "teleop")
+            next_pub += 0.05
+        if i == int(1.5 / ARM_DT):
+            before = rig.arm.q.copy()
+            assert "switched from policy to teleop" in rig.ctl.select_source("teleop", rig.now)
+        rig.ctl.tick(rig.now)
+        rig.now += ARM_DT
+        if i == int(1.5 / ARM_DT):
+            steps.append(np.abs(rig.arm.q - before).max())
+    assert steps[0] < 1e-3  # the first command after the switch is where the arm already was
+    assert np.allclose(rig.arm.q, teleop(rig.now), atol=1e-3)
+    assert sent_steps(rig.arm).max() <= rig.cfg.control.arm.max_step[0] + 1e-12
+    with pytest.raises(ValueError, match="unknown source"):
+        rig.ctl.select_source("joystick", rig.now)
+
+
+def test_bad_targets_are_counted_and_do_not_move_the_arm():
+    rig = Rig()
+    rig.run(0.05)
+    rig.ctl.arm(rig.now)
+    with pytest.raises(TargetRejected):
+        rig.ctl.on_target("policy", TARGET_JOINTS, [float("nan")] * 23, rig.now + 0.05, rig.now)
+    with pytest.raises(TargetRejected):
+        rig.ctl.on_target("policy", ("a", "b"), [0.0, 0.0], rig.now + 0.05, rig.now)
+    d = rig.ctl.diagnostics()
+    assert d["rejected_targets"] == 2 and d["shield_non_finite"] == 1 and d["shield_names"] == 1
+    rig.run(0.3)
+    assert rig.arm.sent == [] or np.allclose(rig.arm.sent[-1], rig.home)
+
+
+def test_arming_needs_a_joint_state_and_the_other_device():
+    cfg = RuntimeConfig()
+    ctl = make_arm_controller(cfg, IdealArm(cfg.robot.arm_home, lambda: T0))
+    with pytest.raises(DeviceError, match="no joint state"):
+        ctl.arm(T0)
+    ctl.tick(T0)
+    with pytest.raises(DeviceError, match="other device"):
+        ctl.arm(T0)
+
+
+def test_device_state_stopping_latches():
+    rig = Rig()
+    rig.run(0.05)
+    rig.ctl.arm(rig.now)
+    frozen = rig.now
+    rig.arm.clock = lambda: frozen
+    rig.run(0.2, lambda t: rig.home)
+    assert rig.ctl.mode is Mode.STOPPED and "joint states stopped" in rig.ctl.reason
+
+
+# ------------------------------------------------------------------ xArm
+def xarm_rig():
+    api = StandInXArmAPI()
+    dev = XArm(XArmConfig(), sdk_factory=lambda ip: api)
+    dev.connect()
+    rig = Rig(device=dev)
+    dev.clock = lambda: rig.now
+    return rig, api
+
+
+def test_xarm_arming_runs_the_enable_sequence_then_streams_servo_j():
+    rig, api = xarm_rig()
+    rig.run(0.05)
+    assert "set_servo_angle_j" not in api.calls  # disarmed: nothing streamed
+    rig.ctl.arm(rig.now)
+    seq = [c for c in api.calls if c != "get_joint_states"]
+    assert seq == ["clean_error", "clean_warn", "motion_enable", "set_mode(1)", "set_state(0)"]
+    rig.run(0.5, lambda t: rig.home + 0.05)
+    assert len(api.targets) >= 55 and np.allclose(api.targets[-1], rig.home + 0.05, atol=1e-3)
+
+
+@pytest.mark.parametrize("code", sorted(XARM_ERRORS))
+def test_each_xarm_error_stops_streaming_and_is_named(code):
+    rig, api = xarm_rig()
+    rig.run(0.02)
+    rig.ctl.arm(rig.now)
+    rig.run(0.2, lambda t: rig.home)
+    api.raise_error(code)
+    n = len(api.targets)
+    rig.run(0.2, lambda t: rig.home + 0.05)
+    assert len(api.targets) == n, "no servo target may follow an error"
+    assert rig.ctl.mode is Mode.STOPPED
+    assert xarm_error_name(code) in rig.ctl.reason and f"C{code} " in rig.ctl.reason
+    assert api.calls.count("set_state(4)") == 1
+
+
+def test_named_codes_from_the_issue():
+    assert xarm_error_name(22) == "C22 self-collision"
+    assert xarm_error_name(23) == "C23 joint angle over limit"
+    assert xarm_error_name(24) == "C24 speed over limit" and xarm_error_name(60).startswith("C60 linear (TCP) speed")
+    assert xarm_error_name(31) == "C31 collision or abnormal current"
+    assert xarm_error_name(35) == "C35 safety boundary reached"
+    assert xarm_error_name(999).startswith("C999 unknown")
+
+
+def test_xarm_fault_is_never_cleared_silently():
+    rig, api = xarm_rig()
+    rig.run(0.02)
+    rig.ctl.arm(rig.now)
+    api.raise_error(31)
+    rig.run(0.1, lambda t: rig.home)
+    api.error_code = 0  # the controller's report clears, but nobody re-armed
+    rig.run(0.5, lambda t: rig.home)
+    assert rig.ctl.mode is Mode.STOPPED and "clean_error" not in api.calls[-20:]
+    n = len(api.targets)
+    rig.ctl.arm(rig.now)  # the explicit operator action
+    rig.run(0.2, lambda t: rig.home)
+    assert rig.ctl.mode is Mode.ARMED and len(api.targets) > n
+
+
+def test_xarm_rearm_refused_while_the_cause_persists():
+    rig, api = xarm_rig()
+    rig.run(0.02)
+    api.raise_error(35, sticky=True)
+    rig.run(0.05)
+    with pytest.raises(DeviceError, match="C35 safety boundary reached"):
+        rig.ctl.arm(rig.now)
+    assert rig.ctl.mode is Mode.STOPPED
+
+
+def test_xarm_warning_is_reported_but_does_not_stop():
+    rig, api = xarm_rig()
+    rig.run(0.02)
+    rig.ctl.arm(rig.now)
+    api.warn_code = 11
+    rig.run(0.2, lambda t: rig.home)
+    assert rig.ctl.mode is Mode.ARMED and rig.ctl.faults == ["W11 controller command buffer full"]
+
+
+def test_xarm_send_refused_latches_with_the_code():
+    rig, api = xarm_rig()
+    rig.run(0.02)
+    rig.ctl.arm(rig.now)
+    api.mode = 0  # e.g. someone switched mode from the teach pendant
+    rig.run(0.1, lambda t: rig.home)
+    assert rig.ctl.mode is Mode.STOPPED and "code 9 (not ready to move)" in rig.ctl.reason
+
+
+def test_xarm_unreachable_is_a_clear_error():
+    with pytest.raises(DeviceError, match="10.0.0.2 is not reachable"):
+        XArm(XArmConfig(ip="10.0.0.2"), sdk_factory=lambda ip: StandInXArmAPI(ip, connected=False)).connect()
+
+
+# ------------------------------------------------------------------ hand
+class HeldHand(HandDevice):
+    def __init__(self, q, clock):
+        self.q, self.clock = np.array(q, float), clock
+        self.sent: list[np.ndarray] = []
+
+    def connect(self): ...
+    def disconnect(self): ...
+
+    def read_state(self):
+        return JointSample(self.clock(), self.q.copy(), np.zeros(16), np.zeros(16))
+
+    def send_torque(self, tau):
+        self.sent.append(np.array(tau, float))
+
+
+def test_hand_pd_law_gains_and_torque_limit():
+    cfg = RuntimeConfig()
+    now = [T0]
+    hand = HeldHand(cfg.robot.hand_home, lambda: now[0])
+    ctl = make_hand_controller(cfg, hand)
+    ctl.set_context(np.array(cfg.robot.arm_home))
+    ctl.tick(now[0])
+    assert np.allclose(hand.sent[-1], 0.0)  # disarmed: holding where it is
+    ctl.arm(now[0])
+    hand.q = hand.q + 0.01  # measured 0.01 rad past the held target
+    now[0] += 1 / 300
+    out = ctl.tick(now[0])
+    kp, kd = np.array(cfg.control.hand.kp), np.array(cfg.control.hand.kd)
+    v = ctl.velocity.v
+    assert np.allclose(out.torque, kp * (out.q - hand.q) - kd * v)
+    hand.q = hand.q + 1.0
+    now[0] += 1 / 300
+    out = ctl.tick(now[0])
+    assert np.allclose(np.abs(out.torque), cfg.control.hand.torque_limit)
+    assert ctl.diagnostics()["shield_torque"] >= 1
+
+
+def test_velocity_filter_converges_and_ignores_repeats():
+    f = VelocityFilter(cutoff_hz=50.0)
+    for k in range(200):
+        v = f.update(k / 333.0, np.array([0.5 * k / 333.0]))
+    assert v[0] == pytest.approx(0.5, rel=1e-3)
+    assert f.update(199 / 333.0, np.array([9.0]))[0] == pytest.approx(v[0])
+
+
+# ------------------------------------------------------------------ deadline loop
+class FakeTime:
+    def __init__(self):
+        self.t = 0.0
+        self.extra = {}
+
+    def clock(self):
+        return self.t
+
+    def sleep(self, dt):
+        self.t += dt
+
+
+def test_deadline_loop_keeps_absolute_deadlines_without_drift():
+    ft = FakeTime()
+    ticks = []
+
+    def tick(deadline):
+        ticks.append(deadline)
+        ft.t += 0.001  # work
+    loop = DeadlineLoop(100.0, tick, clock=ft.clock, sleep=ft.sleep, spin_s=0.0)
+    loop.run(max_ticks=1000)
+    assert ticks[-1] == pytest.approx(10.0, abs=1e-9)  # the 1000th deadline, no drift
+    assert np.allclose(np.diff(ticks), 0.01) and loop.stats.overruns == 0
+
+
+def test_deadline_loop_skips_overrun_deadlines_and_keeps_phase():
+    ft = FakeTime()
+    ticks = []
+
+    def tick(deadline):
+        ticks.append(deadline)
+        if len(ticks) == 3:
+            ft.t += 0.035  # one slow tick spans three more deadlines
+    loop = DeadlineLoop(100.0, tick, clock=ft.clock, sleep=ft.sleep, spin_s=0.0)
+    loop.run(max_ticks=6)
+    assert ticks == pytest.approx([0.01, 0.02, 0.03, 0.07, 0.08, 0.09])
+    assert loop.stats.overruns == 3
+
+
+def test_loop_statistics_summary_and_misses():
+    st = LoopStatistics(period_s=0.01)
+    for k, late in enumerate([0.0001] * 98 + [0.006, 0.0002]):
+        st.record(k * 0.01, late, 0.0005)
+    s = st.summary()
+    assert s["misses"] == 1 and s["lateness_max_ms"] == pytest.approx(6.0)
+    assert s["rate_hz"] == pytest.approx(100.0)
+    assert LatencySummary.of([]).n == 0
