@@ -265,7 +265,7 @@ class ControlConfig:
     max_target_lead_s: float = rng(1.0, 0.01, 10.0)
     device_state_timeout_s: float = rng(0.1, 0.01, 5.0)
     realtime_priority: int = rng(40, 0, 99)
-    spin_us: float = rng(200.0, 0.0, 2000.0)
+    spin_us: float = rng(100.0, 0.0, 2000.0)
     arm: ArmControlConfig = field(default_factory=ArmControlConfig)
     hand: HandControlConfig = field(default_factory=HandControlConfig)
     workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)

@@ -10,33 +10,62 @@ from pathlib import Path
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import HistoryPolicy, QoSProfile
+
+from robot_runtime.ros_io import PolledSubscription
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 class RosProbe:
+    """Services and publishers on ``node`` (spun by a thread); recorded topics are polled
+    subscriptions on a second node, drained every 2 ms (executor callbacks at the rates
+    the controllers publish would cost the test a third of a core)."""
+
     def __init__(self, name: str = "test_probe"):
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node(name, context=self.context)
+        self.io = rclpy.create_node(f"{name}_io", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._cv = threading.Condition()
         self._stop = threading.Event()
+        self._recorded: list[tuple] = []
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
 
     def _spin(self):
         while not self._stop.is_set():
             self.executor.spin_once(timeout_sec=0.02)
 
-    def subscribe(self, msg_type, topic, qos, store: list):
-        """Append every message to ``store`` and wake waiters."""
-        def cb(msg):
-            with self._cv:
-                store.append(msg)
-                self._cv.notify_all()
-        return self.node.create_subscription(msg_type, topic, cb, qos)
+    def _drain(self):
+        while not self._stop.wait(0.002):
+            with self._lock:
+                recorded = list(self._recorded)
+            got = False
+            for sub, store in recorded:
+                msgs = sub.take_all(limit=1000)
+                if msgs:
+                    got = True
+                    with self._cv:
+                        store.extend(msgs)
+            if got:
+                with self._cv:
+                    self._cv.notify_all()
+
+    def subscribe(self, msg_type, topic, qos, store: list, keep: int = 500):
+        """Append every message on ``topic`` to ``store`` and wake waiters (``keep``: queue depth
+        between drains)."""
+        deep = QoSProfile(depth=max(qos.depth, keep), reliability=qos.reliability, durability=qos.durability,
+                          history=HistoryPolicy.KEEP_LAST)
+        sub = PolledSubscription(self.io, msg_type, topic, deep)
+        with self._lock:
+            self._recorded.append((sub, store))
+        return sub
 
     def wait_for(self, predicate, timeout: float) -> bool:
         """Block until ``predicate()`` is true (checked on every message) or ``timeout``."""
@@ -62,6 +91,8 @@ class RosProbe:
     def close(self):
         self._stop.set()
         self._thread.join(2.0)
+        self._drainer.join(2.0)
+        self.io.destroy_node()
         self.executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)

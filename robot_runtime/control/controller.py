@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
+from robot_runtime.control.pd import pd_torque
 from robot_runtime.control.safety import (InterventionCounter, JointLimits, PointsFn, ShieldResult, ShieldState,
                                           Workspace, brake, shield_step)
 from robot_runtime.control.targets import Freshness, TargetBuffer, TargetRejected, freshness, select_joints
@@ -53,14 +54,15 @@ class WatchdogTiming:
 
 @dataclass(frozen=True)
 class TickOutput:
-    """One tick: the command sent (positions [n] rad, velocities [n] rad/s), or None when
-    nothing was sent, and the shield's reasons."""
+    """One tick: the shielded command (positions [n] rad, velocities [n] rad/s; None without a
+    joint state), the shield's reasons, and whether the command was sent to the device."""
 
     q: np.ndarray | None
     v: np.ndarray | None
     reasons: tuple[str, ...]
     mode: Mode
     freshness: Freshness | None
+    sent: bool = False
 
 
 class JointController:
@@ -112,6 +114,9 @@ class JointController:
         self.ticks = 0
         self._tick_done = threading.Condition(self._lock)
 
+    #: On arming, start from the measured position (True) or from the held command (False).
+    RESTART_FROM_MEASURED = True
+
     # ------------------------------------------------------------------ inputs
     def on_target(self, source: str, names: Sequence[str], positions: Sequence[float], stamp: float,
                   received: float) -> None:
@@ -154,7 +159,10 @@ class JointController:
             self.mode = Mode.ARMED
             self.reason = ""
             self.faults = []
-            self._prev = ShieldState.at_rest(self._measured_q, self._bound_points())
+            if self.RESTART_FROM_MEASURED:
+                self._prev = ShieldState.at_rest(self._measured_q, self._bound_points())
+            else:
+                self._prev = ShieldState(self._prev.q, np.zeros_like(self._prev.v), self._prev.points)
             self._engage(now)
             return f"{self.name} armed, following {self.source}"
 
@@ -276,7 +284,9 @@ class ArmServoController(JointController):
     """The arm: streams shielded servo targets to an :class:`ArmDevice` while armed.
 
     While disarmed or stopped nothing is streamed (the arm holds its last target). A device
-    fault or a failed send latches a stop, stops the arm and is reported by name.
+    fault or a failed send latches a stop, stops the arm and is reported by name. Arming
+    starts from the measured position: the arm may have moved while nothing was streamed,
+    and it runs to each servo target at full speed.
     """
 
     def __init__(self, device: ArmDevice, **kwargs):
@@ -301,6 +311,7 @@ class ArmServoController(JointController):
                 try:
                     self.device.send_servo_target(out.q)
                     self._stopped_device = False
+                    out = TickOutput(out.q, out.v, out.reasons, out.mode, out.freshness, sent=True)
                 except DeviceError as exc:
                     self._latch(f"arm send failed: {exc}")
                     out = TickOutput(out.q, out.v, out.reasons, self.mode, out.freshness)
@@ -361,13 +372,16 @@ class HandPDController(JointController):
     """The hand: PD torque tau = Kp (q* - q) - Kd q' toward the shielded target q*.
 
     Torques are sent every tick, in every mode: a disarmed or stopped hand holds its
-    position rather than going limp.
+    position rather than going limp, and arming continues from that held target, so the
+    command never steps.
 
     Args:
         device: the hand.
         kp, kd, torque_limit: per-joint gains [16] (N m/rad, N m s/rad) and limits [16] (N m).
         velocity_cutoff_hz: cut-off of the velocity filter (Hz).
     """
+
+    RESTART_FROM_MEASURED = False
 
     def __init__(self, device: HandDevice, kp, kd, torque_limit, velocity_cutoff_hz: float = 50.0, **kwargs):
         super().__init__("hand", **kwargs)
@@ -385,9 +399,8 @@ class HandPDController(JointController):
                     self.device.send_torque(np.zeros(len(self.joint_names)))
                 return HandTickOutput(None, None, (), out.mode, out.freshness)
             qd = self.velocity.update(measured.t, measured.position)
-            tau = self.kp * (out.q - measured.position) - self.kd * qd
-            tau_c = np.clip(tau, -self.torque_limit, self.torque_limit)
-            if np.any(tau_c != tau):
+            tau = pd_torque(out.q, measured.position, qd, self.kp, self.kd, self.torque_limit)
+            if np.any(np.abs(tau) >= self.torque_limit):
                 self.interventions.add(("torque",))
-            self.device.send_torque(tau_c)
-            return HandTickOutput(out.q, out.v, out.reasons, out.mode, out.freshness, tau_c)
+            self.device.send_torque(tau)
+            return HandTickOutput(out.q, out.v, out.reasons, out.mode, out.freshness, True, tau)

@@ -145,7 +145,7 @@ class ControllerNode(Node):
         if m is not None:
             self.pub_state.publish(ros_io.joint_state_msg(self.controller.joint_names, m.t, m.position, m.velocity,
                                                           m.effort))
-        if out.q is not None:
+        if out.sent:
             self.pub_command.publish(ros_io.joint_state_msg(self.controller.joint_names, now, out.q, out.v,
                                                             getattr(out, "torque", None)))
         self._publish_status()

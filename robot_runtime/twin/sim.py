@@ -18,10 +18,14 @@ import numpy as np
 
 from robot_runtime import description as D
 from robot_runtime.config import RobotConfig, TwinConfig
+from robot_runtime.description.build import ARM_KP, ARM_KV
 from robot_runtime.devices.base import JointSample
 from robot_runtime.errors import TwinError
 from robot_runtime.transforms import look_at_axes
 from robot_runtime.twin import scene
+
+#: Arm targets further apart than this (s) carry no velocity to feed forward.
+FF_WINDOW_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class TwinSimulation:
         self.data.qpos[self._hand_qadr] = home_hand
         self._arm_target = home_arm.copy()
         self._arm_ref = home_arm.copy()
+        self._arm_target_vel = np.zeros(7)
+        self._arm_target_time = -math.inf
         self._hand_tau = np.zeros(16)
         self._hand_tau_time = -math.inf
         rng = np.random.default_rng(int(seed))
@@ -146,7 +152,14 @@ class TwinSimulation:
             raise ValueError(f"arm target has shape {q.shape}, expected (7,)")
         if not np.all(np.isfinite(q)):
             raise ValueError(f"arm target has a non-finite value: {q.tolist()}")
-        self._arm_target = np.clip(q, self._arm_limits[:, 0], self._arm_limits[:, 1])
+        q = np.clip(q, self._arm_limits[:, 0], self._arm_limits[:, 1])
+        dt = self.data.time - self._arm_target_time
+        vmax = self.cfg.arm_max_joint_speed
+        # The target stream's velocity, fed forward so the servo has no velocity lag (the
+        # real arm reaches each servo target within a tick).
+        self._arm_target_vel = np.clip((q - self._arm_target) / dt, -vmax, vmax) if 0 < dt <= FF_WINDOW_S \
+            else np.zeros(7)
+        self._arm_target, self._arm_target_time = q, self.data.time
 
     def set_hand_torque(self, tau) -> None:
         """Torques for the 16 hand joints (N m, driver order), clipped to +-hand_torque_limit.
@@ -174,7 +187,9 @@ class TwinSimulation:
         vmax = self.cfg.arm_max_joint_speed * self.dt
         for _ in range(n):
             self._arm_ref = self._arm_ref + np.clip(self._arm_target - self._arm_ref, -vmax, vmax)
-            self.data.ctrl[self._arm_act] = self._arm_ref
+            stale = self.data.time - self._arm_target_time > FF_WINDOW_S
+            ff = 0.0 if stale else self._arm_target_vel * (ARM_KV / ARM_KP)
+            self.data.ctrl[self._arm_act] = self._arm_ref + ff
             fresh = self.data.time - self._hand_tau_time <= self.cfg.hand_torque_timeout_s
             self.data.ctrl[self._hand_act] = self._hand_tau if fresh else 0.0
             self.mj.mj_step(self.model, self.data)

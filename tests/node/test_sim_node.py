@@ -28,7 +28,7 @@ def graph(tmp_path_factory):
     store = {k: [] for k in ("arm", "hand", "depth", "info", "poses", "episode", "diag")}
     probe.subscribe(JointState, "/arm/joint_states", ros_io.STATE_QOS, store["arm"])
     probe.subscribe(JointState, "/allegroHand_0/joint_states", ros_io.STATE_QOS, store["hand"])
-    probe.subscribe(Image, "/camera/depth/image", ros_io.IMAGE_QOS, store["depth"])
+    probe.subscribe(Image, "/camera/depth/image", ros_io.IMAGE_QOS, store["depth"], keep=4)
     probe.subscribe(CameraInfo, "/camera/depth/camera_info", ros_io.IMAGE_QOS, store["info"])
     probe.subscribe(PoseArray, "/twin/object_poses", ros_io.STATE_QOS, store["poses"])
     probe.subscribe(String, "/twin/episode", ros_io.LATCHED_QOS, store["episode"])
