@@ -4,12 +4,14 @@
     robot-runtime check-config FILE
     robot-runtime plan [--config FILE]
     robot-runtime description [--write] [--out DIR]
+    robot-runtime control {arm,estop,policy,teleop,status} [--only arm|hand]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from robot_runtime.errors import RobotRuntimeError
@@ -75,6 +77,67 @@ def _cmd_description(args) -> int:
     return 0
 
 
+CONTROL_ACTIONS = {"arm": "arm", "estop": "estop", "policy": "select_policy", "teleop": "select_teleop"}
+
+
+def _cmd_control(args) -> int:
+    """Call a service on both controllers (the e-stop first on the arm), or print their status."""
+    import rclpy
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    from robot_runtime import ros_io
+
+    nodes = [f"{p}_controller_node" for p in (("arm", "hand") if not args.only else (args.only,))]
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("robot_runtime_control_cli", context=context)
+    code = 0
+    try:
+        if args.action == "status":
+            got: dict[str, str] = {}
+            for n in nodes:
+                node.create_subscription(String, f"/{n}/status", lambda m, n=n: got.__setitem__(n, m.data),
+                                         ros_io.LATCHED_QOS)
+            end = time.monotonic() + args.timeout
+            while len(got) < len(nodes) and time.monotonic() < end:
+                _spin_once(node, context)
+            for n in nodes:
+                print(f"{n}: {got.get(n, 'no status (is it running?)')}")
+            return 0 if len(got) == len(nodes) else 1
+        for n in nodes:
+            client = node.create_client(Trigger, f"/{n}/{CONTROL_ACTIONS[args.action]}")
+            if not client.wait_for_service(timeout_sec=args.timeout):
+                print(f"{n}: service {client.srv_name} not available (is the node running?)", file=sys.stderr)
+                code = 1
+                continue
+            future = client.call_async(Trigger.Request())
+            end = time.monotonic() + args.timeout
+            while not future.done() and time.monotonic() < end:
+                _spin_once(node, context)
+            res = future.result() if future.done() else None
+            if res is None:
+                print(f"{n}: no answer within {args.timeout} s", file=sys.stderr)
+                code = 1
+            else:
+                print(f"{n}: {'ok' if res.success else 'REFUSED'}: {res.message}")
+                code = code or (0 if res.success else 1)
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    return code
+
+
+def _spin_once(node, context) -> None:
+    from rclpy.executors import SingleThreadedExecutor
+
+    ex = getattr(node, "_cli_executor", None)
+    if ex is None:
+        ex = node._cli_executor = SingleThreadedExecutor(context=context)
+        ex.add_node(node)
+    ex.spin_once(timeout_sec=0.05)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="robot-runtime", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -94,6 +157,13 @@ def main(argv=None) -> int:
     p.add_argument("--write", action="store_true")
     p.add_argument("--out")
     p.set_defaults(func=_cmd_description)
+    p = sub.add_parser("control", help="arm, e-stop or switch the source of the arm and hand controllers")
+    p.add_argument("action", choices=[*CONTROL_ACTIONS, "status"],
+                   help="arm: start following targets; estop: hold and latch a stop; policy/teleop: choose "
+                        "the one source driving the controllers; status: print each controller's status")
+    p.add_argument("--only", choices=["arm", "hand"], help="just one controller")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each controller")
+    p.set_defaults(func=_cmd_control)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

@@ -17,7 +17,7 @@ Topics (``<n>`` is the node name, ``arm_controller_node`` or ``hand_controller_n
 - out, at loop rate: ``/<n>/joint_states`` (measured, stamped at acquisition) and
   ``/<n>/command`` (what was sent: position, velocity, and effort for the hand);
 - ``/<n>/status`` (latched JSON: mode, reason, source, target freshness, faults), on change;
-- ``/diagnostics`` once a second: loop rate, wake-up lateness p50/p99/max, misses,
+- ``/diagnostics`` once a second (from the loop thread): loop rate, wake-up lateness p50/p99/max, misses,
   overruns, and every shield intervention by reason.
 
 Services (std_srvs/Trigger): ``/<n>/arm``, ``/<n>/estop``, ``/<n>/select_policy``,
@@ -84,7 +84,7 @@ class ControllerNode(Node):
         self.pub_state = self.io.create_publisher(JointState, STATE_TOPICS[self.PART], ros_io.STATE_QOS)
         self.pub_command = self.io.create_publisher(JointState, f"{ns}/command", ros_io.STATE_QOS)
         self.pub_status = self.create_publisher(String, f"{ns}/status", ros_io.LATCHED_QOS)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
+        self.pub_diag = self.io.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
         topics = {"policy": cfg.control.policy_topic, "teleop": cfg.control.teleop_topic}
         self.targets = {s: ros_io.PolledSubscription(self.io, JointState, topics[s], ros_io.STATE_QOS)
                         for s in SOURCES}
@@ -99,7 +99,8 @@ class ControllerNode(Node):
         self.sched_info = "rclpy timer" if self.scheduling == "ros_timer" else "starting"
         self._last_status: dict | None = None
         self.loop_error: BaseException | None = None
-        self.create_timer(1.0, self._publish_diagnostics)
+        self._next_diag = 0.0
+        self.create_timer(1.0, self._check_loop)
         self._loop: DeadlineLoop | None = None
         self._thread: threading.Thread | None = None
         if self.scheduling == "deadline":
@@ -149,6 +150,9 @@ class ControllerNode(Node):
             self.pub_command.publish(ros_io.joint_state_msg(self.controller.joint_names, now, out.q, out.v,
                                                             getattr(out, "torque", None)))
         self._publish_status()
+        if now >= self._next_diag:  # from the loop thread, so the executor thread stays idle
+            self._next_diag = now + 1.0
+            self._publish_diagnostics(now)
 
     def _take_inputs(self, now: float) -> None:
         for source, sub in self.targets.items():
@@ -202,14 +206,16 @@ class ControllerNode(Node):
         self.get_logger().info(response.message)
         return response
 
-    def _publish_diagnostics(self) -> None:
+    def _check_loop(self) -> None:
         if self.loop_error is not None:
             raise SystemExit(f"{self.PART} loop failed: {self.loop_error!r}")
+
+    def _publish_diagnostics(self, now: float) -> None:
         values = {**self.stats.summary(), "scheduling": self.sched_info, **self.controller.diagnostics()}
         mode = self.controller.mode
         level = 0 if mode is Mode.ARMED else (2 if self.controller.faults and mode is Mode.STOPPED else 1)
         message = self.controller.reason or f"armed, following {self.controller.source}"
-        self.pub_diag.publish(ros_io.diagnostics_msg(time.time(), f"{self.get_name()}: loop", self.PART, values,
+        self.pub_diag.publish(ros_io.diagnostics_msg(now, f"{self.get_name()}: loop", self.PART, values,
                                                      level, message))
 
     def close(self) -> None:

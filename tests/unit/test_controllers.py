@@ -387,3 +387,33 @@ def test_loop_statistics_summary_and_misses():
     assert s["misses"] == 1 and s["lateness_max_ms"] == pytest.approx(6.0)
     assert s["rate_hz"] == pytest.approx(100.0)
     assert LatencySummary.of([]).n == 0
+
+
+def test_hand_rearm_continues_from_the_held_target():
+    cfg = RuntimeConfig()
+    now = [T0]
+    hand = HeldHand(cfg.robot.hand_home, lambda: now[0])
+    ctl = make_hand_controller(cfg, hand)
+    ctl.set_context(np.array(cfg.robot.arm_home))
+    ctl.tick(now[0])
+    held = ctl.tick(now[0]).q
+    ctl.estop()
+    hand.q = hand.q + 0.05  # the fingers sag while stopped
+    now[0] += 1 / 300
+    assert np.array_equal(ctl.tick(now[0]).q, held)  # holding the target, not chasing the sag
+    ctl.arm(now[0])
+    now[0] += 1 / 300
+    assert np.abs(ctl.tick(now[0]).q - held).max() <= cfg.control.hand.max_step[0] + 1e-12
+
+
+def test_arm_rearm_starts_from_where_the_arm_is():
+    rig = Rig()
+    rig.run(0.05)
+    rig.ctl.arm(rig.now)
+    rig.run(0.3, lambda t: rig.home)
+    rig.ctl.estop()
+    rig.run(0.05)
+    rig.arm.q = rig.arm.q + 0.1  # moved by hand while stopped (e.g. in manual mode)
+    rig.ctl.arm(rig.now)
+    rig.run(1 / 120)
+    assert np.abs(rig.arm.sent[-1] - rig.arm.q).max() < 1e-9  # no pull back to the old command
