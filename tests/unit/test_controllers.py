@@ -309,12 +309,18 @@ class HeldHand(HandDevice):
         self.sent.append(np.array(tau, float))
 
 
-def test_hand_pd_law_gains_and_torque_limit():
+def hand_rig():
+    """A hand controller on a hand that stays where the test puts it; ``now`` is a mutable clock."""
     cfg = RuntimeConfig()
     now = [T0]
     hand = HeldHand(cfg.robot.hand_home, lambda: now[0])
     ctl = make_hand_controller(cfg, hand)
     ctl.set_context(np.array(cfg.robot.arm_home))
+    return cfg, now, hand, ctl
+
+
+def test_hand_pd_law_gains_and_torque_limit():
+    cfg, now, hand, ctl = hand_rig()
     ctl.tick(now[0])
     assert np.allclose(hand.sent[-1], 0.0)  # disarmed: holding where it is
     ctl.arm(now[0])
@@ -390,11 +396,7 @@ def test_loop_statistics_summary_and_misses():
 
 
 def test_hand_rearm_continues_from_the_held_target():
-    cfg = RuntimeConfig()
-    now = [T0]
-    hand = HeldHand(cfg.robot.hand_home, lambda: now[0])
-    ctl = make_hand_controller(cfg, hand)
-    ctl.set_context(np.array(cfg.robot.arm_home))
+    cfg, now, hand, ctl = hand_rig()
     ctl.tick(now[0])
     held = ctl.tick(now[0]).q
     ctl.estop()
