@@ -44,6 +44,7 @@ test: venv
 
 bench: venv
 	$(PY) -m bench.twin
+	$(PY) -m bench.control
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench/results
