@@ -11,8 +11,9 @@ so what it returns is exactly what is sent and recorded. Order of checks:
 5. maximum step per tick (rad), which also bounds a late tick with a long ``dt``;
 6. position limits again (a decelerating joint must still stop at the limit);
 7. workspace (flange and fingertips above the table and inside a box, by forward
-   kinematics) and Cartesian flange speed: a step that would leave the workspace is
-   refused (the joint holds), a step that is too fast in Cartesian space is scaled down.
+   kinematics) and Cartesian flange speed: a step that would take any point out of (or
+   further out of) the workspace is refused (the joints hold), a step back in is allowed,
+   and a step that is too fast in Cartesian space is scaled down.
 
 Units: rad, rad/s, rad/s^2, m, m/s, s. Arrays are [n] for the n joints of one device.
 """
@@ -80,19 +81,22 @@ class Workspace:
     box_max: tuple[float, float, float] = (1.2, 0.8, 1.2)
     max_flange_speed: float = 0.5
 
-    def violation(self, points: dict[str, np.ndarray]) -> tuple[float, list[str]]:
-        """How far (m) the worst point is outside, and the names of the points outside."""
+    def depths(self, points: dict[str, np.ndarray]) -> dict[str, float]:
+        """How far (m) each point is outside (0 inside)."""
         lo_box, hi_box = np.asarray(self.box_min, float), np.asarray(self.box_max, float)
-        worst, outside = 0.0, []
+        out = {}
         for name, p in points.items():
             clearance = self.flange_clearance if name == "flange" else self.fingertip_clearance
             lo = lo_box.copy()
             lo[2] = max(lo[2], self.table_z + clearance)
-            d = float(max(np.max(lo - p), np.max(p - hi_box), 0.0))
-            if d > 0:
-                outside.append(name)
-                worst = max(worst, d)
-        return worst, outside
+            out[name] = float(max(np.max(lo - p), np.max(p - hi_box), 0.0))
+        return out
+
+    def violation(self, points: dict[str, np.ndarray]) -> tuple[float, list[str]]:
+        """How far (m) the worst point is outside, and the names of the points outside."""
+        d = self.depths(points)
+        outside = [n for n, v in d.items() if v > 0]
+        return max(d.values(), default=0.0), outside
 
 
 #: Maps a device's joint positions [n] to named points (m, base frame): "flange" and fingertips.
@@ -208,12 +212,14 @@ def _workspace_filter(ws: Workspace, prev: ShieldState, q: np.ndarray, dt: float
             q = prev.q + (q - prev.q) * scale
             points = points_fn(q)
             reasons.append("tcp_speed")
-    depth, outside = ws.violation(points)
-    if depth > 0:
-        prev_depth, _ = ws.violation(prev_points)
-        if depth > prev_depth + 1e-9:  # moving further out: refuse the step
+    depths = ws.depths(points)
+    if any(d > 0 for d in depths.values()):
+        prev_depths = ws.depths(prev_points)
+        worse = [n for n, d in depths.items() if d > prev_depths.get(n, 0.0) + 1e-9]
+        if worse:  # a point moving (further) out: refuse the step; moving back in is allowed
             reasons.append("workspace")
-            detail = f"{', '.join(outside)} would leave the workspace by {depth * 1000:.1f} mm"
+            detail = (f"{', '.join(worse)} would leave the workspace by "
+                      f"{max(depths[n] for n in worse) * 1000:.1f} mm")
             return prev.q.copy(), prev_points, reasons, detail
     return q, points, reasons, detail
 

@@ -191,3 +191,24 @@ def test_workspace_box_and_flange_speed():
     res = shield_step(lim, ShieldState.at_rest(q, fn), q + np.array([0.02, 0, 0, 0, 0, 0, 0]), DT, slow, fn)
     speed = np.linalg.norm(res.points["flange"] - fn(q)["flange"]) / DT
     assert "tcp_speed" in res.reasons and speed == pytest.approx(0.2, rel=0.02)
+
+
+def test_hand_workspace_uses_the_arm_pose_and_refuses_a_finger_into_the_table():
+    cfg = RuntimeConfig()
+    points = RobotPoints()
+    arm = np.array(cfg.robot.arm_home)
+    fn = lambda q: points.for_hand(q, arm)  # noqa: E731
+    q = np.array(cfg.robot.hand_home)
+    q[1] = 0.8  # index proximal bent, so flexing it moves the tip up or down
+    lim = JointLimits(tuple(D.HAND_JOINTS), np.asarray(D.HAND_LIMITS)[:, 0], np.asarray(D.HAND_LIMITS)[:, 1], 0.0,
+                      np.full(16, 10.0), np.full(16, 1e6), np.full(16, 1.0))
+    assert set(fn(q)) == set(D.FINGERTIP_FRAMES)  # the hand is judged by its fingertips only
+    ws = Workspace(table_z=fn(q)["index_tip"][2] - 0.0005, fingertip_clearance=0.0)
+    step = np.zeros(16)
+    step[1] = 0.05  # index proximal joint
+    lower_z = {s: fn(q + s * step)["index_tip"][2] for s in (1, -1)}
+    down = min(lower_z, key=lower_z.get)
+    res = shield_step(lim, ShieldState.at_rest(q, fn), q + down * step, DT, ws, fn)
+    assert "workspace" in res.reasons and np.array_equal(res.q, q) and "index_tip" in res.detail
+    up = shield_step(lim, ShieldState.at_rest(q, fn), q - down * step, DT, ws, fn)
+    assert "workspace" not in up.reasons and up.q[1] != q[1]
