@@ -7,16 +7,14 @@ import os
 import platform
 from pathlib import Path
 
-import numpy as np
+from robot_runtime.control.loop import LatencySummary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def latency(samples_ms) -> dict:
     """{"p50_ms", "p99_ms", "max_ms", "n"} of a list of milliseconds."""
-    a = np.asarray(samples_ms, float)
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-            "max_ms": float(a.max()), "n": int(a.size)}
+    return LatencySummary.of(samples_ms).as_dict()
 
 
 def machine() -> dict:

@@ -20,14 +20,14 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Sequence
 
 import numpy as np
 
 from robot_runtime.control.pd import pd_torque
-from robot_runtime.control.safety import (InterventionCounter, JointLimits, PointsFn, ShieldResult, ShieldState,
+from robot_runtime.control.safety import (InterventionCounter, JointLimits, PointsFn, ShieldState,
                                           Workspace, brake, shield_step)
 from robot_runtime.control.targets import Freshness, TargetBuffer, TargetRejected, freshness, select_joints
 from robot_runtime.devices.base import ArmDevice, DeviceFault, HandDevice, JointSample
@@ -162,7 +162,7 @@ class JointController:
             if self.RESTART_FROM_MEASURED:
                 self._prev = ShieldState.at_rest(self._measured_q, self._bound_points())
             else:
-                self._prev = ShieldState(self._prev.q, np.zeros_like(self._prev.v), self._prev.points)
+                self._prev = self._prev.held()
             self._engage(now)
             return f"{self.name} armed, following {self.source}"
 
@@ -171,7 +171,7 @@ class JointController:
         with self._lock:
             self._latch(reason)
             if self._prev is not None:  # hold exactly here, without braking
-                self._prev = ShieldState(self._prev.q, np.zeros_like(self._prev.v), self._prev.points)
+                self._prev = self._prev.held()
 
     def select_source(self, source: str, now: float) -> str:
         """Make ``source`` the one source driving this controller; the hand-over starts from
@@ -234,7 +234,7 @@ class JointController:
         self._prev_t = now
         if self.mode is not Mode.ARMED:
             self._freshness = None
-            res = brake(self.limits, self._prev, dt, "stopped", points_fn)
+            res = brake(self.limits, self._prev, dt, None, points_fn)
             self._prev = res.state
             return TickOutput(res.q, res.v, (), self.mode, None)
         buf = self.buffers[self.source]
@@ -246,11 +246,9 @@ class JointController:
             self._latch(f"watchdog: no {self.source} target for {now - newest.received:.3f} s "
                         f"(latch after {self.timing.latch_after_s} s)")
             res = brake(self.limits, self._prev, dt, "stale_hold", points_fn)
-        elif fr is not Freshness.FRESH:
+        elif fr is not Freshness.FRESH:  # waiting for a first target is expected, not an intervention
             self._blend_pending = True
-            res = brake(self.limits, self._prev, dt, "stale_hold", points_fn)
-            if fr is Freshness.WAITING:
-                res = ShieldResult(res.q, res.v, (), res.points)
+            res = brake(self.limits, self._prev, dt, "stale_hold" if fr is Freshness.HOLD else None, points_fn)
         else:
             if self._blend_pending:
                 self._blend_pending = False
@@ -311,10 +309,10 @@ class ArmServoController(JointController):
                 try:
                     self.device.send_servo_target(out.q)
                     self._stopped_device = False
-                    out = TickOutput(out.q, out.v, out.reasons, out.mode, out.freshness, sent=True)
+                    out = replace(out, sent=True)
                 except DeviceError as exc:
                     self._latch(f"arm send failed: {exc}")
-                    out = TickOutput(out.q, out.v, out.reasons, self.mode, out.freshness)
+                    out = replace(out, mode=self.mode)
             if self.mode is Mode.STOPPED and not self._stopped_device:
                 self._stopped_device = True
                 try:

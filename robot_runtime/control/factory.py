@@ -46,23 +46,18 @@ def timing_of(cfg: RuntimeConfig) -> WatchdogTiming:
                           blend_s=c.blend_s, max_lead_s=c.max_target_lead_s)
 
 
-def arm_limits(cfg: RuntimeConfig) -> JointLimits:
-    a = cfg.control.arm
-    lim = np.asarray(D.ARM_LIMITS, float)
-    return JointLimits(tuple(D.ARM_JOINTS), lim[:, 0], lim[:, 1], a.position_margin, np.asarray(a.max_velocity),
-                       np.asarray(a.max_acceleration), np.asarray(a.max_step))
-
-
-def hand_limits(cfg: RuntimeConfig) -> JointLimits:
-    h = cfg.control.hand
-    lim = np.asarray(D.HAND_LIMITS, float)
-    return JointLimits(tuple(D.HAND_JOINTS), lim[:, 0], lim[:, 1], h.position_margin, np.asarray(h.max_velocity),
-                       np.asarray(h.max_acceleration), np.asarray(h.max_step))
+def joint_limits(names, published, section) -> JointLimits:
+    """The shield's limits: the published joint ``(lower, upper)`` pairs and a config
+    section with ``position_margin``, ``max_velocity``, ``max_acceleration``, ``max_step``."""
+    lim = np.asarray(published, float)
+    return JointLimits(tuple(names), lim[:, 0], lim[:, 1], section.position_margin,
+                       np.asarray(section.max_velocity), np.asarray(section.max_acceleration),
+                       np.asarray(section.max_step))
 
 
 def make_arm_controller(cfg: RuntimeConfig, device, points: RobotPoints | None = None) -> ArmServoController:
     points = points or RobotPoints()
-    return ArmServoController(device, joint_names=D.ARM_JOINTS, target_names=TARGET_JOINTS, limits=arm_limits(cfg),
+    return ArmServoController(device, joint_names=D.ARM_JOINTS, target_names=TARGET_JOINTS, limits=joint_limits(D.ARM_JOINTS, D.ARM_LIMITS, cfg.control.arm),
                               timing=timing_of(cfg), period_s=1.0 / cfg.rates.arm_hz, workspace=workspace_of(cfg),
                               points_fn=points.for_arm, source=cfg.control.source,
                               state_timeout_s=cfg.control.device_state_timeout_s)
@@ -73,7 +68,8 @@ def make_hand_controller(cfg: RuntimeConfig, device, points: RobotPoints | None 
     h = cfg.control.hand
     return HandPDController(device, kp=h.kp, kd=h.kd, torque_limit=h.torque_limit,
                             velocity_cutoff_hz=h.velocity_cutoff_hz, joint_names=D.HAND_JOINTS,
-                            target_names=TARGET_JOINTS, limits=hand_limits(cfg), timing=timing_of(cfg),
+                            target_names=TARGET_JOINTS, limits=joint_limits(D.HAND_JOINTS, D.HAND_LIMITS, h),
+                            timing=timing_of(cfg),
                             period_s=1.0 / cfg.rates.hand_hz, workspace=workspace_of(cfg),
                             points_fn=points.for_hand, source=cfg.control.source,
                             state_timeout_s=cfg.control.device_state_timeout_s)

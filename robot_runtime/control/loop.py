@@ -135,10 +135,6 @@ class DeadlineLoop:
     def stop(self) -> None:
         self._stop.set()
 
-    @property
-    def stopped(self) -> bool:
-        return self._stop.is_set()
-
     def wait_until(self, deadline: float) -> float:
         """Sleep, then poll, until ``deadline``; return the wake-up time."""
         remaining = deadline - self.clock()

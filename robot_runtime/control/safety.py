@@ -116,6 +116,10 @@ class ShieldState:
         q = np.asarray(q, dtype=float).copy()
         return cls(q, np.zeros_like(q), points_fn(q) if points_fn else None)
 
+    def held(self) -> "ShieldState":
+        """The same positions, standing still."""
+        return ShieldState(self.q, np.zeros_like(self.v), self.points)
+
 
 @dataclass(frozen=True)
 class ShieldResult:
@@ -136,19 +140,20 @@ def _changed(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.any(np.abs(a - b) > 1e-12))
 
 
-def brake(limits: JointLimits, prev: ShieldState, dt: float, reason: str = "stale_hold",
+def brake(limits: JointLimits, prev: ShieldState, dt: float, reason: str | None = "stale_hold",
           points_fn: PointsFn | None = None) -> ShieldResult:
     """Decelerate every joint at its acceleration limit until it stands still (hold).
 
     The result never moves a joint against its current motion, so holding never steps
-    back; a joint at rest stays exactly where it is.
+    back; a joint at rest stays exactly where it is. ``reason`` is reported as the
+    intervention (None: an expected hold, not an intervention).
     """
     speed = np.maximum(np.abs(prev.v) - limits.max_acceleration * dt, 0.0)
     step = np.clip(np.sign(prev.v) * speed * dt, -limits.max_step, limits.max_step)
     q = np.clip(prev.q + step, limits.safe_lower, limits.safe_upper)
     v = (q - prev.q) / dt if dt > 0 else np.zeros_like(q)
     points = points_fn(q) if points_fn and _changed(q, prev.q) else prev.points
-    return ShieldResult(q, v, (reason,), points)
+    return ShieldResult(q, v, (reason,) if reason else (), points)
 
 
 def shield_step(limits: JointLimits, prev: ShieldState, q_desired, dt: float,

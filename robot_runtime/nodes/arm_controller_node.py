@@ -6,21 +6,12 @@ Topics, services and parameters: see :mod:`robot_runtime.nodes.controller_shell`
 from __future__ import annotations
 
 from robot_runtime import ros_io
-from robot_runtime.control.factory import make_arm_controller
 from robot_runtime.nodes.controller_shell import ControllerNode
 
 
 class ArmControllerNode(ControllerNode):
-    PART = "arm"
-
     def __init__(self):
-        super().__init__("arm_controller_node")
-
-    def rate_hz(self, cfg):
-        return cfg.rates.arm_hz
-
-    def build(self, cfg, device):
-        return make_arm_controller(cfg, device)
+        super().__init__("arm")
 
 
 def main(args=None) -> int:

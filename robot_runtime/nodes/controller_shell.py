@@ -6,8 +6,8 @@ Declares parameters, topics and services, and runs the plain controller
 controller's states, targets) are subscriptions on a second node that no executor
 spins: at the start of each tick the loop takes what has arrived (targets are validated
 into the controller's buffers, states into latest-value slots). The executor spins the
-main node for services and the 1 Hz diagnostics only, so it never competes with the
-loop for the GIL at message rate.
+main node for services and a 1 Hz check that the loop is alive, so it never competes
+with the loop for the GIL at message rate.
 
 Topics (``<n>`` is the node name, ``arm_controller_node`` or ``hand_controller_node``):
 
@@ -35,6 +35,7 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import rclpy
@@ -47,6 +48,7 @@ from std_srvs.srv import Trigger
 from robot_runtime import ros_io
 from robot_runtime.config import RuntimeConfig, load_config
 from robot_runtime.control.controller import SOURCES, JointController, Mode
+from robot_runtime.control.factory import make_arm_controller, make_hand_controller
 from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, request_realtime, tighten_gil_switching
 from robot_runtime.control.targets import TargetRejected
 from robot_runtime.devices.base import make_device
@@ -56,39 +58,41 @@ from robot_runtime.errors import ConfigError, DeviceError
 STATE_TOPICS = {"arm": "/arm_controller_node/joint_states", "hand": "/hand_controller_node/joint_states"}
 
 
+#: Per part: its loop rate from the config, and the builder of its plain controller.
+PARTS: dict[str, tuple[Callable[[RuntimeConfig], float], Callable[..., JointController]]] = {
+    "arm": (lambda cfg: cfg.rates.arm_hz, make_arm_controller),
+    "hand": (lambda cfg: cfg.rates.hand_hz, make_hand_controller),
+}
+
+
 class ControllerNode(Node):
-    """Subclasses set ``PART`` ('arm' or 'hand') and implement :meth:`rate_hz` and :meth:`build`."""
+    """The controller node for ``part`` ('arm' or 'hand'), named ``<part>_controller_node``."""
 
-    PART = ""
-
-    def rate_hz(self, cfg: RuntimeConfig) -> float:
-        raise NotImplementedError
-
-    def build(self, cfg: RuntimeConfig, device) -> JointController:
-        raise NotImplementedError
-
-    def __init__(self, node_name: str):
+    def __init__(self, part: str):
+        node_name = f"{part}_controller_node"
         super().__init__(node_name)
+        self.part = part
+        rate_of, build = PARTS[part]
         cfg = load_config(self.declare_parameter("config_file", "").value)
         self.scheduling = self.declare_parameter("scheduling", "deadline").value
         if self.scheduling not in ("deadline", "ros_timer"):
             raise ConfigError(f"parameter 'scheduling' must be 'deadline' or 'ros_timer', not {self.scheduling!r}")
         self.timing_log = self.declare_parameter("timing_log", "").value
-        self.cfg, self.rate = cfg, self.rate_hz(cfg)
+        self.cfg, self.rate = cfg, rate_of(cfg)
         # The loop's own node: polled subscriptions and the loop's publishers; never spun.
         self.io = rclpy.create_node(f"{node_name}_io", context=self.context)
-        self.device = make_device(self.PART, getattr(cfg, self.PART), node=self.io)
+        self.device = make_device(self.part, getattr(cfg, self.part), node=self.io)
         self.device.connect()
-        self.controller = self.build(cfg, self.device)
+        self.controller = build(cfg, self.device)
         ns = f"/{node_name}"
-        self.pub_state = self.io.create_publisher(JointState, STATE_TOPICS[self.PART], ros_io.STATE_QOS)
+        self.pub_state = self.io.create_publisher(JointState, STATE_TOPICS[self.part], ros_io.STATE_QOS)
         self.pub_command = self.io.create_publisher(JointState, f"{ns}/command", ros_io.STATE_QOS)
         self.pub_status = self.create_publisher(String, f"{ns}/status", ros_io.LATCHED_QOS)
         self.pub_diag = self.io.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
         topics = {"policy": cfg.control.policy_topic, "teleop": cfg.control.teleop_topic}
         self.targets = {s: ros_io.PolledSubscription(self.io, JointState, topics[s], ros_io.STATE_QOS)
                         for s in SOURCES}
-        other = "hand" if self.PART == "arm" else "arm"
+        other = "hand" if self.part == "arm" else "arm"
         self.context_sub = ros_io.PolledSubscription(self.io, JointState, STATE_TOPICS[other], ros_io.STATE_QOS)
         self._status_lock = threading.Lock()
         self.create_service(Trigger, f"{ns}/arm", self._on_arm)
@@ -106,12 +110,12 @@ class ControllerNode(Node):
         if self.scheduling == "deadline":
             self._loop = DeadlineLoop(self.rate, self._on_deadline, spin_s=cfg.control.spin_us * 1e-6,
                                       stats=self.stats)
-            self._thread = threading.Thread(target=self._run_loop, name=f"{self.PART}-loop", daemon=True)
+            self._thread = threading.Thread(target=self._run_loop, name=f"{self.part}-loop", daemon=True)
             self._thread.start()
         else:
             self._timer_expected: float | None = None
             self._timer = self.create_timer(1.0 / self.rate, self._on_timer)
-        self.get_logger().info(f"{self.PART} controller at {self.rate:g} Hz ({self.scheduling}), disarmed; "
+        self.get_logger().info(f"{self.part} controller at {self.rate:g} Hz ({self.scheduling}), disarmed; "
                                f"source {self.controller.source}; arm with {ns}/arm")
 
     # ------------------------------------------------------------------ loop
@@ -124,7 +128,7 @@ class ControllerNode(Node):
             self._loop.run()
         except BaseException as exc:  # reported on /diagnostics and the log; the node then exits
             self.loop_error = exc
-            self.get_logger().fatal(f"{self.PART} loop failed: {exc!r}")
+            self.get_logger().fatal(f"{self.part} loop failed: {exc!r}")
 
     def _on_deadline(self, deadline: float) -> None:
         self._tick(time.time())
@@ -176,7 +180,7 @@ class ControllerNode(Node):
             self._last_status = status
         self.pub_status.publish(String(data=json.dumps(status)))
         if status["mode"] == Mode.STOPPED.value:
-            self.get_logger().warn(f"{self.PART} stopped: {status['reason']}")
+            self.get_logger().warn(f"{self.part} stopped: {status['reason']}")
 
     # ------------------------------------------------------------------ services
 
@@ -193,10 +197,10 @@ class ControllerNode(Node):
     def _on_estop(self, request, response):
         self.controller.estop("e-stop service")
         ticked = self.controller.wait_for_tick(0.2)
-        if not ticked and self.PART == "arm":  # the loop is not running: stop the arm from here
+        if not ticked and self.part == "arm":  # the loop is not running: stop the arm from here
             self.device.stop()
         response.success = True
-        response.message = f"{self.PART} holding; stopped until re-armed"
+        response.message = f"{self.part} holding; stopped until re-armed"
         self.get_logger().warn(f"e-stop: {response.message}")
         return response
 
@@ -208,14 +212,14 @@ class ControllerNode(Node):
 
     def _check_loop(self) -> None:
         if self.loop_error is not None:
-            raise SystemExit(f"{self.PART} loop failed: {self.loop_error!r}")
+            raise SystemExit(f"{self.part} loop failed: {self.loop_error!r}")
 
     def _publish_diagnostics(self, now: float) -> None:
         values = {**self.stats.summary(), "scheduling": self.sched_info, **self.controller.diagnostics()}
         mode = self.controller.mode
         level = 0 if mode is Mode.ARMED else (2 if self.controller.faults and mode is Mode.STOPPED else 1)
         message = self.controller.reason or f"armed, following {self.controller.source}"
-        self.pub_diag.publish(ros_io.diagnostics_msg(now, f"{self.get_name()}: loop", self.PART, values,
+        self.pub_diag.publish(ros_io.diagnostics_msg(now, f"{self.get_name()}: loop", self.part, values,
                                                      level, message))
 
     def close(self) -> None:
@@ -228,9 +232,9 @@ class ControllerNode(Node):
             np.savez(path, lateness_ms=np.asarray(self.stats.all_lateness_ms), rate_hz=self.rate,
                      overruns=self.stats.overruns, misses=self.stats.misses, scheduling=self.sched_info)
         try:
-            if self.PART == "arm" and self.controller.mode is Mode.ARMED:
+            if self.part == "arm" and self.controller.mode is Mode.ARMED:
                 self.device.stop()
             self.device.disconnect()
         except DeviceError as exc:
-            self.get_logger().error(f"{self.PART} shutdown: {exc}")
+            self.get_logger().error(f"{self.part} shutdown: {exc}")
         self.io.destroy_node()
