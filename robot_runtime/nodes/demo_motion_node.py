@@ -3,8 +3,10 @@
 Stands in for a policy: at the policy rate it publishes the 23 joint targets on
 ``control.policy_topic``, each stamped for the next tick, so the motion goes through the
 arm and hand controllers and their safety shield exactly as a policy's would. At start it
-arms both controllers (the operator's action, done for you on the twin only). At the end
-of each cycle it resets the twin with the next seed.
+arms both controllers (the operator's action, done for you on the twin only), and arms
+again a controller that its watchdog or a joint-state stall stopped (a loaded machine
+can stall the twin for a moment); after an e-stop or a device fault it leaves the
+controller stopped. At the end of each cycle it resets the twin with the next seed.
 """
 from __future__ import annotations
 
@@ -49,10 +51,13 @@ class DemoMotionNode(Node):
         self.create_subscription(JointState, STATE_TOPICS["arm"], self._on_arm_state, ros_io.STATE_QOS)
         self.pub = self.create_publisher(JointState, cfg.control.policy_topic, ros_io.STATE_QOS)
         self.reset_client = self.create_client(Trigger, "/twin/reset")
-        self.arm_clients = [self.create_client(Trigger, f"/{n}/arm")
-                            for n in ("arm_controller_node", "hand_controller_node")]
+        controllers = ("arm_controller_node", "hand_controller_node")
+        self.arm_clients = [self.create_client(Trigger, f"/{n}/arm") for n in controllers]
         self.armed = [False, False]
         self._arming = [False, False]
+        for i, n in enumerate(controllers):
+            self.create_subscription(String, f"/{n}/status", lambda m, i=i: self._on_status(i, m),
+                                     ros_io.LATCHED_QOS)
         self.params = AsyncParameterClient(self, "sim_node")
         self.seed = cfg.twin.seed
         self.cycle_start: float | None = None
@@ -66,6 +71,17 @@ class DemoMotionNode(Node):
                 continue
             self._arming[i] = True
             client.call_async(Trigger.Request()).add_done_callback(lambda f, i=i: self._armed(i, f))
+
+    def _on_status(self, i: int, msg: String) -> None:
+        status = json.loads(msg.data)
+        if status["mode"] != "stopped" or not self.armed[i]:
+            return
+        reason = status["reason"]
+        if reason.startswith("watchdog") or "joint states stopped" in reason:
+            self.get_logger().warn(f"{status['controller']} stopped ({reason}); arming it again")
+            self.armed[i] = False  # the arming timer calls the service again
+        else:
+            self.get_logger().warn(f"{status['controller']} stopped ({reason}); left stopped")
 
     def _armed(self, i: int, future) -> None:
         self._arming[i] = False

@@ -24,14 +24,17 @@ def test_sim_runs_and_the_control_cli_stops_it():
 
     def modes():
         return {n: json.loads(s[-1].data)["mode"] if s else None for n, s in status.items()}
+
+    def history():
+        return {n: [(json.loads(m.data)["mode"], json.loads(m.data)["reason"]) for m in s] for n, s in status.items()}
     sim = subprocess.Popen([sys.executable, "-m", "robot_runtime.cli", "sim", "--duration", "15"], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        assert probe.wait_for(lambda: set(modes().values()) == {"armed"}, 30.0), modes()
+        assert probe.wait_for(lambda: set(modes().values()) == {"armed"}, 30.0), history()
         r = run_cli("control", "estop")
         assert r.returncode == 0 and r.stdout.count("stopped until re-armed") == 2, r.stdout + r.stderr
-        assert probe.wait_for(lambda: set(modes().values()) == {"stopped"}, 5.0), modes()
+        assert probe.wait_for(lambda: set(modes().values()) == {"stopped"}, 5.0), history()
         out, err = sim.communicate(timeout=60)
     finally:
         if sim.poll() is None:
