@@ -80,7 +80,8 @@ class ControllerNode(Node):
         self.timing_log = self.declare_parameter("timing_log", "").value
         self.cfg, self.rate = cfg, rate_of(cfg)
         # The loop's own node: polled subscriptions and the loop's publishers; never spun.
-        self.io = rclpy.create_node(f"{node_name}_io", context=self.context)
+        # Without the global arguments, or `-r __node:=...` would give it this node's name.
+        self.io = rclpy.create_node(f"{node_name}_io", context=self.context, use_global_arguments=False)
         self.device = make_device(self.part, getattr(cfg, self.part), node=self.io)
         self.device.connect()
         self.controller = build(cfg, self.device)

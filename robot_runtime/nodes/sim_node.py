@@ -55,7 +55,7 @@ class SimNode(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
         # Commands arrive at 120 and 300 Hz: the physics loop takes them itself from
         # subscriptions on a node no executor spins (cheaper than a callback each).
-        self.io = rclpy.create_node("sim_node_io", context=self.context)
+        self.io = rclpy.create_node("sim_node_io", context=self.context, use_global_arguments=False)
         self.arm_in = ros_io.PolledSubscription(self.io, JointState, arm.target_topic, ros_io.COMMAND_QOS)
         self.hand_in = ros_io.PolledSubscription(self.io, JointState, f"{hand.topic_prefix}/torque_cmd",
                                                  ros_io.COMMAND_QOS)
