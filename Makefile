@@ -12,7 +12,7 @@ PIP := $(PY) -m pip
 TORCH_PIN := torch==2.13.0
 ROS_WHEELS := ros-jazzy-rclpy[fastrtps]==7.1.6 ros-sensor-msgs==5.3.6 ros-std-msgs==5.3.6 \
 	ros-std-srvs==5.3.6 ros-geometry-msgs==5.3.6 ros-trajectory-msgs==5.3.6 ros-diagnostic-msgs==5.3.6
-EXTRAS ?= twin,xarm,dev
+EXTRAS ?= twin,xarm,policy,dev
 DURATION ?= 0
 PYTEST_ARGS ?=
 
@@ -43,6 +43,7 @@ test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: venv
+	$(PIP) install -q -e ".[bench]"
 	$(PY) -m bench.twin
 	$(PY) -m bench.control
 

@@ -15,6 +15,7 @@ NODES = {
     "demo_motion_node": "robot_runtime.nodes.demo_motion_node:main",
     "arm_controller_node": "robot_runtime.nodes.arm_controller_node:main",
     "hand_controller_node": "robot_runtime.nodes.hand_controller_node:main",
+    "policy_node": "robot_runtime.nodes.policy_node:main",
 }
 
 setup(
@@ -22,7 +23,8 @@ setup(
     version="0.1.0",
     packages=find_packages(include=["robot_runtime", "robot_runtime.*", "policies", "policies.*",
                                     "calibration", "calibration.*"]),
-    package_data={"robot_runtime": ["description/*.urdf", "description/*.xml"]},
+    package_data={"robot_runtime": ["description/*.urdf", "description/*.xml"],
+                  "policies": ["checkpoints/*/policy.json", "checkpoints/*/model.safetensors"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -38,6 +40,10 @@ setup(
         "twin": ["mujoco>=3.2"],
         # UFactory xArm: imported only when an arm backend of type "xarm" is chosen.
         "xarm": ["xarm-python-sdk>=1.14"],
+        # The policy: checkpoints, ONNX export and ONNX Runtime (torch is installed first, pinned).
+        "policy": ["torch", "safetensors>=0.4", "onnx>=1.15", "onnxruntime>=1.17", "tqdm>=4"],
+        # bench.policy's reference implementation (a Hugging Face GPT-2 trunk).
+        "bench": ["transformers>=4.40"],
         "dev": ["pytest>=7", "pytest-timeout>=2"],
     },
     zip_safe=True,

@@ -47,6 +47,10 @@ class OptionalFilePath(str):
     """Like :class:`FilePath`, but the empty string means 'none'."""
 
 
+class OptionalPath(str):
+    """A file or folder that must exist, relative to the config file's folder; '' means 'none'."""
+
+
 # --------------------------------------------------------------------------------------
 # Backend registry: one config dataclass per backend, selected by ``type``.
 
@@ -272,6 +276,22 @@ class ControlConfig:
 
 
 @dataclass
+class PolicyConfig:
+    """policy_node: the closed-loop policy (rates.policy_hz) and its checkpoint."""
+
+    enabled: bool = False
+    checkpoint: OptionalPath = OptionalPath("")   # checkpoint folder (policy.json + model.safetensors)
+    runner: Literal["onnxruntime", "torch"] = "onnxruntime"
+    max_frame_age_s: float = rng(0.1, 0.005, 2.0)    # an older newest depth frame: no action that tick
+    max_state_age_s: float = rng(0.05, 0.005, 1.0)   # older joint states: no action that tick
+    warmup_steps: int = rng(10, 0, 1000)             # inferences on zeros before the first action
+    autostart: bool = True                           # start an episode as soon as the node is up
+    arm_controllers: bool = False                    # twin only: arm the controllers for each episode
+    calibration_file: OptionalFilePath = OptionalFilePath("")  # camera pose for point-cloud policies
+    realtime_priority: int = rng(0, 0, 99)           # SCHED_FIFO priority of the policy loop (0: do not ask)
+
+
+@dataclass
 class RuntimeConfig:
     """The whole runtime's configuration (one YAML file)."""
 
@@ -283,6 +303,7 @@ class RuntimeConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     twin: TwinConfig = field(default_factory=TwinConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     source_file: str = field(default="", metadata={"internal": True})
 
     @property
@@ -346,6 +367,15 @@ def _check_cross_fields(cfg: RuntimeConfig, file: str) -> None:
     if cfg.demo.enabled and not (cfg.arm.type == "twin" and cfg.hand.type == "twin"):
         raise ConfigError("the scripted demo motion runs on the twin only; set demo.enabled: false "
                           "for real hardware", file=file, key="demo.enabled")
+    pol = cfg.policy
+    if pol.enabled and cfg.demo.enabled:
+        raise ConfigError("the scripted demo and the policy would both publish on control.policy_topic; "
+                          "enable one of them", file=file, key="policy.enabled")
+    if pol.enabled and not pol.checkpoint:
+        raise ConfigError("the policy is enabled but no checkpoint is given", file=file, key="policy.checkpoint")
+    if pol.arm_controllers and not (cfg.arm.type == "twin" and cfg.hand.type == "twin"):
+        raise ConfigError("arming the controllers from the policy node is for the twin only; on the robot "
+                          "arming is the operator's action", file=file, key="policy.arm_controllers")
     ctl = cfg.control
     hold_s = ctl.hold_after_periods / cfg.rates.policy_hz
     if ctl.latch_after_s <= hold_s:
@@ -376,7 +406,7 @@ def _type_name(tp: Any) -> str:
         return "an integer"
     if tp is bool:
         return "true or false"
-    if tp is str or tp in (FilePath, OptionalFilePath):
+    if tp is str or tp in (FilePath, OptionalFilePath, OptionalPath):
         return "a string"
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
@@ -461,9 +491,15 @@ def _convert(tp: Any, value: Any, key: str, meta: typing.Mapping, file: str, bas
         if hi is not None and value > hi:
             raise ConfigError(f"{value} is above the maximum {hi}", file=file, key=key)
         return tp(value)
-    if tp in (str, FilePath, OptionalFilePath):
+    if tp in (str, FilePath, OptionalFilePath, OptionalPath):
         if not isinstance(value, str):
             raise ConfigError(f"expected a string, got {value!r}", file=file, key=key)
+        if tp is OptionalPath and value:
+            p = Path(value).expanduser()
+            p = p if p.is_absolute() else base_dir / p
+            if not p.exists():
+                raise ConfigError(f"not found: {p}", file=file, key=key)
+            return tp(str(p.resolve()))
         if tp is FilePath or (tp is OptionalFilePath and value):
             p = Path(value).expanduser()
             if not p.is_absolute():

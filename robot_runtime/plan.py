@@ -50,6 +50,9 @@ def node_plan(cfg: RuntimeConfig, config_file: str) -> list[NodeSpec]:
                          dict(params)))
     plan.append(NodeSpec("hand_controller_node", "hand_controller_node", "robot_runtime.nodes.hand_controller_node",
                          dict(params)))
+    if cfg.policy.enabled:
+        plan.append(NodeSpec("policy_node", "policy_node", "robot_runtime.nodes.policy_node",
+                             {**params, "checkpoint": str(cfg.policy.checkpoint)}))
     if cfg.demo.enabled:
         plan.append(NodeSpec("demo_motion_node", "demo_motion_node", "robot_runtime.nodes.demo_motion_node",
                              dict(params)))

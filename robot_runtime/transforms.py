@@ -97,3 +97,9 @@ def look_at_axes(position, target, up=(0.0, 0.0, 1.0)) -> tuple[np.ndarray, np.n
     r /= np.linalg.norm(r)
     u = np.cross(r, f)
     return r, u, f
+
+
+def optical_pose_look_at(position, target) -> np.ndarray:
+    """4x4 pose of a camera's optical frame (x right, y down, z forward) at ``position`` looking at ``target``."""
+    right, up, fwd = look_at_axes(position, target)
+    return make_T(np.column_stack([right, -up, fwd]), position)

@@ -1,8 +1,10 @@
 """Test-wide environment: offscreen MuJoCo, and an isolated, loopback-only ROS domain."""
+import math
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,3 +24,37 @@ def repo() -> Path:
 @pytest.fixture
 def sim_config_path(repo) -> Path:
     return repo / "config" / "sim.yaml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """Exported ONNX files go to a folder of this test session, not the user's cache."""
+    path = tmp_path_factory.mktemp("onnx-cache")
+    old = os.environ.get("ROBOT_RUNTIME_CACHE")
+    os.environ["ROBOT_RUNTIME_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("ROBOT_RUNTIME_CACHE", None)
+    else:
+        os.environ["ROBOT_RUNTIME_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def twin_recording():
+    """A short scripted episode recorded on the twin: raw depth frames [N, H, W] (m) with their
+    intrinsics, camera pose and stamps, the joints and targets, and the trainer's visual inputs."""
+    from policies.twin_demos import scripted_episodes
+    from robot_runtime.config import config_from_dict
+    from robot_runtime.transforms import optical_pose_look_at
+    from tests.policy_fixtures import SMALL_DEPTH
+    from robot_runtime.perception.preprocess import VisualSpec
+
+    cfg = config_from_dict({"demo": {"cycle_s": 2.0}})
+    spec = VisualSpec("depth", depth=SMALL_DEPTH)
+    episodes, depths = scripted_episodes(cfg, [3], spec, progress=False, keep_depth=True)
+    cam = cfg.twin.camera
+    fy = 0.5 * cam.height / math.tan(math.radians(cam.fovy_deg) / 2)
+    K = np.array([[fy, 0, (cam.width - 1) / 2], [0, fy, (cam.height - 1) / 2], [0, 0, 1]])
+    stamps = np.arange(len(depths[0])) / cfg.rates.policy_hz
+    return {"episode": episodes[0], "depth": depths[0], "K": K, "stamps": stamps, "spec": spec,
+            "T_base_camera": optical_pose_look_at(cam.position, cam.look_at), "cfg": cfg}

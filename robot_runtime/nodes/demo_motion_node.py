@@ -28,6 +28,7 @@ from robot_runtime.control.demo_motion import ReachGraspScript
 from robot_runtime.control.factory import TARGET_JOINTS
 from robot_runtime.errors import ConfigError
 from robot_runtime.kinematics import UrdfModel
+from robot_runtime.nodes.controller_arming import TwinControllerArmer
 from robot_runtime.nodes.controller_shell import STATE_TOPICS
 
 
@@ -51,44 +52,12 @@ class DemoMotionNode(Node):
         self.create_subscription(JointState, STATE_TOPICS["arm"], self._on_arm_state, ros_io.STATE_QOS)
         self.pub = self.create_publisher(JointState, cfg.control.policy_topic, ros_io.STATE_QOS)
         self.reset_client = self.create_client(Trigger, "/twin/reset")
-        controllers = ("arm_controller_node", "hand_controller_node")
-        self.arm_clients = [self.create_client(Trigger, f"/{n}/arm") for n in controllers]
-        self.armed = [False, False]
-        self._arming = [False, False]
-        for i, n in enumerate(controllers):
-            self.create_subscription(String, f"/{n}/status", lambda m, i=i: self._on_status(i, m),
-                                     ros_io.LATCHED_QOS)
+        self.armer = TwinControllerArmer(self)
         self.params = AsyncParameterClient(self, "sim_node")
         self.seed = cfg.twin.seed
         self.cycle_start: float | None = None
         self.cycles = 0
         self.create_timer(self.period, self._tick)
-        self.create_timer(0.5, self._arm_controllers)
-
-    def _arm_controllers(self) -> None:
-        for i, client in enumerate(self.arm_clients):
-            if self.armed[i] or self._arming[i] or not client.service_is_ready():
-                continue
-            self._arming[i] = True
-            client.call_async(Trigger.Request()).add_done_callback(lambda f, i=i: self._armed(i, f))
-
-    def _on_status(self, i: int, msg: String) -> None:
-        status = json.loads(msg.data)
-        if status["mode"] != "stopped" or not self.armed[i]:
-            return
-        reason = status["reason"]
-        if reason.startswith("watchdog") or "joint states stopped" in reason:
-            self.get_logger().warn(f"{status['controller']} stopped ({reason}); arming it again")
-            self.armed[i] = False  # the arming timer calls the service again
-        else:
-            self.get_logger().warn(f"{status['controller']} stopped ({reason}); left stopped")
-
-    def _armed(self, i: int, future) -> None:
-        self._arming[i] = False
-        res = future.result()
-        if res is not None and res.success:
-            self.armed[i] = True
-            self.get_logger().info(res.message)
 
     def _on_episode(self, msg: String) -> None:
         info = json.loads(msg.data)
@@ -110,7 +79,7 @@ class DemoMotionNode(Node):
 
     def _tick(self) -> None:
         target = self._target_position()
-        if self.arm_q is None or target is None or not all(self.armed):
+        if self.arm_q is None or target is None or not self.armer.all_armed:
             return
         now = self.get_clock().now().nanoseconds * 1e-9
         if self.cycle_start is None:

@@ -21,7 +21,7 @@ from robot_runtime.config import RobotConfig, TwinConfig
 from robot_runtime.description.build import ARM_KP, ARM_KV
 from robot_runtime.devices.base import JointSample
 from robot_runtime.errors import TwinError
-from robot_runtime.transforms import look_at_axes
+from robot_runtime.transforms import optical_pose_look_at
 from robot_runtime.twin import scene
 
 #: Arm targets further apart than this (s) carry no velocity to feed forward.
@@ -227,11 +227,7 @@ class TwinSimulation:
     def camera_pose(self) -> np.ndarray:
         """4x4 pose of the camera's optical frame (x right, y down, z forward) in the base frame."""
         cam = self.cfg.camera
-        right, up, fwd = look_at_axes(cam.position, cam.look_at)
-        T = np.eye(4)
-        T[:3, :3] = np.column_stack([right, -up, fwd])
-        T[:3, 3] = cam.position
-        return T
+        return optical_pose_look_at(cam.position, cam.look_at)
 
     def new_scene(self):
         """An empty visual scene to snapshot this simulation into (see :meth:`snapshot`)."""

@@ -1,0 +1,196 @@
+"""Checkpoint format: a folder with ``model.safetensors`` (weights) and ``policy.json``.
+
+``policy.json``::
+
+    {"format": "robot_runtime.hop/1",
+     "architecture": {...HopArchitecture...},
+     "schema": {...PolicySchema: joint names and order, scaling limits, visual input and
+                its preprocessing, history, policy rate...},
+     "provenance": {"created": ISO time, "source": ..., free-form fields},
+     "weights": {"file": "model.safetensors", "sha256": hex digest}}
+
+:func:`load_checkpoint` checks the file's integrity (digest), that the weights have
+exactly the names and shapes the architecture needs, that every weight is finite, and
+that the architecture and schema agree. :meth:`Checkpoint.check_against_robot` checks
+the schema against the live robot. Every failure is a :class:`CheckpointError` that
+names the file and what is wrong.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from policies.errors import CheckpointError, SchemaMismatchError
+from policies.hop import HopArchitecture, HopPolicy
+from policies.schema import PolicySchema
+from robot_runtime.perception.preprocess import PreprocessError
+
+FORMAT = "robot_runtime.hop/1"
+META_FILE = "policy.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    """A loaded, self-consistent checkpoint (weights on the CPU)."""
+
+    path: Path
+    arch: HopArchitecture
+    schema: PolicySchema
+    state: dict[str, torch.Tensor]
+    sha256: str
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.name}@{self.sha256[:8]}"
+
+    def build_model(self) -> HopPolicy:
+        """The network with these weights, in eval mode."""
+        model = HopPolicy(self.arch)
+        model.load_state_dict(self.state, strict=True)
+        return model.eval()
+
+    def check_against_robot(self, live_names, live_limits, policy_hz: float) -> None:
+        """Raises SchemaMismatchError naming this checkpoint and what does not fit the live robot."""
+        self.schema.check_against_robot(live_names, live_limits, policy_hz, where=str(self.path))
+
+
+def save_checkpoint(folder, model: HopPolicy, schema: PolicySchema, provenance: dict | None = None) -> Path:
+    """Write ``model`` and its schema to ``folder`` (created); returns the folder.
+
+    The weights are written first, then ``policy.json`` atomically, so a reader never sees
+    a json that points at half-written weights.
+    """
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _check_consistent(model.arch, schema, folder)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    weights = folder / WEIGHTS_FILE
+    tmp = weights.with_suffix(".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, weights)
+    meta = {
+        "format": FORMAT,
+        "architecture": model.arch.to_dict(),
+        "schema": schema.to_dict(),
+        "provenance": {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                       **(provenance or {})},
+        "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights)},
+    }
+    fd, tmp_meta = tempfile.mkstemp(dir=folder, suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(tmp_meta, folder / META_FILE)
+    return folder
+
+
+def _check_consistent(arch: HopArchitecture, schema: PolicySchema, where) -> None:
+    v = schema.visual
+    problems = []
+    if arch.visual != v.kind:
+        problems.append(f"architecture visual {arch.visual!r} but schema visual {v.kind!r}")
+    if v.kind == "depth" and tuple(arch.depth_size) != v.depth.shape:
+        problems.append(f"architecture depth_size {tuple(arch.depth_size)} but preprocessing gives {v.depth.shape}")
+    if v.kind == "pointcloud" and arch.num_points != v.points.num_points:
+        problems.append(f"architecture num_points {arch.num_points} but preprocessing gives {v.points.num_points}")
+    if arch.proprio_dim != schema.dim or arch.action_dim != schema.dim:
+        problems.append(f"architecture proprio/action dims {arch.proprio_dim}/{arch.action_dim} but the schema "
+                        f"names {schema.dim} joints")
+    if schema.history > arch.timestep_rows:
+        problems.append(f"history {schema.history} exceeds the {arch.timestep_rows} timestep embedding rows")
+    if problems:
+        raise CheckpointError(f"{where}: " + "; ".join(problems))
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Load and check a checkpoint folder (or its ``policy.json``).
+
+    Raises:
+        CheckpointError: missing or unreadable files, a digest mismatch (corrupt weights),
+            unknown format, bad architecture/schema keys, missing/unexpected/misshapen
+            tensors, or non-finite weights.
+    """
+    from safetensors import SafetensorError  # noqa: PLC0415
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    p = Path(path)
+    folder = p.parent if p.name == META_FILE else p
+    meta_path = folder / META_FILE
+    if not folder.exists():
+        raise CheckpointError(f"{folder}: checkpoint not found")
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path}: checkpoint has no {META_FILE}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: not readable JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{meta_path}: format {got!r} is not {FORMAT!r}")
+    for key in ("architecture", "schema", "weights"):
+        if key not in meta:
+            raise CheckpointError(f"{meta_path}: missing key {key!r}")
+    try:
+        arch = HopArchitecture.from_dict(meta["architecture"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{meta_path}: key 'architecture': {exc}") from exc
+    except CheckpointError as exc:
+        raise CheckpointError(f"{meta_path}: {exc}") from exc
+    try:
+        schema = PolicySchema.from_dict(meta["schema"])
+        schema.check(str(meta_path))
+    except KeyError as exc:
+        raise CheckpointError(f"{meta_path}: key 'schema.{exc.args[0]}' is missing") from exc
+    except (TypeError, ValueError, PreprocessError) as exc:
+        raise CheckpointError(f"{meta_path}: key 'schema': {exc}") from exc
+    except SchemaMismatchError:
+        raise
+    _check_consistent(arch, schema, meta_path)
+    weights = folder / str(meta["weights"].get("file", WEIGHTS_FILE))
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: weights file not found")
+    digest = _sha256(weights)
+    want = meta["weights"].get("sha256")
+    if want and digest != want:
+        raise CheckpointError(f"{weights}: corrupt (sha256 {digest[:12]}... but {META_FILE} says {str(want)[:12]}...)")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights}: not a readable safetensors file: {exc}") from exc
+    check_state_dict(state, arch, str(weights))
+    return Checkpoint(folder, arch, schema, state, digest, dict(meta.get("provenance", {})))
+
+
+def check_state_dict(state: dict, arch: HopArchitecture, where: str) -> None:
+    """Exactly the tensors ``arch`` needs, with the right shapes, all finite. Raises CheckpointError."""
+    expected = {k: tuple(v.shape) for k, v in HopPolicy(arch).state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: weights do not fit the architecture: missing {missing[:6]}"
+                              f"{'...' if len(missing) > 6 else ''}, unexpected {unexpected[:6]}"
+                              f"{'...' if len(unexpected) > 6 else ''}")
+    shapes = [f"{k} {tuple(state[k].shape)} (expected {s})" for k, s in expected.items() if tuple(state[k].shape) != s]
+    if shapes:
+        raise CheckpointError(f"{where}: wrong weight shapes: " + "; ".join(shapes[:6]))
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise CheckpointError(f"{where}: non-finite weights (NaN or inf) in {nonfinite[:6]}")

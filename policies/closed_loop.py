@@ -1,0 +1,369 @@
+"""The closed-loop policy: one tick per policy period, and verified checkpoint hot-swap.
+
+Knows nothing of ROS. The policy node calls :meth:`ClosedLoopPolicy.tick` from its 20 Hz
+deadline loop with the newest depth frame and the joint states, and publishes what it
+returns; a parameter change calls :meth:`ClosedLoopPolicy.prepare` (load, check against
+the live robot, warm up, dry-run on the current history; on any thread) then
+:meth:`ClosedLoopPolicy.install`, which hands the new policy to the loop thread to swap
+in between two ticks.
+
+Per tick:
+
+1. Take the newest frame; older than ``max_frame_age_s``: no action this tick (counted).
+2. Joint states missing or older than ``max_state_age_s``: no action (counted).
+3. A frame not seen before is preprocessed and encoded once; its embedding is kept in
+   the history (a frame used by two ticks is encoded once).
+4. Append (joints, frame) to the 16-step history; run the trunk on the padded window.
+5. Unscale, reorder to the drivers' joint order; a non-finite action is not published
+   (counted). The targets are stamped for the next tick.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from policies.checkpoint import Checkpoint, load_checkpoint
+from policies.errors import PolicyError
+from policies.history import StepHistory
+from policies.runners import PolicyRunner, make_runner
+from robot_runtime.perception.preprocess import PreprocessError, VisualPreprocessor
+
+#: Why a tick published nothing.
+SKIPS = ("idle", "no_frame", "stale_frame", "no_joint_state", "stale_joint_state", "bad_frame", "nonfinite_action")
+
+
+@dataclass(frozen=True)
+class LiveRobot:
+    """The running robot a checkpoint must fit.
+
+    Attributes:
+        joint_names: the drivers' 23 joint names, in the order targets are published.
+        limits: [(lower, upper)] (rad) per joint, same order.
+        policy_hz: the configured policy rate.
+        T_base_camera: 4x4 camera pose in the base frame (None: not calibrated).
+    """
+
+    joint_names: tuple[str, ...]
+    limits: tuple[tuple[float, float], ...]
+    policy_hz: float
+    T_base_camera: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A depth frame as the policy sees it: ``depth`` [H, W] (m), ``K`` [3, 3], acquisition ``t`` (s),
+    and ``seq``, which is the same for the same frame across ticks."""
+
+    depth: np.ndarray
+    K: np.ndarray
+    t: float
+    seq: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """One history step: joints [23] (rad, driver order), its frame, and, for the loaded policy,
+    the frame's visual input and embedding [D]."""
+
+    q: np.ndarray
+    frame: Frame
+    visual: np.ndarray
+    emb: np.ndarray
+
+
+@dataclass
+class TickResult:
+    """What one tick did. ``q`` [23] (rad, driver order) is None when the tick published nothing;
+    then ``skip`` says why. Timings in ms."""
+
+    now: float
+    stamp_for: float
+    q: np.ndarray | None = None
+    skip: str | None = None
+    detail: str = ""
+    frame_t: float | None = None
+    timings: dict = field(default_factory=dict)
+
+
+class LoadedPolicy:
+    """A checkpoint checked against the live robot, with its runner and preprocessing."""
+
+    def __init__(self, checkpoint: Checkpoint, runner: PolicyRunner, live: LiveRobot):
+        self.checkpoint = checkpoint
+        self.runner = runner
+        self.schema = checkpoint.schema
+        self.preprocess = VisualPreprocessor(self.schema.visual, live.T_base_camera)
+        self.idx = self.schema.index_in(live.joint_names)      # policy slot -> driver index
+        self.inv = np.argsort(self.idx)                         # driver index -> policy slot
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name
+
+    @classmethod
+    def load(cls, path, live: LiveRobot, runner: str = "onnxruntime", warmup_steps: int = 10) -> "LoadedPolicy":
+        """Load ``path``, check it against ``live``, build the runner and warm it up.
+
+        Raises:
+            CheckpointError / SchemaMismatchError / PolicyError: naming what is wrong.
+        """
+        ckpt = load_checkpoint(path)
+        ckpt.check_against_robot(live.joint_names, live.limits, live.policy_hz)
+        try:
+            policy = cls(ckpt, make_runner(runner, ckpt), live)
+        except PreprocessError as exc:
+            raise PolicyError(f"{ckpt.path}: {exc}") from exc
+        policy.runner.warm_up(warmup_steps)
+        return policy
+
+    def encode(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+        """Frame -> (visual input, embedding [D]). Raises PreprocessError for a frame it cannot use."""
+        visual = self.preprocess(frame.depth, frame.K, frame.t)
+        return visual, self.runner.encode(visual)
+
+    def act(self, steps: list[Step]) -> np.ndarray:
+        """Full window of steps -> targets [23] (rad, driver order); may hold NaN if the network does."""
+        proprio = self.schema.scale(np.stack([s.q[self.idx] for s in steps]))
+        emb = np.stack([s.emb for s in steps])
+        a = self.schema.unscale(self.runner.act(proprio, emb))
+        return a[self.inv]
+
+    def restep(self, steps: list[Step], known: dict[int, tuple] | None = None) -> list[Step]:
+        """The same steps re-encoded for this policy (``known``: frame seq -> (visual, emb) already done)."""
+        known = dict(known or {})
+        out = []
+        for s in steps:
+            if s.frame.seq not in known:
+                known[s.frame.seq] = self.encode(s.frame)
+            visual, emb = known[s.frame.seq]
+            out.append(replace(s, visual=visual, emb=emb))
+        return out
+
+
+@dataclass
+class _Candidate:
+    policy: LoadedPolicy
+    encoded: dict[int, tuple]          # frame seq -> (visual, emb) from the dry run
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class ClosedLoopPolicy:
+    """Closed-loop stepping of a :class:`LoadedPolicy`, with episode control and hot-swap.
+
+    Args:
+        policy: the policy to start with.
+        period_s: the policy period (s); targets are stamped ``period_s`` ahead.
+        max_frame_age_s: an older newest frame means no action that tick.
+        max_state_age_s: older joint states mean no action that tick.
+    """
+
+    def __init__(self, policy: LoadedPolicy, period_s: float, max_frame_age_s: float = 0.1,
+                 max_state_age_s: float = 0.05):
+        self.policy = policy
+        self.previous: LoadedPolicy | None = None
+        self.period_s = period_s
+        self.max_frame_age_s = max_frame_age_s
+        self.max_state_age_s = max_state_age_s
+        self.history: StepHistory[Step] = StepHistory(policy.schema.history)
+        self.running = False
+        self.counts: Counter = Counter()
+        self.episode = 0
+        self._lock = threading.Lock()
+        self._pending: _Candidate | None = None
+        self._last_frame: tuple[int, np.ndarray, np.ndarray] | None = None   # seq, visual, emb
+        self.ticking = False   # True while a loop calls tick(); then swaps wait for it
+
+    # ------------------------------------------------------------------ episodes
+    def start(self) -> str:
+        with self._lock:
+            self.history.clear()
+            self._last_frame = None
+            self.running = True
+            self.episode += 1
+            return f"episode {self.episode} started with {self.policy.name}"
+
+    def stop(self) -> str:
+        with self._lock:
+            self.running = False
+            return f"episode {self.episode} stopped after {self.history.count} steps"
+
+    def reset(self) -> str:
+        """Clear the history (the next tick starts a padded window), keep running or not."""
+        with self._lock:
+            self.history.clear()
+            self._last_frame = None
+            return f"history cleared; episode {self.episode} {'running' if self.running else 'stopped'}"
+
+    # ------------------------------------------------------------------ tick
+    def tick(self, now: float, frame: Frame | None, joints: tuple[float, np.ndarray] | None,
+             stamp_for: float | None = None) -> TickResult:
+        """One policy step at time ``now`` (s). ``joints`` = (acquisition time, q [23] driver order)."""
+        t0 = time.perf_counter()
+        with self._lock:
+            self._swap_if_pending()
+            res = TickResult(now, now + self.period_s if stamp_for is None else stamp_for)
+            if not self.running:
+                return self._skip(res, "idle")
+            if frame is None:
+                return self._skip(res, "no_frame", "no depth frame received yet")
+            res.frame_t = frame.t
+            age = now - frame.t
+            res.timings["frame_age"] = age * 1e3
+            if age > self.max_frame_age_s:
+                return self._skip(res, "stale_frame", f"newest frame is {age * 1e3:.0f} ms old "
+                                                      f"(limit {self.max_frame_age_s * 1e3:.0f} ms)")
+            if joints is None:
+                return self._skip(res, "no_joint_state", "no joint states received yet")
+            jt, q = joints
+            if now - jt > self.max_state_age_s:
+                return self._skip(res, "stale_joint_state", f"joint states are {(now - jt) * 1e3:.0f} ms old")
+            pol = self.policy
+            t1 = time.perf_counter()
+            if self._last_frame is not None and self._last_frame[0] == frame.seq:
+                _, visual, emb = self._last_frame
+                t2 = t3 = t1
+            else:
+                try:
+                    visual = pol.preprocess(frame.depth, frame.K, frame.t)
+                except PreprocessError as exc:
+                    return self._skip(res, "bad_frame", str(exc))
+                t2 = time.perf_counter()
+                emb = pol.runner.encode(visual)
+                t3 = time.perf_counter()
+                self._last_frame = (frame.seq, visual, emb)
+            self.history.append(Step(np.asarray(q, float), frame, visual, emb))
+            window = self.history.window()
+            proprio = pol.schema.scale(np.stack([s.q[pol.idx] for s in window]))
+            action = pol.runner.act(proprio, np.stack([s.emb for s in window]))
+            t4 = time.perf_counter()
+            targets = pol.schema.unscale(action)[pol.inv]
+            ok = bool(np.all(np.isfinite(targets)))
+            t5 = time.perf_counter()
+            res.timings.update(preprocess=(t2 - t1) * 1e3, encode=(t3 - t2) * 1e3, trunk=(t4 - t3) * 1e3,
+                               post=(t5 - t4) * 1e3, total=(t5 - t0) * 1e3)
+            if not ok:
+                return self._skip(res, "nonfinite_action", f"the network returned non-finite targets for "
+                                                           f"{int(np.sum(~np.isfinite(targets)))} joints")
+            res.q = targets
+            self.counts["published"] += 1
+            return res
+
+    def _skip(self, res: TickResult, reason: str, detail: str = "") -> TickResult:
+        res.skip, res.detail = reason, detail
+        self.counts[reason] += 1
+        return res
+
+    # ------------------------------------------------------------------ hot-swap
+    def prepare(self, path, live: LiveRobot, runner: str = "onnxruntime", warmup_steps: int = 10) -> _Candidate:
+        """Load ``path``, check it against ``live``, warm it up and dry-run it on the current history.
+
+        Runs on the caller's thread; the loop keeps ticking with the current policy.
+
+        Raises:
+            CheckpointError / SchemaMismatchError / PolicyError: what is wrong with the checkpoint
+                (a dry run that fails or gives non-finite targets is a PolicyError).
+        """
+        policy = LoadedPolicy.load(path, live, runner, warmup_steps)
+        return self._dry_run(policy)
+
+    def _dry_run(self, policy: LoadedPolicy) -> _Candidate:
+        with self._lock:
+            steps = self.history.steps()
+            window = self.history.window() if steps else []
+        try:
+            restepped = policy.restep(window)
+            if restepped:
+                targets = policy.act(restepped)
+                if targets.shape != (len(policy.idx),) or not np.all(np.isfinite(targets)):
+                    raise PolicyError(f"{policy.checkpoint.path}: dry run on the current history gave non-finite "
+                                      f"or misshapen targets {np.round(targets, 3).tolist()}")
+        except PreprocessError as exc:
+            raise PolicyError(f"{policy.checkpoint.path}: dry run could not preprocess the history: {exc}") from exc
+        return _Candidate(policy, {s.frame.seq: (s.visual, s.emb) for s in restepped})
+
+    def install(self, candidate: _Candidate, timeout_s: float = 2.0) -> str:
+        """Swap ``candidate`` in between two ticks (at once when no loop is ticking).
+
+        Raises:
+            PolicyError: the loop did not take it within ``timeout_s``, or re-encoding the
+                newest frames failed (the old policy stays).
+        """
+        with self._lock:
+            self._pending = candidate
+            if not self.ticking:
+                self._swap_if_pending()
+        if not candidate.done.wait(timeout_s):
+            with self._lock:
+                if self._pending is candidate:
+                    self._pending = None
+            raise PolicyError(f"the policy loop did not take {candidate.policy.name} within {timeout_s:g} s")
+        if candidate.error is not None:
+            raise PolicyError(f"swap to {candidate.policy.name} failed, {self.policy.name} kept: "
+                              f"{candidate.error}")
+        return f"now running {self.policy.name} (previous {self.previous.name if self.previous else 'none'})"
+
+    def rollback(self, live: LiveRobot) -> str:
+        """Swap back to the previous checkpoint (dry-run on the current history first)."""
+        if self.previous is None:
+            raise PolicyError("no previous checkpoint to roll back to")
+        return self.install(self._dry_run(self.previous))
+
+    def _swap_if_pending(self) -> None:
+        """With the lock held: install a pending candidate, re-encoding frames that came after its dry run."""
+        cand, self._pending = self._pending, None
+        if cand is None:
+            return
+        try:
+            steps = cand.policy.restep(self.history.steps(), cand.encoded)
+        except (PreprocessError, PolicyError) as exc:
+            cand.error = exc
+        else:
+            self.history.replace(steps)
+            self._last_frame = (steps[-1].frame.seq, steps[-1].visual, steps[-1].emb) if steps else None
+            if self.history.length != cand.policy.schema.history:
+                old = self.history.steps()[-cand.policy.schema.history:]
+                self.history = StepHistory(cand.policy.schema.history)
+                for s in old:
+                    self.history.append(s)
+            self.previous, self.policy = self.policy, cand.policy
+            self.counts["swaps"] += 1
+        cand.done.set()
+
+    def status(self) -> dict:
+        """Counters and names for status topics and diagnostics."""
+        with self._lock:
+            return {"running": self.running, "episode": self.episode, "steps": self.history.count,
+                    "checkpoint": self.policy.name, "checkpoint_path": str(self.policy.checkpoint.path),
+                    "previous": self.previous.name if self.previous else "",
+                    "counts": dict(self.counts)}
+
+
+
+
+class TickLog:
+    """Per-tick figures kept for the benchmark and written as ``.npz`` (times in s, durations in ms)."""
+
+    FIELDS = ("now", "frame_t", "published_t", "frame_age", "preprocess", "encode", "trunk", "post", "total")
+
+    def __init__(self):
+        self.rows: list[tuple] = []
+        self.skips: list[str] = []
+
+    def record(self, res: TickResult, published_t: float | None) -> None:
+        t = res.timings
+        nan = float("nan")
+        self.rows.append((res.now, nan if res.frame_t is None else res.frame_t,
+                          nan if published_t is None else published_t,
+                          *(t.get(k, nan) for k in self.FIELDS[3:])))
+        self.skips.append(res.skip or "")
+
+    def save(self, path, **extra) -> None:
+        arr = np.array(self.rows, float).reshape(-1, len(self.FIELDS))
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **{k: arr[:, i] for i, k in enumerate(self.FIELDS)}, skip=np.array(self.skips), **extra)

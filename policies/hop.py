@@ -1,0 +1,205 @@
+"""The HOP network: a causal GPT-2 trunk over 16 steps of (proprio token, visual token).
+
+Shapes (B batch, T <= history steps, D = hidden = 192):
+
+- proprio: [B, T, 23] scaled to [-1, 1] -> ``embed_proprio`` -> [B, T, D]
+- visual input per step -> tokenizer -> [B, T, D]; the tokenizer is either
+  :class:`DepthTokenizer` (depth image [H, W]) or :class:`PointNetTokenizer`
+  (points [P, 3], the public checkpoint's ``embed_pc``).
+- a learned timestep embedding (rows = position in the window) is added to both tokens
+  of a step; tokens interleave as p0, v0, p1, v1, ...; one LayerNorm; 4 GPT-2 blocks;
+  final LayerNorm; the action head reads the output at each visual token.
+
+Parameter names follow the public HOP state dict, except that the trunk's projections
+are ``nn.Linear`` ([out, in]) where GPT-2 stores Conv1D ([in, out]); see
+:mod:`policies.importer`.
+
+The model is split so a runtime can cache per-frame visual embeddings:
+:meth:`HopPolicy.encode_visual` runs once per frame, :meth:`HopPolicy.trunk` every step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from policies.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class HopArchitecture:
+    """Hyper-parameters of the network (the public checkpoint's are the defaults)."""
+
+    hidden: int = 192
+    layers: int = 4
+    heads: int = 4
+    inner: int = 768
+    timestep_rows: int = 33
+    proprio_dim: int = 23
+    action_dim: int = 23
+    ln_eps: float = 1e-5
+    visual: str = "depth"                 # 'depth' | 'pointcloud'
+    depth_channels: tuple[int, ...] = (16, 32, 64, 64)
+    depth_size: tuple[int, int] = (60, 80)   # H, W of the depth input
+    num_points: int = 100
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["depth_channels"] = list(self.depth_channels)
+        d["depth_size"] = list(self.depth_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HopArchitecture":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CheckpointError(f"architecture has unknown keys {unknown}")
+        d = dict(d)
+        for k in ("depth_channels", "depth_size"):
+            if k in d:
+                d[k] = tuple(int(x) for x in d[k])
+        arch = cls(**d)
+        if arch.hidden % arch.heads:
+            raise CheckpointError(f"architecture: hidden {arch.hidden} is not a multiple of heads {arch.heads}")
+        if arch.visual not in ("depth", "pointcloud"):
+            raise CheckpointError(f"architecture: visual must be 'depth' or 'pointcloud', not {arch.visual!r}")
+        return arch
+
+
+class DepthTokenizer(nn.Module):
+    """Depth image [N, H, W] in [0, 1] -> token [N, D]: strided convs with ELU, then a linear map
+    of the flattened feature map (keeps where things are in the image)."""
+
+    def __init__(self, arch: HopArchitecture):
+        super().__init__()
+        layers, c_in = [], 1
+        h, w = arch.depth_size
+        for i, c in enumerate(arch.depth_channels):
+            k = 5 if i == 0 else 3
+            layers += [nn.Conv2d(c_in, c, k, stride=2, padding=k // 2), nn.ELU()]
+            c_in = c
+            h, w = (h + 1) // 2, (w + 1) // 2
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Linear(c_in * h * w, arch.hidden)
+
+    def forward(self, depth: torch.Tensor) -> torch.Tensor:
+        x = self.convs(depth.unsqueeze(1))
+        return self.proj(x.flatten(1))
+
+
+class PointNetTokenizer(nn.Sequential):
+    """Points [N, P, 3] (m) -> token [N, D]: per-point MLP 3 -> D -> D -> D with ELU, max over points."""
+
+    def __init__(self, arch: HopArchitecture):
+        d = arch.hidden
+        super().__init__(nn.Linear(3, d), nn.ELU(), nn.Linear(d, d), nn.ELU(), nn.Linear(d, d))
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return super().forward(points).amax(dim=1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, arch: HopArchitecture):
+        super().__init__()
+        self.heads = arch.heads
+        self.c_attn = nn.Linear(arch.hidden, 3 * arch.hidden)
+        self.c_proj = nn.Linear(arch.hidden, arch.hidden)
+        n = 2 * arch.timestep_rows
+        self.register_buffer("mask", torch.tril(torch.ones(n, n, dtype=torch.bool)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.c_attn(x).split(d, dim=2)
+        hd = d // self.heads
+        q, k, v = (t.reshape(b, n, self.heads, hd).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))
+        att = att.masked_fill(~self.mask[:n, :n], float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(b, n, d)
+        return self.c_proj(y)
+
+
+class Mlp(nn.Module):
+    def __init__(self, arch: HopArchitecture):
+        super().__init__()
+        self.c_fc = nn.Linear(arch.hidden, arch.inner)
+        self.c_proj = nn.Linear(arch.inner, arch.hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))   # GPT-2's "gelu_new"
+
+
+class Block(nn.Module):
+    def __init__(self, arch: HopArchitecture):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(arch.hidden, eps=arch.ln_eps)
+        self.attn = CausalSelfAttention(arch)
+        self.ln_2 = nn.LayerNorm(arch.hidden, eps=arch.ln_eps)
+        self.mlp = Mlp(arch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class Trunk(nn.Module):
+    def __init__(self, arch: HopArchitecture):
+        super().__init__()
+        self.h = nn.ModuleList(Block(arch) for _ in range(arch.layers))
+        self.ln_f = nn.LayerNorm(arch.hidden, eps=arch.ln_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x)
+
+
+class HopPolicy(nn.Module):
+    """The HOP policy network (see the module docstring for shapes)."""
+
+    def __init__(self, arch: HopArchitecture | None = None):
+        super().__init__()
+        arch = arch or HopArchitecture()
+        self.arch = arch
+        self.embed_timestep = nn.Embedding(arch.timestep_rows, arch.hidden)
+        self.embed_proprio = nn.Linear(arch.proprio_dim, arch.hidden)
+        if arch.visual == "pointcloud":
+            self.embed_pc = PointNetTokenizer(arch)
+        else:
+            self.embed_depth = DepthTokenizer(arch)
+        self.embed_ln = nn.LayerNorm(arch.hidden, eps=arch.ln_eps)
+        self.transformer = Trunk(arch)
+        self.predict_action = nn.Sequential(nn.Linear(arch.hidden, arch.action_dim))
+        self.predict_proprio = nn.Sequential(nn.Linear(arch.hidden, arch.proprio_dim))
+
+    @property
+    def tokenizer(self) -> nn.Module:
+        return self.embed_pc if self.arch.visual == "pointcloud" else self.embed_depth
+
+    def encode_visual(self, visual: torch.Tensor) -> torch.Tensor:
+        """One token per frame: [N, H, W] depth or [N, P, 3] points -> [N, D]."""
+        return self.tokenizer(visual)
+
+    def trunk(self, proprio: torch.Tensor, visual_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """proprio [B, T, 23] (scaled), visual_emb [B, T, D] -> (actions [B, T, 23], next proprio [B, T, 23])."""
+        b, t, _ = proprio.shape
+        pos = self.embed_timestep(torch.arange(t, device=proprio.device))
+        p = self.embed_proprio(proprio) + pos
+        v = visual_emb + pos
+        x = torch.stack([p, v], dim=2).reshape(b, 2 * t, -1)
+        x = self.transformer(self.embed_ln(x))
+        out_v = x[:, 1::2]
+        return self.predict_action(out_v), self.predict_proprio(out_v)
+
+    def forward(self, proprio: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """proprio [B, T, 23], visual [B, T, ...] -> (actions, next proprio), each [B, T, 23]."""
+        b, t = proprio.shape[:2]
+        emb = self.encode_visual(visual.reshape(b * t, *visual.shape[2:])).reshape(b, t, -1)
+        return self.trunk(proprio, emb)
+
+    def act(self, proprio: torch.Tensor, visual_emb: torch.Tensor) -> torch.Tensor:
+        """The action for now: the prediction at the last step, [B, 23] (scaled)."""
+        return self.trunk(proprio, visual_emb)[0][:, -1]

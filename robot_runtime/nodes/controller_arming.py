@@ -1,0 +1,65 @@
+"""Arming the controllers on the twin, for nodes that drive them there (demo motion, policy).
+
+On the robot, arming is the operator's action. On the twin a node may do it for the
+user: :class:`TwinControllerArmer` calls ``/<controller>/arm`` on both controllers while
+``wanted`` is set, and arms a controller again when its watchdog or a joint-state stall
+stopped it (a loaded machine can stall the twin for a moment). After an e-stop or a
+device fault it leaves the controller stopped.
+"""
+from __future__ import annotations
+
+import json
+
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from robot_runtime import ros_io
+
+CONTROLLERS = ("arm_controller_node", "hand_controller_node")
+
+
+class TwinControllerArmer:
+    """Keeps both controllers armed while :attr:`wanted` (checks every ``period_s``)."""
+
+    def __init__(self, node, period_s: float = 0.5, wanted: bool = True):
+        self.node = node
+        self.wanted = wanted
+        self.clients = [node.create_client(Trigger, f"/{n}/arm") for n in CONTROLLERS]
+        self.armed = [False] * len(CONTROLLERS)
+        self._arming = [False] * len(CONTROLLERS)
+        for i, n in enumerate(CONTROLLERS):
+            node.create_subscription(String, f"/{n}/status", lambda m, i=i: self._on_status(i, m), ros_io.LATCHED_QOS)
+        node.create_timer(period_s, self._arm)
+
+    @property
+    def all_armed(self) -> bool:
+        return all(self.armed)
+
+    def _arm(self) -> None:
+        if not self.wanted:
+            return
+        for i, client in enumerate(self.clients):
+            if self.armed[i] or self._arming[i] or not client.service_is_ready():
+                continue
+            self._arming[i] = True
+            client.call_async(Trigger.Request()).add_done_callback(lambda f, i=i: self._done(i, f))
+
+    def _on_status(self, i: int, msg: String) -> None:
+        status = json.loads(msg.data)
+        if status["mode"] != "stopped" or not self.armed[i]:
+            return
+        reason = status["reason"]
+        log = self.node.get_logger()
+        if self.wanted and (reason.startswith("watchdog") or "joint states stopped" in reason):
+            log.warn(f"{status['controller']} stopped ({reason}); arming it again")
+            self.armed[i] = False   # the timer calls the service again
+        else:
+            log.warn(f"{status['controller']} stopped ({reason}); left stopped")
+            self.armed[i] = False if not self.wanted else self.armed[i]
+
+    def _done(self, i: int, future) -> None:
+        self._arming[i] = False
+        res = future.result()
+        if res is not None and res.success:
+            self.armed[i] = True
+            self.node.get_logger().info(res.message)

@@ -1,0 +1,255 @@
+"""The one preprocessing path from a depth frame to a policy's visual input.
+
+The recorder, the trainer and the policy node all call :func:`visual_input` (through
+:class:`VisualPreprocessor`), so training and deployment see the same bytes.
+
+Two kinds of visual input:
+
+- ``depth``: crop (fractions of the image), fill holes, clip to [near, far] m, resize
+  by area averaging to the model's size, scale to [0, 1] (0 = near, 1 = far).
+  Result ``[H, W]`` float32.
+- ``pointcloud``: back-project with the intrinsics, move to the robot base frame with
+  the camera calibration, crop to a box, drop the table plane, sample ``num_points``
+  points with a generator seeded by the preprocessing seed and the frame's stamp (so
+  the same frame always gives the same points). Result ``[num_points, 3]`` float32 (m).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from robot_runtime.errors import RobotRuntimeError
+
+
+class PreprocessError(RobotRuntimeError):
+    """A frame cannot be turned into a policy input (wrong shape, no valid points, bad parameters)."""
+
+
+@dataclass(frozen=True)
+class DepthPreprocess:
+    """Depth image input. ``crop`` = (top, bottom, left, right) as fractions of the height and
+    width kept (0..1); ``near``/``far`` clip range (m); holes (NaN, inf, <= 0) become ``far``;
+    output ``height`` x ``width``."""
+
+    crop: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)
+    near: float = 0.2
+    far: float = 1.5
+    height: int = 60
+    width: int = 80
+
+    def check(self) -> None:
+        t, b, left, r = self.crop
+        if not (0.0 <= t < b <= 1.0 and 0.0 <= left < r <= 1.0):
+            raise PreprocessError(f"depth crop {self.crop} must be 0 <= top < bottom <= 1, 0 <= left < right <= 1")
+        if not 0.0 <= self.near < self.far:
+            raise PreprocessError(f"depth clip range near={self.near} far={self.far} must have 0 <= near < far")
+        if self.height < 4 or self.width < 4:
+            raise PreprocessError(f"depth input size {self.height}x{self.width} is below 4x4")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+
+@dataclass(frozen=True)
+class PointCloudPreprocess:
+    """Object point cloud input, in the robot base frame (m)."""
+
+    num_points: int = 100
+    box_min: tuple[float, float, float] = (0.2, -0.5, -0.05)
+    box_max: tuple[float, float, float] = (0.9, 0.5, 0.5)
+    table_z: float = 0.0
+    table_margin: float = 0.01   # points lower than table_z + margin are the table
+    stride: int = 2              # back-project every stride-th pixel in each direction
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.num_points < 1:
+            raise PreprocessError(f"num_points must be at least 1, got {self.num_points}")
+        if any(lo >= hi for lo, hi in zip(self.box_min, self.box_max)):
+            raise PreprocessError(f"point crop box min {self.box_min} is not below max {self.box_max}")
+        if self.stride < 1:
+            raise PreprocessError(f"stride must be at least 1, got {self.stride}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.num_points, 3)
+
+
+@dataclass(frozen=True)
+class VisualSpec:
+    """Which visual input a policy takes, with its preprocessing parameters."""
+
+    kind: str = "depth"   # 'depth' | 'pointcloud'
+    depth: DepthPreprocess = field(default_factory=DepthPreprocess)
+    points: PointCloudPreprocess = field(default_factory=PointCloudPreprocess)
+
+    def check(self) -> None:
+        if self.kind not in ("depth", "pointcloud"):
+            raise PreprocessError(f"visual kind must be 'depth' or 'pointcloud', not {self.kind!r}")
+        self.params.check()
+
+    @property
+    def params(self):
+        return self.depth if self.kind == "depth" else self.points
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape of one step's visual input."""
+        return self.params.shape
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, self.kind: asdict(self.params)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VisualSpec":
+        """Raises PreprocessError naming the key that is missing or unknown."""
+        try:
+            kind = d["kind"]
+            if kind == "depth":
+                p = d["depth"]
+                spec = cls(kind, depth=DepthPreprocess(crop=tuple(p["crop"]), near=float(p["near"]),
+                                                       far=float(p["far"]), height=int(p["height"]),
+                                                       width=int(p["width"])))
+            elif kind == "pointcloud":
+                p = d["pointcloud"]
+                spec = cls(kind, points=PointCloudPreprocess(
+                    num_points=int(p["num_points"]), box_min=tuple(p["box_min"]), box_max=tuple(p["box_max"]),
+                    table_z=float(p["table_z"]), table_margin=float(p["table_margin"]), stride=int(p["stride"]),
+                    seed=int(p["seed"])))
+            else:
+                raise PreprocessError(f"visual kind must be 'depth' or 'pointcloud', not {kind!r}")
+        except KeyError as exc:
+            raise PreprocessError(f"visual spec is missing key {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise PreprocessError(f"visual spec has a bad value: {exc}") from exc
+        spec.check()
+        return spec
+
+
+# --------------------------------------------------------------------------------------
+# Depth image
+
+
+@functools.lru_cache(maxsize=32)
+def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights averaging each output cell's span of input cells (area resize)."""
+    edges = np.linspace(0.0, n_in, n_out + 1)
+    W = np.zeros((n_out, n_in), np.float64)
+    for i in range(n_out):
+        a, b = edges[i], edges[i + 1]
+        j0, j1 = int(np.floor(a)), int(np.ceil(b))
+        for j in range(j0, min(j1, n_in)):
+            W[i, j] = min(b, j + 1) - max(a, j)
+        W[i] /= W[i].sum()
+    W.setflags(write=False)
+    return W
+
+
+def crop_bounds(shape: tuple[int, int], crop) -> tuple[int, int, int, int]:
+    """Pixel rows/cols (top, bottom, left, right) kept by a fractional ``crop`` of an image of ``shape``."""
+    h, w = shape
+    t, b, left, r = crop
+    top, bottom = int(round(t * h)), int(round(b * h))
+    lft, rgt = int(round(left * w)), int(round(r * w))
+    return top, max(bottom, top + 1), lft, max(rgt, lft + 1)
+
+
+def depth_to_input(depth: np.ndarray, p: DepthPreprocess) -> np.ndarray:
+    """Depth [H, W] (m, NaN = invalid) -> policy input [p.height, p.width] float32 in [0, 1].
+
+    Raises:
+        PreprocessError: ``depth`` is not a 2-D image.
+    """
+    depth = np.asarray(depth)
+    if depth.ndim != 2 or min(depth.shape) < 1:
+        raise PreprocessError(f"depth frame must be a 2-D image, got shape {depth.shape}")
+    top, bottom, left, right = crop_bounds(depth.shape, p.crop)
+    d = depth[top:bottom, left:right].astype(np.float64)
+    d = np.where(np.isfinite(d) & (d > 0.0), d, p.far)   # holes read as 'nothing there'
+    d = np.clip(d, p.near, p.far)
+    d = _area_matrix(d.shape[0], p.height) @ d @ _area_matrix(d.shape[1], p.width).T
+    return ((d - p.near) / (p.far - p.near)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# Point cloud
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_rays(shape: tuple[int, int], K_key: tuple, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    h, w = shape
+    fx, fy, cx, cy = K_key
+    v, u = np.mgrid[0:h:stride, 0:w:stride]
+    return v, (u - cx) / fx, (v - cy) / fy
+
+
+def backproject(depth: np.ndarray, K: np.ndarray, stride: int = 1) -> np.ndarray:
+    """Valid pixels of ``depth`` [H, W] (m along the optical axis) -> points [N, 3] in the camera's
+    optical frame (x right, y down, z forward), every ``stride``-th pixel."""
+    K = np.asarray(K, float)
+    v, rx, ry = _pixel_rays(depth.shape, (K[0, 0], K[1, 1], K[0, 2], K[1, 2]), stride)
+    z = depth[::stride, ::stride].astype(np.float64)
+    ok = np.isfinite(z) & (z > 0)
+    return np.column_stack([rx[ok] * z[ok], ry[ok] * z[ok], z[ok]])
+
+
+def frame_seed(seed: int, stamp: float) -> np.random.Generator:
+    """The point-sampling generator for a frame: the same (seed, stamp) gives the same points."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(round(stamp * 1e6)) & 0xFFFFFFFFFFFF])
+
+
+def depth_to_points(depth: np.ndarray, K: np.ndarray, T_base_camera: np.ndarray, p: PointCloudPreprocess,
+                    stamp: float) -> np.ndarray:
+    """Depth [H, W] (m) -> object points [p.num_points, 3] float32 in the robot base frame (m).
+
+    Raises:
+        PreprocessError: the frame is not an image, or no point is left after cropping
+            (nothing on the table inside the box).
+    """
+    depth = np.asarray(depth)
+    if depth.ndim != 2:
+        raise PreprocessError(f"depth frame must be a 2-D image, got shape {depth.shape}")
+    pts = backproject(depth, K, p.stride)
+    T = np.asarray(T_base_camera, float)
+    pts = pts @ T[:3, :3].T + T[:3, 3]
+    lo, hi = np.asarray(p.box_min), np.asarray(p.box_max)
+    keep = np.all((pts >= lo) & (pts <= hi), axis=1) & (pts[:, 2] > p.table_z + p.table_margin)
+    pts = pts[keep]
+    if len(pts) == 0:
+        raise PreprocessError(f"no depth points inside the box {p.box_min}..{p.box_max} above the table "
+                              f"(z > {p.table_z + p.table_margin:.3f} m)")
+    rng = frame_seed(p.seed, stamp)
+    idx = rng.choice(len(pts), p.num_points, replace=len(pts) < p.num_points)
+    return pts[np.sort(idx)].astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------
+
+
+class VisualPreprocessor:
+    """Frame -> one step's visual input for a policy with :class:`VisualSpec` ``spec``.
+
+    Args:
+        spec: the policy's visual input and preprocessing parameters (from its checkpoint).
+        T_base_camera: 4x4 camera optical frame in the robot base frame; needed for point clouds.
+    """
+
+    def __init__(self, spec: VisualSpec, T_base_camera: np.ndarray | None = None):
+        spec.check()
+        if spec.kind == "pointcloud" and T_base_camera is None:
+            raise PreprocessError("a point-cloud policy needs the camera calibration (camera pose in the base frame)")
+        self.spec = spec
+        self.T_base_camera = None if T_base_camera is None else np.asarray(T_base_camera, float)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.spec.shape
+
+    def __call__(self, depth: np.ndarray, K: np.ndarray, stamp: float) -> np.ndarray:
+        """Depth [H, W] (m), intrinsics K [3, 3], acquisition stamp (s) -> visual input (float32)."""
+        if self.spec.kind == "depth":
+            return depth_to_input(depth, self.spec.depth)
+        return depth_to_points(depth, K, self.T_base_camera, self.spec.points, stamp)

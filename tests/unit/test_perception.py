@@ -1,0 +1,116 @@
+"""The one preprocessing path: depth image and object point cloud."""
+import numpy as np
+import pytest
+
+from calibration.extrinsics import camera_pose_for, check_pose, load_camera_pose
+from robot_runtime.config import config_from_dict
+from robot_runtime.errors import ConfigError
+from robot_runtime.perception.preprocess import (DepthPreprocess, PointCloudPreprocess, PreprocessError,
+                                                 VisualPreprocessor, VisualSpec, backproject, depth_to_input,
+                                                 depth_to_points)
+from robot_runtime.transforms import optical_pose_look_at
+
+K = np.array([[200.0, 0, 79.5], [0, 200.0, 59.5], [0, 0, 1]])
+
+
+def test_depth_input_crops_fills_clips_and_resizes_by_area():
+    p = DepthPreprocess(crop=(0.0, 0.5, 0.5, 1.0), near=0.5, far=1.5, height=2, width=2)
+    d = np.full((8, 8), 1.0, np.float32)
+    d[0, 4:6] = 0.5       # top-left output cell (2x2 pixels): half at 0.5 m, half at 1.0 -> 0.75 m
+    d[2, 6] = np.nan      # a hole in the bottom-right cell reads as 'far'
+    d[3, 7] = 9.0         # beyond far: clipped
+    d[:, :4] = 0.1        # outside the crop: ignored
+    out = depth_to_input(d, p)
+    assert out.shape == (2, 2) and out.dtype == np.float32
+    expect_m = np.array([[0.75, 1.0], [1.0, (2 * 1.0 + 2 * 1.5) / 4]])
+    np.testing.assert_allclose(out, (expect_m - 0.5) / 1.0, atol=1e-6)
+
+
+def test_depth_input_of_non_integer_ratio_keeps_mean():
+    rng = np.random.default_rng(0)
+    d = rng.uniform(0.4, 1.4, (37, 53)).astype(np.float32)
+    p = DepthPreprocess(near=0.2, far=1.5, height=10, width=14)
+    out = depth_to_input(d, p)
+    assert out.shape == (10, 14)
+    assert out.mean() == pytest.approx(((d - 0.2) / 1.3).mean(), abs=1e-5)
+
+
+def test_depth_input_rejects_bad_frames_and_parameters():
+    with pytest.raises(PreprocessError, match="2-D"):
+        depth_to_input(np.zeros((4, 4, 3)), DepthPreprocess())
+    with pytest.raises(PreprocessError, match="crop"):
+        VisualPreprocessor(VisualSpec("depth", depth=DepthPreprocess(crop=(0.5, 0.2, 0, 1))))
+    with pytest.raises(PreprocessError, match="near"):
+        VisualSpec("depth", depth=DepthPreprocess(near=2.0, far=1.0)).check()
+
+
+def test_backproject_recovers_a_plane_and_points_land_in_the_base_frame():
+    depth = np.full((120, 160), 1.0, np.float32)
+    pts = backproject(depth, K)
+    assert pts.shape == (120 * 160, 3)
+    np.testing.assert_allclose(pts[:, 2], 1.0)
+    # the principal point's ray is the optical axis; pixel (u=159, v=59.5) is 0.4 m right at 1 m
+    assert pts[:, 0].max() == pytest.approx((159 - 79.5) / 200.0)
+    T = optical_pose_look_at([0.5, 0.0, 1.0], [0.5, 0.0, 0.0])   # looking straight down from 1 m
+    p = PointCloudPreprocess(num_points=50, box_min=(0.0, -1, -0.1), box_max=(1.0, 1, 1), table_z=-1.0, stride=1)
+    out = depth_to_points(depth, K, T, p, stamp=1.0)
+    assert out.shape == (50, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 2], 0.0, atol=1e-6)   # the plane 1 m below the camera is z = 0
+
+
+def test_point_cloud_drops_the_table_and_crops_to_the_box():
+    T = optical_pose_look_at([0.5, 0.0, 1.0], [0.5, 0.0, 0.0])
+    depth = np.full((120, 160), 1.0, np.float32)          # the table at z = 0
+    depth[50:70, 70:90] = 0.9                              # a 10 cm tall object in the middle
+    p = PointCloudPreprocess(num_points=100, box_min=(0.3, -0.3, -0.05), box_max=(0.7, 0.3, 0.5), table_z=0.0,
+                             table_margin=0.01, stride=1)
+    pts = depth_to_points(depth, K, T, p, stamp=2.0)
+    np.testing.assert_allclose(pts[:, 2], 0.1, atol=1e-5)
+    with pytest.raises(PreprocessError, match="no depth points"):
+        depth_to_points(np.full((120, 160), 1.0, np.float32), K, T, p, stamp=2.0)
+
+
+def test_point_sampling_is_deterministic_per_seed_and_frame():
+    T = optical_pose_look_at([0.5, 0.0, 1.0], [0.5, 0.0, 0.0])
+    rng = np.random.default_rng(1)
+    depth = (1.0 - rng.uniform(0.0, 0.3, (120, 160))).astype(np.float32)
+    p = PointCloudPreprocess(num_points=100, box_min=(-1, -1, 0.0), box_max=(2, 2, 1), table_z=0.0, stride=2, seed=7)
+    a = depth_to_points(depth, K, T, p, stamp=3.25)
+    assert np.array_equal(a, depth_to_points(depth, K, T, p, stamp=3.25))
+    assert not np.array_equal(a, depth_to_points(depth, K, T, p, stamp=3.30))
+    q = PointCloudPreprocess(**{**p.__dict__, "seed": 8})
+    assert not np.array_equal(a, depth_to_points(depth, K, T, q, stamp=3.25))
+
+
+def test_point_cloud_policy_needs_calibration():
+    with pytest.raises(PreprocessError, match="calibration"):
+        VisualPreprocessor(VisualSpec("pointcloud"))
+
+
+def test_visual_spec_round_trips_and_names_missing_keys():
+    spec = VisualSpec("pointcloud", points=PointCloudPreprocess(num_points=64, seed=3))
+    assert VisualSpec.from_dict(spec.to_dict()) == spec
+    d = spec.to_dict()
+    del d["pointcloud"]["table_z"]
+    with pytest.raises(PreprocessError, match="table_z"):
+        VisualSpec.from_dict(d)
+
+
+def test_calibration_file_and_twin_pose(tmp_path):
+    f = tmp_path / "cal.yaml"
+    T = optical_pose_look_at([0.5, -0.7, 0.4], [0.5, 0.0, 0.0])
+    f.write_text("T_base_camera: " + str(T.tolist()) + "\n")
+    np.testing.assert_allclose(load_camera_pose(f), T)
+    f.write_text("T_base_camera: [[1, 0], [0, 1]]\n")
+    with pytest.raises(ConfigError, match="4x4"):
+        load_camera_pose(f)
+    bad = np.eye(4)
+    bad[0, 0] = 2.0
+    with pytest.raises(ConfigError, match="orthonormal"):
+        check_pose(bad, "x.yaml")
+    cfg = config_from_dict({})
+    Tt = camera_pose_for(cfg)
+    # the twin camera's optical axis points from its position toward its look-at point
+    cam = cfg.twin.camera
+    fwd = np.subtract(cam.look_at, cam.position)
+    np.testing.assert_allclose(Tt[:3, 2], fwd / np.linalg.norm(fwd))

@@ -1,0 +1,240 @@
+"""The HOP network, its schema and scaling, the public-checkpoint importer, ONNX parity, checkpoints."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from policies.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from policies.errors import CheckpointError, SchemaMismatchError
+from policies.history import StepHistory, window_indices
+from policies.hop import HopArchitecture, HopPolicy
+from policies.importer import convert_state_dict, import_hop, import_hop_file
+from policies.runners import OnnxRunner, TorchRunner
+from policies.schema import PolicySchema, hop_joint_order
+from robot_runtime import description as D
+from robot_runtime.perception.preprocess import PointCloudPreprocess, VisualPreprocessor, VisualSpec
+from tests.policy_fixtures import SMALL_DEPTH, depth_checkpoint, public_hop_state_dict, reference_forward
+
+
+@pytest.mark.parametrize("visual", ["depth", "pointcloud"])
+def test_tokenizer_and_trunk_shapes(visual):
+    arch = HopArchitecture(visual=visual, depth_size=(24, 32))
+    m = HopPolicy(arch).eval()
+    x = torch.rand(3, 24, 32) if visual == "depth" else torch.randn(3, 100, 3)
+    assert m.encode_visual(x).shape == (3, 192)
+    proprio, emb = torch.rand(2, 16, 23), torch.randn(2, 16, 192)
+    actions, nxt = m.trunk(proprio, emb)
+    assert actions.shape == (2, 16, 23) and nxt.shape == (2, 16, 23)
+    assert m.act(proprio, emb).shape == (2, 23)
+    visual_in = torch.rand(2, 16, 24, 32) if visual == "depth" else torch.randn(2, 16, 100, 3)
+    full, _ = m(proprio, visual_in)
+    assert full.shape == (2, 16, 23)
+
+
+def test_trunk_is_causal_per_step():
+    m = HopPolicy(HopArchitecture(depth_size=(24, 32))).eval()
+    p, e = torch.rand(1, 16, 23), torch.randn(1, 16, 192)
+    a, _ = m.trunk(p, e)
+    p2, e2 = p.clone(), e.clone()
+    p2[0, 10:] += 1.0
+    e2[0, 10:] -= 1.0
+    b, _ = m.trunk(p2, e2)
+    torch.testing.assert_close(a[0, :10], b[0, :10])   # the future does not change the past
+    assert not torch.allclose(a[0, 10:], b[0, 10:])
+
+
+def test_scaling_round_trip_and_limits():
+    s = PolicySchema.hop()
+    lo, hi = np.array(s.lower), np.array(s.upper)
+    q = lo + np.random.default_rng(0).uniform(0, 1, (50, 23)) * (hi - lo)
+    np.testing.assert_allclose(s.unscale(s.scale(q)), q, atol=2e-6 * (hi - lo).max())
+    np.testing.assert_allclose(s.scale(lo), -1.0, atol=1e-6)
+    np.testing.assert_allclose(s.scale(hi), 1.0, atol=1e-6)
+    # HOP's hand order is finger A, thumb, finger B, finger C: slot 11 (after 7 arm + 4 finger A) is the thumb base (0.263, 1.396)
+    assert (s.lower[11], s.upper[11]) == (0.263, 1.396)
+    assert s.joint_names[11:15] == list(D.HAND_JOINTS[12:16])
+
+
+def test_history_padding_matches_training_windows():
+    assert window_indices(0, 4).tolist() == [0, 0, 0, 0]
+    assert window_indices(2, 4).tolist() == [0, 0, 1, 2]
+    assert window_indices(9, 4).tolist() == [6, 7, 8, 9]
+    h = StepHistory(4)
+    for t in range(10):
+        h.append(t)
+        assert h.window() == window_indices(t, 4).tolist()
+    h.clear()
+    with pytest.raises(ValueError):
+        h.window()
+
+
+def test_schema_against_robot_names_what_does_not_fit():
+    s = PolicySchema.hop()
+    s.check_against_robot(D.ALL_JOINTS, D.ALL_LIMITS, 20.0)
+    wrong = PolicySchema.hop(fingers=("thumb", "index", "middle", "ring"))
+    # slots keep HOP's limits, so the thumb mapped into finger A's slot is caught by its limits
+    names, limits = hop_joint_order()
+    swapped = PolicySchema(list(wrong.joint_names), s.lower, s.upper)
+    with pytest.raises(SchemaMismatchError, match="joint_12.0"):
+        swapped.check_against_robot(D.ALL_JOINTS, D.ALL_LIMITS, 20.0)
+    renamed = PolicySchema(["j1"] + names[1:], s.lower, s.upper)
+    with pytest.raises(SchemaMismatchError, match=r"missing \['joint1'\], unknown \['j1'\]"):
+        renamed.check_against_robot(D.ALL_JOINTS, D.ALL_LIMITS, 20.0)
+    with pytest.raises(SchemaMismatchError, match="trained at 20 Hz but rates.policy_hz is 30"):
+        s.check_against_robot(D.ALL_JOINTS, D.ALL_LIMITS, 30.0)
+
+
+# ----------------------------------------------------------------------------- importer
+
+def test_importer_matches_an_independent_reference_computation(tmp_path):
+    sd = public_hop_state_dict(seed=1)
+    model, schema = import_hop(sd)
+    rng = np.random.default_rng(2)
+    proprio = rng.uniform(-1, 1, (16, 23)).astype(np.float32)
+    points = rng.uniform(-0.3, 0.3, (16, 100, 3)).astype(np.float32)
+    with torch.no_grad():
+        ours, _ = model(torch.from_numpy(proprio)[None], torch.from_numpy(points)[None])
+    ref = reference_forward(sd, proprio, points)
+    assert np.abs(ours[0].numpy() - ref).max() <= 1e-4
+    assert schema.visual.kind == "pointcloud" and schema.joint_names == hop_joint_order()[0]
+    # through a file, with a wrapper dict as training scripts save it
+    src = tmp_path / "hop.pt"
+    torch.save({"model": sd, "epoch": 3}, src)
+    out = import_hop_file(src, tmp_path / "imported")
+    ck = load_checkpoint(out)
+    with torch.no_grad():
+        again, _ = ck.build_model()(torch.from_numpy(proprio)[None], torch.from_numpy(points)[None])
+    assert np.abs(again[0].numpy() - ref).max() <= 1e-4
+    assert ck.provenance["hand_order"] == ["index", "thumb", "middle", "ring"]
+
+
+def test_importer_transposes_conv1d_and_rejects_wrong_shapes():
+    sd = public_hop_state_dict(seed=0)
+    _, ours = convert_state_dict(sd)
+    torch.testing.assert_close(ours["transformer.h.0.attn.c_attn.weight"], sd["transformer.h.0.attn.c_attn.weight"].t())
+    assert "transformer.h.0.attn.bias" not in ours
+    bad = dict(sd)
+    bad["transformer.h.1.mlp.c_fc.weight"] = torch.zeros(192, 700)
+    with pytest.raises(CheckpointError, match="transformer.h.1.mlp.c_fc.weight"):
+        convert_state_dict(bad)
+    with pytest.raises(CheckpointError, match="embed_timestep"):
+        convert_state_dict({k: v for k, v in sd.items() if not k.startswith("embed_timestep")})
+
+
+# ----------------------------------------------------------------------------- ONNX parity
+
+def test_onnx_matches_torch_on_random_inputs(tmp_path):
+    ck = load_checkpoint(depth_checkpoint(tmp_path / "ck", seed=4))
+    ort, pt = OnnxRunner(ck, folder=tmp_path / "onnx"), TorchRunner(ck)
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        v = rng.uniform(0, 1, SMALL_DEPTH.shape).astype(np.float32)
+        e_ort, e_pt = ort.encode(v), pt.encode(v)
+        assert np.abs(e_ort - e_pt).max() <= 1e-4
+        p = rng.uniform(-1, 1, (16, 23)).astype(np.float32)
+        e = rng.normal(0, 1, (16, 192)).astype(np.float32)
+        assert np.abs(ort.act(p, e) - pt.act(p, e)).max() <= 1e-4
+
+
+def test_onnx_matches_torch_on_recorded_twin_inputs(tmp_path, twin_recording):
+    rec = twin_recording
+    ck = load_checkpoint(depth_checkpoint(tmp_path / "ck", seed=6))
+    ort, pt = OnnxRunner(ck, folder=tmp_path / "onnx"), TorchRunner(ck)
+    pre = VisualPreprocessor(ck.schema.visual)
+    schema, idx = ck.schema, ck.schema.index_in(D.ALL_JOINTS)
+    ep = rec["episode"]
+    worst = 0.0
+    for t in range(0, len(ep.q), 5):
+        w = window_indices(t, 16)
+        frames = [pre(rec["depth"][i], rec["K"], rec["stamps"][i]) for i in w]
+        proprio = schema.scale(ep.q[w][:, idx])
+        e_ort = np.stack([ort.encode(f) for f in frames])
+        e_pt = np.stack([pt.encode(f) for f in frames])
+        worst = max(worst, np.abs(e_ort - e_pt).max(), np.abs(ort.act(proprio, e_ort) - pt.act(proprio, e_pt)).max())
+    assert worst <= 1e-4
+
+
+def test_onnx_export_is_cached_by_digest(tmp_path, onnx_cache):
+    ck = load_checkpoint(depth_checkpoint(tmp_path / "ck", seed=7))
+    OnnxRunner(ck)
+    folder = next(p for p in (onnx_cache / "onnx").iterdir() if p.name.startswith(ck.sha256[:16]))
+    stamp = (folder / "trunk.onnx").stat().st_mtime_ns
+    OnnxRunner(ck)
+    assert (folder / "trunk.onnx").stat().st_mtime_ns == stamp
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+
+def test_checkpoint_round_trip_carries_schema_and_provenance(tmp_path):
+    out = depth_checkpoint(tmp_path / "ck", seed=1)
+    ck = load_checkpoint(out / META_FILE)
+    assert ck.schema.visual.depth == SMALL_DEPTH and ck.provenance["seed"] == 1
+    ck.check_against_robot(D.ALL_JOINTS, D.ALL_LIMITS, 20.0)
+    model = ck.build_model()
+    assert isinstance(model, HopPolicy) and not model.training
+
+
+def _edit_meta(folder, fn):
+    meta = json.loads((folder / META_FILE).read_text())
+    fn(meta)
+    (folder / META_FILE).write_text(json.dumps(meta))
+
+
+def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nowhere")
+    good = depth_checkpoint(tmp_path / "good")
+
+    corrupt = depth_checkpoint(tmp_path / "corrupt")
+    data = bytearray((corrupt / WEIGHTS_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (corrupt / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model.safetensors: corrupt"):
+        load_checkpoint(corrupt)
+
+    truncated = depth_checkpoint(tmp_path / "truncated")
+    (truncated / WEIGHTS_FILE).write_bytes(b"\x00\x01garbage")
+    _edit_meta(truncated, lambda m: m["weights"].pop("sha256"))
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(truncated)
+
+    (tmp_path / "badjson").mkdir()
+    (tmp_path / "badjson" / META_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="policy.json: not readable JSON"):
+        load_checkpoint(tmp_path / "badjson")
+
+    nometa = tmp_path / "nometa"
+    nometa.mkdir()
+    with pytest.raises(CheckpointError, match="no policy.json"):
+        load_checkpoint(nometa)
+
+    key = depth_checkpoint(tmp_path / "key")
+    _edit_meta(key, lambda m: m["schema"].pop("joint_names"))
+    with pytest.raises(CheckpointError, match="schema.joint_names"):
+        load_checkpoint(key)
+
+    assert load_checkpoint(good).sha256
+
+
+def test_checkpoint_with_wrong_shapes_or_nan_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    for name, edit, match in (
+            ("shapes", lambda sd: sd.__setitem__("embed_proprio.weight", torch.zeros(192, 22)), "embed_proprio.weight"),
+            ("nan", lambda sd: sd["transformer.h.2.mlp.c_fc.bias"].__setitem__(5, float("nan")), "non-finite"),
+            ("missing", lambda sd: sd.pop("transformer.ln_f.bias"), "missing")):
+        folder = depth_checkpoint(tmp_path / name)
+        sd = load_file(str(folder / WEIGHTS_FILE))
+        edit(sd)
+        save_file(sd, str(folder / WEIGHTS_FILE))
+        _edit_meta(folder, lambda m: m["weights"].pop("sha256"))
+        with pytest.raises(CheckpointError, match=match):
+            load_checkpoint(folder)
+
+
+def test_checkpoint_architecture_and_schema_must_agree(tmp_path):
+    model = HopPolicy(HopArchitecture(depth_size=(24, 32)))
+    schema = PolicySchema.hop(VisualSpec("pointcloud", points=PointCloudPreprocess()))
+    with pytest.raises(CheckpointError, match="visual 'depth' but schema visual 'pointcloud'"):
+        save_checkpoint(tmp_path / "x", model, schema)
