@@ -46,6 +46,7 @@ bench: venv
 	$(PIP) install -q -e ".[bench]"
 	$(PY) -m bench.twin
 	$(PY) -m bench.control
+	$(PY) -m bench.policy
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench/results

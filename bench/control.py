@@ -1,8 +1,8 @@
 """python -m bench.control: wake-up lateness of the 120 Hz arm and 300 Hz hand loops.
 
-Runs the whole control graph on the twin: sim_node, arm_controller_node,
-hand_controller_node and the 20 Hz scripted target publisher (demo_motion_node, which
-arms both controllers), each in its own process. The controllers run the same tick
+Runs the whole graph of ``make sim`` on the twin: sim_node, arm_controller_node,
+hand_controller_node and the 20 Hz policy_node (which arms both controllers), each in
+its own process. The controllers run the same tick
 under two schedulers, in alternating phases of one run so machine noise hits both:
 
 - ``deadline``: the project's loop (absolute deadlines, its own thread, SCHED_FIFO when

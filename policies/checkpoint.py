@@ -7,7 +7,13 @@
      "schema": {...PolicySchema: joint names and order, scaling limits, visual input and
                 its preprocessing, history, policy rate...},
      "provenance": {"created": ISO time, "source": ..., free-form fields},
-     "weights": {"file": "model.safetensors", "sha256": hex digest}}
+     "weights": {"file": "model.safetensors", "sha256": hex digest},
+     "onnx": {"opset": 17, "history": 16, "encoder": {"file", "sha256"}, "trunk": {"file", "sha256"}}}
+
+The ONNX files (``onnx/encoder.onnx``, ``onnx/trunk.onnx``) are exported when the
+checkpoint is saved, so loading it, and hot-swapping it into a running policy, needs no
+export; a checkpoint without them (or whose files do not match their digests) is
+exported on load instead.
 
 :func:`load_checkpoint` checks the file's integrity (digest), that the weights have
 exactly the names and shapes the architecture needs, that every weight is finite, and
@@ -55,6 +61,21 @@ class Checkpoint:
     state: dict[str, torch.Tensor]
     sha256: str
     provenance: dict = field(default_factory=dict)
+    onnx: dict = field(default_factory=dict)
+
+    def onnx_files(self, opset: int) -> tuple[Path, Path] | None:
+        """The checkpoint's own exported (encoder, trunk) files when present, intact and for ``opset``."""
+        o = self.onnx
+        if not o or o.get("opset") != opset or o.get("history") != self.schema.history:
+            return None
+        paths = []
+        for part in ("encoder", "trunk"):
+            entry = o.get(part) or {}
+            f = self.path / str(entry.get("file", ""))
+            if not entry.get("file") or not f.is_file() or _sha256(f) != entry.get("sha256"):
+                return None
+            paths.append(f)
+        return paths[0], paths[1]
 
     @property
     def name(self) -> str:
@@ -71,8 +92,10 @@ class Checkpoint:
         self.schema.check_against_robot(live_names, live_limits, policy_hz, where=str(self.path))
 
 
-def save_checkpoint(folder, model: HopPolicy, schema: PolicySchema, provenance: dict | None = None) -> Path:
-    """Write ``model`` and its schema to ``folder`` (created); returns the folder.
+def save_checkpoint(folder, model: HopPolicy, schema: PolicySchema, provenance: dict | None = None,
+                    onnx: bool = True) -> Path:
+    """Write ``model`` and its schema (and, with ``onnx``, its exported ONNX files) to ``folder``
+    (created); returns the folder.
 
     The weights are written first, then ``policy.json`` atomically, so a reader never sees
     a json that points at half-written weights.
@@ -86,6 +109,7 @@ def save_checkpoint(folder, model: HopPolicy, schema: PolicySchema, provenance: 
     weights = folder / WEIGHTS_FILE
     tmp = weights.with_suffix(".tmp")
     save_file(state, str(tmp))
+    os.chmod(tmp, 0o644)
     os.replace(tmp, weights)
     meta = {
         "format": FORMAT,
@@ -95,9 +119,21 @@ def save_checkpoint(folder, model: HopPolicy, schema: PolicySchema, provenance: 
                        **(provenance or {})},
         "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights)},
     }
+    if onnx:
+        from policies.runners import OPSET, export_onnx  # noqa: PLC0415 - runners imports this module
+
+        ck = Checkpoint(folder, model.arch, schema, {}, meta["weights"]["sha256"])
+        out = folder / "onnx"
+        for f in ("encoder.onnx", "trunk.onnx"):
+            (out / f).unlink(missing_ok=True)
+        enc, trunk = export_onnx(ck, out, model)
+        meta["onnx"] = {"opset": OPSET, "history": schema.history,
+                        "encoder": {"file": f"onnx/{enc.name}", "sha256": _sha256(enc)},
+                        "trunk": {"file": f"onnx/{trunk.name}", "sha256": _sha256(trunk)}}
     fd, tmp_meta = tempfile.mkstemp(dir=folder, suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(meta, f, indent=2)
+    os.chmod(tmp_meta, 0o644)
     os.replace(tmp_meta, folder / META_FILE)
     return folder
 
@@ -176,7 +212,8 @@ def load_checkpoint(path) -> Checkpoint:
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{weights}: not a readable safetensors file: {exc}") from exc
     check_state_dict(state, arch, str(weights))
-    return Checkpoint(folder, arch, schema, state, digest, dict(meta.get("provenance", {})))
+    return Checkpoint(folder, arch, schema, state, digest, dict(meta.get("provenance", {})),
+                      dict(meta.get("onnx") or {}))
 
 
 def check_state_dict(state: dict, arch: HopArchitecture, where: str) -> None:

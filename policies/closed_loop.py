@@ -106,19 +106,26 @@ class LoadedPolicy:
         return self.checkpoint.name
 
     @classmethod
-    def load(cls, path, live: LiveRobot, runner: str = "onnxruntime", warmup_steps: int = 10) -> "LoadedPolicy":
-        """Load ``path``, check it against ``live``, build the runner and warm it up.
+    def load(cls, path, live: LiveRobot, runner: str = "onnxruntime", warmup_steps: int = 10,
+             export_in_subprocess: bool = False, pause=None) -> "LoadedPolicy":
+        """Load ``path``, check it against ``live``, build the runner and warm it up
+        (``export_in_subprocess``: see :func:`policies.runners.export_onnx`; ``pause``: called
+        between the steps, to spread the work out).
 
         Raises:
             CheckpointError / SchemaMismatchError / PolicyError: naming what is wrong.
         """
+        pause = pause or (lambda: None)
         ckpt = load_checkpoint(path)
         ckpt.check_against_robot(live.joint_names, live.limits, live.policy_hz)
+        pause()
         try:
-            policy = cls(ckpt, make_runner(runner, ckpt), live)
+            policy = cls(ckpt, make_runner(runner, ckpt, export_in_subprocess), live)
         except PreprocessError as exc:
             raise PolicyError(f"{ckpt.path}: {exc}") from exc
-        policy.runner.warm_up(warmup_steps)
+        for _ in range(warmup_steps):
+            pause()
+            policy.runner.warm_up(1)
         return policy
 
     def encode(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +171,7 @@ class ClosedLoopPolicy:
     """
 
     def __init__(self, policy: LoadedPolicy, period_s: float, max_frame_age_s: float = 0.1,
-                 max_state_age_s: float = 0.05):
+                 max_state_age_s: float = 0.1):
         self.policy = policy
         self.previous: LoadedPolicy | None = None
         self.period_s = period_s
@@ -260,7 +267,8 @@ class ClosedLoopPolicy:
         return res
 
     # ------------------------------------------------------------------ hot-swap
-    def prepare(self, path, live: LiveRobot, runner: str = "onnxruntime", warmup_steps: int = 10) -> _Candidate:
+    def prepare(self, path, live: LiveRobot, runner: str = "onnxruntime", warmup_steps: int = 10,
+                export_in_subprocess: bool = False, pause=None) -> _Candidate:
         """Load ``path``, check it against ``live``, warm it up and dry-run it on the current history.
 
         Runs on the caller's thread; the loop keeps ticking with the current policy.
@@ -269,7 +277,7 @@ class ClosedLoopPolicy:
             CheckpointError / SchemaMismatchError / PolicyError: what is wrong with the checkpoint
                 (a dry run that fails or gives non-finite targets is a PolicyError).
         """
-        policy = LoadedPolicy.load(path, live, runner, warmup_steps)
+        policy = LoadedPolicy.load(path, live, runner, warmup_steps, export_in_subprocess, pause)
         return self._dry_run(policy)
 
     def _dry_run(self, policy: LoadedPolicy) -> _Candidate:

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     model = HopPolicy(arch)
     tc = TrainConfig(steps=a.steps, batch=a.batch, seed=a.seed)
     losses = train_bc(model, schema, episodes, D.ALL_JOINTS, tc)
-    out = save_checkpoint(a.out, model, schema, {
+    out = save_checkpoint(a.out, model, schema, onnx=False, provenance={
         "source": "policies.make_twin_checkpoint: behaviour cloning of the scripted reach-grasp-lift on the twin",
         "task": cfg.twin.task, "episodes": a.episodes, "episode_seeds": [int(s) for s in seeds],
         "steps_per_episode": int(len(episodes[0].q)), "train": vars(tc),

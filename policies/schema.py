@@ -38,10 +38,15 @@ def hand_joint_names(fingers=HOP_HAND_FINGERS) -> list[str]:
     return [D.HAND_JOINTS[base[f] + k] for f in fingers for k in range(4)]
 
 
+#: HOP's scaling limits of its four hand slots: finger A, thumb, finger B, finger C.
+HOP_HAND_SLOT_LIMITS = (_FINGER, _THUMB, _FINGER, _FINGER)
+
+
 def hop_joint_order(fingers=HOP_HAND_FINGERS) -> tuple[list[str], list[tuple[float, float]]]:
-    """HOP's slot order as driver joint names, with HOP's scaling limits."""
+    """HOP's slots as driver joint names (``fingers``: the Allegro finger filling each hand slot),
+    with the scaling limits of each slot (they belong to the slot, not to the finger put there)."""
     names = list(D.ARM_JOINTS) + hand_joint_names(fingers)
-    limits = list(HOP_ARM_LIMITS) + [_THUMB[k] if f == "thumb" else _FINGER[k] for f in fingers for k in range(4)]
+    limits = list(HOP_ARM_LIMITS) + [lim for slot in HOP_HAND_SLOT_LIMITS for lim in slot]
     return names, limits
 
 

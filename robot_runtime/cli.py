@@ -5,6 +5,9 @@
     robot-runtime plan [--config FILE]
     robot-runtime description [--write] [--out DIR]
     robot-runtime control {arm,estop,policy,teleop,status} [--only arm|hand]
+    robot-runtime policy check CHECKPOINT [--config FILE]
+    robot-runtime policy import HOP.pt OUT_FOLDER [--hand-order index,thumb,middle,ring]
+    robot-runtime policy {swap CHECKPOINT,rollback,start,stop,reset,status}
 """
 from __future__ import annotations
 
@@ -128,6 +131,88 @@ def _cmd_control(args) -> int:
     return code
 
 
+POLICY_SERVICES = {"rollback": "rollback", "start": "start_episode", "stop": "stop_episode",
+                   "reset": "reset_episode"}
+
+
+def _cmd_policy(args) -> int:
+    """Offline checkpoint tools, or a call into the running policy_node."""
+    if args.action == "check":
+        from policies.checkpoint import load_checkpoint
+        from robot_runtime import description as D
+        from robot_runtime.config import load_config
+
+        cfg = load_config(Path(args.config or default_config("sim.yaml")))
+        ck = load_checkpoint(args.checkpoint)
+        ck.check_against_robot(D.ALL_JOINTS, D.ALL_LIMITS, cfg.rates.policy_hz)
+        v = ck.schema.visual
+        print(f"{ck.path}: ok ({ck.name}); visual {v.kind} {v.shape}, history {ck.schema.history}, "
+              f"{ck.schema.policy_hz:g} Hz; provenance {json.dumps(ck.provenance)}")
+        return 0
+    if args.action == "import":
+        from policies.importer import import_hop_file
+
+        out = import_hop_file(args.checkpoint, args.out, fingers=tuple(args.hand_order.split(",")))
+        print(f"wrote {out}")
+        return 0
+    import rclpy
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    from robot_runtime import ros_io
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("robot_runtime_policy_cli", context=context)
+    try:
+        if args.action == "status":
+            got: list[str] = []
+            node.create_subscription(String, "/policy_node/status", lambda m: got.append(m.data), ros_io.LATCHED_QOS)
+            end = time.monotonic() + args.timeout
+            while not got and time.monotonic() < end:
+                _spin_once(node, context)
+            print(got[-1] if got else "policy_node: no status (is it running?)")
+            return 0 if got else 1
+        if args.action == "swap":
+            if not args.checkpoint:
+                raise RobotRuntimeError("policy swap needs a checkpoint folder")
+            path = str(Path(args.checkpoint).resolve())
+            client = node.create_client(SetParameters, "/policy_node/set_parameters")
+            req = SetParameters.Request(parameters=[Parameter("checkpoint", value=path).to_parameter_msg()])
+            res = _call(node, context, client, req, max(args.timeout, 30.0))
+            if res is None:
+                return 1
+            r = res.results[0]
+            print(f"policy_node: {'swapped to ' + path if r.successful else 'REFUSED: ' + r.reason}")
+            return 0 if r.successful else 1
+        client = node.create_client(Trigger, f"/policy_node/{POLICY_SERVICES[args.action]}")
+        res = _call(node, context, client, Trigger.Request(), max(args.timeout, 30.0))
+        if res is None:
+            return 1
+        print(f"policy_node: {'ok' if res.success else 'REFUSED'}: {res.message}")
+        return 0 if res.success else 1
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def _call(node, context, client, request, timeout: float):
+    """Call a service and wait for the answer; None (and a message) when there is none."""
+    if not client.wait_for_service(timeout_sec=min(timeout, 5.0)):
+        print(f"service {client.srv_name} not available (is the node running?)", file=sys.stderr)
+        return None
+    future = client.call_async(request)
+    end = time.monotonic() + timeout
+    while not future.done() and time.monotonic() < end:
+        _spin_once(node, context)
+    if not future.done():
+        print(f"{client.srv_name}: no answer within {timeout:g} s", file=sys.stderr)
+        return None
+    return future.result()
+
+
 def _spin_once(node, context) -> None:
     from rclpy.executors import SingleThreadedExecutor
 
@@ -164,6 +249,18 @@ def main(argv=None) -> int:
     p.add_argument("--only", choices=["arm", "hand"], help="just one controller")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each controller")
     p.set_defaults(func=_cmd_control)
+    p = sub.add_parser("policy", help="check or import a checkpoint; hot-swap, roll back or run episodes")
+    p.add_argument("action", choices=["check", "import", "swap", *POLICY_SERVICES, "status"],
+                   help="check: validate a checkpoint against the robot; import: convert a public HOP "
+                        "checkpoint; swap: hot-swap the running policy; rollback: back to the previous "
+                        "checkpoint; start/stop/reset: the episode; status: print the policy node's status")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint folder (check, swap) or public HOP .pt file (import)")
+    p.add_argument("out", nargs="?", help="import: the checkpoint folder to write")
+    p.add_argument("--config", help="check: runtime config to check against (default: config/sim.yaml)")
+    p.add_argument("--hand-order", default="index,thumb,middle,ring",
+                   help="import: the Allegro finger in each of HOP's hand slots (finger A, thumb, finger B, finger C)")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=_cmd_policy)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

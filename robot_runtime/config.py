@@ -283,7 +283,7 @@ class PolicyConfig:
     checkpoint: OptionalPath = OptionalPath("")   # checkpoint folder (policy.json + model.safetensors)
     runner: Literal["onnxruntime", "torch"] = "onnxruntime"
     max_frame_age_s: float = rng(0.1, 0.005, 2.0)    # an older newest depth frame: no action that tick
-    max_state_age_s: float = rng(0.05, 0.005, 1.0)   # older joint states: no action that tick
+    max_state_age_s: float = rng(0.1, 0.005, 1.0)    # older joint states: no action that tick
     warmup_steps: int = rng(10, 0, 1000)             # inferences on zeros before the first action
     autostart: bool = True                           # start an episode as soon as the node is up
     arm_controllers: bool = False                    # twin only: arm the controllers for each episode
@@ -353,7 +353,13 @@ def config_to_dict(cfg: Any) -> dict:
         if f.metadata.get("internal"):
             continue
         v = getattr(cfg, f.name)
-        out[f.name] = config_to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, (list, tuple)) else v)
+        if dataclasses.is_dataclass(v):
+            v = config_to_dict(v)
+        elif isinstance(v, (list, tuple)):
+            v = list(v)
+        elif isinstance(v, str):
+            v = str(v)   # plain str, not a path marker subclass
+        out[f.name] = v
     return out
 
 

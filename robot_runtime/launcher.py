@@ -120,7 +120,8 @@ class GraphMonitor:
 def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: dict | None,
                  loops: dict[str, dict] | None = None) -> str:
     """One line: duration, node outcome, the twin's real-time factor and stream rates, and
-    each control loop's rate, wake-up lateness p99, mode and shield interventions."""
+    each control loop's rate, wake-up lateness p99, mode and shield interventions, and the
+    policy loop's actions, ticks without action and missed ticks."""
     parts = [f"ran {elapsed:.1f} s", f"{len(codes)} nodes"]
     parts.append(f"FAILED: {', '.join(died)}" if died else "all nodes ok")
     if twin:
@@ -130,6 +131,12 @@ def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: d
             f"{k} {int(twin[k + '_count']) / up:.0f} Hz" for k in ("arm", "hand", "depth") if k + "_count" in twin))
         parts.append(f"task {twin.get('task')} seed {twin.get('seed')}")
     for name, v in sorted((loops or {}).items()):
+        if "checkpoint" in v:   # the policy loop
+            skipped = sum(int(x) for k, x in v.items() if k.startswith("ticks_") and k not in
+                          ("ticks_published", "ticks_swaps", "ticks_idle"))
+            parts.append(f"policy {float(v['rate_hz']):.0f} Hz, {v.get('ticks_published', 0)} actions, "
+                         f"{skipped} ticks without action, {v['misses']} missed, {v['checkpoint']}")
+            continue
         shield = sum(int(x) for k, x in v.items() if k.startswith("shield_"))
         parts.append(f"{name.replace('_node', '')} {float(v['rate_hz']):.0f} Hz, late p99 "
                      f"{float(v['lateness_p99_ms']):.2f} ms, {v['mode']}, {shield} shield interventions")

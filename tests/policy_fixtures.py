@@ -12,13 +12,14 @@ from robot_runtime.perception.preprocess import DepthPreprocess, VisualSpec
 SMALL_DEPTH = DepthPreprocess(near=0.3, far=1.6, height=24, width=32)
 
 
-def depth_checkpoint(folder, seed: int = 0, depth: DepthPreprocess = SMALL_DEPTH, arch_kw=None, schema=None):
+def depth_checkpoint(folder, seed: int = 0, depth: DepthPreprocess = SMALL_DEPTH, arch_kw=None, schema=None,
+                     onnx: bool = True):
     """A depth-input HOP checkpoint with random weights (full-size trunk unless ``arch_kw`` says otherwise)."""
     torch.manual_seed(seed)
     arch = HopArchitecture(visual="depth", depth_size=depth.shape, **(arch_kw or {}))
     model = HopPolicy(arch)
     schema = schema or PolicySchema.hop(VisualSpec("depth", depth=depth))
-    return save_checkpoint(folder, model, schema, {"source": "test", "seed": seed})
+    return save_checkpoint(folder, model, schema, {"source": "test", "seed": seed}, onnx=onnx)
 
 
 def public_hop_state_dict(seed: int = 0, layers: int = 4, hidden: int = 192, inner: int = 768) -> dict:

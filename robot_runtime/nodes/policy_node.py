@@ -16,6 +16,7 @@ import gc
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import rclpy
@@ -51,7 +52,7 @@ class PolicyNode(Node):
         self.live = LiveRobot(TARGET_JOINTS, D.ALL_LIMITS, cfg.rates.policy_hz, camera_pose_for(cfg))
         self.period = 1.0 / cfg.rates.policy_hz
         self.policy = ClosedLoopPolicy(
-            LoadedPolicy.load(path, self.live, self.pcfg.runner, self.pcfg.warmup_steps), self.period,
+            LoadedPolicy.load(path, self.live, self.pcfg.runner, self.pcfg.warmup_steps, export_in_subprocess=True), self.period,
             self.pcfg.max_frame_age_s, self.pcfg.max_state_age_s)
         # The loop's own node: polled inputs and the loop's publishers; never spun.
         self.io = rclpy.create_node(f"{NAME}_io", context=self.context, use_global_arguments=False)
@@ -68,6 +69,10 @@ class PolicyNode(Node):
         self.create_service(Trigger, f"/{NAME}/rollback", self._on_rollback)
         self.armer = TwinControllerArmer(self, wanted=False) if self.pcfg.arm_controllers else None
         self._internal_set = False
+        # Checkpoints load on a worker thread, in short steps with pauses between them, so the
+        # camera and the twin keep their CPU while a checkpoint loads. (Not a lower thread
+        # priority: a starved thread holding the GIL would delay the policy loop.)
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-loader")
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._frame: Frame | None = None
         self._seq = 0
@@ -159,7 +164,9 @@ class PolicyNode(Node):
                 continue
             t0 = time.monotonic()
             try:
-                cand = self.policy.prepare(p.value, self.live, self.pcfg.runner, self.pcfg.warmup_steps)
+                cand = self._loader.submit(self.policy.prepare, p.value, self.live, self.pcfg.runner,
+                                           self.pcfg.warmup_steps, export_in_subprocess=True,
+                                           pause=_pause).result()
                 msg = self.policy.install(cand)
             except RobotRuntimeError as exc:
                 self.last_swap = f"refused {p.value}: {exc}"
@@ -173,7 +180,7 @@ class PolicyNode(Node):
 
     def _on_rollback(self, request, response):
         try:
-            response.message = self.policy.rollback(self.live)
+            response.message = self._loader.submit(self.policy.rollback, self.live).result()
             response.success = True
             self._internal_set = True
             try:
@@ -219,11 +226,16 @@ class PolicyNode(Node):
             raise SystemExit(f"policy loop failed: {self.loop_error!r}")
 
     def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)
         self._loop.stop()
         self._thread.join(2.0)
         if self.tick_log is not None:
             self.tick_log.save(self.timing_log, misses=self.stats.misses, overruns=self.stats.overruns,
                                ticks=self.stats.ticks)
+
+
+def _pause() -> None:
+    time.sleep(0.01)
 
 
 def main(args=None) -> int:

@@ -155,13 +155,22 @@ def test_onnx_matches_torch_on_recorded_twin_inputs(tmp_path, twin_recording):
     assert worst <= 1e-4
 
 
-def test_onnx_export_is_cached_by_digest(tmp_path, onnx_cache):
-    ck = load_checkpoint(depth_checkpoint(tmp_path / "ck", seed=7))
-    OnnxRunner(ck)
-    folder = next(p for p in (onnx_cache / "onnx").iterdir() if p.name.startswith(ck.sha256[:16]))
+def test_checkpoint_carries_its_onnx_files_and_others_are_exported_once(tmp_path, onnx_cache):
+    own = load_checkpoint(depth_checkpoint(tmp_path / "own", seed=7))
+    OnnxRunner(own)
+    assert own.onnx_files(17) is not None and not any((onnx_cache / "onnx").glob(own.sha256[:16] + "*"))
+    # tampered ONNX files are not used: the checkpoint is exported again, into the cache
+    (own.path / "onnx" / "trunk.onnx").write_bytes(b"garbage")
+    own = load_checkpoint(own.path)
+    assert own.onnx_files(17) is None
+    OnnxRunner(own)
+    plain = load_checkpoint(depth_checkpoint(tmp_path / "plain", seed=8, onnx=False))
+    OnnxRunner(plain)
+    folder = next((onnx_cache / "onnx").glob(plain.sha256[:16] + "*"))
     stamp = (folder / "trunk.onnx").stat().st_mtime_ns
-    OnnxRunner(ck)
+    OnnxRunner(plain)
     assert (folder / "trunk.onnx").stat().st_mtime_ns == stamp
+    assert any((onnx_cache / "onnx").glob(own.sha256[:16] + "*"))
 
 
 # ----------------------------------------------------------------------------- checkpoint files
@@ -238,3 +247,17 @@ def test_checkpoint_architecture_and_schema_must_agree(tmp_path):
     schema = PolicySchema.hop(VisualSpec("pointcloud", points=PointCloudPreprocess()))
     with pytest.raises(CheckpointError, match="visual 'depth' but schema visual 'pointcloud'"):
         save_checkpoint(tmp_path / "x", model, schema)
+
+
+def test_cli_imports_and_checks_a_checkpoint(tmp_path, capsys):
+    from robot_runtime.cli import main
+
+    src = tmp_path / "hop.pt"
+    torch.save(public_hop_state_dict(seed=3), src)
+    assert main(["policy", "import", str(src), str(tmp_path / "imp"), "--hand-order", "index,thumb,middle,ring"]) == 0
+    assert main(["policy", "check", str(tmp_path / "imp")]) == 0
+    assert "visual pointcloud (100, 3)" in capsys.readouterr().out
+    # a thumb slot filled with a finger is refused by the limits check
+    assert main(["policy", "import", str(src), str(tmp_path / "bad"), "--hand-order", "thumb,index,middle,ring"]) == 0
+    assert main(["policy", "check", str(tmp_path / "bad")]) == 2
+    assert "a slot mapped to the wrong joint" in capsys.readouterr().err

@@ -1,0 +1,213 @@
+"""python -m bench.policy: per-step policy latency, three ways side by side, and on the twin.
+
+Part 1, in this process, on depth frames rendered by the twin during a scripted episode,
+with the shipped checkpoint's weights, one CPU thread each:
+
+- ``onnxruntime``: the runtime's path: preprocess the new frame, encode it once (cached),
+  run the exported 32-token trunk, unscale and reorder;
+- ``torch``: the same steps with the eager torch runner;
+- ``reference``: the usual research deployment: a Hugging Face ``transformers`` GPT-2
+  trunk (position table zeroed, weights copied in) in torch eager, re-encoding all 16
+  frames of the window every step.
+
+The three run interleaved, step by step, so machine noise hits all alike. The
+reference's actions are checked against ours (parity) before timing.
+
+Part 2, on the twin: the whole graph (sim, controllers, policy_node) runs for
+``BENCH_TWIN_S`` seconds (default 30); policy_node's timing log gives the age of the
+frame used at each tick and the time from the frame's stamp to the published target.
+
+Writes bench/results/policy.json.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import latency, write
+from policies.checkpoint import load_checkpoint
+from policies.history import window_indices
+from policies.runners import OnnxRunner, TorchRunner
+from robot_runtime import description as D
+from robot_runtime.config import load_config
+from robot_runtime.perception.preprocess import VisualPreprocessor
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "config" / "sim.yaml"
+STEPS = int(os.environ.get("BENCH_POLICY_STEPS", "600"))
+TWIN_S = float(os.environ.get("BENCH_TWIN_S", "30"))
+WARMUP = 20
+STAGES = ("preprocess", "encode", "trunk", "post")
+
+
+class ReferenceGpt2:
+    """A research-style step: transformers' GPT2Model trunk, every frame of the window re-encoded."""
+
+    def __init__(self, model):
+        from transformers import GPT2Config, GPT2Model  # noqa: PLC0415
+
+        a = model.arch
+        cfg = GPT2Config(n_embd=a.hidden, n_layer=a.layers, n_head=a.heads, n_inner=a.inner,
+                         n_positions=2 * a.timestep_rows, activation_function="gelu_new", resid_pdrop=0.0,
+                         embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=a.ln_eps, vocab_size=1)
+        gpt = GPT2Model(cfg).eval()
+        sd = {}
+        for k, v in model.transformer.state_dict().items():
+            conv = any(s in k for s in ("c_attn.weight", "c_proj.weight", "c_fc.weight"))
+            sd[k] = v.t().contiguous() if conv else v
+        sd["wpe.weight"] = torch.zeros_like(gpt.wpe.weight)     # HOP has no position table in the trunk
+        sd["wte.weight"] = gpt.wte.weight.detach()
+        missing, unexpected = gpt.load_state_dict(sd, strict=False)
+        if [m for m in missing if not m.endswith("attn.bias")] or unexpected:
+            raise SystemExit(f"reference weights do not fit GPT2Model: {missing} {unexpected}")
+        self.gpt, self.model = gpt, model
+
+    @torch.inference_mode()
+    def act(self, proprio: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        m = self.model
+        t = len(proprio)
+        emb = m.encode_visual(torch.from_numpy(frames))                 # all 16 frames, every step
+        pos = m.embed_timestep(torch.arange(t))
+        p = m.embed_proprio(torch.from_numpy(proprio)) + pos
+        x = torch.stack([p, emb + pos], 1).reshape(1, 2 * t, -1)
+        h = self.gpt(inputs_embeds=m.embed_ln(x)).last_hidden_state
+        return m.predict_action(h[0, 1::2])[-1].numpy()
+
+
+def recorded_frames(cfg, n: int):
+    """Depth frames (m) and joints rendered by the twin during the scripted episode."""
+    from policies.twin_demos import scripted_episodes  # noqa: PLC0415
+    from robot_runtime.perception.preprocess import VisualSpec  # noqa: PLC0415
+
+    eps, depth = scripted_episodes(cfg, [7], VisualSpec(), progress=False, keep_depth=True)
+    reps = int(np.ceil(n / len(depth[0])))
+    return np.concatenate([depth[0]] * reps)[:n], np.concatenate([eps[0].q] * reps)[:n]
+
+
+def step_latency(ckpt_path: Path, cfg) -> tuple[dict, dict]:
+    torch.set_num_threads(1)
+    ck = load_checkpoint(ckpt_path)
+    model = ck.build_model()
+    runners = {"onnxruntime": OnnxRunner(ck, model), "torch": TorchRunner(ck, model)}
+    ref = ReferenceGpt2(model)
+    pre = VisualPreprocessor(ck.schema.visual)
+    schema = ck.schema
+    idx, inv = schema.index_in(D.ALL_JOINTS), np.argsort(schema.index_in(D.ALL_JOINTS))
+    K = np.eye(3)
+    depth, q = recorded_frames(cfg, STEPS + WARMUP)
+    T = schema.history
+    print(f"timing {STEPS} steps per runner on {depth.shape[1]}x{depth.shape[2]} twin depth frames ...", flush=True)
+    times = {k: {s: [] for s in (*STAGES, "step")} for k in (*runners, "reference")}
+    cache = {k: {} for k in runners}     # frame index -> (visual, emb)
+    visuals: dict[int, np.ndarray] = {}
+    worst = {k: 0.0 for k in runners}
+    for i in range(STEPS + WARMUP):
+        w = window_indices(i, T)
+        proprio_q = q[w][:, idx]
+        outs = {}
+        for name in (*runners, "reference"):
+            t0 = time.perf_counter()
+            if name == "reference":
+                frames = np.stack([visuals[j] if j != i else pre(depth[i], K, 0.0) for j in w])
+                t1 = time.perf_counter()
+                t2 = t1
+                a = ref.act(schema.scale(proprio_q), frames)
+            else:
+                r = runners[name]
+                visual = pre(depth[i], K, 0.0)
+                t1 = time.perf_counter()
+                cache[name][i] = (visual, r.encode(visual))
+                t2 = time.perf_counter()
+                a = r.act(schema.scale(proprio_q), np.stack([cache[name][j][1] for j in w]))
+                visuals[i] = visual
+            t3 = time.perf_counter()
+            target = schema.unscale(a)[inv]
+            ok = np.all(np.isfinite(target))
+            t4 = time.perf_counter()
+            assert ok
+            outs[name] = target
+            if i >= WARMUP:
+                for s, v in zip((*STAGES, "step"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+                    times[name][s].append(v * 1e3)
+        for name in runners:
+            worst[name] = max(worst[name], float(np.abs(outs[name] - outs["reference"]).max()))
+    result = {name: {"step": latency(t["step"]), **{s: latency(t[s]) for s in STAGES}}
+              for name, t in times.items()}
+    return result, worst
+
+
+def twin_timing(cfg_path: Path) -> dict:
+    from robot_runtime.launcher import GraphSupervisor  # noqa: PLC0415
+    from robot_runtime.plan import node_plan  # noqa: PLC0415
+
+    env = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+           "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", str(50 + os.getpid() % 50))}
+    cfg = load_config(cfg_path)
+    with tempfile.TemporaryDirectory(prefix="bench-policy-") as tmp:
+        log = Path(tmp) / "policy_timing.npz"
+        plan = [replace(s, parameters={**s.parameters, "timing_log": str(log)}) if s.name == "policy_node" else s
+                for s in node_plan(cfg, str(cfg_path))]
+        print(f"running the graph on the twin for {TWIN_S:g} s ...", flush=True)
+        sup = GraphSupervisor(plan, env=env, stdout=open(Path(tmp) / "graph.log", "w"),
+                              stderr=open(Path(tmp) / "graph.err", "w"))
+        sup.start()
+        end = time.monotonic() + TWIN_S
+        while time.monotonic() < end:
+            dead = sup.dead()
+            if dead:
+                sup.shutdown()
+                raise SystemExit(f"{dead[0].spec.name} died: {(Path(tmp) / 'graph.err').read_text()[-2000:]}")
+            time.sleep(0.2)
+        sup.shutdown()
+        d = np.load(log)
+    published = np.isfinite(d["published_t"])
+    first = int(np.argmax(published))           # from the first action on (start-up waits for inputs)
+    sel = np.arange(len(published)) >= first
+    skips = [s for s, k in zip(d["skip"], sel) if k and s]
+    return {"frame_age": latency(d["frame_age"][sel & published]),
+            "frame_to_target": latency(((d["published_t"] - d["frame_t"]) * 1e3)[sel & published]),
+            "tick_total": latency(d["total"][sel & published]),
+            "missed_ticks": int(d["misses"]) + int(d["overruns"]),
+            "ticks_without_action": len(skips), "ticks": int(sel.sum())}
+
+
+def main() -> dict:
+    cfg = load_config(CONFIG)
+    steps, parity = step_latency(Path(cfg.policy.checkpoint), cfg)
+    ort99, ref99, pt99 = (steps[k]["step"]["p99_ms"] for k in ("onnxruntime", "reference", "torch"))
+    result = {**steps,
+              "speedup_p99_reference_over_onnxruntime": ref99 / ort99,
+              "speedup_p99_reference_over_torch": ref99 / pt99,
+              "parity_max_abs_rad": parity,
+              "targets": {"onnxruntime_p99_ms_at_most": 5.0, "speedup_p99_at_least": 3.0},
+              "steps": STEPS, "threads": 1}
+    result["twin"] = twin_timing(CONFIG) if TWIN_S > 0 else {}
+    path = write("policy", result)
+    print(f"\n{'runner':<14}{'stage':<12}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'n':>7}")
+    for name in ("onnxruntime", "torch", "reference"):
+        for stage in (*STAGES, "step"):
+            lat = steps[name][stage]
+            print(f"{name:<14}{stage:<12}{lat['p50_ms']:>9.3f}{lat['p99_ms']:>9.3f}{lat['max_ms']:>9.3f}{lat['n']:>7}")
+    print(f"\nreference p99 / onnxruntime p99: {result['speedup_p99_reference_over_onnxruntime']:.1f}x "
+          f"(target >= 3x); onnxruntime p99 {ort99:.2f} ms (target <= 5 ms)")
+    print(f"reference p99 / torch p99: {result['speedup_p99_reference_over_torch']:.1f}x; "
+          f"largest action difference to the reference: {max(parity.values()):.2e} rad")
+    tw = result["twin"]
+    if tw:
+        print(f"\ntwin ({TWIN_S:g} s): frame age p50 {tw['frame_age']['p50_ms']:.1f} / p99 {tw['frame_age']['p99_ms']:.1f} ms,"
+              f" frame stamp -> target p50 {tw['frame_to_target']['p50_ms']:.1f} / p99 "
+              f"{tw['frame_to_target']['p99_ms']:.1f} ms, missed ticks {tw['missed_ticks']}, ticks without action "
+              f"{tw['ticks_without_action']} of {tw['ticks']}")
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,180 @@
+"""policy_node closed-loop on the twin with real rclpy over DDS: 20 Hz for 30 s, and hot-swap.
+
+The whole graph runs for the module: sim_node, both controllers, policy_node with the
+checkpoint the project ships (it arms the controllers on the twin and starts an episode).
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from policies.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from policies.schema import PolicySchema
+from robot_runtime import ros_io
+from robot_runtime.config import load_config
+from robot_runtime.control.factory import TARGET_JOINTS
+from tests.ros_probe import REPO, RosProbe, start_node, stop_node
+
+PERIOD = 0.05
+NODES = ("sim_node", "arm_controller_node", "hand_controller_node", "policy_node")
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("policy")
+    data = yaml.safe_load((REPO / "config" / "sim.yaml").read_text())
+    data["policy"]["checkpoint"] = str(REPO / "policies" / "checkpoints" / "twin_reach_grasp")
+    cfg_path = tmp / "policy.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    cfg = load_config(cfg_path)
+    probe = RosProbe("policy_probe")
+    g = Graph(probe, cfg, tmp)
+    procs = []
+    for name in NODES:
+        extra = ["-p", f"timing_log:={tmp / 'policy_timing.npz'}"] if name == "policy_node" else []
+        procs.append(start_node(f"robot_runtime.nodes.{name}", "-p", f"config_file:={cfg_path}", *extra,
+                                log_path=tmp / f"{name}.log"))
+    try:
+        assert probe.wait_for(lambda: len(g.targets) > 20, 90.0), \
+            "no policy targets: " + " | ".join((tmp / f"{n}.log").read_text()[-600:] for n in NODES)
+        yield g
+    finally:
+        probe.close()
+        for p in procs:
+            stop_node(p)
+
+
+class Graph:
+    def __init__(self, probe, cfg, tmp):
+        self.probe, self.cfg, self.tmp = probe, cfg, tmp
+        self.targets, self.status, self.diags, self.arm_status = [], [], [], []
+        probe.subscribe(JointState, cfg.control.policy_topic, ros_io.STATE_QOS, self.targets, keep=2000)
+        probe.subscribe(String, "/policy_node/status", ros_io.LATCHED_QOS, self.status)
+        probe.subscribe(String, "/arm_controller_node/status", ros_io.LATCHED_QOS, self.arm_status)
+        probe.subscribe(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS, self.diags)
+        self.set_client = probe.node.create_client(SetParameters, "/policy_node/set_parameters")
+        self.rollback_client = probe.node.create_client(Trigger, "/policy_node/rollback")
+
+    def stamps(self, after=0.0):
+        t = np.array([ros_io.from_time_msg(m.header.stamp) for m in list(self.targets)])
+        return t[t > after]
+
+    def last_stamp(self) -> float:
+        """Stamp of the newest target (cheap: predicates run on every message)."""
+        return ros_io.from_time_msg(self.targets[-1].header.stamp) if self.targets else 0.0
+
+    def now(self):
+        return ros_io.from_time_msg(self.probe.node.get_clock().now().to_msg())
+
+    def policy_diag(self) -> dict:
+        for arr in reversed(list(self.diags)):
+            v = ros_io.diagnostic_values(arr, "policy_node: loop")
+            if v is not None:
+                return v
+        return {}
+
+    def set_checkpoint(self, path):
+        req = SetParameters.Request(parameters=[Parameter("checkpoint", value=str(path)).to_parameter_msg()])
+        return self.probe.call(self.set_client, req, timeout=30.0).results[0]
+
+    def running_checkpoint(self) -> str:
+        return json.loads(self.status[-1].data)["checkpoint"]
+
+
+STALE = ("ticks_stale_frame", "ticks_stale_joint_state")
+
+
+def check_ticks(g, t0, t1, diag0):
+    """Every tick of the loop between t0 and t1 was on time, and each one published its targets
+    or, when the twin delivered an input too late, skipped and counted it. Returns the skips."""
+    n = len(g.diags)
+    assert g.probe.wait_for(lambda: len(g.diags) > n + 2, 5.0)   # diagnostics from after t1
+    diag = g.policy_diag()
+    for k in ("misses", "overruns"):   # the loop itself met every deadline
+        assert int(diag[k]) == int(diag0[k]), (diag0, diag)
+    s = g.stamps(t0)
+    s = s[s <= t1]
+    gaps = np.diff(s)
+    missing = int(np.sum(np.round(gaps / PERIOD) - 1))
+    skipped = sum(int(diag.get(k, 0)) - int(diag0.get(k, 0)) for k in STALE)
+    other = {k: v for k, v in diag.items() if k.startswith("ticks_") and k not in (*STALE, "ticks_published",
+             "ticks_swaps") and int(v) != int(diag0.get(k, 0))}
+    assert not other, f"ticks without action for other reasons: {other}"
+    assert missing <= skipped, f"{missing} ticks missing from the target stream, {skipped} counted stale-input skips"
+    assert np.median(gaps) == pytest.approx(PERIOD, abs=1e-3)
+    return missing, len(s)
+
+
+def test_closed_loop_at_20_hz_for_30_s_without_a_missed_tick(graph):
+    g = graph
+    t0 = g.now()
+    diag0 = g.policy_diag()
+    assert g.probe.wait_for(lambda: g.last_stamp() > t0 + 30.0 + PERIOD, 45.0)
+    missing, n = check_ticks(g, t0, t0 + 30.0 + PERIOD / 2, diag0)
+    # on this shared 2-core machine the twin now and then renders a frame late; those
+    # ticks are skipped and counted, and must stay rare
+    assert n + missing >= 599 and missing <= 6, (n, missing)
+    last = g.targets[-1]
+    assert list(last.name) == list(TARGET_JOINTS) and np.all(np.isfinite(last.position))
+    # the controllers follow: the policy armed them on the twin
+    assert json.loads(g.arm_status[-1].data)["mode"] == "armed"
+
+
+def _bad_checkpoints(root, good):
+    ck = load_checkpoint(good)
+    names = PolicySchema.from_dict(ck.schema.to_dict())
+    names.joint_names[3] = "elbow"
+    model = ck.build_model()
+    wrong_names = save_checkpoint(root / "wrong_names", model, names, {"source": "test"})
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[0, 0] = float("nan")
+    nan = save_checkpoint(root / "nan_weights", model, ck.schema, {"source": "test"})
+    corrupt = root / "corrupt"
+    shutil.copytree(good, corrupt)
+    data = bytearray((corrupt / WEIGHTS_FILE).read_bytes())
+    data[len(data) // 3] ^= 0x40
+    (corrupt / WEIGHTS_FILE).write_bytes(bytes(data))
+    return [(wrong_names, "joint names do not match"), (nan, "non-finite weights"), (corrupt, "corrupt")]
+
+
+def test_hot_swap_good_and_bad_checkpoints_while_running(graph):
+    g = graph
+    shipped = g.cfg.policy.checkpoint
+    ck = load_checkpoint(shipped)
+    model = ck.build_model()
+    with torch.no_grad():   # a slightly different, good network
+        for p in model.parameters():
+            p.add_(1e-3 * torch.randn_like(p))
+    good = save_checkpoint(g.tmp / "good", model, ck.schema, {"source": "test", "parent": ck.sha256})
+    bad = _bad_checkpoints(g.tmp, shipped)
+    # making those checkpoints loaded this machine; start once the graph runs smoothly again
+    t_ready = g.now()
+    assert g.probe.wait_for(lambda: g.last_stamp() > t_ready + 1.0, 10.0)
+    t0 = g.now()
+    diag0 = g.policy_diag()
+    res = g.set_checkpoint(good)
+    assert res.successful, res.reason
+    assert g.probe.wait_for(lambda: g.running_checkpoint().startswith("good@"), 5.0)
+    for path, reason in bad:
+        res = g.set_checkpoint(path)
+        assert not res.successful and reason in res.reason, res.reason
+        assert g.running_checkpoint().startswith("good@")
+    res = g.probe.call(g.rollback_client, Trigger.Request(), timeout=30.0)
+    assert res.success, res.message
+    assert g.probe.wait_for(lambda: g.running_checkpoint().startswith("twin_reach_grasp@"), 5.0)
+    t1 = g.now()
+    assert g.probe.wait_for(lambda: g.last_stamp() > t1 + 0.5, 5.0)
+    missing, n = check_ticks(g, t0, t1 + 0.5, diag0)
+    print(f"swap window: {n} targets published, {missing} ticks skipped for late twin inputs")
+    status = json.loads(g.status[-1].data)
+    assert status["previous"].startswith("good@")
+    assert (g.tmp / "good" / META_FILE).is_file()
