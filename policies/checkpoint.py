@@ -8,7 +8,7 @@
                 its preprocessing, history, policy rate...},
      "provenance": {"created": ISO time, "source": ..., free-form fields},
      "weights": {"file": "model.safetensors", "sha256": hex digest},
-     "onnx": {"opset": 17, "history": 16, "encoder": {"file", "sha256"}, "trunk": {"file", "sha256"}}}
+     "onnx": {"opset": 17, "version": export version, "history": 16, "encoder": {"file", "sha256"}, "trunk": {"file", "sha256"}}}
 
 The ONNX files (``onnx/encoder.onnx``, ``onnx/trunk.onnx``) are exported when the
 checkpoint is saved, so loading it, and hot-swapping it into a running policy, needs no
@@ -63,10 +63,11 @@ class Checkpoint:
     provenance: dict = field(default_factory=dict)
     onnx: dict = field(default_factory=dict)
 
-    def onnx_files(self, opset: int) -> tuple[Path, Path] | None:
-        """The checkpoint's own exported (encoder, trunk) files when present, intact and for ``opset``."""
+    def onnx_files(self, opset: int, version: int) -> tuple[Path, Path] | None:
+        """The checkpoint's own exported (encoder, trunk) files when present, intact, and made with
+        ``opset`` by export ``version``."""
         o = self.onnx
-        if not o or o.get("opset") != opset or o.get("history") != self.schema.history:
+        if not o or o.get("opset") != opset or o.get("version") != version or o.get("history") != self.schema.history:
             return None
         paths = []
         for part in ("encoder", "trunk"):
@@ -120,14 +121,14 @@ def save_checkpoint(folder, model: HopPolicy, schema: PolicySchema, provenance: 
         "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights)},
     }
     if onnx:
-        from policies.runners import OPSET, export_onnx  # noqa: PLC0415 - runners imports this module
+        from policies.runners import EXPORT_VERSION, OPSET, export_onnx  # noqa: PLC0415 - runners imports this
 
         ck = Checkpoint(folder, model.arch, schema, {}, meta["weights"]["sha256"])
         out = folder / "onnx"
         for f in ("encoder.onnx", "trunk.onnx"):
             (out / f).unlink(missing_ok=True)
         enc, trunk = export_onnx(ck, out, model)
-        meta["onnx"] = {"opset": OPSET, "history": schema.history,
+        meta["onnx"] = {"opset": OPSET, "version": EXPORT_VERSION, "history": schema.history,
                         "encoder": {"file": f"onnx/{enc.name}", "sha256": _sha256(enc)},
                         "trunk": {"file": f"onnx/{trunk.name}", "sha256": _sha256(trunk)}}
     fd, tmp_meta = tempfile.mkstemp(dir=folder, suffix=".json")

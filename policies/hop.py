@@ -111,14 +111,21 @@ class CausalSelfAttention(nn.Module):
         n = 2 * arch.timestep_rows
         self.register_buffer("mask", torch.tril(torch.ones(n, n, dtype=torch.bool)), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """[B, N, D] -> [B, N, D]; with ``last_only``, the output at the last token only, [B, 1, D]
+        (the last token attends to every token, so no mask is needed)."""
         b, n, d = x.shape
         q, k, v = self.c_attn(x).split(d, dim=2)
         hd = d // self.heads
-        q, k, v = (t.reshape(b, n, self.heads, hd).transpose(1, 2) for t in (q, k, v))
+        if last_only:
+            q = q[:, -1:]
+        m = q.shape[1]
+        q = q.reshape(b, m, self.heads, hd).transpose(1, 2)
+        k, v = (t.reshape(b, n, self.heads, hd).transpose(1, 2) for t in (k, v))
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))
-        att = att.masked_fill(~self.mask[:n, :n], float("-inf")).softmax(dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(b, n, d)
+        if not last_only:
+            att = att.masked_fill(~self.mask[:n, :n], float("-inf"))
+        y = (att.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, m, d)
         return self.c_proj(y)
 
 
@@ -140,8 +147,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(arch.hidden, eps=arch.ln_eps)
         self.mlp = Mlp(arch)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        h = self.attn(self.ln_1(x), last_only)
+        x = (x[:, -1:] if last_only else x) + h
         return x + self.mlp(self.ln_2(x))
 
 
@@ -151,9 +159,11 @@ class Trunk(nn.Module):
         self.h = nn.ModuleList(Block(arch) for _ in range(arch.layers))
         self.ln_f = nn.LayerNorm(arch.hidden, eps=arch.ln_eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.h:
-            x = block(x)
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """With ``last_only`` the final block computes the last token's output only ([B, 1, D]):
+        exact, since nothing after it reads the other tokens."""
+        for i, block in enumerate(self.h):
+            x = block(x, last_only and i == len(self.h) - 1)
         return self.ln_f(x)
 
 
@@ -183,14 +193,16 @@ class HopPolicy(nn.Module):
         """One token per frame: [N, H, W] depth or [N, P, 3] points -> [N, D]."""
         return self.tokenizer(visual)
 
-    def trunk(self, proprio: torch.Tensor, visual_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """proprio [B, T, 23] (scaled), visual_emb [B, T, D] -> (actions [B, T, 23], next proprio [B, T, 23])."""
+    def _tokens(self, proprio: torch.Tensor, visual_emb: torch.Tensor) -> torch.Tensor:
         b, t, _ = proprio.shape
         pos = self.embed_timestep(torch.arange(t, device=proprio.device))
         p = self.embed_proprio(proprio) + pos
         v = visual_emb + pos
-        x = torch.stack([p, v], dim=2).reshape(b, 2 * t, -1)
-        x = self.transformer(self.embed_ln(x))
+        return self.embed_ln(torch.stack([p, v], dim=2).reshape(b, 2 * t, -1))
+
+    def trunk(self, proprio: torch.Tensor, visual_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """proprio [B, T, 23] (scaled), visual_emb [B, T, D] -> (actions [B, T, 23], next proprio [B, T, 23])."""
+        x = self.transformer(self._tokens(proprio, visual_emb))
         out_v = x[:, 1::2]
         return self.predict_action(out_v), self.predict_proprio(out_v)
 
@@ -201,5 +213,7 @@ class HopPolicy(nn.Module):
         return self.trunk(proprio, emb)
 
     def act(self, proprio: torch.Tensor, visual_emb: torch.Tensor) -> torch.Tensor:
-        """The action for now: the prediction at the last step, [B, 23] (scaled)."""
-        return self.trunk(proprio, visual_emb)[0][:, -1]
+        """The action for now: the prediction at the last step (the window's last visual token),
+        [B, 23] (scaled). Equal to ``trunk(...)[0][:, -1]``; the last block computes that token only."""
+        x = self.transformer(self._tokens(proprio, visual_emb), last_only=True)
+        return self.predict_action(x[:, -1])

@@ -27,6 +27,9 @@ from policies.errors import PolicyError
 from policies.hop import HopPolicy
 
 OPSET = 17
+#: Bumped whenever the exported graph changes (cached and shipped ONNX files of another
+#: version are exported again).
+EXPORT_VERSION = 2
 RUNNERS = ("onnxruntime", "torch")
 
 
@@ -103,7 +106,7 @@ def cache_dir() -> Path:
 
 def export_folder(checkpoint: Checkpoint) -> Path:
     """The cache folder of ``checkpoint``'s exported files."""
-    return cache_dir() / f"{checkpoint.sha256[:16]}-T{checkpoint.schema.history}-op{OPSET}"
+    return cache_dir() / f"{checkpoint.sha256[:16]}-T{checkpoint.schema.history}-op{OPSET}-v{EXPORT_VERSION}"
 
 
 def export_onnx(checkpoint: Checkpoint, folder: Path | None = None, model: HopPolicy | None = None,
@@ -160,7 +163,7 @@ class OnnxRunner(PolicyRunner):
         super().__init__(checkpoint)
         import onnxruntime as ort  # noqa: PLC0415
 
-        own = None if folder is not None else checkpoint.onnx_files(OPSET)
+        own = None if folder is not None else checkpoint.onnx_files(OPSET, EXPORT_VERSION)
         enc, act = own or export_onnx(checkpoint, folder, model, in_subprocess=export_in_subprocess)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1

@@ -137,7 +137,7 @@ class VisualSpec:
 def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
     """[n_out, n_in] weights averaging each output cell's span of input cells (area resize)."""
     edges = np.linspace(0.0, n_in, n_out + 1)
-    W = np.zeros((n_out, n_in), np.float64)
+    W = np.zeros((n_out, n_in), np.float32)
     for i in range(n_out):
         a, b = edges[i], edges[i + 1]
         j0, j1 = int(np.floor(a)), int(np.ceil(b))
@@ -167,11 +167,11 @@ def depth_to_input(depth: np.ndarray, p: DepthPreprocess) -> np.ndarray:
     if depth.ndim != 2 or min(depth.shape) < 1:
         raise PreprocessError(f"depth frame must be a 2-D image, got shape {depth.shape}")
     top, bottom, left, right = crop_bounds(depth.shape, p.crop)
-    d = depth[top:bottom, left:right].astype(np.float64)
-    d = np.where(np.isfinite(d) & (d > 0.0), d, p.far)   # holes read as 'nothing there'
-    d = np.clip(d, p.near, p.far)
+    d = depth[top:bottom, left:right].astype(np.float32)
+    d = np.where(np.isfinite(d) & (d > 0.0), d, np.float32(p.far))   # holes read as 'nothing there'
+    np.clip(d, p.near, p.far, out=d)
     d = _area_matrix(d.shape[0], p.height) @ d @ _area_matrix(d.shape[1], p.width).T
-    return ((d - p.near) / (p.far - p.near)).astype(np.float32)
+    return ((d - np.float32(p.near)) * np.float32(1.0 / (p.far - p.near))).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ def rig(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("control")
     data = yaml.safe_load((REPO / "config" / "sim.yaml").read_text())
     data["demo"]["enabled"] = False
+    data["policy"] = {"enabled": False}   # the tests publish the targets themselves
     data["twin"]["camera"]["fps"] = 5.0  # depth is not used here; leave the CPU to the loops
     cfg_path = tmp / "control.yaml"
     cfg_path.write_text(yaml.safe_dump(data))

@@ -13,9 +13,23 @@ from tests.xarm_standin import StandInXArmAPI
 def test_sim_plan(repo):
     cfg = load_config(repo / "config" / "sim.yaml")
     plan = node_plan(cfg, "/x/sim.yaml")
-    assert [s.name for s in plan] == ["sim_node", "arm_controller_node", "hand_controller_node", "demo_motion_node"]
+    assert [s.name for s in plan] == ["sim_node", "arm_controller_node", "hand_controller_node", "policy_node"]
     args = plan[0].ros_args()
     assert "config_file:=/x/sim.yaml" in args and "task:=grasp_lift" in args
+    assert plan[3].parameters["checkpoint"].endswith("policies/checkpoints/twin_reach_grasp")
+
+
+def test_policy_and_demo_cannot_both_drive_the_policy_topic(repo):
+    from robot_runtime.config import config_from_dict
+    from robot_runtime.errors import ConfigError
+
+    ck = str(repo / "policies" / "checkpoints" / "twin_reach_grasp")
+    with pytest.raises(ConfigError, match="policy.enabled"):
+        config_from_dict({"demo": {"enabled": True}, "policy": {"enabled": True, "checkpoint": ck}})
+    with pytest.raises(ConfigError, match="policy.checkpoint"):
+        config_from_dict({"demo": {"enabled": False}, "policy": {"enabled": True}})
+    with pytest.raises(ConfigError, match="policy.checkpoint.*not found"):
+        config_from_dict({"policy": {"checkpoint": "no/such/folder"}})
 
 
 def test_robot_plan_has_no_twin(repo):

@@ -158,11 +158,11 @@ def test_onnx_matches_torch_on_recorded_twin_inputs(tmp_path, twin_recording):
 def test_checkpoint_carries_its_onnx_files_and_others_are_exported_once(tmp_path, onnx_cache):
     own = load_checkpoint(depth_checkpoint(tmp_path / "own", seed=7))
     OnnxRunner(own)
-    assert own.onnx_files(17) is not None and not any((onnx_cache / "onnx").glob(own.sha256[:16] + "*"))
+    assert own.onnx_files(17, 2) is not None and not any((onnx_cache / "onnx").glob(own.sha256[:16] + "*"))
     # tampered ONNX files are not used: the checkpoint is exported again, into the cache
     (own.path / "onnx" / "trunk.onnx").write_bytes(b"garbage")
     own = load_checkpoint(own.path)
-    assert own.onnx_files(17) is None
+    assert own.onnx_files(17, 2) is None
     OnnxRunner(own)
     plain = load_checkpoint(depth_checkpoint(tmp_path / "plain", seed=8, onnx=False))
     OnnxRunner(plain)
@@ -261,3 +261,10 @@ def test_cli_imports_and_checks_a_checkpoint(tmp_path, capsys):
     assert main(["policy", "import", str(src), str(tmp_path / "bad"), "--hand-order", "thumb,index,middle,ring"]) == 0
     assert main(["policy", "check", str(tmp_path / "bad")]) == 2
     assert "a slot mapped to the wrong joint" in capsys.readouterr().err
+
+
+def test_act_equals_the_last_step_of_the_full_trunk():
+    m = HopPolicy(HopArchitecture(depth_size=(24, 32))).eval()
+    p, e = torch.rand(3, 16, 23) * 2 - 1, torch.randn(3, 16, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(m.act(p, e), m.trunk(p, e)[0][:, -1], atol=1e-5, rtol=1e-5)
