@@ -35,3 +35,28 @@ def write(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(out, indent=2))
     return path
+
+
+def bench_env() -> dict:
+    """Environment for graph processes: offscreen rendering, localhost DDS, a domain of our own."""
+    return {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+            "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", str(50 + os.getpid() % 50))}
+
+
+def run_plan_for(plan, seconds: float, out_dir: Path, name: str, env: dict) -> None:
+    """Run a node plan for ``seconds``; logs go to ``out_dir/name.log|.err``. Exits if a node dies."""
+    import time
+
+    from robot_runtime.launcher import GraphSupervisor
+
+    err = Path(out_dir) / f"{name}.err"
+    sup = GraphSupervisor(plan, env=env, stdout=open(Path(out_dir) / f"{name}.log", "a"), stderr=open(err, "a"))
+    sup.start()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        dead = sup.dead()
+        if dead:
+            sup.shutdown()
+            raise SystemExit(f"{dead[0].spec.name} died (exit {dead[0].returncode}): {err.read_text()[-2000:]}")
+        time.sleep(0.2)
+    sup.shutdown()

@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from bench.common import latency, write
+from bench.common import bench_env, latency, run_plan_for, write
 from robot_runtime.config import load_config
-from robot_runtime.launcher import GraphSupervisor
 from robot_runtime.plan import node_plan
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +49,7 @@ def run_phase(variant: str, out_dir: Path, config: Path, env: dict) -> dict[str,
     if priority is not None:
         data = yaml.safe_load(config.read_text())
         data["control"]["realtime_priority"] = priority
+        data["policy"]["checkpoint"] = str(load_config(config).policy.checkpoint)   # absolute: the copy moves
         config = out_dir / f"{variant}.yaml"
         config.write_text(yaml.safe_dump(data))
     cfg = load_config(config)
@@ -61,17 +61,7 @@ def run_phase(variant: str, out_dir: Path, config: Path, env: dict) -> dict[str,
             spec = replace(spec, parameters={**spec.parameters, "scheduling": scheduling,
                                              "timing_log": str(logs[spec.name])})
         plan.append(spec)
-    sup = GraphSupervisor(plan, env=env, stdout=open(out_dir / f"{variant}.log", "a"),
-                          stderr=open(out_dir / f"{variant}.err", "a"))
-    sup.start()
-    end = time.monotonic() + PHASE_S
-    while time.monotonic() < end:
-        dead = sup.dead()
-        if dead:
-            sup.shutdown()
-            raise SystemExit(f"{dead[0].spec.name} died (exit {dead[0].returncode}); see {out_dir}")
-        time.sleep(0.2)
-    sup.shutdown()
+    run_plan_for(plan, PHASE_S, out_dir, variant, env)
     out = {}
     for name, path in logs.items():
         if not path.is_file():
@@ -84,8 +74,7 @@ def run_phase(variant: str, out_dir: Path, config: Path, env: dict) -> dict[str,
 
 
 def main() -> dict:
-    env = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-           "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", str(50 + os.getpid() % 50))}
+    env = bench_env()
     config = REPO / "config" / "sim.yaml"
     samples: dict[tuple[str, str], list[np.ndarray]] = {}
     sched_info: dict[str, str] = {}

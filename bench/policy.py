@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import latency, write
+from bench.common import bench_env, latency, run_plan_for, write
 from policies.checkpoint import load_checkpoint
 from policies.history import window_indices
 from policies.runners import OnnxRunner, TorchRunner
@@ -144,28 +144,15 @@ def step_latency(ckpt_path: Path, cfg) -> tuple[dict, dict]:
 
 
 def twin_timing(cfg_path: Path) -> dict:
-    from robot_runtime.launcher import GraphSupervisor  # noqa: PLC0415
     from robot_runtime.plan import node_plan  # noqa: PLC0415
 
-    env = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-           "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", str(50 + os.getpid() % 50))}
     cfg = load_config(cfg_path)
     with tempfile.TemporaryDirectory(prefix="bench-policy-") as tmp:
         log = Path(tmp) / "policy_timing.npz"
         plan = [replace(s, parameters={**s.parameters, "timing_log": str(log)}) if s.name == "policy_node" else s
                 for s in node_plan(cfg, str(cfg_path))]
         print(f"running the graph on the twin for {TWIN_S:g} s ...", flush=True)
-        sup = GraphSupervisor(plan, env=env, stdout=open(Path(tmp) / "graph.log", "w"),
-                              stderr=open(Path(tmp) / "graph.err", "w"))
-        sup.start()
-        end = time.monotonic() + TWIN_S
-        while time.monotonic() < end:
-            dead = sup.dead()
-            if dead:
-                sup.shutdown()
-                raise SystemExit(f"{dead[0].spec.name} died: {(Path(tmp) / 'graph.err').read_text()[-2000:]}")
-            time.sleep(0.2)
-        sup.shutdown()
+        run_plan_for(plan, TWIN_S, Path(tmp), "graph", bench_env())
         d = np.load(log)
     published = np.isfinite(d["published_t"])
     first = int(np.argmax(published))           # from the first action on (start-up waits for inputs)
