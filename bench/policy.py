@@ -99,7 +99,8 @@ def step_latency(ckpt_path: Path, cfg) -> tuple[dict, dict]:
     ref = ReferenceGpt2(model)
     pre = VisualPreprocessor(ck.schema.visual)
     schema = ck.schema
-    idx, inv = schema.index_in(D.ALL_JOINTS), np.argsort(schema.index_in(D.ALL_JOINTS))
+    idx = schema.index_in(D.ALL_JOINTS)
+    inv = np.argsort(idx)
     K = np.eye(3)
     depth, q = recorded_frames(cfg, STEPS + WARMUP)
     T = schema.history

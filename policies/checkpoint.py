@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from policies.errors import CheckpointError, SchemaMismatchError
+from policies.errors import CheckpointError
 from policies.hop import HopArchitecture, HopPolicy
 from policies.schema import PolicySchema
 from robot_runtime.perception.preprocess import PreprocessError
@@ -198,8 +198,6 @@ def load_checkpoint(path) -> Checkpoint:
         raise CheckpointError(f"{meta_path}: key 'schema.{exc.args[0]}' is missing") from exc
     except (TypeError, ValueError, PreprocessError) as exc:
         raise CheckpointError(f"{meta_path}: key 'schema': {exc}") from exc
-    except SchemaMismatchError:
-        raise
     _check_consistent(arch, schema, meta_path)
     weights = folder / str(meta["weights"].get("file", WEIGHTS_FILE))
     if not weights.is_file():

@@ -133,12 +133,17 @@ class LoadedPolicy:
         visual = self.preprocess(frame.depth, frame.K, frame.t)
         return visual, self.runner.encode(visual)
 
+    def network_inputs(self, steps: list[Step]) -> tuple[np.ndarray, np.ndarray]:
+        """Full window of steps -> (proprio [T, 23] scaled, in policy order; embeddings [T, D])."""
+        return self.schema.scale(np.stack([s.q[self.idx] for s in steps])), np.stack([s.emb for s in steps])
+
+    def targets(self, action: np.ndarray) -> np.ndarray:
+        """The network's action [23] (scaled, policy order) -> targets [23] (rad, driver order)."""
+        return self.schema.unscale(action)[self.inv]
+
     def act(self, steps: list[Step]) -> np.ndarray:
         """Full window of steps -> targets [23] (rad, driver order); may hold NaN if the network does."""
-        proprio = self.schema.scale(np.stack([s.q[self.idx] for s in steps]))
-        emb = np.stack([s.emb for s in steps])
-        a = self.schema.unscale(self.runner.act(proprio, emb))
-        return a[self.inv]
+        return self.targets(self.runner.act(*self.network_inputs(steps)))
 
     def restep(self, steps: list[Step], known: dict[int, tuple] | None = None) -> list[Step]:
         """The same steps re-encoded for this policy (``known``: frame seq -> (visual, emb) already done)."""
@@ -245,11 +250,9 @@ class ClosedLoopPolicy:
                 t3 = time.perf_counter()
                 self._last_frame = (frame.seq, visual, emb)
             self.history.append(Step(np.asarray(q, float), frame, visual, emb))
-            window = self.history.window()
-            proprio = pol.schema.scale(np.stack([s.q[pol.idx] for s in window]))
-            action = pol.runner.act(proprio, np.stack([s.emb for s in window]))
+            action = pol.runner.act(*pol.network_inputs(self.history.window()))
             t4 = time.perf_counter()
-            targets = pol.schema.unscale(action)[pol.inv]
+            targets = pol.targets(action)
             ok = bool(np.all(np.isfinite(targets)))
             t5 = time.perf_counter()
             res.timings.update(preprocess=(t2 - t1) * 1e3, encode=(t3 - t2) * 1e3, trunk=(t4 - t3) * 1e3,
@@ -316,7 +319,7 @@ class ClosedLoopPolicy:
                               f"{candidate.error}")
         return f"now running {self.policy.name} (previous {self.previous.name if self.previous else 'none'})"
 
-    def rollback(self, live: LiveRobot) -> str:
+    def rollback(self) -> str:
         """Swap back to the previous checkpoint (dry-run on the current history first)."""
         if self.previous is None:
             raise PolicyError("no previous checkpoint to roll back to")

@@ -1,5 +1,4 @@
 """Test-wide environment: offscreen MuJoCo, and an isolated, loopback-only ROS domain."""
-import math
 import os
 import sys
 from pathlib import Path
@@ -46,6 +45,7 @@ def twin_recording():
     from policies.twin_demos import scripted_episodes
     from robot_runtime.config import config_from_dict
     from robot_runtime.transforms import optical_pose_look_at
+    from robot_runtime.twin.sim import camera_intrinsics
     from tests.policy_fixtures import SMALL_DEPTH
     from robot_runtime.perception.preprocess import VisualSpec
 
@@ -53,8 +53,7 @@ def twin_recording():
     spec = VisualSpec("depth", depth=SMALL_DEPTH)
     episodes, depths = scripted_episodes(cfg, [3], spec, progress=False, keep_depth=True)
     cam = cfg.twin.camera
-    fy = 0.5 * cam.height / math.tan(math.radians(cam.fovy_deg) / 2)
-    K = np.array([[fy, 0, (cam.width - 1) / 2], [0, fy, (cam.height - 1) / 2], [0, 0, 1]])
+    K = camera_intrinsics(cam)
     stamps = np.arange(len(depths[0])) / cfg.rates.policy_hz
     return {"episode": episodes[0], "depth": depths[0], "K": K, "stamps": stamps, "spec": spec,
             "T_base_camera": optical_pose_look_at(cam.position, cam.look_at), "cfg": cfg}

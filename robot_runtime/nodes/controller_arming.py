@@ -55,7 +55,8 @@ class TwinControllerArmer:
             self.armed[i] = False   # the timer calls the service again
         else:
             log.warn(f"{status['controller']} stopped ({reason}); left stopped")
-            self.armed[i] = False if not self.wanted else self.armed[i]
+            if not self.wanted:   # stopped between episodes: arm it again when the next one starts
+                self.armed[i] = False
 
     def _done(self, i: int, future) -> None:
         self._arming[i] = False

@@ -180,7 +180,7 @@ class PolicyNode(Node):
 
     def _on_rollback(self, request, response):
         try:
-            response.message = self._loader.submit(self.policy.rollback, self.live).result()
+            response.message = self._loader.submit(self.policy.rollback).result()
             response.success = True
             self._internal_set = True
             try:

@@ -46,6 +46,13 @@ def _import_mujoco():
     return mujoco
 
 
+def camera_intrinsics(cam) -> np.ndarray:
+    """Pinhole K [3,3] (pixels) of the twin camera ``cam`` (a TwinCameraModel): square pixels from
+    its vertical field of view, principal point at the image centre."""
+    fy = 0.5 * cam.height / math.tan(math.radians(cam.fovy_deg) / 2)
+    return np.array([[fy, 0.0, (cam.width - 1) / 2], [0.0, fy, (cam.height - 1) / 2], [0.0, 0.0, 1.0]])
+
+
 class TwinSimulation:
     """Physics of the lab cell. Not thread-safe: one thread steps, renders and reads it.
 
@@ -220,9 +227,7 @@ class TwinSimulation:
     # ------------------------------------------------------------------ camera
     def intrinsics(self) -> np.ndarray:
         """Pinhole K [3,3] of the depth image (pixels; principal point at the image centre)."""
-        cam = self.cfg.camera
-        fy = 0.5 * cam.height / math.tan(math.radians(cam.fovy_deg) / 2)
-        return np.array([[fy, 0.0, (cam.width - 1) / 2], [0.0, fy, (cam.height - 1) / 2], [0.0, 0.0, 1.0]])
+        return camera_intrinsics(self.cfg.camera)
 
     def camera_pose(self) -> np.ndarray:
         """4x4 pose of the camera's optical frame (x right, y down, z forward) in the base frame."""

@@ -138,7 +138,7 @@ def test_swap_to_a_good_checkpoint_and_roll_back(ckpts):
     assert len(cl.history) == 6      # the episode's history is kept, re-encoded for the new network
     q_new = cl.tick(1.30, frame(4, 1.25), (1.30, HOME)).q
     assert q_new is not None and not np.allclose(q_new, q_old)
-    cl.rollback(LIVE)
+    cl.rollback()
     assert cl.policy is old
     q_back = cl.tick(1.35, frame(4, 1.30), (1.35, HOME)).q
     # the old network again, on the episode's history re-encoded for it
