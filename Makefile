@@ -12,7 +12,8 @@ PIP := $(PY) -m pip
 TORCH_PIN := torch==2.13.0
 ROS_WHEELS := ros-jazzy-rclpy[fastrtps]==7.1.6 ros-sensor-msgs==5.3.6 ros-std-msgs==5.3.6 \
 	ros-std-srvs==5.3.6 ros-geometry-msgs==5.3.6 ros-trajectory-msgs==5.3.6 ros-diagnostic-msgs==5.3.6
-EXTRAS ?= twin,xarm,policy,dev
+EXTRAS ?= twin,xarm,policy,teleop,dev
+MEDIAPIPE := mediapipe==0.10.21
 DURATION ?= 0
 PYTEST_ARGS ?=
 
@@ -28,6 +29,7 @@ $(VENV)/.ready: setup.py setup.cfg package.xml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_PIN)"
 	$(PIP) install -q -e ".[$(EXTRAS)]"
+	$(PIP) install -q --no-deps "$(MEDIAPIPE)"
 	@if $(PY) -c "import rclpy, sensor_msgs.msg, std_srvs.srv, diagnostic_msgs.msg, geometry_msgs.msg, trajectory_msgs.msg" 2>/dev/null; then \
 		echo "rclpy found (system ROS 2 or earlier install): not installing the PyPI wheels"; \
 	else \

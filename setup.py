@@ -16,6 +16,8 @@ NODES = {
     "arm_controller_node": "robot_runtime.nodes.arm_controller_node:main",
     "hand_controller_node": "robot_runtime.nodes.hand_controller_node:main",
     "policy_node": "robot_runtime.nodes.policy_node:main",
+    "teleop_node": "robot_runtime.nodes.teleop_node:main",
+    "recorder_node": "robot_runtime.nodes.recorder_node:main",
 }
 
 setup(
@@ -42,6 +44,14 @@ setup(
         "xarm": ["xarm-python-sdk>=1.14"],
         # The policy: checkpoints, ONNX export and ONNX Runtime (torch is installed first, pinned).
         "policy": ["torch", "safetensors>=0.4", "onnx>=1.15", "onnxruntime>=1.17", "tqdm>=4"],
+        # Teleoperation and demo data: finger retargeting (dex-retargeting, on pinocchio), the
+        # LeRobot export (parquet), video input (six: an undeclared import of dex-retargeting). MediaPipe itself is installed by the Makefile with
+        # --no-deps (mediapipe==0.10.21 carries its hand models but pins numpy<2 and protobuf<5,
+        # while it runs with the numpy 2 and protobuf 6 the rest needs); these are its imports.
+        "teleop": ["dex-retargeting>=0.5", "six>=1.16", "pyarrow>=15", "protobuf>=6.31,<7", "opencv-python-headless>=4.8",
+                   "matplotlib>=3.7", "absl-py>=1", "attrs>=19.1", "flatbuffers>=2"],
+        # A SpaceMouse input (HID): imported only when a teleop input of type "spacemouse" is chosen.
+        "spacemouse": ["pyspacemouse>=1.1"],
         # bench.policy's reference implementation (a Hugging Face GPT-2 trunk).
         "bench": ["transformers>=4.40"],
         "dev": ["pytest>=7", "pytest-timeout>=2"],

@@ -54,7 +54,7 @@ class OptionalPath(str):
 # --------------------------------------------------------------------------------------
 # Backend registry: one config dataclass per backend, selected by ``type``.
 
-_BACKEND_CONFIGS: dict[str, dict[str, type]] = {"arm": {}, "hand": {}, "camera": {}}
+_BACKEND_CONFIGS: dict[str, dict[str, type]] = {"arm": {}, "hand": {}, "camera": {}, "teleop_input": {}}
 
 
 def register_backend_config(family: str, type_name: str):
@@ -291,6 +291,93 @@ class PolicyConfig:
     realtime_priority: int = rng(0, 0, 99)           # SCHED_FIFO priority of the policy loop (0: do not ask)
 
 
+@register_backend_config("teleop_input", "scripted")
+@dataclass
+class ScriptedInputConfig:
+    """Twin only: an expert that solves the twin's task from ground-truth object poses."""
+
+    type: str = "scripted"
+    seed: int = rng(0, 0, None)          # variation of the first episode; each later one adds 1
+
+
+@register_backend_config("teleop_input", "keypoints")
+@dataclass
+class KeypointsInputConfig:
+    """A file of hand keypoint trajectories (.npz: ``keypoints`` [T, 21, 3] m, ``t`` [T] s), played in time."""
+
+    type: str = "keypoints"
+    file: FilePath = FilePath("")
+    left_hand: bool = False              # a left hand drives the right Allegro hand as its mirror image
+    loop: bool = False
+
+
+@register_backend_config("teleop_input", "hand_tracking")
+@dataclass
+class HandTrackingInputConfig:
+    """MediaPipe Hands on a webcam (``source`` a device index such as "0") or a video file."""
+
+    type: str = "hand_tracking"
+    source: str = "0"
+    fov_deg: float = rng(60.0, 20.0, 150.0)      # horizontal field of view, for the wrist's depth estimate
+    left_hand: bool = False
+    model_complexity: int = rng(1, 0, 1)
+    min_detection_confidence: float = rng(0.5, 0.0, 1.0)
+
+
+@register_backend_config("teleop_input", "spacemouse")
+@dataclass
+class SpaceMouseInputConfig:
+    """A 3Dconnexion SpaceMouse (pyspacemouse): wrist velocity; the buttons close and open the hand."""
+
+    type: str = "spacemouse"
+    max_speed: float = rng(0.1, 0.001, 1.0)          # m/s at full deflection
+    max_angular_speed: float = rng(0.6, 0.01, 3.0)   # rad/s at full deflection
+    deadzone: float = rng(0.05, 0.0, 0.5)
+
+
+@register_backend_config("teleop_input", "keyboard")
+@dataclass
+class KeyboardInputConfig:
+    """Keys on the terminal: w/s a/d r/f move the wrist, q/e turn it, g/h close/open the hand."""
+
+    type: str = "keyboard"
+    step_m: float = rng(0.01, 0.001, 0.1)
+    step_rad: float = rng(0.05, 0.005, 0.5)
+
+
+@dataclass
+class TeleopConfig:
+    """teleop_node: an input device -> joint targets on ``control.teleop_topic``."""
+
+    enabled: bool = False
+    rate_hz: float = rng(30.0, 5.0, 120.0)
+    input: Any = field(default_factory=ScriptedInputConfig, metadata={"backend": "teleop_input"})
+    input_rpy: list[float] = seq([0.0, 0.0, 0.0], 3)    # the input frame's orientation in the base frame (rad)
+    motion_scale: float = rng(1.0, 0.05, 5.0)           # robot wrist displacement per operator displacement
+    filter_cutoff_hz: float = rng(5.0, 0.1, 60.0)       # low-pass on the commanded flange pose
+    max_flange_speed: float = rng(0.3, 0.01, 1.0)       # m/s
+    max_flange_angular_speed: float = rng(1.5, 0.05, 6.0)   # rad/s
+    max_arm_joint_speed: float = rng(1.0, 0.05, 3.0)    # rad/s, every target step
+    max_hand_joint_speed: float = rng(3.0, 0.1, 10.0)   # rad/s
+    retarget_scaling: float = rng(1.6, 0.5, 3.0)        # Allegro / human hand size
+    input_timeout_s: float = rng(0.5, 0.05, 10.0)       # no input for this long: disengage (hold)
+    arm_controllers: bool = False                       # twin only: select teleop and arm the controllers
+    autoengage: bool = False                            # engage as soon as the node is up
+
+
+@dataclass
+class RecorderConfig:
+    """recorder_node: episodes on the policy grid (rates.policy_hz), one file each."""
+
+    enabled: bool = False
+    out_dir: str = "episodes"                # relative to the config file's folder unless absolute
+    depth_stride: int = rng(2, 1, 16)        # raw depth kept at 1/stride resolution (uint16 mm)
+    min_free_mb: float = rng(500.0, 1.0, None)
+    max_episode_s: float = rng(120.0, 1.0, 3600.0)
+    max_input_age_s: float = rng(0.1, 0.01, 1.0)
+    realtime_priority: int = rng(0, 0, 99)
+
+
 @dataclass
 class RuntimeConfig:
     """The whole runtime's configuration (one YAML file)."""
@@ -304,6 +391,8 @@ class RuntimeConfig:
     twin: TwinConfig = field(default_factory=TwinConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    teleop: TeleopConfig = field(default_factory=TeleopConfig)
+    recorder: RecorderConfig = field(default_factory=RecorderConfig)
     source_file: str = field(default="", metadata={"internal": True})
 
     @property
@@ -324,8 +413,18 @@ def load_config(path: str | Path) -> RuntimeConfig:
             the message names the file and the key.
     """
     path = Path(path)
+    data = _read_yaml(path, ())
+    cfg = config_from_dict(data, file=str(path), base_dir=path.parent)
+    cfg.source_file = str(path.resolve())
+    return cfg
+
+
+def _read_yaml(path: Path, chain: tuple) -> dict:
+    """A config file's mapping, with ``extends: <file>`` (relative to it) merged underneath."""
     if not path.is_file():
         raise ConfigError("config file not found", file=str(path))
+    if path.resolve() in chain:
+        raise ConfigError("'extends' loops back to this file", file=str(path), key="extends")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -334,9 +433,25 @@ def load_config(path: str | Path) -> RuntimeConfig:
         raise ConfigError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=str(path)) from exc
     if data is None:
         data = {}
-    cfg = config_from_dict(data, file=str(path), base_dir=path.parent)
-    cfg.source_file = str(path.resolve())
-    return cfg
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping, got {type(data).__name__}", file=str(path), key="<top level>")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"expected a file name, got {base!r}", file=str(path), key="extends")
+    base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"file not found: {base_path}", file=str(path), key="extends")
+    return _merge(_read_yaml(base_path, chain + (path.resolve(),)), data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and "type" not in v \
+            else v
+    return out
 
 
 def config_from_dict(data: Any, file: str = "<dict>", base_dir: Path | None = None) -> RuntimeConfig:
@@ -382,6 +497,16 @@ def _check_cross_fields(cfg: RuntimeConfig, file: str) -> None:
     if pol.arm_controllers and not (cfg.arm.type == "twin" and cfg.hand.type == "twin"):
         raise ConfigError("arming the controllers from the policy node is for the twin only; on the robot "
                           "arming is the operator's action", file=file, key="policy.arm_controllers")
+    twin_only = cfg.arm.type == "twin" and cfg.hand.type == "twin"
+    if cfg.teleop.enabled and cfg.teleop.input.type == "scripted" and not twin_only:
+        raise ConfigError("the scripted expert needs the twin's object poses; choose a real input on the robot",
+                          file=file, key="teleop.input.type")
+    if cfg.teleop.arm_controllers and not twin_only:
+        raise ConfigError("arming the controllers from the teleop node is for the twin only", file=file,
+                          key="teleop.arm_controllers")
+    if cfg.teleop.arm_controllers and cfg.policy.arm_controllers:
+        raise ConfigError("the policy and teleop nodes would both arm the controllers; let one of them",
+                          file=file, key="teleop.arm_controllers")
     ctl = cfg.control
     hold_s = ctl.hold_after_periods / cfg.rates.policy_hz
     if ctl.latch_after_s <= hold_s:

@@ -44,3 +44,19 @@ class TwinError(RobotRuntimeError):
 
 class LaunchError(RobotRuntimeError):
     """A node of the launched graph failed to start or died."""
+
+
+class TeleopError(RobotRuntimeError):
+    """A teleoperation input or retargeting failed (no device, bad keypoints file, unreachable pose)."""
+
+
+class RecordingError(RobotRuntimeError):
+    """Recording or reading demonstration episodes failed."""
+
+
+class DiskFullError(RecordingError):
+    """Free disk space fell below the recorder's floor; the episode was stopped."""
+
+
+class EpisodeFileError(RecordingError):
+    """An episode file is missing, partial, corrupt, or not an episode file; the message names it."""

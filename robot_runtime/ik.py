@@ -4,20 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from robot_runtime.kinematics import UrdfModel
+from robot_runtime.transforms import rot_log
 
 
 def _rot_error(R_cur: np.ndarray, R_goal: np.ndarray) -> np.ndarray:
     """Axis-angle vector (base frame, rad) rotating R_cur onto R_goal."""
-    R = R_goal @ R_cur.T
-    angle = np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))
-    if angle < 1e-9:
-        return np.zeros(3)
-    axis = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
-    n = np.linalg.norm(axis)
-    if n < 1e-9:  # angle near pi: pick the largest diagonal axis
-        axis = np.sqrt(np.maximum((np.diag(R) + 1) / 2, 0))
-        n = np.linalg.norm(axis)
-    return axis / n * angle
+    return rot_log(R_goal @ R_cur.T)
 
 
 def solve_ik(model: UrdfModel, q0, link: str, target: np.ndarray, joints: np.ndarray,

@@ -137,6 +137,12 @@ def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: d
             parts.append(f"policy {float(v['rate_hz']):.0f} Hz, {v.get('ticks_published', 0)} actions, "
                          f"{skipped} ticks without action, {v['misses']} missed, {v['checkpoint']}")
             continue
+        if "recording" in v:    # the recorder loop
+            parts.append(f"recorder {v['saved']} episodes saved, {v['total_dropped']} steps dropped")
+            continue
+        if "input" in v:        # the teleop loop
+            parts.append(f"teleop {v['input']} {float(v['rate_hz']):.0f} Hz, {v['samples']} samples")
+            continue
         shield = sum(int(x) for k, x in v.items() if k.startswith("shield_"))
         parts.append(f"{name.replace('_node', '')} {float(v['rate_hz']):.0f} Hz, late p99 "
                      f"{float(v['lateness_p99_ms']):.2f} ms, {v['mode']}, {shield} shield interventions")

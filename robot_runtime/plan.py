@@ -53,6 +53,10 @@ def node_plan(cfg: RuntimeConfig, config_file: str) -> list[NodeSpec]:
     if cfg.policy.enabled:
         plan.append(NodeSpec("policy_node", "policy_node", "robot_runtime.nodes.policy_node",
                              {**params, "checkpoint": str(cfg.policy.checkpoint)}))
+    if cfg.teleop.enabled:
+        plan.append(NodeSpec("teleop_node", "teleop_node", "robot_runtime.nodes.teleop_node", dict(params)))
+    if cfg.recorder.enabled:
+        plan.append(NodeSpec("recorder_node", "recorder_node", "robot_runtime.nodes.recorder_node", dict(params)))
     if cfg.demo.enabled:
         plan.append(NodeSpec("demo_motion_node", "demo_motion_node", "robot_runtime.nodes.demo_motion_node",
                              dict(params)))

@@ -103,3 +103,24 @@ def optical_pose_look_at(position, target) -> np.ndarray:
     """4x4 pose of a camera's optical frame (x right, y down, z forward) at ``position`` looking at ``target``."""
     right, up, fwd = look_at_axes(position, target)
     return make_T(np.column_stack([right, -up, fwd]), position)
+
+
+def rot_log(R) -> np.ndarray:
+    """Rotation vector (axis * angle, rad) of the rotation matrix ``R`` [3, 3]."""
+    R = np.asarray(R, dtype=float)
+    angle = np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))
+    if angle < 1e-9:
+        return np.zeros(3)
+    axis = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    n = np.linalg.norm(axis)
+    if n < 1e-9:  # angle near pi: pick the largest diagonal axis
+        axis = np.sqrt(np.maximum((np.diag(R) + 1) / 2, 0))
+        n = np.linalg.norm(axis)
+    return axis / n * angle
+
+
+def rot_exp(v) -> np.ndarray:
+    """Rotation matrix of the rotation vector ``v`` [3] (rad)."""
+    v = np.asarray(v, dtype=float)
+    a = float(np.linalg.norm(v))
+    return np.eye(3) if a < 1e-12 else rot_axis(v / a, a)

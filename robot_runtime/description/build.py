@@ -206,13 +206,41 @@ def _f(x) -> str:
 
 # ------------------------------------------------------------------------------------ URDF
 
+#: The hand-only description's root: the bottom of the palm block (the human wrist's place),
+#: this far behind the palm frame along its -z (m).
+WRIST_OFFSET = 0.095
+WRIST_LINK = "wrist"
+
+
+def hand_tree() -> tuple[list[Link], list[Joint]]:
+    """The Allegro hand alone, rooted at a ``wrist`` link at the palm's base (for finger retargeting)."""
+    links, joints = robot_tree()
+    keep = {"palm"}
+    hand_joints = []
+    for j in joints:
+        if j.parent in keep:
+            keep.add(j.child)
+            hand_joints.append(j)
+    hand_links = [Link(WRIST_LINK, 0.0)] + [link for link in links if link.name in keep]
+    root = Joint("wrist_to_palm", "fixed", WRIST_LINK, "palm", (0.0, 0.0, WRIST_OFFSET), np.eye(3))
+    return hand_links, [root] + hand_joints
+
+
+def hand_urdf_text() -> str:
+    """URDF of the hand alone (``wrist`` root, the same joint names and limits as the whole robot)."""
+    return _urdf(*hand_tree(), name="allegro_hand_right", title="Allegro hand v4 (right) alone")
+
+
 def urdf_text(mount_xyz=D.DEFAULT_MOUNT_XYZ, mount_rpy=D.DEFAULT_MOUNT_RPY) -> str:
     """The URDF (for retargeting, IK and visualisation)."""
-    links, joints = robot_tree(mount_xyz, mount_rpy)
+    return _urdf(*robot_tree(mount_xyz, mount_rpy), name="xarm7_allegro", title="xArm7 + Allegro hand v4 (right)")
+
+
+def _urdf(links, joints, name: str, title: str) -> str:
     out = ['<?xml version="1.0"?>',
-           "<!-- xArm7 + Allegro hand v4 (right), written by robot_runtime.description.build"
+           f"<!-- {title}, written by robot_runtime.description.build"
            " from published kinematic parameters. Do not edit by hand. -->",
-           '<robot name="xarm7_allegro">']
+           f'<robot name="{name}">']
     for link in links:
         out.append(f"  <link name={quoteattr(link.name)}>")
         if link.mass > 0:

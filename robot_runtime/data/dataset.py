@@ -1,0 +1,252 @@
+"""Dataset tools: list and inspect episodes, the finetuning loader, LeRobotDataset v3 export.
+
+The finetuning loader turns recorded episodes into :class:`policies.bc.Episode` objects:
+``q`` the measured joints, ``actions[k]`` the command the controllers sent at the next grid
+step (``command[k + 1]``; the last step repeats), ``visual`` the recorded policy input.
+It checks each episode's preprocessing against the checkpoint's, so a demo recorded for
+another input never trains a policy silently.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from robot_runtime import description as D
+from robot_runtime.data.episode_file import PARTIAL_SUFFIX, SUFFIX, load_episode, read_meta, read_partial
+from robot_runtime.errors import EpisodeFileError, RecordingError
+
+
+@dataclass
+class EpisodeInfo:
+    """One row of ``robot-runtime data list``."""
+
+    path: Path
+    status: str          # 'ok', 'partial' (unfinished recording), 'recovered', 'unreadable'
+    task: str = ""
+    steps: int = 0
+    success: bool | None = None
+    dropped: int = 0
+    detail: str = ""
+
+
+def episode_files(folder) -> list[Path]:
+    """The saved episode files in ``folder`` (sorted by name: by start time)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RecordingError(f"episode folder not found: {folder}")
+    return sorted(folder.glob(f"*{SUFFIX}"))
+
+
+def list_episodes(folder) -> list[EpisodeInfo]:
+    """Every episode and unfinished recording in ``folder``; unreadable files are listed, not skipped."""
+    folder = Path(folder)
+    out = []
+    for path in sorted(list(folder.glob(f"*{SUFFIX}")) + list(folder.glob(f"*{PARTIAL_SUFFIX}"))):
+        if path.name.endswith(PARTIAL_SUFFIX):
+            try:
+                meta, steps, end = read_partial(path)
+                out.append(EpisodeInfo(path, "partial", meta.get("task", ""), len(steps), None, 0,
+                                       f"unfinished recording ({end}); robot-runtime data recover {path.name}"))
+            except (EpisodeFileError, OSError, ValueError) as exc:
+                out.append(EpisodeInfo(path, "unreadable", detail=str(exc)))
+            continue
+        try:
+            meta = read_meta(path)
+        except EpisodeFileError as exc:
+            out.append(EpisodeInfo(path, "unreadable", detail=str(exc)))
+            continue
+        out.append(EpisodeInfo(path, "recovered" if meta.get("partial") else "ok", meta.get("task", ""),
+                               int(meta.get("steps", 0)), meta.get("success"), int(meta.get("dropped_steps", 0)),
+                               meta.get("operator_note", "")))
+    return out
+
+
+def inspect_episode(path) -> dict:
+    """A summary of one episode: metadata, array shapes, timing and joint ranges."""
+    ep = load_episode(path, allow_partial=True)
+    t = ep["t"]
+    dt = np.diff(t) if len(t) > 1 else np.zeros(0)
+    age = t - ep["depth_stamp"]
+    return {"file": str(ep.path), "task": ep.meta["task"], "success": ep.meta.get("success"),
+            "partial": ep.meta.get("partial", False), "steps": len(ep), "duration_s": float(t[-1] - t[0]),
+            "rate_hz": ep.meta.get("rate_hz"), "dropped": ep.meta.get("dropped", {}),
+            "grid_gaps": int(np.sum(dt > 1.5 / ep.meta["rate_hz"])) if len(dt) else 0,
+            "depth_age_ms": {"p50": float(np.percentile(age, 50) * 1e3), "max": float(age.max() * 1e3)},
+            "shapes": {k: list(v.shape) for k, v in ep.arrays.items()},
+            "command_range": {"min": ep["command"].min(0).round(3).tolist(), "max": ep["command"].max(0).round(3).tolist()},
+            "operator_note": ep.meta.get("operator_note", ""), "visual": ep.meta.get("visual")}
+
+
+def load_for_training(paths, visual_spec: dict | None = None, successful_only: bool = True,
+                      joint_names=D.ALL_JOINTS):
+    """Episodes (files or folders) -> list of :class:`policies.bc.Episode` for behaviour cloning.
+
+    Args:
+        visual_spec: the checkpoint's ``VisualSpec.to_dict()``; every episode must match it.
+        successful_only: skip episodes not flagged successful (and always skip partial ones).
+
+    Raises:
+        EpisodeFileError: a file is unreadable, or its preprocessing or joints do not match.
+    """
+    from policies.bc import Episode  # noqa: PLC0415 - torch is needed only for training
+
+    files = []
+    for p in ([paths] if isinstance(paths, (str, Path)) else list(paths)):
+        p = Path(p)
+        files += episode_files(p) if p.is_dir() else [p]
+    out = []
+    for f in files:
+        ep = load_episode(f, allow_partial=False)
+        if successful_only and ep.meta.get("success") is not True:
+            continue
+        if list(ep.meta.get("joint_names", [])) != list(joint_names):
+            raise EpisodeFileError(f"{f}: joint order {ep.meta.get('joint_names')} is not {list(joint_names)}")
+        if visual_spec is not None and ep.meta.get("visual") != visual_spec:
+            raise EpisodeFileError(f"{f}: recorded with preprocessing {ep.meta.get('visual')}, but the checkpoint "
+                                   f"expects {visual_spec}")
+        cmd = ep["command"]
+        actions = np.concatenate([cmd[1:], cmd[-1:]], axis=0)
+        out.append(Episode(ep["q"].astype(np.float64), actions.astype(np.float64), ep["visual"]))
+    return out
+
+
+# ------------------------------------------------------------------------------------ LeRobot
+
+def png16(image: np.ndarray) -> bytes:
+    """A 16-bit greyscale PNG of ``image`` [H, W] uint16 (lossless)."""
+    image = np.ascontiguousarray(image, dtype=">u2")
+    h, w = image.shape
+    raw = b"".join(b"\x00" + image[y].tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+def read_png16(data: bytes) -> np.ndarray:
+    """Decode a PNG written by :func:`png16` (16-bit greyscale, no interlace)."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    pos, idat, w, h = 8, b"", 0, 0
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            w, h, depth, colour = struct.unpack(">IIBB", body[:10])
+            if depth != 16 or colour != 0:
+                raise ValueError(f"PNG is {depth}-bit colour type {colour}, expected 16-bit greyscale")
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(h, 1 + 2 * w)
+    if np.any(raw[:, 0]):
+        raise ValueError("PNG uses row filters; only unfiltered rows are read")
+    return raw[:, 1:].copy().view(">u2").astype(np.uint16).reshape(h, w)
+
+
+def _stats(x: np.ndarray) -> dict:
+    x = x.reshape(len(x), -1).astype(np.float64)
+    return {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
+            "std": x.std(0).tolist(), "count": [len(x)]}
+
+
+def export_lerobot(paths, out_dir, repo_id: str = "robot_runtime/demos", successful_only: bool = False,
+                   progress: bool = True) -> Path:
+    """Write episodes in the LeRobotDataset v3 layout under ``out_dir``.
+
+    ``meta/info.json``, ``meta/tasks.parquet``, ``meta/episodes/chunk-000/file-000.parquet``,
+    ``meta/stats.json`` and ``data/chunk-000/file-000.parquet``, whose rows hold
+    ``observation.state`` (the measured joints), ``action`` (the next sent command, as in
+    :func:`load_for_training`), ``observation.visual`` (the policy input, float32),
+    ``observation.images.depth`` (the raw depth as a 16-bit PNG in millimetres: lossless),
+    ``timestamp``, ``frame_index``, ``episode_index``, ``index`` and ``task_index``.
+    """
+    import pyarrow as pa  # noqa: PLC0415 - only the export needs it
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    files = []
+    for p in ([paths] if isinstance(paths, (str, Path)) else list(paths)):
+        p = Path(p)
+        files += episode_files(p) if p.is_dir() else [p]
+    eps = [load_episode(f) for f in files]
+    if successful_only:
+        eps = [e for e in eps if e.meta.get("success") is True]
+    if not eps:
+        raise RecordingError(f"no episodes to export from {paths}")
+    out = Path(out_dir)
+    (out / "meta" / "episodes" / "chunk-000").mkdir(parents=True, exist_ok=True)
+    (out / "data" / "chunk-000").mkdir(parents=True, exist_ok=True)
+    tasks = sorted({e.meta["task"] for e in eps})
+    fps = float(eps[0].meta["rate_hz"])
+    cols = {k: [] for k in ("observation.state", "action", "observation.visual", "observation.images.depth",
+                            "timestamp", "frame_index", "episode_index", "index", "task_index")}
+    ep_rows = []
+    index = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm  # noqa: PLC0415
+        bar = tqdm(total=len(eps), desc="export", unit="ep")
+    for ei, e in enumerate(eps):
+        n = len(e)
+        cmd = e["command"]
+        actions = np.concatenate([cmd[1:], cmd[-1:]], axis=0)
+        cols["observation.state"] += e["q"].astype(np.float32).tolist()
+        cols["action"] += actions.astype(np.float32).tolist()
+        cols["observation.visual"] += e["visual"].reshape(n, -1).astype(np.float32).tolist()
+        cols["observation.images.depth"] += [{"bytes": png16(d), "path": None} for d in e["depth"]]
+        cols["timestamp"] += (np.arange(n) / fps).astype(np.float32).tolist()
+        cols["frame_index"] += list(range(n))
+        cols["episode_index"] += [ei] * n
+        cols["index"] += list(range(index, index + n))
+        cols["task_index"] += [tasks.index(e.meta["task"])] * n
+        ep_rows.append({"episode_index": ei, "tasks": [e.meta["task"]], "length": n, "data/chunk_index": 0,
+                        "data/file_index": 0, "dataset_from_index": index, "dataset_to_index": index + n,
+                        "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
+                        "success": e.meta.get("success"), "source_file": e.path.name})
+        index += n
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([("observation.state", pa.list_(pa.float32())), ("action", pa.list_(pa.float32())),
+                        ("observation.visual", pa.list_(pa.float32())), ("observation.images.depth", image),
+                        ("timestamp", pa.float32()), ("frame_index", pa.int64()), ("episode_index", pa.int64()),
+                        ("index", pa.int64()), ("task_index", pa.int64())])
+    pq.write_table(pa.table(cols, schema=schema), out / "data" / "chunk-000" / "file-000.parquet")
+    pq.write_table(pa.Table.from_pylist(ep_rows), out / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+    pq.write_table(pa.table({"task_index": list(range(len(tasks))), "task": tasks}), out / "meta" / "tasks.parquet")
+    names = {"motors": list(eps[0].meta["joint_names"])}
+    depth_shape = list(eps[0]["depth"].shape[1:]) + [1]
+    visual_shape = list(eps[0]["visual"].shape[1:])
+    features = {
+        "observation.state": {"dtype": "float32", "shape": [len(names["motors"])], "names": names},
+        "action": {"dtype": "float32", "shape": [len(names["motors"])], "names": names},
+        "observation.visual": {"dtype": "float32", "shape": visual_shape, "names": None,
+                               "info": {"preprocessing": eps[0].meta.get("visual")}},
+        "observation.images.depth": {"dtype": "image", "shape": depth_shape, "names": ["height", "width", "channels"],
+                                     "info": {"encoding": "png, 16-bit greyscale", "unit": "mm", "invalid": 0}},
+        "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+        "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+        "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+        "index": {"dtype": "int64", "shape": [1], "names": None},
+        "task_index": {"dtype": "int64", "shape": [1], "names": None},
+    }
+    info = {"codebase_version": "v3.0", "robot_type": "xarm7_allegro", "total_episodes": len(eps),
+            "total_frames": index, "total_tasks": len(tasks), "chunks_size": 1000, "data_files_size_in_mb": 100,
+            "video_files_size_in_mb": 500, "fps": fps, "splits": {"train": f"0:{len(eps)}"},
+            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet", "video_path": None,
+            "features": features, "repo_id": repo_id}
+    (out / "meta" / "info.json").write_text(json.dumps(info, indent=2))
+    actions_all = np.array(cols["action"], dtype=np.float32)
+    stats = {"observation.state": _stats(np.array(cols["observation.state"], dtype=np.float32)),
+             "action": _stats(actions_all)}
+    (out / "meta" / "stats.json").write_text(json.dumps(stats))
+    return out

@@ -1,0 +1,265 @@
+"""The episode recorder: the policy's 20 Hz grid, what the policy sees, what was sent.
+
+Pure (no ROS): the recorder node calls :meth:`EpisodeRecorder.tick` once per grid tick
+with the newest inputs (each stamped at acquisition). A step is recorded only when every
+input is fresh: the depth frame, both joint states and both controllers' sent commands
+(what the safety shield let through). Otherwise the step is *dropped*: counted by reason,
+listed in the episode's metadata, never filled in. A tick that runs more than half a
+period late is dropped too (its inputs are not the grid's).
+
+The depth is turned into the policy's input by the one preprocessing path
+(:class:`~robot_runtime.perception.preprocess.VisualPreprocessor`), so a recorded step is
+byte for byte what ``policy_node`` would feed the network.
+
+Disk: before an episode starts the free space must exceed ``min_free_mb`` plus room for
+the longest episode; while it records, free space is checked every second and any write
+error stops the episode. Both raise :class:`~robot_runtime.errors.DiskFullError`; the
+saved episodes are untouched and the steps so far stay in the ``.partial`` log.
+"""
+from __future__ import annotations
+
+import errno
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from robot_runtime.data.episode_file import FORMAT, PARTIAL_SUFFIX, SUFFIX, PartialLog, stack_steps, write_episode
+from robot_runtime.errors import DiskFullError, RecordingError
+from robot_runtime.perception.preprocess import VisualPreprocessor
+
+DROP_REASONS = ("late_tick", "no_frame", "stale_frame", "no_joint_state", "stale_joint_state", "no_command",
+                "stale_command", "bad_frame")
+
+
+def reduce_depth(depth: np.ndarray, stride: int) -> np.ndarray:
+    """Depth [H, W] (m, NaN = none) -> [H // stride, W // stride] uint16 mm (0 = none), by striding."""
+    d = depth[::stride, ::stride]
+    mm = np.where(np.isfinite(d), np.clip(d * 1000.0, 0, 65535), 0)
+    return np.rint(mm).astype(np.uint16)
+
+
+@dataclass
+class Stamped:
+    """A value with its acquisition time ``t`` (s)."""
+
+    t: float
+    value: np.ndarray
+
+
+@dataclass
+class RecorderInputs:
+    """The newest inputs at a grid tick (None: none yet). ``K`` goes with ``depth``."""
+
+    depth: Stamped | None = None
+    K: np.ndarray | None = None
+    arm_state: Stamped | None = None
+    hand_state: Stamped | None = None
+    arm_command: Stamped | None = None
+    hand_command: Stamped | None = None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "episode"
+
+
+class EpisodeRecorder:
+    """Records episodes into ``out_dir``, one file each.
+
+    Args:
+        out_dir: episode folder (created).
+        rate_hz: the grid (the policy's rate).
+        visual: the policy's preprocessing.
+        proprio_order: for each policy slot, its index in the robot's joint order.
+        static_meta: stored in every episode (joint names, config, calibration, ...).
+        depth_stride: raw depth is kept at 1/stride resolution.
+        min_free_mb: free-space floor (MB).
+        max_episode_s: the longest episode (s); steps beyond it are not recorded.
+        max_input_age_s: an input older than this at a tick drops the step.
+        free_bytes: returns the free bytes under a path (injectable for tests).
+    """
+
+    def __init__(self, out_dir, rate_hz: float, visual: VisualPreprocessor, proprio_order, static_meta: dict,
+                 depth_stride: int = 2, min_free_mb: float = 500.0, max_episode_s: float = 120.0,
+                 max_input_age_s: float = 0.1, free_bytes: Callable[[Path], int] | None = None):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.period = 1.0 / rate_hz
+        self.visual = visual
+        self.proprio_order = np.asarray(proprio_order, dtype=int)
+        self.static_meta = static_meta
+        self.depth_stride = depth_stride
+        self.min_free = min_free_mb * 1e6
+        self.max_steps = int(round(max_episode_s * rate_hz))
+        self.max_age = max_input_age_s
+        self.free_bytes = free_bytes or (lambda p: shutil.disk_usage(p).free)
+        self._log: PartialLog | None = None
+        self._steps: list[dict] = []
+        self._meta: dict = {}
+        self._drops: list[tuple[float, str]] = []
+        self._next_disk_check = 0.0
+        self.step_bytes = 0
+        self.error = ""
+        self.last_saved: Path | None = None
+        self.saved = 0
+        self.total_dropped = 0
+
+    # ------------------------------------------------------------------ episode
+    @property
+    def recording(self) -> bool:
+        return self._log is not None
+
+    def _needed_bytes(self) -> float:
+        per_step = self.step_bytes or 200_000   # until a step has been measured: a generous guess
+        return self.min_free + per_step * self.max_steps * 2   # the log, then the final file
+
+    def start(self, task: str, operator_note: str = "", extra_meta: dict | None = None, now: float | None = None) -> Path:
+        """Open a new episode; returns its ``.partial`` path.
+
+        Raises:
+            RecordingError: an episode is already recording.
+            DiskFullError: not enough free space for a whole episode.
+        """
+        if self.recording:
+            raise RecordingError(f"already recording {self._log.path.name}; stop or discard it first")
+        free = self.free_bytes(self.out_dir)
+        if free < self._needed_bytes():
+            raise DiskFullError(f"{self.out_dir}: {free / 1e6:.0f} MB free; an episode needs "
+                                f"{self._needed_bytes() / 1e6:.0f} MB (recorder.min_free_mb {self.min_free / 1e6:.0f} "
+                                f"plus room for {self.max_steps} steps)")
+        now = time.time() if now is None else now
+        stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y%m%d-%H%M%S")
+        n = len(list(self.out_dir.glob(f"*{SUFFIX}"))) + len(list(self.out_dir.glob(f"*{PARTIAL_SUFFIX}")))
+        stem = f"{stamp}_{_slug(task)}_{n:04d}"
+        self._meta = {**self.static_meta, "format": FORMAT, "task": task, "operator_note": operator_note,
+                      "started": datetime.fromtimestamp(now, timezone.utc).isoformat(), "rate_hz": 1.0 / self.period,
+                      "visual": self.visual.spec.to_dict(), "depth_stride": self.depth_stride, **(extra_meta or {})}
+        self._steps, self._drops, self.error = [], [], ""
+        try:
+            self._log = PartialLog(self.out_dir / (stem + PARTIAL_SUFFIX), self._meta)
+        except OSError as exc:
+            raise self._disk_error(exc) from exc
+        self._next_disk_check = 0.0
+        return self._log.path
+
+    def tick(self, t_grid: float, inputs: RecorderInputs, now: float) -> str:
+        """Record the step of grid time ``t_grid`` (s); returns '' or the reason it was dropped.
+
+        Raises:
+            DiskFullError: the disk filled up; the episode is stopped (its steps stay in the log).
+        """
+        if not self.recording or len(self._steps) >= self.max_steps:
+            return "not_recording"
+        reason = self._check(t_grid, inputs, now)
+        if reason:
+            self._drops.append((t_grid, reason))
+            self.total_dropped += 1
+            return reason
+        i = inputs
+        try:
+            visual = self.visual(i.depth.value, i.K, i.depth.t)
+        except Exception as exc:  # a bad frame drops the step; it never stops the recording
+            self._drops.append((t_grid, "bad_frame"))
+            self.total_dropped += 1
+            self.error = f"bad frame at {t_grid:.3f}: {exc}"
+            return "bad_frame"
+        q = np.concatenate([i.arm_state.value, i.hand_state.value])
+        step = {"t": np.float64(t_grid), "depth_stamp": np.float64(i.depth.t),
+                "arm_state_stamp": np.float64(i.arm_state.t), "hand_state_stamp": np.float64(i.hand_state.t),
+                "command_stamp": np.array([i.arm_command.t, i.hand_command.t]), "q": q,
+                "proprio": q[self.proprio_order], "command": np.concatenate([i.arm_command.value, i.hand_command.value]),
+                "visual": visual, "depth": reduce_depth(i.depth.value, self.depth_stride)}
+        try:
+            if now >= self._next_disk_check:
+                self._next_disk_check = now + 1.0
+                free = self.free_bytes(self.out_dir)
+                if free < self.min_free:
+                    raise OSError(errno.ENOSPC, f"only {free / 1e6:.0f} MB free (floor {self.min_free / 1e6:.0f} MB)")
+            before = self._log.bytes
+            self._log.append(step)
+            self.step_bytes = self._log.bytes - before
+        except OSError as exc:
+            err = self._disk_error(exc)
+            self.error = str(err)
+            self._log.close()
+            self._log = None
+            raise err from exc
+        self._steps.append(step)
+        return ""
+
+    def _check(self, t: float, i: RecorderInputs, now: float) -> str:
+        if now - t > self.period / 2:
+            return "late_tick"
+        if i.depth is None or i.K is None:
+            return "no_frame"
+        if t - i.depth.t > self.max_age:
+            return "stale_frame"
+        if i.arm_state is None or i.hand_state is None:
+            return "no_joint_state"
+        if t - min(i.arm_state.t, i.hand_state.t) > self.max_age:
+            return "stale_joint_state"
+        if i.arm_command is None or i.hand_command is None:
+            return "no_command"
+        if t - min(i.arm_command.t, i.hand_command.t) > self.max_age:
+            return "stale_command"
+        return ""
+
+    def _disk_error(self, exc: OSError) -> DiskFullError:
+        where = self._log.path if self._log is not None else self.out_dir
+        kept = f"; the {len(self._steps)} steps so far stay in {where} (robot-runtime data recover)" \
+            if self._log is not None else ""
+        return DiskFullError(f"{where}: writing failed ({exc.strerror or exc}); the episode was stopped{kept}; "
+                             f"saved episodes are untouched")
+
+    def stop(self, success: bool | None, discard: bool = False, now: float | None = None) -> Path | None:
+        """Save the episode (``success`` flag) or discard it; returns the saved file (None if discarded).
+
+        Raises:
+            RecordingError: nothing is recording, or the episode has no step to save.
+            DiskFullError: the final file could not be written (the ``.partial`` stays).
+        """
+        if not self.recording:
+            raise RecordingError("no episode is recording" + (f" (last error: {self.error})" if self.error else ""))
+        log = self._log
+        if discard:
+            log.delete()
+            self._log = None
+            return None
+        if not self._steps:
+            raise RecordingError(f"{log.path.name} has no recorded step (dropped: {self.drop_counts()}); "
+                                 f"discard it")
+        now = time.time() if now is None else now
+        meta = {**self._meta, "complete": True, "partial": False, "success": success, "steps": len(self._steps),
+                "ended": datetime.fromtimestamp(now, timezone.utc).isoformat(),
+                "dropped_steps": len(self._drops), "dropped": self.drop_counts(),
+                "dropped_at": [[round(t, 4), r] for t, r in self._drops[:1000]]}
+        final = log.path.with_name(log.path.name[:-len(PARTIAL_SUFFIX)] + SUFFIX)
+        log.close()
+        try:
+            write_episode(final, stack_steps(self._steps), meta)
+        except OSError as exc:
+            self.error = f"{final}: could not be written ({exc}); the steps stay in {log.path}"
+            self._log = None
+            raise DiskFullError(self.error) from exc
+        log.delete()
+        self._log = None
+        self.last_saved = final
+        self.saved += 1
+        return final
+
+    def drop_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, r in self._drops:
+            counts[r] = counts.get(r, 0) + 1
+        return counts
+
+    def status(self) -> dict:
+        return {"recording": self.recording, "episode": self._log.path.name if self._log else "",
+                "steps": len(self._steps), "dropped": self.drop_counts(), "total_dropped": self.total_dropped,
+                "saved": self.saved, "last_saved": str(self.last_saved or ""), "error": self.error,
+                "task": self._meta.get("task", "") if self.recording else ""}

@@ -1,0 +1,216 @@
+"""recorder_node: demonstrations on the policy's grid, one crash-safe file per episode.
+
+A deadline loop at ``rates.policy_hz`` hands the newest depth frame, both controllers'
+joint states and both controllers' sent commands (``/<controller>/command``: what the
+safety shield let through) to :class:`robot_runtime.data.recorder.EpisodeRecorder`.
+The policy input is made by the same preprocessing as ``policy_node`` (the checkpoint's,
+when ``policy.checkpoint`` is set), and the proprioception is also stored in its order.
+
+Parameters: ``config_file``; ``task`` and ``operator_note`` (read when an episode starts).
+Services: ``~/start_episode`` (Trigger), ``~/stop_episode`` (SetBool: ``data`` is the
+success flag; saves), ``~/discard_episode`` (Trigger). Topics: ``~/status`` (latched JSON:
+recording, steps, dropped steps by reason, last file, error), ``/diagnostics``.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import SetBool, Trigger
+
+from calibration.extrinsics import camera_pose_for
+from policies.schema import PolicySchema
+from robot_runtime import description as D
+from robot_runtime import ros_io
+from robot_runtime.config import config_to_dict, load_config
+from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, request_realtime, tighten_gil_switching
+from robot_runtime.data.recorder import EpisodeRecorder, RecorderInputs, Stamped
+from robot_runtime.errors import RecordingError
+from robot_runtime.nodes.controller_shell import STATE_TOPICS
+from robot_runtime.perception.preprocess import VisualPreprocessor
+
+NAME = "recorder_node"
+COMMAND_TOPICS = {"arm": "/arm_controller_node/command", "hand": "/hand_controller_node/command"}
+
+
+def policy_schema(cfg) -> PolicySchema:
+    """The configured checkpoint's schema (its order and preprocessing), else HOP's default."""
+    if cfg.policy.checkpoint:
+        from policies.checkpoint import load_checkpoint  # noqa: PLC0415
+
+        return load_checkpoint(cfg.policy.checkpoint).schema
+    return PolicySchema.hop()
+
+
+class RecorderNode(Node):
+    def __init__(self):
+        super().__init__(NAME)
+        cfg = load_config(self.declare_parameter("config_file", "").value)
+        self.cfg, self.rcfg = cfg, cfg.recorder
+        self.declare_parameter("task", cfg.twin.task)
+        self.declare_parameter("operator_note", "")
+        schema = policy_schema(cfg)
+        T_base_camera = camera_pose_for(cfg)
+        out = Path(self.rcfg.out_dir).expanduser()
+        if not out.is_absolute() and cfg.source_file:
+            out = (Path(cfg.source_file).parent / out).resolve()
+        static = {"joint_names": list(D.ALL_JOINTS), "proprio_joint_names": list(schema.joint_names),
+                  "config": config_to_dict(cfg), "calibration": {"T_base_camera": np.asarray(T_base_camera).tolist()},
+                  "source": {"teleop_input": cfg.teleop.input.type if cfg.teleop.enabled else "",
+                             "policy_checkpoint": str(cfg.policy.checkpoint)}}
+        self.recorder = EpisodeRecorder(out, cfg.rates.policy_hz, VisualPreprocessor(schema.visual, T_base_camera),
+                                        schema.index_in(D.ALL_JOINTS), static, self.rcfg.depth_stride,
+                                        self.rcfg.min_free_mb, self.rcfg.max_episode_s, self.rcfg.max_input_age_s)
+        self.io = rclpy.create_node(f"{NAME}_io", context=self.context, use_global_arguments=False)
+        self.sub_depth = ros_io.PolledSubscription(self.io, Image, cfg.camera.depth_topic, ros_io.IMAGE_QOS)
+        self.sub_info = ros_io.PolledSubscription(self.io, CameraInfo, cfg.camera.info_topic, ros_io.IMAGE_QOS)
+        self.sub_state = {p: ros_io.PolledSubscription(self.io, JointState, t, ros_io.STATE_QOS)
+                          for p, t in STATE_TOPICS.items()}
+        self.sub_cmd = {p: ros_io.PolledSubscription(self.io, JointState, t, ros_io.STATE_QOS)
+                        for p, t in COMMAND_TOPICS.items()}
+        self.pub_status = self.create_publisher(String, f"/{NAME}/status", ros_io.LATCHED_QOS)
+        self.pub_diag = self.io.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
+        self.create_service(Trigger, f"/{NAME}/start_episode", self._on_start)
+        self.create_service(SetBool, f"/{NAME}/stop_episode", self._on_stop)
+        self.create_service(Trigger, f"/{NAME}/discard_episode", self._on_discard)
+        self.inputs = RecorderInputs()
+        self._lock = threading.Lock()
+        self._status_lock = threading.Lock()
+        self._last_status = None
+        self.stats = LoopStatistics(1.0 / cfg.rates.policy_hz)
+        self.loop_error: BaseException | None = None
+        self.sched_info = "starting"
+        self._next_diag = 0.0
+        self._wall_offset = time.time() - time.monotonic()   # the loop's deadlines are monotonic
+        self._loop = DeadlineLoop(cfg.rates.policy_hz, self._on_deadline, spin_s=cfg.control.spin_us * 1e-6,
+                                  stats=self.stats)
+        self._thread = threading.Thread(target=self._run_loop, name="recorder-loop", daemon=True)
+        self._thread.start()
+        self.create_timer(1.0, self._check_loop)
+        self._publish_status()
+        self.get_logger().info(f"recording to {out} at {cfg.rates.policy_hz:g} Hz; "
+                               f"start with /{NAME}/start_episode")
+
+    def _run_loop(self) -> None:
+        self.sched_info = request_realtime(self.rcfg.realtime_priority) if self.rcfg.realtime_priority else \
+            "SCHED_OTHER (recorder.realtime_priority 0)"
+        tighten_gil_switching()
+        try:
+            self._loop.run()
+        except BaseException as exc:  # reported on the log; the node then exits
+            self.loop_error = exc
+            self.get_logger().fatal(f"recorder loop failed: {exc!r}")
+
+    def _take_inputs(self) -> None:
+        i = self.inputs
+        info = self.sub_info.take_latest()
+        if info is not None:
+            i.K = np.asarray(info.k, float).reshape(3, 3)
+        m = self.sub_depth.take_latest()
+        if m is not None:
+            i.depth = Stamped(ros_io.from_time_msg(m.header.stamp), ros_io.depth_from_msg(m))
+        for part in ("arm", "hand"):
+            s = self.sub_state[part].take_latest()
+            if s is not None:
+                setattr(i, f"{part}_state", Stamped(ros_io.from_time_msg(s.header.stamp), np.asarray(s.position, float)))
+            c = self.sub_cmd[part].take_latest()
+            if c is not None:
+                setattr(i, f"{part}_command", Stamped(ros_io.from_time_msg(c.header.stamp), np.asarray(c.position, float)))
+
+    def _on_deadline(self, deadline: float) -> None:
+        self._take_inputs()
+        now = time.time()
+        t_grid = deadline + self._wall_offset   # the grid instant, on the stamps' (wall) clock
+        if not self._lock.acquire(blocking=False):   # a save is in progress: nothing is recording
+            return
+        try:
+            self.recorder.tick(t_grid, self.inputs, now)
+        except RecordingError as exc:
+            self.get_logger().error(str(exc))
+        finally:
+            self._lock.release()
+        if now >= self._next_diag:
+            self._next_diag = now + 1.0
+            st = self.recorder.status()
+            values = {**self.stats.summary(), "scheduling": self.sched_info, "recording": st["recording"],
+                      "steps": st["steps"], "total_dropped": st["total_dropped"], "saved": st["saved"]}
+            self.pub_diag.publish(ros_io.diagnostics_msg(now, f"{NAME}: loop", "recorder", values,
+                                                         2 if st["error"] else 0, st["error"] or "ok"))
+            self._publish_status()
+
+    # ------------------------------------------------------------------ services
+    def _on_start(self, request, response):
+        task = self.get_parameter("task").value
+        note = self.get_parameter("operator_note").value
+        with self._lock:
+            try:
+                path = self.recorder.start(task, note)
+                response.success, response.message = True, str(path)
+            except RecordingError as exc:
+                response.success, response.message = False, str(exc)
+        self._log(response)
+        return response
+
+    def _on_stop(self, request, response):
+        with self._lock:
+            try:
+                path = self.recorder.stop(bool(request.data))
+                response.success = True
+                response.message = json.dumps({"file": str(path), "dropped": self.recorder.status()["dropped"]})
+            except RecordingError as exc:
+                response.success, response.message = False, str(exc)
+        self._log(response)
+        return response
+
+    def _on_discard(self, request, response):
+        with self._lock:
+            try:
+                self.recorder.stop(None, discard=True)
+                response.success, response.message = True, "discarded"
+            except RecordingError as exc:
+                response.success, response.message = False, str(exc)
+        self._log(response)
+        return response
+
+    def _log(self, response) -> None:
+        if response.success:
+            self.get_logger().info(response.message)
+        else:
+            self.get_logger().error(response.message)
+        self._publish_status()
+
+    def _publish_status(self) -> None:
+        status = self.recorder.status()
+        key = {k: v for k, v in status.items() if k not in ("steps", "dropped", "total_dropped")}
+        with self._status_lock:
+            if key == self._last_status and not status["recording"]:
+                return
+            self._last_status = key
+        self.pub_status.publish(String(data=json.dumps(status)))
+
+    def _check_loop(self) -> None:
+        if self.loop_error is not None:
+            raise SystemExit(f"recorder loop failed: {self.loop_error!r}")
+
+    def close(self) -> None:
+        self._loop.stop()
+        self._thread.join(2.0)
+        if self.recorder.recording:   # shut down mid-episode: keep the steps in the .partial log
+            self.get_logger().warn(f"stopped mid-episode; the steps stay in {self.recorder.status()['episode']}")
+        self.io.destroy_node()
+
+
+def main(args=None) -> int:
+    return ros_io.spin_ros_main(RecorderNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""A scripted expert for the twin: solves each HOP task from ground-truth object poses.
+
+It stands in for a human operator when demos are needed for tests and benchmarks. Each
+episode gets human-like variation from its random generator: the overall pace, the
+approach height and a wobble on the way down, the hand's yaw about the vertical, a few
+millimetres of grasp-point error, the lift height and the place/pour spot.
+
+The grasp is a top-down power grasp: the palm faces the table with the fingers pointing
+forward, the fingers wrap down around the object and the thumb closes from below the
+palm. Waypoints are flange poses solved by IK on the URDF and joined by minimum-jerk
+interpolation in joint space (arm) and posture space (hand).
+
+Pure: :meth:`ScriptedExpert.plan` takes the object poses and the robot's joints;
+:meth:`ScriptedExpert.sample` gives the 23 joint targets for any time into the plan.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from robot_runtime import description as D
+from robot_runtime.control.demo_motion import min_jerk
+from robot_runtime.errors import TeleopError
+from robot_runtime.ik import solve_ik
+from robot_runtime.kinematics import UrdfModel
+from robot_runtime.transforms import make_T, quat_to_mat, rot_axis, rpy_to_mat
+
+#: Palm facing down, fingers forward: palm x (the side fingers curl to) -> world -z, palm z -> world +x.
+R_PALM_DOWN = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+#: The grasp point in the palm frame (m): below the palm, part-way along the fingers.
+GRASP_POINT_PALM = np.array([0.055, 0.0, 0.04])
+#: Closed hand (rad, driver order): fingers wrapped, thumb opposed.
+HAND_GRASP = np.array([0.0, 1.2, 1.2, 1.0] * 3 + [1.3, 0.4, 1.0, 1.0])
+#: Height of the grasp point above the table per object (m).
+GRASP_HEIGHT = {"cube": 0.025, "can": 0.05, "ball": 0.035, "block": 0.035, "mug": 0.045, "bottle": 0.10}
+#: Lift counted as a success (m above the start height).
+LIFT_SUCCESS_M = 0.08
+#: The bowl's inner radius (m) for the drop check; the pour needs the bottle tilted this much (rad).
+BOWL_RADIUS = 0.075
+POUR_TILT = math.radians(70.0)
+#: The bottle's mouth is this far along its axis from its frame (m); pouring needs the mouth
+#: within this distance (m, horizontally) of the bowl's centre.
+BOTTLE_HEIGHT = 0.19
+POUR_RADIUS = 0.1
+
+
+@dataclass
+class Waypoint:
+    t: float            # s from the plan's start
+    arm: np.ndarray     # [7] rad
+    hand: np.ndarray    # [16] rad
+    label: str
+
+
+def task_objects(task: str, active) -> tuple[str, str | None]:
+    """(object to grasp, container or None) for ``task`` given the twin's active objects."""
+    active = list(active)
+    if task == "grasp_lift":
+        return active[0], None
+    if task == "grasp_drop":
+        return "cube", "bowl"
+    if task == "grasp_pour":
+        return "bottle", "bowl"
+    raise TeleopError(f"the scripted expert has no plan for task {task!r}")
+
+
+def task_success(task: str, active, start: dict, now: dict) -> bool:
+    """Whether the task is solved, from object poses ``{name: (position [3], quaternion wxyz [4])}``."""
+    obj, container = task_objects(task, active)
+    p0, p = np.asarray(start[obj][0]), np.asarray(now[obj][0])
+    if task == "grasp_lift":
+        return bool(p[2] - p0[2] > LIFT_SUCCESS_M)
+    c = np.asarray(now[container][0])
+    if task == "grasp_drop":
+        return bool(np.linalg.norm(p[:2] - c[:2]) < BOWL_RADIUS and p[2] < c[2] + 0.06)
+    up = quat_to_mat(now[obj][1])[:, 2]
+    tilt = math.acos(float(np.clip(up[2], -1.0, 1.0)))
+    mouth = p + up * BOTTLE_HEIGHT
+    return bool(tilt > POUR_TILT and np.linalg.norm(mouth[:2] - c[:2]) < POUR_RADIUS and mouth[2] > c[2] + 0.03)
+
+
+class ScriptedExpert:
+    """Plans and samples one demonstration.
+
+    Args:
+        model: the robot URDF model.
+        mount_xyz, mount_rpy: the hand mount (palm frame in the flange frame).
+        hand_open: the open hand posture [16] (rad).
+        table_z: table height in the base frame (m).
+    """
+
+    def __init__(self, model: UrdfModel, mount_xyz, mount_rpy, hand_open, table_z: float = 0.0):
+        self.model = model
+        self.T_mount_inv = np.linalg.inv(make_T(rpy_to_mat(mount_rpy), mount_xyz))
+        self.hand_open = np.asarray(hand_open, dtype=float)
+        self.table_z = table_z
+        self.waypoints: list[Waypoint] = []
+        self.duration = 0.0
+        self.grasped = ""
+
+    def _flange(self, point, yaw: float, tilt: float = 0.0, tilt_axis=(1.0, 0.0, 0.0)) -> np.ndarray:
+        """Flange pose putting the palm's grasp point at ``point`` with the palm down, turned by ``yaw``
+        about the vertical, then tilted by ``tilt`` about ``tilt_axis`` (base frame)."""
+        R = rot_axis((0, 0, 1), yaw) @ R_PALM_DOWN
+        if tilt:
+            R = rot_axis(tilt_axis, tilt) @ R
+        T_palm = make_T(R, np.asarray(point, float) - R @ GRASP_POINT_PALM)
+        return T_palm @ self.T_mount_inv
+
+    def _ik(self, q, T) -> np.ndarray:
+        q, pos_err, rot_err = solve_ik(self.model, q, D.FLANGE_FRAME, T, np.arange(7), iters=200)
+        if pos_err > 0.01 or rot_err > 0.05:
+            raise TeleopError(f"scripted expert: pose out of reach (IK error {pos_err * 1000:.0f} mm, "
+                              f"{math.degrees(rot_err):.0f} deg)")
+        return q
+
+    def plan(self, task: str, poses: dict, active, q_now, rng: np.random.Generator) -> list[Waypoint]:
+        """Plan from the joints ``q_now`` [23] for ``task`` given ``poses`` {name: (position, quaternion)}."""
+        obj, container = task_objects(task, active)
+        if obj not in poses or (container and container not in poses):
+            raise TeleopError(f"scripted expert: no pose for {obj!r}" + (f" or {container!r}" if container else ""))
+        q_now = np.asarray(q_now, dtype=float)
+        pace = rng.uniform(0.85, 1.2)
+        yaw = rng.uniform(-0.35, 0.35)
+        p = np.asarray(poses[obj][0], dtype=float)
+        grasp = np.array([p[0], p[1], self.table_z + GRASP_HEIGHT[obj]]) + np.append(rng.normal(0, 0.004, 2), 0)
+        above = grasp + [0.0, 0.0, rng.uniform(0.10, 0.18)]
+        wobble = (above + grasp) / 2 + np.append(rng.normal(0, 0.01, 2), 0)
+        lift = grasp + [0.0, 0.0, rng.uniform(0.15, 0.22)]
+        o, c = self.hand_open, HAND_GRASP + rng.normal(0, 0.03, 16)
+        q = q_now.copy()
+        q_above = self._ik(q, self._flange(above, yaw))
+        q_wobble = self._ik(q_above, self._flange(wobble, yaw))
+        q_grasp = self._ik(q_wobble, self._flange(grasp, yaw))
+        q_lift = self._ik(q_grasp, self._flange(lift, yaw))
+        steps = [("start", q_now[:7], q_now[7:], 0.0), ("above", q_above[:7], o, 2.0),
+                 ("descend", q_wobble[:7], o, 0.6), ("grasp", q_grasp[:7], o, 0.6),
+                 ("close", q_grasp[:7], c, 1.0), ("lift", q_lift[:7], c, 1.8)]
+        if task == "grasp_lift":
+            steps.append(("hold", q_lift[:7], c, 1.0))
+        else:
+            b = np.asarray(poses[container][0], dtype=float)
+            if task == "grasp_drop":
+                spot = np.array([b[0], b[1], lift[2]]) + np.append(rng.normal(0, 0.01, 2), 0)
+                q_over = self._ik(q_lift, self._flange(spot, yaw))
+                steps += [("carry", q_over[:7], c, 2.0), ("release", q_over[:7], o, 0.8),
+                          ("hold", q_over[:7], o, 0.8)]
+            else:
+                # Pour: hold the bottle beside the bowl, then tip it about the horizontal axis at
+                # right angles to the bottle-to-bowl direction, so its neck swings over the bowl.
+                side = b[:2] - grasp[:2]
+                side = side / max(np.linalg.norm(side), 1e-6)
+                spot = np.array([*(b[:2] - side * rng.uniform(0.09, 0.12)), lift[2]])
+                axis = np.cross([0.0, 0.0, 1.0], np.append(side, 0.0))
+                q_over = self._ik(q_lift, self._flange(spot, yaw))
+                q_tip = self._ik(q_over, self._flange(spot, yaw, tilt=rng.uniform(1.6, 1.9), tilt_axis=axis))
+                steps += [("carry", q_over[:7], c, 2.0), ("pour", q_tip[:7], c, 1.6), ("hold", q_tip[:7], c, 1.0)]
+        t = 0.0
+        self.waypoints = []
+        for label, arm, hand, dur in steps:
+            t += dur * pace
+            self.waypoints.append(Waypoint(t, np.asarray(arm, float), np.asarray(hand, float), label))
+        self.duration = t
+        self.grasped = obj
+        return self.waypoints
+
+    def retreat(self, q_now, arm_home, rng: np.random.Generator) -> list[Waypoint]:
+        """After an episode: open the hand, lift clear and go home (a plan of its own)."""
+        q_now = np.asarray(q_now, dtype=float)
+        flange = self.model.link_pose(q_now, D.FLANGE_FRAME)
+        up = flange.copy()
+        up[2, 3] += 0.08
+        q_up = self._ik(q_now, up)
+        pace = rng.uniform(0.9, 1.1)
+        steps = [("start", q_now[:7], q_now[7:], 0.0), ("open", q_now[:7], self.hand_open, 0.6),
+                 ("clear", q_up[:7], self.hand_open, 0.8), ("home", np.asarray(arm_home, float), self.hand_open, 2.0)]
+        t, self.waypoints = 0.0, []
+        for label, arm, hand, dur in steps:
+            t += dur * pace
+            self.waypoints.append(Waypoint(t, np.asarray(arm, float), np.asarray(hand, float), label))
+        self.duration = t
+        return self.waypoints
+
+    def sample(self, t: float) -> tuple[np.ndarray, str]:
+        """Joint targets [23] (rad) at ``t`` s into the plan, and the phase's label."""
+        wps = self.waypoints
+        if not wps:
+            raise TeleopError("scripted expert: sample before plan")
+        if t >= wps[-1].t:
+            return np.concatenate([wps[-1].arm, wps[-1].hand]), "done"
+        for a, b in zip(wps[:-1], wps[1:]):
+            if a.t <= t < b.t:
+                s = min_jerk((t - a.t) / (b.t - a.t))
+                return np.concatenate([a.arm + s * (b.arm - a.arm), a.hand + s * (b.hand - a.hand)]), b.label
+        return np.concatenate([wps[0].arm, wps[0].hand]), wps[1].label if len(wps) > 1 else "done"
