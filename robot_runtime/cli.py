@@ -198,6 +198,88 @@ def _cmd_policy(args) -> int:
         rclpy.shutdown(context=context)
 
 
+def _cmd_teleop(args) -> int:
+    """engage/disengage/status on the running teleop_node, or collect scripted demos on the twin."""
+    from std_srvs.srv import Trigger
+
+    from robot_runtime.teleop.collect import DemoCollector
+
+    col = DemoCollector(timeout_s=args.timeout)
+    try:
+        if args.action == "collect":
+            ok = 0
+            for i in range(args.episodes):
+                ep = col.episode(args.seed + i)
+                ok += ep.success
+                print(f"episode {i + 1}/{args.episodes} seed {ep.seed}: {'success' if ep.success else 'failure'}, "
+                      f"dropped {sum(ep.dropped.values())} steps -> {ep.file}", flush=True)
+            print(f"{ok}/{args.episodes} successful")
+            return 0
+        if args.action == "status":
+            col.wait("teleop_node's status", lambda: "/teleop_node/status" in col.status)
+            print(json.dumps(col.status["/teleop_node/status"]))
+            return 0
+        res = col.call(Trigger, f"/teleop_node/{args.action}", Trigger.Request())
+        print(f"teleop_node: {'ok' if res.success else 'REFUSED'}: {res.message}")
+        return 0 if res.success else 1
+    finally:
+        col.close()
+
+
+def _cmd_record(args) -> int:
+    """start/stop/discard/status on the running recorder_node."""
+    from std_srvs.srv import SetBool, Trigger
+
+    from robot_runtime.teleop.collect import DemoCollector
+
+    col = DemoCollector(timeout_s=args.timeout)
+    try:
+        if args.action == "status":
+            col.wait("recorder_node's status", lambda: "/recorder_node/status" in col.status)
+            print(json.dumps(col.status["/recorder_node/status"]))
+            return 0
+        if args.action == "start":
+            if not args.task:
+                raise RobotRuntimeError("record start needs --task (grasp_lift, grasp_drop, grasp_pour, ...)")
+            col.set_params("recorder_node", task=args.task, operator_note=args.note)
+            res = col.call(Trigger, "/recorder_node/start_episode", Trigger.Request())
+        elif args.action == "stop":
+            res = col.call(SetBool, "/recorder_node/stop_episode", SetBool.Request(data=not args.fail))
+        else:
+            res = col.call(Trigger, "/recorder_node/discard_episode", Trigger.Request())
+        print(f"recorder_node: {'ok' if res.success else 'REFUSED'}: {res.message}")
+        return 0 if res.success else 1
+    finally:
+        col.close()
+
+
+def _cmd_data(args) -> int:
+    """Offline dataset tools."""
+    from robot_runtime.data import dataset
+    from robot_runtime.data.episode_file import recover_partial
+
+    if args.action == "list":
+        rows = dataset.list_episodes(args.path)
+        for r in rows:
+            flag = {True: "success", False: "failure", None: "-"}[r.success]
+            print(f"{r.status:10s} {r.task:12s} {r.steps:5d} steps  {flag:8s} dropped {r.dropped:3d}  "
+                  f"{r.path.name}  {r.detail}")
+        print(f"{sum(r.status == 'ok' for r in rows)} episodes, {sum(r.status == 'partial' for r in rows)} "
+              f"unfinished, {sum(r.status == 'unreadable' for r in rows)} unreadable")
+        return 0
+    if args.action == "inspect":
+        print(json.dumps(dataset.inspect_episode(args.path), indent=1))
+        return 0
+    if args.action == "recover":
+        print(f"wrote {recover_partial(args.path)}")
+        return 0
+    if not args.out:
+        raise RobotRuntimeError("data export needs an output folder")
+    out = dataset.export_lerobot(args.path, args.out, successful_only=args.successful_only)
+    print(f"wrote a LeRobotDataset v3 layout to {out}")
+    return 0
+
+
 def _call(node, context, client, request, timeout: float):
     """Call a service and wait for the answer; None (and a message) when there is none."""
     if not client.wait_for_service(timeout_sec=min(timeout, 5.0)):
@@ -261,6 +343,25 @@ def main(argv=None) -> int:
                    help="import: the Allegro finger in each of HOP's hand slots (finger A, thumb, finger B, finger C)")
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(func=_cmd_policy)
+    p = sub.add_parser("teleop", help="engage or disengage teleoperation, or collect scripted demos on the twin")
+    p.add_argument("action", choices=["engage", "disengage", "status", "collect"])
+    p.add_argument("--episodes", type=int, default=5, help="collect: how many episodes")
+    p.add_argument("--seed", type=int, default=0, help="collect: object placement seed of the first episode")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.set_defaults(func=_cmd_teleop)
+    p = sub.add_parser("record", help="start, stop (save) or discard an episode on the running recorder")
+    p.add_argument("action", choices=["start", "stop", "discard", "status"])
+    p.add_argument("--task", help="start: the task name stored with the episode")
+    p.add_argument("--note", default="", help="start: an operator note stored with the episode")
+    p.add_argument("--fail", action="store_true", help="stop: save the episode flagged as a failure")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=_cmd_record)
+    p = sub.add_parser("data", help="list, inspect, recover or export recorded episodes")
+    p.add_argument("action", choices=["list", "inspect", "recover", "export"])
+    p.add_argument("path", help="episode folder (list, export), episode file (inspect) or .partial (recover)")
+    p.add_argument("out", nargs="?", help="export: output folder (LeRobotDataset v3 layout)")
+    p.add_argument("--successful-only", action="store_true", help="export: only episodes flagged successful")
+    p.set_defaults(func=_cmd_data)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

@@ -5,7 +5,8 @@ with the newest inputs (each stamped at acquisition). A step is recorded only wh
 input is fresh: the depth frame, both joint states and both controllers' sent commands
 (what the safety shield let through). Otherwise the step is *dropped*: counted by reason,
 listed in the episode's metadata, never filled in. A tick that runs more than half a
-period late is dropped too (its inputs are not the grid's).
+period late is dropped too (its inputs are not the grid's), and so is a grid point the
+loop never ticked (an overrun).
 
 The depth is turned into the policy's input by the one preprocessing path
 (:class:`~robot_runtime.perception.preprocess.VisualPreprocessor`), so a recorded step is
@@ -33,7 +34,7 @@ from robot_runtime.data.episode_file import FORMAT, PARTIAL_SUFFIX, SUFFIX, Part
 from robot_runtime.errors import DiskFullError, RecordingError
 from robot_runtime.perception.preprocess import VisualPreprocessor
 
-DROP_REASONS = ("late_tick", "no_frame", "stale_frame", "no_joint_state", "stale_joint_state", "no_command",
+DROP_REASONS = ("missed_tick", "late_tick", "no_frame", "stale_frame", "no_joint_state", "stale_joint_state", "no_command",
                 "stale_command", "bad_frame")
 
 
@@ -102,6 +103,7 @@ class EpisodeRecorder:
         self._steps: list[dict] = []
         self._meta: dict = {}
         self._drops: list[tuple[float, str]] = []
+        self._last_tick: float | None = None
         self._next_disk_check = 0.0
         self.step_bytes = 0
         self.error = ""
@@ -139,7 +141,7 @@ class EpisodeRecorder:
         self._meta = {**self.static_meta, "format": FORMAT, "task": task, "operator_note": operator_note,
                       "started": datetime.fromtimestamp(now, timezone.utc).isoformat(), "rate_hz": 1.0 / self.period,
                       "visual": self.visual.spec.to_dict(), "depth_stride": self.depth_stride, **(extra_meta or {})}
-        self._steps, self._drops, self.error = [], [], ""
+        self._steps, self._drops, self.error, self._last_tick = [], [], "", None
         try:
             self._log = PartialLog(self.out_dir / (stem + PARTIAL_SUFFIX), self._meta)
         except OSError as exc:
@@ -155,6 +157,11 @@ class EpisodeRecorder:
         """
         if not self.recording or len(self._steps) >= self.max_steps:
             return "not_recording"
+        if self._last_tick is not None:   # grid points the loop never ticked (it overran) are dropped steps
+            for k in range(1, int(round((t_grid - self._last_tick) / self.period))):
+                self._drops.append((self._last_tick + k * self.period, "missed_tick"))
+                self.total_dropped += 1
+        self._last_tick = t_grid
         reason = self._check(t_grid, inputs, now)
         if reason:
             self._drops.append((t_grid, reason))

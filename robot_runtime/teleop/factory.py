@@ -32,4 +32,6 @@ def make_session(cfg: RuntimeConfig, model: UrdfModel | None = None, retargeter=
 
 def make_teleop_input(cfg: RuntimeConfig, model: UrdfModel | None = None) -> TeleopInput:
     model = model or UrdfModel.from_file(D.description_path(D.URDF_NAME))
-    return make_input(cfg.teleop.input, model, cfg.robot, cfg.control.workspace.table_z)
+    # The scripted expert plans at 80% of the session's speed limits, so the robot keeps up.
+    return make_input(cfg.teleop.input, model, cfg.robot, cfg.control.workspace.table_z,
+                      0.8 * cfg.teleop.max_arm_joint_speed, 0.8 * cfg.teleop.max_hand_joint_speed)

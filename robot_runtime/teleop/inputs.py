@@ -69,11 +69,17 @@ class ScriptedInput(TeleopInput):
     (phase ``done`` and ``success`` when the task's motion is over), then opens the hand
     and goes home on its own (phase ``finished``)."""
 
-    def __init__(self, cfg, model, robot_cfg, table_z: float = 0.0):
+    #: The robot counts as arrived at the plan's end when every joint is this close (rad).
+    ARRIVED_RAD = 0.05
+    #: ... or this long after the plan's end (s).
+    ARRIVE_TIMEOUT_S = 3.0
+
+    def __init__(self, cfg, model, robot_cfg, table_z: float = 0.0, max_arm_speed: float = 0.8,
+                 max_hand_speed: float = 2.4):
         from robot_runtime.teleop.scripted import ScriptedExpert  # noqa: PLC0415
 
         self.expert = ScriptedExpert(model, robot_cfg.hand_mount.xyz, robot_cfg.hand_mount.rpy, robot_cfg.hand_home,
-                                     table_z)
+                                     robot_cfg.arm_home, table_z, max_arm_speed, max_hand_speed)
         self.arm_home = np.asarray(robot_cfg.arm_home, dtype=float)
         self.seed = cfg.seed
         self.episodes = 0
@@ -103,6 +109,8 @@ class ScriptedInput(TeleopInput):
         if self.phase in ("idle", "finished"):
             return None
         q, phase = self.expert.sample(now - self._t0)
+        if phase == "done" and not self._arrived(q, now, world):
+            return TeleopSample(now, joints=q)
         if phase == "done" and not self._retreating:
             self.success = bool(self._success_fn(self._task, self._active, self._start_objects, world.objects))
             self.phase = "done"
@@ -116,6 +124,11 @@ class ScriptedInput(TeleopInput):
         else:
             self.phase = phase
         return TeleopSample(now, joints=q)
+
+    def _arrived(self, q, now: float, world: WorldView) -> bool:
+        """Whether the robot has reached the plan's last posture ``q`` (or waited long enough)."""
+        late = now - self._t0 - self.expert.duration > self.ARRIVE_TIMEOUT_S
+        return late or (world.q is not None and float(np.abs(world.q - q).max()) < self.ARRIVED_RAD)
 
     def status(self) -> dict:
         return {"phase": self.phase, "success": self.success, "episodes": self.episodes}
@@ -411,11 +424,12 @@ class KeyboardInput(TeleopInput):
             termios.tcsetattr(self.stream.fileno(), termios.TCSADRAIN, self._old)
 
 
-def make_input(cfg, model=None, robot_cfg=None, table_z: float = 0.0) -> TeleopInput:
+def make_input(cfg, model=None, robot_cfg=None, table_z: float = 0.0, max_arm_speed: float = 0.8,
+               max_hand_speed: float = 2.4) -> TeleopInput:
     """The backend for ``cfg.type`` (a teleop input config from :mod:`robot_runtime.config`)."""
     kind = cfg.type
     if kind == "scripted":
-        return ScriptedInput(cfg, model, robot_cfg, table_z)
+        return ScriptedInput(cfg, model, robot_cfg, table_z, max_arm_speed, max_hand_speed)
     if kind == "keypoints":
         return KeypointsInput(cfg)
     if kind == "hand_tracking":

@@ -88,11 +88,20 @@ class ScriptedExpert:
         model: the robot URDF model.
         mount_xyz, mount_rpy: the hand mount (palm frame in the flange frame).
         hand_open: the open hand posture [16] (rad).
+        arm_home: the arm's home posture [7] (rad): every plan's IK starts from it, so the same
+            object pose gives the same arm posture wherever the arm happens to be.
         table_z: table height in the base frame (m).
+        max_arm_speed, max_hand_speed: joint speed (rad/s) no segment may exceed at its peak; a
+            segment is slowed down to respect them (keep them under the teleop session's limits,
+            so the robot keeps up with the plan).
     """
 
-    def __init__(self, model: UrdfModel, mount_xyz, mount_rpy, hand_open, table_z: float = 0.0):
+    def __init__(self, model: UrdfModel, mount_xyz, mount_rpy, hand_open, arm_home, table_z: float = 0.0,
+                 max_arm_speed: float = 0.8, max_hand_speed: float = 2.4):
         self.model = model
+        self.max_arm_speed = max_arm_speed
+        self.max_hand_speed = max_hand_speed
+        self.arm_home = np.asarray(arm_home, dtype=float)
         self.T_mount_inv = np.linalg.inv(make_T(rpy_to_mat(mount_rpy), mount_xyz))
         self.hand_open = np.asarray(hand_open, dtype=float)
         self.table_z = table_z
@@ -130,14 +139,16 @@ class ScriptedExpert:
         wobble = (above + grasp) / 2 + np.append(rng.normal(0, 0.01, 2), 0)
         lift = grasp + [0.0, 0.0, rng.uniform(0.15, 0.22)]
         o, c = self.hand_open, HAND_GRASP + rng.normal(0, 0.03, 16)
-        q = q_now.copy()
+        q = np.concatenate([self.arm_home, self.hand_open])
         q_above = self._ik(q, self._flange(above, yaw))
         q_wobble = self._ik(q_above, self._flange(wobble, yaw))
         q_grasp = self._ik(q_wobble, self._flange(grasp, yaw))
         q_lift = self._ik(q_grasp, self._flange(lift, yaw))
+        # The pauses (settle, squeeze) let the arm arrive and the fingers close before the next
+        # move: the plan is open-loop, and the controllers follow it a few ticks behind.
         steps = [("start", q_now[:7], q_now[7:], 0.0), ("above", q_above[:7], o, 2.0),
-                 ("descend", q_wobble[:7], o, 0.6), ("grasp", q_grasp[:7], o, 0.6),
-                 ("close", q_grasp[:7], c, 1.0), ("lift", q_lift[:7], c, 1.8)]
+                 ("descend", q_wobble[:7], o, 0.7), ("grasp", q_grasp[:7], o, 0.7), ("settle", q_grasp[:7], o, 0.3),
+                 ("close", q_grasp[:7], c, 1.0), ("squeeze", q_grasp[:7], c, 0.4), ("lift", q_lift[:7], c, 2.0)]
         if task == "grasp_lift":
             steps.append(("hold", q_lift[:7], c, 1.0))
         else:
@@ -157,14 +168,24 @@ class ScriptedExpert:
                 q_over = self._ik(q_lift, self._flange(spot, yaw))
                 q_tip = self._ik(q_over, self._flange(spot, yaw, tilt=rng.uniform(1.6, 1.9), tilt_axis=axis))
                 steps += [("carry", q_over[:7], c, 2.0), ("pour", q_tip[:7], c, 1.6), ("hold", q_tip[:7], c, 1.0)]
-        t = 0.0
-        self.waypoints = []
-        for label, arm, hand, dur in steps:
-            t += dur * pace
-            self.waypoints.append(Waypoint(t, np.asarray(arm, float), np.asarray(hand, float), label))
-        self.duration = t
+        self._set_timed(steps, pace)
         self.grasped = obj
         return self.waypoints
+
+    def _set_timed(self, steps, pace: float) -> None:
+        """Waypoints from (label, arm, hand, nominal duration) steps, each segment lasting at least
+        long enough that its minimum-jerk peak speed (1.875 x distance / duration) stays in bounds."""
+        t, prev, self.waypoints = 0.0, None, []
+        for label, arm, hand, dur in steps:
+            arm, hand = np.asarray(arm, float), np.asarray(hand, float)
+            if prev is not None:
+                need = 1.875 * max(np.abs(arm - prev[0]).max() / self.max_arm_speed,
+                                   np.abs(hand - prev[1]).max() / self.max_hand_speed)
+                dur = max(dur * pace, need)
+            t += dur
+            self.waypoints.append(Waypoint(t, arm, hand, label))
+            prev = (arm, hand)
+        self.duration = t
 
     def retreat(self, q_now, arm_home, rng: np.random.Generator) -> list[Waypoint]:
         """After an episode: open the hand, lift clear and go home (a plan of its own)."""
@@ -176,11 +197,7 @@ class ScriptedExpert:
         pace = rng.uniform(0.9, 1.1)
         steps = [("start", q_now[:7], q_now[7:], 0.0), ("open", q_now[:7], self.hand_open, 0.6),
                  ("clear", q_up[:7], self.hand_open, 0.8), ("home", np.asarray(arm_home, float), self.hand_open, 2.0)]
-        t, self.waypoints = 0.0, []
-        for label, arm, hand, dur in steps:
-            t += dur * pace
-            self.waypoints.append(Waypoint(t, np.asarray(arm, float), np.asarray(hand, float), label))
-        self.duration = t
+        self._set_timed(steps, pace)
         return self.waypoints
 
     def sample(self, t: float) -> tuple[np.ndarray, str]:
