@@ -49,6 +49,7 @@ bench: venv
 	$(PY) -m bench.twin
 	$(PY) -m bench.control
 	$(PY) -m bench.policy
+	$(PY) -m bench.teleop
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench/results

@@ -99,6 +99,8 @@ def load_for_training(paths, visual_spec: dict | None = None, successful_only: b
     for p in ([paths] if isinstance(paths, (str, Path)) else list(paths)):
         p = Path(p)
         files += episode_files(p) if p.is_dir() else [p]
+    if visual_spec is not None:
+        visual_spec = json.loads(json.dumps(visual_spec))   # as stored (tuples become lists)
     out = []
     for f in files:
         ep = load_episode(f, allow_partial=False)

@@ -1,0 +1,253 @@
+"""Teleop (retargeting, IK, session) and recording (episode files, recorder, export) without ROS."""
+import errno
+
+import numpy as np
+import pytest
+
+from robot_runtime import description as D
+from robot_runtime.data import dataset
+from robot_runtime.data.episode_file import PARTIAL_SUFFIX, load_episode, read_partial
+from robot_runtime.data.recorder import EpisodeRecorder, RecorderInputs, Stamped
+from robot_runtime.description import build
+from robot_runtime.errors import DiskFullError, EpisodeFileError, TeleopError
+from robot_runtime.ik import solve_ik
+from robot_runtime.kinematics import UrdfModel
+from robot_runtime.perception.preprocess import VisualPreprocessor, VisualSpec
+from robot_runtime.teleop.arm_follow import WristFollower
+from robot_runtime.teleop.inputs import load_keypoints_file
+from robot_runtime.teleop.session import TeleopSample, TeleopSession
+from robot_runtime.transforms import make_T, rot_exp
+
+MODEL = UrdfModel.from_file(D.description_path(D.URDF_NAME))
+HOME = np.array(D.ARM_HOME + D.HAND_HOME)
+
+
+@pytest.fixture(scope="module")
+def retargeter():
+    from robot_runtime.teleop.retarget import FingerRetargeter
+    r = FingerRetargeter()
+    yield r
+    r.close()
+
+
+def test_fingertips_from_allegro_fk_retarget_back_within_12_mm(retargeter):
+    """Fingertip positions of known hand postures, shrunk to human size, come back within 12 mm (p95)."""
+    hand = UrdfModel(build.hand_urdf_text())
+    lim = np.array(D.HAND_LIMITS)
+    rng = np.random.default_rng(0)
+    keys = [lim[:, 0] + rng.uniform(0.15, 0.75, 16) * (lim[:, 1] - lim[:, 0]) for _ in range(4)]
+    errs = []
+    for a, b in zip(keys[:-1], keys[1:]):   # smooth motions, as a tracked hand moves
+        for s in np.linspace(0, 1, 12):
+            q = a + s * (b - a)
+            P = hand.forward(q)
+            kp = np.zeros((21, 3))
+            for idx, link in zip(retargeter.task_idx, retargeter.task_links):
+                kp[idx] = P[link][:3, 3] / retargeter.scaling
+            qr = retargeter(kp)
+            assert np.all(qr >= lim[:, 0] - 1e-3) and np.all(qr <= lim[:, 1] + 1e-3)
+            P2 = hand.forward(qr)
+            errs += [np.linalg.norm(P2[link][:3, 3] - P[link][:3, 3]) for link in retargeter.task_links]
+    assert np.percentile(errs, 95) < 0.012 and np.median(errs) < 0.006, (np.median(errs), max(errs))
+
+
+def test_ik_reaches_reachable_wrist_poses_within_2_mm_inside_joint_limits():
+    rng = np.random.default_rng(1)
+    arm = np.arange(7)
+    lim = np.array(D.ARM_LIMITS)
+    for _ in range(10):
+        q_goal = HOME.copy()
+        q_goal[:7] += rng.uniform(-0.5, 0.5, 7)
+        q_goal[:7] = np.clip(q_goal[:7], lim[:, 0] + 0.05, lim[:, 1] - 0.05)
+        target = MODEL.link_pose(q_goal, D.FLANGE_FRAME)
+        q, pos_err, rot_err = solve_ik(MODEL, HOME, D.FLANGE_FRAME, target, arm, iters=300)
+        assert pos_err < 0.002 and rot_err < 0.01
+        assert np.all(q[:7] >= lim[:, 0]) and np.all(q[:7] <= lim[:, 1])
+    # Joint 4's limits hold even when the goal asks for more (a pose beyond its range).
+    q_out = HOME.copy()
+    q_out[3] = -0.6
+    q, _, _ = solve_ik(MODEL, HOME, D.FLANGE_FRAME, MODEL.link_pose(q_out, D.FLANGE_FRAME), arm)
+    assert q[3] >= lim[3, 0]
+
+
+def _session():
+    f = WristFollower(MODEL, cutoff_hz=5.0, max_speed=0.3)
+    speed = np.array([1.0] * 7 + [3.0] * 16)
+    return TeleopSession(f, D.ALL_LIMITS, speed, D.HAND_HOME, np.full(16, 0.8)), speed
+
+
+def test_engage_never_jumps_and_motion_is_relative_and_speed_limited():
+    s, speed = _session()
+    q = HOME.copy()
+    assert s.step(None, None, 0.0) is None                        # nothing measured yet
+    held = s.step(None, q, 0.0)
+    assert np.array_equal(held, q)                                # holds the measured joints
+    # The operator's wrist is far from the robot's and the hand asks to close: engaging moves nothing.
+    wrist = make_T(rot_exp([0.3, 0.2, 0.1]), [1.0, 2.0, 3.0])
+    s.engage()
+    out = s.step(TeleopSample(0.0, wrist=wrist, grasp=1.0), q, 0.0)
+    assert np.allclose(out, q)
+    prev, dt = out, 1 / 30
+    flange0 = MODEL.link_pose(q, D.FLANGE_FRAME)[:3, 3]
+    for k in range(1, 61):   # the wrist moves 5 cm along x over 2 s; the hand closes
+        w = wrist.copy()
+        w[0, 3] += min(k / 30, 1.0) * 0.05
+        out = s.step(TeleopSample(k * dt, wrist=w, grasp=1.0), out, k * dt)
+        assert np.all(np.abs(out - prev) <= speed * dt + 1e-9)   # never faster than the limits
+        prev = out
+    moved = MODEL.link_pose(out, D.FLANGE_FRAME)[:3, 3] - flange0
+    assert abs(moved[0] - 0.05) < 0.003 and np.linalg.norm(moved[1:]) < 0.003
+    assert np.allclose(out[7:], np.clip(0.8, *np.array(D.HAND_LIMITS).T), atol=1e-6)
+    s.disengage()
+    assert np.array_equal(s.step(TeleopSample(3.0, wrist=wrist, grasp=0.0), out, 3.0), out)   # clutch: holds
+
+
+def test_keypoints_file_errors_name_the_problem(tmp_path):
+    p = tmp_path / "kp.npz"
+    np.savez(p, keypoints=np.zeros((5, 20, 3)), t=np.arange(5) * 0.1)
+    with pytest.raises(TeleopError, match="shape"):
+        load_keypoints_file(p)
+    np.savez(p, keypoints=np.zeros((5, 21, 3)), t=np.array([0, 0.1, 0.1, 0.2, 0.3]))
+    with pytest.raises(TeleopError, match="increasing"):
+        load_keypoints_file(p)
+    kp = np.zeros((3, 21, 3))
+    kp[1, 4, 0] = np.nan
+    np.savez(p, keypoints=kp, fps=30.0)
+    with pytest.raises(TeleopError, match="non-finite"):
+        load_keypoints_file(p)
+
+
+def test_mediapipe_runs_on_a_generated_clip_and_reports_no_hand(tmp_path):
+    """The MediaPipe path end to end on a video made here: the bundled model loads and runs
+    on every frame; a clip without a hand gives no sample (the teleop session then holds)."""
+    cv2 = pytest.importorskip("cv2")
+    from robot_runtime.config import HandTrackingInputConfig
+    from robot_runtime.teleop.inputs import HandTrackingInput, WorldView
+    path = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (160, 120))
+    for k in range(15):
+        frame = np.full((120, 160, 3), 40 + 8 * k, np.uint8)
+        cv2.circle(frame, (80, 60), 20, (200, 180, 160), -1)
+        w.write(frame)
+    w.release()
+    inp = HandTrackingInput(HandTrackingInputConfig(source=str(path)))
+    inp.open()
+    try:
+        got = []
+        while inp.frames < 10 and not (inp.ended and inp._slot is None):
+            s = inp.read(0.0, WorldView())
+            got.append(s)
+        assert inp.frames >= 5 and inp.detections == 0 and all(s is None for s in got)
+    finally:
+        inp.close()
+
+
+# ------------------------------------------------------------------------------------ recording
+
+def _recorder(tmp_path, **kw):
+    spec = VisualSpec()
+    pre = VisualPreprocessor(spec, np.eye(4))
+    order = np.arange(23)[::-1]
+    return EpisodeRecorder(tmp_path / "eps", 20.0, pre, order, {"joint_names": list(D.ALL_JOINTS)}, **kw)
+
+
+def _inputs(t, rng):
+    depth = rng.uniform(0.3, 2.0, (240, 320)).astype(np.float32)
+    depth[:5, :5] = np.nan
+    K = np.array([[200.0, 0, 160], [0, 200.0, 120], [0, 0, 1]])
+    q = HOME + rng.normal(0, 0.01, 23)
+    return RecorderInputs(Stamped(t - 0.02, depth), K, Stamped(t - 0.004, q[:7]), Stamped(t - 0.003, q[7:]),
+                          Stamped(t - 0.005, q[:7] + 0.01), Stamped(t - 0.002, q[7:] + 0.01))
+
+
+def test_recorder_round_trip_drops_and_training_loader(tmp_path):
+    rec = _recorder(tmp_path, min_free_mb=1)
+    rng = np.random.default_rng(0)
+    rec.start("grasp_lift", "first try", now=100.0)
+    sent = []
+    for k in range(30):
+        t = 100.0 + 0.05 * k
+        i = _inputs(t, rng)
+        if k == 10:
+            i.depth = Stamped(t - 0.5, i.depth.value)   # a stale frame: dropped, counted
+        if k == 20:
+            continue                                    # the loop missed this grid point
+        assert rec.tick(t, i, t + 0.001) == ("stale_frame" if k == 10 else "")
+        if k != 10:
+            sent.append(np.concatenate([i.arm_command.value, i.hand_command.value]))
+    path = rec.stop(True, now=102.0)
+    ep = load_episode(path)
+    assert len(ep) == 28 and ep.meta["dropped"] == {"stale_frame": 1, "missed_tick": 1}
+    assert ep.meta["success"] is True and ep.meta["operator_note"] == "first try"
+    assert np.array_equal(ep["command"], np.array(sent))
+    assert np.array_equal(ep["proprio"], ep["q"][:, ::-1])
+    assert ep["visual"].shape == (28, 60, 80) and ep["depth"].shape == (28, 120, 160)
+    assert ep["depth"][0, 0, 0] == 0 and ep["depth"].dtype == np.uint16
+    assert not list((tmp_path / "eps").glob(f"*{PARTIAL_SUFFIX}"))
+    eps = dataset.load_for_training(tmp_path / "eps", visual_spec=VisualSpec().to_dict())
+    assert np.array_equal(eps[0].actions[:-1], ep["command"][1:])
+    with pytest.raises(EpisodeFileError, match="preprocessing"):
+        dataset.load_for_training(tmp_path / "eps", visual_spec=VisualSpec(kind="pointcloud").to_dict())
+
+
+def test_full_disk_stops_the_episode_and_keeps_saved_ones(tmp_path):
+    free = {"bytes": 10e9}
+    rec = _recorder(tmp_path, min_free_mb=100, free_bytes=lambda p: free["bytes"])
+    rng = np.random.default_rng(1)
+    rec.start("grasp_lift", now=0.0)
+    for k in range(5):
+        rec.tick(0.05 * k, _inputs(0.05 * k, rng), 0.05 * k)
+    saved = rec.stop(True, now=1.0)
+    rec.start("grasp_lift", now=2.0)
+    for k in range(5):
+        rec.tick(2.0 + 0.05 * k, _inputs(2.0 + 0.05 * k, rng), 2.0 + 0.05 * k)
+    free["bytes"] = 50e6                        # the disk fills up during the episode
+    with pytest.raises(DiskFullError, match="episode was stopped"):
+        rec.tick(3.0, _inputs(3.0, rng), 3.0)
+    assert not rec.recording
+    assert len(load_episode(saved)) == 5       # the saved episode is untouched
+    partial = next((tmp_path / "eps").glob(f"*{PARTIAL_SUFFIX}"))
+    assert len(read_partial(partial)[1]) == 5  # the steps so far are kept
+    with pytest.raises(DiskFullError, match="MB free"):
+        rec.start("grasp_lift", now=4.0)       # no new episode on a full disk
+
+
+def test_write_failure_is_a_clear_error_not_a_lost_step(tmp_path, monkeypatch):
+    rec = _recorder(tmp_path, min_free_mb=1)
+    rng = np.random.default_rng(2)
+    rec.start("grasp_lift", now=0.0)
+    rec.tick(0.0, _inputs(0.0, rng), 0.0)
+
+    def enospc(step):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(rec._log, "append", enospc)
+    with pytest.raises(DiskFullError, match="No space left"):
+        rec.tick(0.05, _inputs(0.05, rng), 0.05)
+    assert not rec.recording and "stopped" in rec.status()["error"]
+
+
+def test_export_to_lerobot_v3_round_trips(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import json
+    rec = _recorder(tmp_path, min_free_mb=1)
+    rng = np.random.default_rng(3)
+    files = []
+    for e in range(2):
+        rec.start("grasp_lift" if e == 0 else "grasp_drop", now=10.0 * e)
+        for k in range(6 + e):
+            t = 10.0 * e + 0.05 * k
+            rec.tick(t, _inputs(t, rng), t)
+        files.append(rec.stop(e == 0, now=10.0 * e + 1))
+    out = dataset.export_lerobot(tmp_path / "eps", tmp_path / "lerobot", progress=False)
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 2 and info["total_frames"] == 13
+    table = pq.read_table(out / "data" / "chunk-000" / "file-000.parquet").to_pydict()
+    eps = [load_episode(f) for f in files]
+    depth = [dataset.read_png16(d["bytes"]) for d in table["observation.images.depth"]]
+    assert np.array_equal(np.stack(depth), np.concatenate([e["depth"] for e in eps]))   # lossless
+    assert np.allclose(np.array(table["observation.state"]), np.concatenate([e["q"] for e in eps]), atol=1e-6)
+    cmd = eps[1]["command"]
+    assert np.allclose(np.array(table["action"])[6:], np.concatenate([cmd[1:], cmd[-1:]]), atol=1e-6)
+    assert table["episode_index"] == [0] * 6 + [1] * 7 and table["index"] == list(range(13))
+    tasks = pq.read_table(out / "meta" / "tasks.parquet").to_pydict()
+    assert sorted(tasks["task"]) == ["grasp_drop", "grasp_lift"]
