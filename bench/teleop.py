@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -84,7 +85,9 @@ def bench_twin(tmp: Path) -> tuple[dict, int, int, int]:
     log = tmp / "teleop_timing.npz"
     plan = [p if p.name != "teleop_node" else type(p)(p.name, p.executable, p.module,
                                                       {**p.parameters, "timing_log": str(log)}) for p in plan]
-    sup = GraphSupervisor(plan, env=bench_env(), stdout=open(tmp / "graph.log", "a"), stderr=open(tmp / "graph.err", "a"))
+    env = bench_env()
+    os.environ.update(env)   # this process's collector joins the graph's DDS domain
+    sup = GraphSupervisor(plan, env=env, stdout=open(tmp / "graph.log", "a"), stderr=open(tmp / "graph.err", "a"))
     sup.start()
     col = DemoCollector(timeout_s=90.0)
     results = []
