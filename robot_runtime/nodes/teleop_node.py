@@ -144,6 +144,8 @@ class TeleopNode(Node):
         self._publish_status()
         if now >= self._next_diag:
             self._next_diag = now + 1.0
+            if self.timing_log and int(now) % 5 == 0:   # also written while running: a killed node keeps it
+                self._save_timing()
             values = {**self.stats.summary(), **self._status()}
             self.pub_diag.publish(ros_io.diagnostics_msg(now, f"{NAME}: loop", "teleop",
                                                          {k: v for k, v in values.items() if not isinstance(v, dict)}))
@@ -190,10 +192,15 @@ class TeleopNode(Node):
         self._thread.join(2.0)
         self.input.close()
         if self.timing_log:
-            path = Path(self.timing_log)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, samples=np.array(self.log).reshape(-1, 3))
+            self._save_timing()
         self.io.destroy_node()
+
+    def _save_timing(self) -> None:
+        path = Path(self.timing_log)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, samples=np.array(self.log).reshape(-1, 3))
+        tmp.replace(path)
 
 
 def main(args=None) -> int:
