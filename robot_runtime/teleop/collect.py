@@ -114,7 +114,11 @@ class DemoCollector:
 
         try:
             self._trigger("/teleop_node/engage", retry_on="waiting for object poses")
+            self.wait("the expert to start", lambda: teleop("phase") not in (None, "idle", "finished"))
             self.wait("the expert to finish the task", lambda: teleop("phase") in ("done", "retreat", "finished"))
+            st = self.status.get("/recorder_node/status", {})
+            if st.get("recording") and st.get("steps", 0) == 0 and not st.get("dropped"):
+                raise CollectError(f"the expert finished before the recorder took a step: {self.status}")
         except BaseException:
             self.call(Trigger, "/recorder_node/discard_episode", Trigger.Request())
             raise
