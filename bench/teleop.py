@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from bench.common import bench_env, latency, machine, write
 from robot_runtime import description as D
@@ -72,14 +71,9 @@ def bench_retarget_ik(cfg, frames: int = 400) -> dict:
 
 def bench_twin(tmp: Path) -> tuple[dict, int, int, int]:
     from robot_runtime.launcher import GraphSupervisor
-    from robot_runtime.teleop.collect import DemoCollector
+    from robot_runtime.teleop.collect import DemoCollector, write_twin_collect_config
 
-    data = yaml.safe_load((REPO / "config" / "sim_teleop.yaml").read_text())
-    data["extends"] = str(REPO / "config" / "sim.yaml")
-    data["policy"]["checkpoint"] = str(REPO / "policies" / "checkpoints" / "twin_reach_grasp")
-    data["recorder"]["out_dir"] = str(tmp / "episodes")
-    path = tmp / "teleop.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path = write_twin_collect_config(tmp, REPO / "config")
     cfg = load_config(path)
     plan = node_plan(cfg, str(path))
     log = tmp / "teleop_timing.npz"

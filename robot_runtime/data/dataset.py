@@ -42,6 +42,21 @@ def episode_files(folder) -> list[Path]:
     return sorted(folder.glob(f"*{SUFFIX}"))
 
 
+def _expand(paths) -> list[Path]:
+    """Episode files from a file, a folder, or a list of either."""
+    files = []
+    for p in ([paths] if isinstance(paths, (str, Path)) else list(paths)):
+        p = Path(p)
+        files += episode_files(p) if p.is_dir() else [p]
+    return files
+
+
+def next_commands(command: np.ndarray) -> np.ndarray:
+    """The behaviour-cloning action of each step: the command sent at the next step [N, 23]
+    (the last step repeats its own)."""
+    return np.concatenate([command[1:], command[-1:]], axis=0)
+
+
 def list_episodes(folder) -> list[EpisodeInfo]:
     """Every episode and unfinished recording in ``folder``; unreadable files are listed, not skipped."""
     folder = Path(folder)
@@ -95,10 +110,7 @@ def load_for_training(paths, visual_spec: dict | None = None, successful_only: b
     """
     from policies.bc import Episode  # noqa: PLC0415 - torch is needed only for training
 
-    files = []
-    for p in ([paths] if isinstance(paths, (str, Path)) else list(paths)):
-        p = Path(p)
-        files += episode_files(p) if p.is_dir() else [p]
+    files = _expand(paths)
     if visual_spec is not None:
         visual_spec = json.loads(json.dumps(visual_spec))   # as stored (tuples become lists)
     out = []
@@ -111,9 +123,8 @@ def load_for_training(paths, visual_spec: dict | None = None, successful_only: b
         if visual_spec is not None and ep.meta.get("visual") != visual_spec:
             raise EpisodeFileError(f"{f}: recorded with preprocessing {ep.meta.get('visual')}, but the checkpoint "
                                    f"expects {visual_spec}")
-        cmd = ep["command"]
-        actions = np.concatenate([cmd[1:], cmd[-1:]], axis=0)
-        out.append(Episode(ep["q"].astype(np.float64), actions.astype(np.float64), ep["visual"]))
+        out.append(Episode(ep["q"].astype(np.float64), next_commands(ep["command"]).astype(np.float64),
+                           ep["visual"]))
     return out
 
 
@@ -173,11 +184,7 @@ def export_lerobot(paths, out_dir, repo_id: str = "robot_runtime/demos", success
     import pyarrow as pa  # noqa: PLC0415 - only the export needs it
     import pyarrow.parquet as pq  # noqa: PLC0415
 
-    files = []
-    for p in ([paths] if isinstance(paths, (str, Path)) else list(paths)):
-        p = Path(p)
-        files += episode_files(p) if p.is_dir() else [p]
-    eps = [load_episode(f) for f in files]
+    eps = [load_episode(f) for f in _expand(paths)]
     if successful_only:
         eps = [e for e in eps if e.meta.get("success") is True]
     if not eps:
@@ -197,8 +204,7 @@ def export_lerobot(paths, out_dir, repo_id: str = "robot_runtime/demos", success
         bar = tqdm(total=len(eps), desc="export", unit="ep")
     for ei, e in enumerate(eps):
         n = len(e)
-        cmd = e["command"]
-        actions = np.concatenate([cmd[1:], cmd[-1:]], axis=0)
+        actions = next_commands(e["command"])
         cols["observation.state"] += e["q"].astype(np.float32).tolist()
         cols["action"] += actions.astype(np.float32).tolist()
         cols["observation.visual"] += e["visual"].reshape(n, -1).astype(np.float32).tolist()

@@ -150,31 +150,22 @@ class RecorderNode(Node):
     def _on_start(self, request, response):
         task = self.get_parameter("task").value
         note = self.get_parameter("operator_note").value
-        with self._lock:
-            try:
-                path = self.recorder.start(task, note)
-                response.success, response.message = True, str(path)
-            except RecordingError as exc:
-                response.success, response.message = False, str(exc)
-        self._log(response)
-        return response
+        return self._serve(response, lambda: str(self.recorder.start(task, note)))
 
     def _on_stop(self, request, response):
-        with self._lock:
-            try:
-                path = self.recorder.stop(bool(request.data))
-                response.success = True
-                response.message = json.dumps({"file": str(path), "dropped": self.recorder.status()["dropped"]})
-            except RecordingError as exc:
-                response.success, response.message = False, str(exc)
-        self._log(response)
-        return response
+        def stop() -> str:
+            path = self.recorder.stop(bool(request.data))
+            return json.dumps({"file": str(path), "dropped": self.recorder.status()["dropped"]})
+        return self._serve(response, stop)
 
     def _on_discard(self, request, response):
+        return self._serve(response, lambda: self.recorder.stop(None, discard=True) or "discarded")
+
+    def _serve(self, response, action):
+        """Run a recorder action under the lock; its message, or the RecordingError's, answers."""
         with self._lock:
             try:
-                self.recorder.stop(None, discard=True)
-                response.success, response.message = True, "discarded"
+                response.success, response.message = True, action()
             except RecordingError as exc:
                 response.success, response.message = False, str(exc)
         self._log(response)

@@ -107,8 +107,3 @@ class WristFollower:
                                              iters=self.ik_iters)
         self.last_error = (pos_err, rot_err)
         return self._q[self._arm].copy()
-
-    @property
-    def commanded_flange(self) -> np.ndarray | None:
-        """The filtered flange pose (4x4) of the last update."""
-        return None if self._cmd is None else self._cmd.copy()

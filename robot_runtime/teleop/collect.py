@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import rclpy
+import yaml
 from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
@@ -27,6 +29,25 @@ from std_srvs.srv import SetBool, Trigger
 from robot_runtime import ros_io
 from robot_runtime.errors import RobotRuntimeError
 from robot_runtime.nodes.controller_arming import CONTROLLERS
+
+
+def write_twin_collect_config(folder, config_dir) -> Path:
+    """A copy of ``config_dir/sim_teleop.yaml`` in ``folder``, recording to ``folder/episodes``.
+
+    Its ``extends`` and the policy checkpoint are made absolute: relative paths in a config
+    resolve against the file that is loaded, and the copy no longer sits beside sim.yaml.
+    """
+    folder, config_dir = Path(folder), Path(config_dir).resolve()
+    data = yaml.safe_load((config_dir / "sim_teleop.yaml").read_text())
+    data["extends"] = str(config_dir / "sim.yaml")
+    base = yaml.safe_load((config_dir / "sim.yaml").read_text())
+    checkpoint = base.get("policy", {}).get("checkpoint", "")
+    if checkpoint:
+        data.setdefault("policy", {})["checkpoint"] = str((config_dir / checkpoint).resolve())
+    data.setdefault("recorder", {})["out_dir"] = str(folder / "episodes")
+    path = folder / "teleop.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 class CollectError(RobotRuntimeError):
@@ -86,10 +107,11 @@ class DemoCollector:
         if bad:
             raise CollectError(f"{node} refused parameters {values}: {bad}")
 
-    def _trigger(self, name: str, srv=Trigger, request=None, retry_on: str = "") -> str:
+    def _trigger(self, name: str, retry_on: str = "") -> str:
+        """Call a Trigger service; while it refuses with ``retry_on`` in its message, ask again."""
         end = time.monotonic() + self.timeout
         while True:
-            res = self.call(srv, name, request or srv.Request())
+            res = self.call(Trigger, name, Trigger.Request())
             if res.success:
                 return res.message
             if not (retry_on and retry_on in res.message) or time.monotonic() > end:

@@ -27,6 +27,7 @@ import numpy as np
 
 from robot_runtime.errors import DeviceNotAvailableError, TeleopError
 from robot_runtime.teleop.hand_pose import NUM_KEYPOINTS, check_keypoints
+from robot_runtime.teleop.scripted import ScriptedExpert, task_success
 from robot_runtime.teleop.session import TeleopSample
 from robot_runtime.transforms import make_T, rot_exp
 
@@ -76,8 +77,6 @@ class ScriptedInput(TeleopInput):
 
     def __init__(self, cfg, model, robot_cfg, table_z: float = 0.0, max_arm_speed: float = 0.8,
                  max_hand_speed: float = 2.4):
-        from robot_runtime.teleop.scripted import ScriptedExpert  # noqa: PLC0415
-
         self.expert = ScriptedExpert(model, robot_cfg.hand_mount.xyz, robot_cfg.hand_mount.rpy, robot_cfg.hand_home,
                                      robot_cfg.arm_home, table_z, max_arm_speed, max_hand_speed)
         self.arm_home = np.asarray(robot_cfg.arm_home, dtype=float)
@@ -93,8 +92,6 @@ class ScriptedInput(TeleopInput):
         self._rng = np.random.default_rng(self.seed)
 
     def on_engage(self, now: float, world: WorldView) -> None:
-        from robot_runtime.teleop.scripted import task_success  # noqa: PLC0415
-
         if world.q is None or not world.objects or not world.task:
             raise TeleopError("scripted expert: no joint states or object poses yet (is sim_node running?)")
         self._rng = np.random.default_rng(self.seed + self.episodes)
@@ -103,7 +100,6 @@ class ScriptedInput(TeleopInput):
         self._start_objects = dict(world.objects)
         self.expert.plan(world.task, world.objects, world.active, world.q, self._rng)
         self._t0, self.phase, self.success, self._retreating = now, "start", None, False
-        self._success_fn = task_success
 
     def read(self, now: float, world: WorldView) -> TeleopSample | None:
         if self.phase in ("idle", "finished"):
@@ -112,7 +108,7 @@ class ScriptedInput(TeleopInput):
         if phase == "done" and not self._arrived(q, now, world):
             return TeleopSample(now, joints=q)
         if phase == "done" and not self._retreating:
-            self.success = bool(self._success_fn(self._task, self._active, self._start_objects, world.objects))
+            self.success = bool(task_success(self._task, self._active, self._start_objects, world.objects))
             self.phase = "done"
             self.expert.retreat(q, self.arm_home, self._rng)
             self._t0, self._retreating = now, True

@@ -11,13 +11,12 @@ import signal
 
 import numpy as np
 import pytest
-import yaml
 from std_srvs.srv import Trigger
 
 from robot_runtime.data.dataset import list_episodes, load_for_training
 from robot_runtime.data.episode_file import load_episode, recover_partial
 from robot_runtime.errors import EpisodeFileError
-from robot_runtime.teleop.collect import DemoCollector
+from robot_runtime.teleop.collect import DemoCollector, write_twin_collect_config
 from tests.ros_probe import REPO, start_node, stop_node
 
 NODES = ("sim_node", "arm_controller_node", "hand_controller_node", "teleop_node", "recorder_node")
@@ -26,12 +25,7 @@ NODES = ("sim_node", "arm_controller_node", "hand_controller_node", "teleop_node
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("teleop")
-    data = yaml.safe_load((REPO / "config" / "sim_teleop.yaml").read_text())
-    data["extends"] = str(REPO / "config" / "sim.yaml")
-    data["policy"]["checkpoint"] = str(REPO / "policies" / "checkpoints" / "twin_reach_grasp")
-    data["recorder"]["out_dir"] = str(tmp / "episodes")
-    cfg_path = tmp / "teleop.yaml"
-    cfg_path.write_text(yaml.safe_dump(data))
+    cfg_path = write_twin_collect_config(tmp, REPO / "config")
     procs = {n: start_node(f"robot_runtime.nodes.{n}", "-p", f"config_file:={cfg_path}", log_path=tmp / f"{n}.log")
              for n in NODES}
     col = DemoCollector(timeout_s=60.0)
