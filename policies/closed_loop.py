@@ -305,6 +305,7 @@ class ClosedLoopPolicy:
             PolicyError: the loop did not take it within ``timeout_s``, or re-encoding the
                 newest frames failed (the old policy stays).
         """
+        self._catch_up(candidate)
         with self._lock:
             self._pending = candidate
             if not self.ticking:
@@ -318,6 +319,22 @@ class ClosedLoopPolicy:
             raise PolicyError(f"swap to {candidate.policy.name} failed, {self.policy.name} kept: "
                               f"{candidate.error}")
         return f"now running {self.policy.name} (previous {self.previous.name if self.previous else 'none'})"
+
+    def _catch_up(self, candidate: _Candidate, rounds: int = 3) -> None:
+        """Encode, on the caller's thread, the frames that reached the history since the dry run,
+        so that the swap tick itself re-encodes at most the newest one (a loaded machine can
+        deliver several frames while a checkpoint loads; encoding them all in one tick overran it)."""
+        for _ in range(rounds):
+            with self._lock:
+                todo = [s.frame for s in self.history.steps() if s.frame.seq not in candidate.encoded]
+            if len(todo) <= 1:
+                return
+            try:
+                for frame in todo:
+                    candidate.encoded[frame.seq] = candidate.policy.encode(frame)
+            except PreprocessError as exc:
+                raise PolicyError(f"{candidate.policy.checkpoint.path}: could not preprocess a new frame: "
+                                  f"{exc}") from exc
 
     def rollback(self) -> str:
         """Swap back to the previous checkpoint (dry-run on the current history first)."""

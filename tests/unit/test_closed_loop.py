@@ -210,6 +210,28 @@ def test_swap_happens_between_ticks_of_a_running_loop(ckpts):
     assert set(names[:first_b]) == {names[0]} and set(names[first_b:]) == {cand.policy.name}
 
 
+def test_frames_that_arrive_during_a_load_are_encoded_by_the_installer_not_the_swap_tick(ckpts):
+    cl = make(ckpts)
+    cl.start()
+    for k in range(3):
+        cl.tick(1.0 + 0.05 * k, frame(k, 0.99 + 0.05 * k), (1.0 + 0.05 * k, HOME))
+    cand = cl.prepare(ckpts["b"], LIVE, "torch", 1)
+    for k in range(3, 8):   # the loop kept ticking while the candidate was dry-run
+        cl.tick(1.0 + 0.05 * k, frame(k, 0.99 + 0.05 * k), (1.0 + 0.05 * k, HOME))
+    assert sum(s.frame.seq not in cand.encoded for s in cl.history.steps()) == 5
+    cand.policy.runner = CountingRunner(cand.policy.runner)
+    cl.ticking = True
+    th = threading.Thread(target=cl.install, args=(cand, 5.0))
+    th.start()
+    while cl._pending is None and th.is_alive():   # the installer encodes the five, then hands over
+        threading.Event().wait(0.002)
+    assert cand.policy.runner.encodes == 5
+    r = cl.tick(1.40, frame(8, 1.39), (1.40, HOME))   # the swap tick: only its own new frame
+    th.join()
+    assert cl.policy is cand.policy and r.q is not None
+    assert cand.policy.runner.encodes == 6
+
+
 def test_install_times_out_when_the_loop_is_not_ticking(ckpts):
     cl = make(ckpts)
     cl.ticking = True      # says a loop ticks, but none does
