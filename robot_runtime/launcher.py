@@ -6,6 +6,7 @@ reported and the rest are shut down cleanly (SIGINT, then SIGTERM, then SIGKILL)
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -25,6 +26,16 @@ class NodeProcess:
     returncode: int | None = None
 
 
+def _interrupt_when_parent_dies() -> None:
+    """In the child, before exec (Linux): SIGINT when the launcher dies, even by SIGKILL, so a
+    node shuts down as on Ctrl-C instead of running on with nobody watching it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGINT, 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class GraphSupervisor:
     """Starts and watches one process per node."""
 
@@ -40,7 +51,7 @@ class GraphSupervisor:
         for spec in self.plan:
             cmd = [sys.executable, "-m", spec.module, *spec.ros_args()]
             proc = subprocess.Popen(cmd, env=self.env, stdout=self.stdout, stderr=self.stderr,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_interrupt_when_parent_dies)
             self.procs.append(NodeProcess(spec, proc, time.monotonic()))
 
     def dead(self) -> list[NodeProcess]:
@@ -120,8 +131,8 @@ class GraphMonitor:
 def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: dict | None,
                  loops: dict[str, dict] | None = None) -> str:
     """One line: duration, node outcome, the twin's real-time factor and stream rates, and
-    each control loop's rate, wake-up lateness p99, mode and shield interventions, and the
-    policy loop's actions, ticks without action and missed ticks."""
+    each control loop's rate over the whole run, wake-up lateness p99, overruns, mode and
+    shield interventions, and the policy loop's actions, ticks without action and missed ticks."""
     parts = [f"ran {elapsed:.1f} s", f"{len(codes)} nodes"]
     parts.append(f"FAILED: {', '.join(died)}" if died else "all nodes ok")
     if twin:
@@ -144,8 +155,9 @@ def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: d
             parts.append(f"teleop {v['input']} {float(v['rate_hz']):.0f} Hz, {v['samples']} samples")
             continue
         shield = sum(int(x) for k, x in v.items() if k.startswith("shield_"))
-        parts.append(f"{name.replace('_node', '')} {float(v['rate_hz']):.0f} Hz, late p99 "
-                     f"{float(v['lateness_p99_ms']):.2f} ms, {v['mode']}, {shield} shield interventions")
+        rate = float(v.get("mean_rate_hz", v["rate_hz"]))
+        parts.append(f"{name.replace('_node', '')} {rate:.0f} Hz, late p99 {float(v['lateness_p99_ms']):.2f} ms, "
+                     f"{v.get('overruns', 0)} overruns, {v['mode']}, {shield} shield interventions")
     return "robot-runtime: " + " | ".join(parts)
 
 

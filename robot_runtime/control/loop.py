@@ -62,6 +62,7 @@ class LoopStatistics:
         self.misses = 0
         self.overruns = 0
         self._tick_times: deque[float] = deque(maxlen=window)
+        self._first_tick: float | None = None
         self._lock = threading.Lock()  # the loop records while /diagnostics reads
 
     def record(self, woke: float, lateness_s: float, tick_s: float) -> None:
@@ -74,6 +75,8 @@ class LoopStatistics:
         self.lateness_ms.append(ms)
         self.tick_ms.append(tick_s * 1e3)
         self._tick_times.append(woke)
+        if self._first_tick is None:
+            self._first_tick = woke
         if self.all_lateness_ms is not None:
             self.all_lateness_ms.append(ms)
         if lateness_s > 0.5 * self.period_s:
@@ -91,6 +94,13 @@ class LoopStatistics:
             return 0.0
         return (len(recent) - 1) / (recent[-1] - recent[0])
 
+    def mean_hz(self) -> float:
+        """Ticks per second since the first tick (the whole run: a stall anywhere lowers it)."""
+        with self._lock:
+            if self._first_tick is None or self.ticks < 2 or self._tick_times[-1] == self._first_tick:
+                return 0.0
+            return (self.ticks - 1) / (self._tick_times[-1] - self._first_tick)
+
     def summary(self) -> dict:
         """Flat key/values for ``/diagnostics``: rate, lateness p50/p99/max (ms), misses, overruns."""
         with self._lock:
@@ -98,6 +108,7 @@ class LoopStatistics:
             tick = LatencySummary.of(list(self.tick_ms))
         return {
             "rate_hz": round(self.achieved_hz(), 2),
+            "mean_rate_hz": round(self.mean_hz(), 2),
             "target_hz": round(1.0 / self.period_s, 2),
             "lateness_p50_ms": round(late.p50_ms, 4),
             "lateness_p99_ms": round(late.p99_ms, 4),

@@ -1,8 +1,10 @@
 """`robot-runtime sim` on the twin, headless, as `make sim` runs it, and the control CLI."""
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from std_msgs.msg import String
 
@@ -67,3 +69,38 @@ def test_bad_config_is_refused_before_anything_starts(tmp_path):
     cfg.write_text("twin:\n  physics_hz: 50\n")
     r = run_cli("sim", "--config", str(cfg), "--duration", "5")
     assert r.returncode == 2 and "twin.physics_hz" in r.stderr and str(cfg) in r.stderr
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_killing_the_launcher_stops_every_node(tmp_path):
+    """SIGKILL of `robot-runtime sim` leaves no node running on with nobody watching it."""
+    cfg = tmp_path / "twin.yaml"
+    cfg.write_text(f"extends: {REPO / 'config' / 'sim.yaml'}\npolicy: {{enabled: false}}\n")
+    probe = RosProbe("kill_probe")
+    status = []
+    probe.subscribe(String, "/hand_controller_node/status", ros_io.LATCHED_QOS, status)
+    sim = subprocess.Popen([sys.executable, "-m", "robot_runtime.cli", "sim", "--config", str(cfg)], cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert probe.wait_for(lambda: status, 30.0)   # the graph is up
+        nodes = _children(sim.pid)
+        assert len(nodes) >= 3 and all(_running(p) for p in nodes)
+        sim.kill()
+        sim.wait(5)
+        assert probe.wait_for(lambda: not any(_running(p) for p in nodes), 15.0), \
+            [p for p in nodes if _running(p)]
+    finally:
+        probe.close()
+        if sim.poll() is None:
+            sim.kill()

@@ -395,6 +395,16 @@ def test_loop_statistics_summary_and_misses():
     assert LatencySummary.of([]).n == 0
 
 
+def test_whole_run_rate_counts_a_stall_that_the_one_second_rate_has_forgotten():
+    st = LoopStatistics(period_s=0.01)
+    t = [k * 0.01 for k in range(300)] + [3.5 + k * 0.01 for k in range(200)]   # a 0.5 s stall at 3 s
+    for x in t:
+        st.record(x, 0.0, 0.0005)
+    s = st.summary()
+    assert s["rate_hz"] == pytest.approx(100.0)                   # the last second alone
+    assert s["mean_rate_hz"] == pytest.approx(499 / 5.49, abs=0.01)   # 500 ticks over 5.49 s
+
+
 def test_hand_rearm_continues_from_the_held_target():
     cfg, now, hand, ctl = hand_rig()
     ctl.tick(now[0])
