@@ -51,6 +51,40 @@ class OptionalPath(str):
     """A file or folder that must exist, relative to the config file's folder; '' means 'none'."""
 
 
+class OutputDir(str):
+    """A folder written to (created when needed), relative to the config file's folder; made absolute."""
+
+
+class _FromFile(str):
+    """A string read from a config file, remembering that file's folder: a relative path in a
+    file that another one ``extends`` stays relative to the file that wrote it."""
+
+    base_dir: Path
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with :class:`_FromFile` strings turned back into plain ones."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _mark_origin(value: Any, base_dir: Path) -> Any:
+    if isinstance(value, str) and not isinstance(value, _FromFile):
+        out = _FromFile(value)
+        out.base_dir = base_dir
+        return out
+    if isinstance(value, dict):
+        return {k: _mark_origin(v, base_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mark_origin(v, base_dir) for v in value]
+    return value
+
+
 # --------------------------------------------------------------------------------------
 # Backend registry: one config dataclass per backend, selected by ``type``.
 
@@ -370,7 +404,7 @@ class RecorderConfig:
     """recorder_node: episodes on the policy grid (rates.policy_hz), one file each."""
 
     enabled: bool = False
-    out_dir: str = "episodes"                # relative to the config file's folder unless absolute
+    out_dir: OutputDir = OutputDir("episodes")   # relative to the config file's folder unless absolute
     depth_stride: int = rng(2, 1, 16)        # raw depth kept at 1/stride resolution (uint16 mm)
     min_free_mb: float = rng(500.0, 1.0, None)
     max_episode_s: float = rng(120.0, 1.0, 3600.0)
@@ -436,6 +470,7 @@ def _read_yaml(path: Path, chain: tuple) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping, got {type(data).__name__}", file=str(path), key="<top level>")
     base = data.pop("extends", None)
+    data = _mark_origin(data, path.parent)
     if base is None:
         return data
     if not isinstance(base, str):
@@ -560,6 +595,10 @@ def _build(cls: type, data: Any, prefix: str, file: str, base_dir: Path):
         if name not in data:
             if hints[name] is FilePath and not getattr(cls, name, ""):
                 raise ConfigError("required file path is missing", file=file, key=key)
+            if hints[name] is OutputDir:   # the default folder is relative to the config file too
+                kwargs[name] = _convert(OutputDir, getattr(cls, name), key, f.metadata, file, base_dir)
+            elif dataclasses.is_dataclass(hints[name]) and not f.metadata.get("backend"):
+                kwargs[name] = _build(hints[name], {}, key + ".", file, base_dir)   # its defaults, resolved
             continue
         value = data[name]
         family = f.metadata.get("backend")
@@ -598,7 +637,7 @@ def _convert(tp: Any, value: Any, key: str, meta: typing.Mapping, file: str, bas
     if origin is Literal:
         if value not in get_args(tp):
             raise ConfigError(f"{value!r} is not {_type_name(tp)}", file=file, key=key)
-        return value
+        return _plain(value)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"expected a list, got {value!r}", file=file, key=key)
@@ -622,9 +661,13 @@ def _convert(tp: Any, value: Any, key: str, meta: typing.Mapping, file: str, bas
         if hi is not None and value > hi:
             raise ConfigError(f"{value} is above the maximum {hi}", file=file, key=key)
         return tp(value)
-    if tp in (str, FilePath, OptionalFilePath, OptionalPath):
+    if tp in (str, FilePath, OptionalFilePath, OptionalPath, OutputDir):
         if not isinstance(value, str):
             raise ConfigError(f"expected a string, got {value!r}", file=file, key=key)
+        base_dir = getattr(value, "base_dir", base_dir)   # the folder of the file that wrote it
+        if tp is OutputDir:
+            p = Path(value).expanduser()
+            return tp(str((p if p.is_absolute() else base_dir / p).resolve()))
         if tp is OptionalPath and value:
             p = Path(value).expanduser()
             p = p if p.is_absolute() else base_dir / p
@@ -640,5 +683,5 @@ def _convert(tp: Any, value: Any, key: str, meta: typing.Mapping, file: str, bas
             return tp(str(p))
         return tp(value)
     if tp is Any:
-        return value
+        return _plain(value)
     raise ConfigError(f"unsupported config type {tp!r}", file=file, key=key)  # pragma: no cover

@@ -59,9 +59,7 @@ class RecorderNode(Node):
         self.declare_parameter("operator_note", "")
         schema = policy_schema(cfg)
         T_base_camera = camera_pose_for(cfg)
-        out = Path(self.rcfg.out_dir).expanduser()
-        if not out.is_absolute() and cfg.source_file:
-            out = (Path(cfg.source_file).parent / out).resolve()
+        out = Path(self.rcfg.out_dir)   # absolute: the config loader resolved it
         static = {"joint_names": list(D.ALL_JOINTS), "proprio_joint_names": list(schema.joint_names),
                   "config": config_to_dict(cfg), "calibration": {"T_base_camera": np.asarray(T_base_camera).tolist()},
                   "source": {"teleop_input": cfg.teleop.input.type if cfg.teleop.enabled else "",
@@ -196,6 +194,7 @@ class RecorderNode(Node):
         self._thread.join(2.0)
         if self.recorder.recording:   # shut down mid-episode: keep the steps in the .partial log
             self.get_logger().warn(f"stopped mid-episode; the steps stay in {self.recorder.status()['episode']}")
+            self.recorder.close()
         self.io.destroy_node()
 
 

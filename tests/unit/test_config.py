@@ -73,3 +73,30 @@ def test_empty_file_gives_defaults(tmp_path):
     cfg = load_config(write(tmp_path, ""))
     assert cfg.twin.camera.width == 320 and cfg.rates.hand_hz == 300.0
     assert yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))["twin"]["task"] == "grasp_lift"
+
+
+def test_extends_merges_and_keeps_each_files_relative_paths_its_own(repo, tmp_path):
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    child = write(lab, f"extends: {repo / 'config' / 'sim_teleop.yaml'}\n"
+                       "teleop:\n  rate_hz: 25\npolicy:\n  runner: torch\n")
+    cfg = load_config(child)
+    base = load_config(repo / "config" / "sim_teleop.yaml")
+    assert cfg.teleop.rate_hz == 25 and cfg.policy.runner == "torch"          # the child's keys win
+    assert cfg.teleop.input.type == base.teleop.input.type == "scripted"      # the rest is the base's
+    # paths the base file wrote stay relative to the base file, not to the child
+    assert cfg.policy.checkpoint == base.policy.checkpoint
+    assert cfg.recorder.out_dir == str((repo / "episodes").resolve())
+    # a path the child writes is relative to the child
+    again = load_config(write(lab, f"extends: {child.name}\nrecorder:\n  out_dir: mine\n", "again.yaml"))
+    assert again.recorder.out_dir == str(lab / "mine") and again.teleop.rate_hz == 25
+
+
+def test_extends_errors_name_the_file_and_key(tmp_path):
+    a = write(tmp_path, "extends: b.yaml\n", "a.yaml")
+    write(tmp_path, "extends: a.yaml\n", "b.yaml")
+    with pytest.raises(ConfigError, match="loops back") as e:
+        load_config(a)
+    assert "extends" in str(e.value)
+    with pytest.raises(ConfigError, match="file not found.*nowhere.yaml"):
+        load_config(write(tmp_path, "extends: nowhere.yaml\n", "c.yaml"))
