@@ -16,12 +16,18 @@ Disk: before an episode starts the free space must exceed ``min_free_mb`` plus r
 the longest episode; while it records, free space is checked every second and any write
 error stops the episode. Both raise :class:`~robot_runtime.errors.DiskFullError`; the
 saved episodes are untouched and the steps so far stay in the ``.partial`` log.
+
+The ``.partial`` log is written by a background thread (:class:`PartialLogWriter`), so a
+slow disk (a journal commit, another process's fsync) never stalls a grid tick; a write
+error it meets is raised by the next tick or by :meth:`EpisodeRecorder.stop`.
 """
 from __future__ import annotations
 
 import errno
+import queue
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,6 +71,64 @@ class RecorderInputs:
     hand_command: Stamped | None = None
 
 
+class PartialLogWriter:
+    """Appends steps to a :class:`PartialLog` on its own thread, in order.
+
+    The loop only enqueues (microseconds). The first ``OSError`` stops the writing; it is kept
+    in :attr:`error` and the steps after it are not written.
+    """
+
+    def __init__(self, log: PartialLog):
+        self.log = log
+        self.error: OSError | None = None
+        self.written = 0
+        self.step_bytes = 0
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="partial-log-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, step: dict) -> None:
+        self._queue.put(step)
+
+    @property
+    def pending(self) -> int:
+        """Steps handed over but not yet written."""
+        return self._queue.unfinished_tasks
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until every step handed over is written (or failed); False on timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(left)
+        return True
+
+    def close(self) -> None:
+        """Write what is queued, end the thread, close the file."""
+        self._queue.put(None)
+        self._thread.join()
+        self.log.close()
+
+    def _run(self) -> None:
+        while True:
+            step = self._queue.get()
+            try:
+                if step is None:
+                    return
+                if self.error is None:
+                    before = self.log.bytes
+                    self.log.append(step)
+                    self.step_bytes = self.log.bytes - before
+                    self.written += 1
+            except OSError as exc:
+                self.error = exc
+            finally:
+                self._queue.task_done()
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "episode"
 
@@ -100,6 +164,7 @@ class EpisodeRecorder:
         self.max_age = max_input_age_s
         self.free_bytes = free_bytes or (lambda p: shutil.disk_usage(p).free)
         self._log: PartialLog | None = None
+        self._writer: PartialLogWriter | None = None
         self._steps: list[dict] = []
         self._meta: dict = {}
         self._drops: list[tuple[float, str]] = []
@@ -146,6 +211,7 @@ class EpisodeRecorder:
             self._log = PartialLog(self.out_dir / (stem + PARTIAL_SUFFIX), self._meta)
         except OSError as exc:
             raise self._disk_error(exc) from exc
+        self._writer = PartialLogWriter(self._log)
         self._next_disk_check = 0.0
         return self._log.path
 
@@ -182,20 +248,17 @@ class EpisodeRecorder:
                 "proprio": q[self.proprio_order], "command": np.concatenate([i.arm_command.value, i.hand_command.value]),
                 "visual": visual, "depth": reduce_depth(i.depth.value, self.depth_stride)}
         try:
+            if self._writer.error is not None:
+                raise self._writer.error
             if now >= self._next_disk_check:
                 self._next_disk_check = now + 1.0
                 free = self.free_bytes(self.out_dir)
                 if free < self.min_free:
                     raise OSError(errno.ENOSPC, f"only {free / 1e6:.0f} MB free (floor {self.min_free / 1e6:.0f} MB)")
-            before = self._log.bytes
-            self._log.append(step)
-            self.step_bytes = self._log.bytes - before
         except OSError as exc:
-            err = self._disk_error(exc)
-            self.error = str(err)
-            self._log.close()
-            self._log = None
-            raise err from exc
+            raise self._abort(exc) from exc
+        self._writer.put(step)
+        self.step_bytes = self._writer.step_bytes or self.step_bytes
         self._steps.append(step)
         return ""
 
@@ -216,9 +279,18 @@ class EpisodeRecorder:
             return "stale_command"
         return ""
 
+    def _abort(self, exc: OSError) -> DiskFullError:
+        """Stop the episode on a disk error: the steps written so far stay in the ``.partial``."""
+        self._writer.close()
+        err = self._disk_error(exc)
+        self.error = str(err)
+        self._log, self._writer = None, None
+        return err
+
     def _disk_error(self, exc: OSError) -> DiskFullError:
         where = self._log.path if self._log is not None else self.out_dir
-        kept = f"; the {len(self._steps)} steps so far stay in {where} (robot-runtime data recover)" \
+        n = self._writer.written if self._writer is not None else len(self._steps)
+        kept = f"; the {n} steps written so far stay in {where} (robot-runtime data recover)" \
             if self._log is not None else ""
         return DiskFullError(f"{where}: writing failed ({exc.strerror or exc}); the episode was stopped{kept}; "
                              f"saved episodes are untouched")
@@ -232,11 +304,15 @@ class EpisodeRecorder:
         """
         if not self.recording:
             raise RecordingError("no episode is recording" + (f" (last error: {self.error})" if self.error else ""))
-        log = self._log
+        log, writer = self._log, self._writer
         if discard:
+            writer.close()
             log.delete()
-            self._log = None
+            self._log, self._writer = None, None
             return None
+        writer.drain()
+        if writer.error is not None:
+            raise self._abort(writer.error)
         if not self._steps:
             raise RecordingError(f"{log.path.name} has no recorded step (dropped: {self.drop_counts()}); "
                                  f"discard it")
@@ -246,18 +322,23 @@ class EpisodeRecorder:
                 "dropped_steps": len(self._drops), "dropped": self.drop_counts(),
                 "dropped_at": [[round(t, 4), r] for t, r in self._drops[:1000]]}
         final = log.path.with_name(log.path.name[:-len(PARTIAL_SUFFIX)] + SUFFIX)
-        log.close()
+        writer.close()
+        self._log, self._writer = None, None
         try:
             write_episode(final, stack_steps(self._steps), meta)
         except OSError as exc:
             self.error = f"{final}: could not be written ({exc}); the steps stay in {log.path}"
-            self._log = None
             raise DiskFullError(self.error) from exc
         log.delete()
-        self._log = None
         self.last_saved = final
         self.saved += 1
         return final
+
+    def close(self) -> None:
+        """Shut down mid-episode: write every queued step to the ``.partial`` and close it (kept)."""
+        if self._writer is not None:
+            self._writer.close()
+        self._log, self._writer = None, None
 
     def drop_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -269,4 +350,5 @@ class EpisodeRecorder:
         return {"recording": self.recording, "episode": self._log.path.name if self._log else "",
                 "steps": len(self._steps), "dropped": self.drop_counts(), "total_dropped": self.total_dropped,
                 "saved": self.saved, "last_saved": str(self.last_saved or ""), "error": self.error,
+                "unwritten": self._writer.pending if self._writer is not None else 0,
                 "task": self._meta.get("task", "") if self.recording else ""}

@@ -1,12 +1,13 @@
 """Teleop (retargeting, IK, session) and recording (episode files, recorder, export) without ROS."""
 import errno
+import threading
 
 import numpy as np
 import pytest
 
 from robot_runtime import description as D
 from robot_runtime.data import dataset
-from robot_runtime.data.episode_file import PARTIAL_SUFFIX, load_episode, read_partial
+from robot_runtime.data.episode_file import PARTIAL_SUFFIX, SUFFIX, load_episode, read_partial
 from robot_runtime.data.recorder import EpisodeRecorder, RecorderInputs, Stamped
 from robot_runtime.description import build
 from robot_runtime.errors import DiskFullError, EpisodeFileError, TeleopError
@@ -220,10 +221,50 @@ def test_write_failure_is_a_clear_error_not_a_lost_step(tmp_path, monkeypatch):
 
     def enospc(step):
         raise OSError(errno.ENOSPC, "No space left on device")
+    assert rec._writer.drain(5.0) and rec._writer.written == 1
     monkeypatch.setattr(rec._log, "append", enospc)
-    with pytest.raises(DiskFullError, match="No space left"):
-        rec.tick(0.05, _inputs(0.05, rng), 0.05)
+    assert rec.tick(0.05, _inputs(0.05, rng), 0.05) == ""   # handed to the writer thread, which fails
+    assert rec._writer.drain(5.0)
+    with pytest.raises(DiskFullError, match="No space left.*the 1 steps written so far stay"):
+        rec.tick(0.10, _inputs(0.10, rng), 0.10)            # the next tick reports it and stops
     assert not rec.recording and "stopped" in rec.status()["error"]
+    partial = next((tmp_path / "eps").glob(f"*{PARTIAL_SUFFIX}"))
+    assert len(read_partial(partial)[1]) == 1
+
+
+def test_a_write_error_met_at_the_last_step_fails_the_save_not_silently(tmp_path, monkeypatch):
+    rec = _recorder(tmp_path, min_free_mb=1)
+    rng = np.random.default_rng(4)
+    rec.start("grasp_lift", now=0.0)
+    rec.tick(0.0, _inputs(0.0, rng), 0.0)
+    assert rec._writer.drain(5.0)
+
+    def eio(step):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(rec._log, "append", eio)
+    rec.tick(0.05, _inputs(0.05, rng), 0.05)
+    with pytest.raises(DiskFullError, match="Input/output error"):
+        rec.stop(True, now=1.0)
+    assert not rec.recording and not list((tmp_path / "eps").glob(f"*{SUFFIX}"))
+
+
+def test_a_slow_disk_does_not_hold_up_the_tick(tmp_path, monkeypatch):
+    rec = _recorder(tmp_path, min_free_mb=1)
+    rng = np.random.default_rng(5)
+    rec.start("grasp_lift", now=0.0)
+    release = threading.Event()
+    real_append = rec._log.append
+
+    def stuck(step):   # the disk stalls (a journal commit) until released
+        release.wait(10.0)
+        real_append(step)
+    monkeypatch.setattr(rec._log, "append", stuck)
+    for k in range(5):
+        assert rec.tick(0.05 * k, _inputs(0.05 * k, rng), 0.05 * k) == ""
+    assert rec.status()["unwritten"] == 5
+    release.set()
+    path = rec.stop(True, now=1.0)
+    assert len(load_episode(path)) == 5
 
 
 def test_export_to_lerobot_v3_round_trips(tmp_path):
