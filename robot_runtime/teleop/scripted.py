@@ -3,11 +3,13 @@
 It stands in for a human operator when demos are needed for tests and benchmarks. Each
 episode gets human-like variation from its random generator: the overall pace, the
 approach height and a wobble on the way down, the hand's yaw about the vertical, a few
-millimetres of grasp-point error, the lift height and the place/pour spot.
+millimetres of grasp-point error, the lift height, the place/pour spot and the pour angle.
 
 The grasp is a top-down power grasp: the palm faces the table with the fingers pointing
 forward, the fingers wrap down around the object and the thumb closes from below the
-palm. Waypoints are flange poses solved by IK on the URDF and joined by minimum-jerk
+palm. The bottle, taller than the hand can reach over, is taken from the side instead
+(palm facing it, fingers forward and a little down) and poured by rolling the wrist until
+it lies on the upturned palm with its mouth over the bowl. Waypoints are flange poses solved by IK on the URDF and joined by minimum-jerk
 interpolation in joint space (arm) and posture space (hand).
 
 Pure: :meth:`ScriptedExpert.plan` takes the object poses and the robot's joints;
@@ -22,6 +24,7 @@ import numpy as np
 
 from robot_runtime import description as D
 from robot_runtime.control.demo_motion import min_jerk
+from robot_runtime.control.pd import pd_torque
 from robot_runtime.errors import TeleopError
 from robot_runtime.ik import solve_ik
 from robot_runtime.kinematics import UrdfModel
@@ -29,12 +32,15 @@ from robot_runtime.transforms import make_T, quat_to_mat, rot_axis, rpy_to_mat
 
 #: Palm facing down, fingers forward: palm x (the side fingers curl to) -> world -z, palm z -> world +x.
 R_PALM_DOWN = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+#: Palm facing the side, fingers forward (a hand-shake): palm x -> world +y, palm y -> world +z,
+#: palm z -> world +x. Used for the bottle, which is held round its body and poured by rolling the wrist.
+R_PALM_SIDE = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 #: The grasp point in the palm frame (m): below the palm, part-way along the fingers.
 GRASP_POINT_PALM = np.array([0.055, 0.0, 0.04])
 #: Closed hand (rad, driver order): fingers wrapped, thumb opposed.
 HAND_GRASP = np.array([0.0, 1.2, 1.2, 1.0] * 3 + [1.3, 0.4, 1.0, 1.0])
 #: Height of the grasp point above the table per object (m).
-GRASP_HEIGHT = {"cube": 0.025, "can": 0.05, "ball": 0.035, "block": 0.035, "mug": 0.045, "bottle": 0.10}
+GRASP_HEIGHT = {"cube": 0.025, "can": 0.05, "ball": 0.035, "block": 0.035, "mug": 0.045, "bottle": 0.09}
 #: Lift counted as a success (m above the start height).
 LIFT_SUCCESS_M = 0.08
 #: The bowl's inner radius (m) for the drop check; the pour needs the bottle tilted this much (rad).
@@ -109,10 +115,11 @@ class ScriptedExpert:
         self.duration = 0.0
         self.grasped = ""
 
-    def _flange(self, point, yaw: float, tilt: float = 0.0, tilt_axis=(1.0, 0.0, 0.0)) -> np.ndarray:
-        """Flange pose putting the palm's grasp point at ``point`` with the palm down, turned by ``yaw``
-        about the vertical, then tilted by ``tilt`` about ``tilt_axis`` (base frame)."""
-        R = rot_axis((0, 0, 1), yaw) @ R_PALM_DOWN
+    def _flange(self, point, yaw: float, tilt: float = 0.0, tilt_axis=(1.0, 0.0, 0.0),
+                palm: np.ndarray = R_PALM_DOWN) -> np.ndarray:
+        """Flange pose putting the palm's grasp point at ``point`` with the palm as ``palm`` (down by
+        default), turned by ``yaw`` about the vertical, then tilted by ``tilt`` about ``tilt_axis`` (base frame)."""
+        R = rot_axis((0, 0, 1), yaw) @ palm
         if tilt:
             R = rot_axis(tilt_axis, tilt) @ R
         T_palm = make_T(R, np.asarray(point, float) - R @ GRASP_POINT_PALM)
@@ -132,6 +139,10 @@ class ScriptedExpert:
             raise TeleopError(f"scripted expert: no pose for {obj!r}" + (f" or {container!r}" if container else ""))
         q_now = np.asarray(q_now, dtype=float)
         pace = rng.uniform(0.85, 1.2)
+        if task == "grasp_pour":
+            self._set_timed(self._pour_steps(poses[obj][0], poses[container][0], q_now, rng), pace)
+            self.grasped = obj
+            return self.waypoints
         yaw = rng.uniform(-0.35, 0.35)
         p = np.asarray(poses[obj][0], dtype=float)
         grasp = np.array([p[0], p[1], self.table_z + GRASP_HEIGHT[obj]]) + np.append(rng.normal(0, 0.004, 2), 0)
@@ -153,24 +164,45 @@ class ScriptedExpert:
             steps.append(("hold", q_lift[:7], c, 1.0))
         else:
             b = np.asarray(poses[container][0], dtype=float)
-            if task == "grasp_drop":
-                spot = np.array([b[0], b[1], lift[2]]) + np.append(rng.normal(0, 0.01, 2), 0)
-                q_over = self._ik(q_lift, self._flange(spot, yaw))
-                steps += [("carry", q_over[:7], c, 2.0), ("release", q_over[:7], o, 0.8),
-                          ("hold", q_over[:7], o, 0.8)]
-            else:
-                # Pour: hold the bottle beside the bowl, then tip it about the horizontal axis at
-                # right angles to the bottle-to-bowl direction, so its neck swings over the bowl.
-                side = b[:2] - grasp[:2]
-                side = side / max(np.linalg.norm(side), 1e-6)
-                spot = np.array([*(b[:2] - side * rng.uniform(0.09, 0.12)), lift[2]])
-                axis = np.cross([0.0, 0.0, 1.0], np.append(side, 0.0))
-                q_over = self._ik(q_lift, self._flange(spot, yaw))
-                q_tip = self._ik(q_over, self._flange(spot, yaw, tilt=rng.uniform(1.6, 1.9), tilt_axis=axis))
-                steps += [("carry", q_over[:7], c, 2.0), ("pour", q_tip[:7], c, 1.6), ("hold", q_tip[:7], c, 1.0)]
+            spot = np.array([b[0], b[1], lift[2]]) + np.append(rng.normal(0, 0.01, 2), 0)
+            q_over = self._ik(q_lift, self._flange(spot, yaw))
+            steps += [("carry", q_over[:7], c, 2.0), ("release", q_over[:7], o, 0.8), ("hold", q_over[:7], o, 0.8)]
         self._set_timed(steps, pace)
         self.grasped = obj
         return self.waypoints
+
+    def _pour_steps(self, bottle, bowl, q_now, rng: np.random.Generator) -> list[tuple]:
+        """Grasp & pour: the bottle is held round its body from the side (palm facing it, fingers
+        forward), lifted, carried next to the bowl and poured by rolling the wrist about the
+        fingers' direction, so that the bottle comes to lie on the upturned palm with its mouth
+        over the bowl."""
+        yaw = rng.uniform(-0.3, 0.3)
+        turn = rot_axis((0, 0, 1), yaw)
+        normal, along = turn @ R_PALM_SIDE[:, 0], turn @ R_PALM_SIDE[:, 2]   # palm normal, finger direction
+        # fingers pointing a little down, so that the wrist stays clear of the table
+        palm = rot_axis(R_PALM_SIDE[:, 0], rng.uniform(0.3, 0.45)) @ R_PALM_SIDE
+        bottle, bowl = np.asarray(bottle, float), np.asarray(bowl, float)
+        grasp = np.array([bottle[0], bottle[1], self.table_z + GRASP_HEIGHT["bottle"]]) \
+            + np.append(rng.normal(0, 0.003, 2), 0)
+        beside = grasp - normal * rng.uniform(0.05, 0.07)          # palm clear of the bottle
+        above = beside + [0.0, 0.0, rng.uniform(0.10, 0.16)]
+        lift = grasp + [0.0, 0.0, rng.uniform(0.15, 0.20)]
+        roll = rng.uniform(1.75, 2.0)                              # rad: 100-115 degrees
+        mouth = rot_axis(along, roll) @ [0.0, 0.0, BOTTLE_HEIGHT - GRASP_HEIGHT["bottle"]]
+        spot = np.array([bowl[0] - mouth[0], bowl[1] - mouth[1], lift[2]]) + np.append(rng.normal(0, 0.01, 2), 0)
+        o, c = self.hand_open, HAND_GRASP + rng.normal(0, 0.03, 16)
+        side = {"yaw": yaw, "palm": palm}
+        q = np.concatenate([self.arm_home, self.hand_open])
+        q_above = self._ik(q, self._flange(above, **side))
+        q_beside = self._ik(q_above, self._flange(beside, **side))
+        q_grasp = self._ik(q_beside, self._flange(grasp, **side))
+        q_lift = self._ik(q_grasp, self._flange(lift, **side))
+        q_over = self._ik(q_lift, self._flange(spot, **side))
+        q_pour = self._ik(q_over, self._flange(spot, tilt=roll, tilt_axis=along, **side))
+        return [("start", q_now[:7], q_now[7:], 0.0), ("above", q_above[:7], o, 2.0),
+                ("descend", q_beside[:7], o, 1.0), ("grasp", q_grasp[:7], o, 0.8), ("settle", q_grasp[:7], o, 0.3),
+                ("close", q_grasp[:7], c, 1.0), ("squeeze", q_grasp[:7], c, 0.4), ("lift", q_lift[:7], c, 2.0),
+                ("carry", q_over[:7], c, 2.0), ("pour", q_pour[:7], c, 1.6), ("hold", q_pour[:7], c, 1.0)]
 
     def _set_timed(self, steps, pace: float) -> None:
         """Waypoints from (label, arm, hand, nominal duration) steps, each segment lasting at least
@@ -212,3 +244,30 @@ class ScriptedExpert:
                 s = min_jerk((t - a.t) / (b.t - a.t))
                 return np.concatenate([a.arm + s * (b.arm - a.arm), a.hand + s * (b.hand - a.hand)]), b.label
         return np.concatenate([wps[0].arm, wps[0].hand]), wps[1].label if len(wps) > 1 else "done"
+
+
+def play_in_twin(sim, expert: ScriptedExpert, task: str, seed: int, hand_gains) -> bool:
+    """Plan one episode and play it on an in-process twin, faster than real time and without ROS:
+    the arm follows the plan's joint targets, the hand gets the controller's PD torques.
+
+    Args:
+        sim: a :class:`robot_runtime.twin.sim.TwinSimulation`.
+        hand_gains: the hand controller's config (``kp``, ``kd``, ``torque_limit``).
+
+    Returns whether the task is solved at the end (:func:`task_success`).
+    """
+    def poses() -> dict:
+        return {k: (v.position, v.quaternion) for k, v in sim.object_poses().items()}
+    sim.reset(task, seed)
+    start = poses()
+    q = np.concatenate([sim.arm_state().position, sim.hand_state().position])
+    expert.plan(task, start, sim.active_objects, q, np.random.default_rng(seed))
+    t0 = sim.time
+    while sim.time - t0 < expert.duration + 0.2:
+        target, _ = expert.sample(sim.time - t0)
+        sim.set_arm_target(target[:7])
+        hand = sim.hand_state()
+        sim.set_hand_torque(pd_torque(target[7:], hand.position, hand.velocity, hand_gains.kp, hand_gains.kd,
+                                      hand_gains.torque_limit))
+        sim.step()
+    return task_success(task, sim.active_objects, start, poses())
