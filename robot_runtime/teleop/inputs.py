@@ -173,7 +173,7 @@ class KeypointsInput(TeleopInput):
         self.t = np.zeros(0)
         self.kp = np.zeros((0, NUM_KEYPOINTS, 3))
         self._t0: float | None = None
-        self._last = -1
+        self._last: tuple[float, int] | None = None   # (lap start, frame) of the last sample given
         self.finished = False
 
     def open(self) -> None:
@@ -181,24 +181,27 @@ class KeypointsInput(TeleopInput):
 
     def on_engage(self, now: float, world: WorldView) -> None:
         if self._t0 is None or self.finished:
-            self._t0, self._last, self.finished = now, -1, False
+            self._t0, self._last, self.finished = now, None, False
 
     def read(self, now: float, world: WorldView) -> TeleopSample | None:
         if self._t0 is None:
             self._t0 = now
-        el = now - self._t0
+        el, start = now - self._t0, self._t0
         if self.loop and len(self.t) > 1:
-            el = el % (self.t[-1] + (self.t[-1] - self.t[-2]))
+            cycle = self.t[-1] + (self.t[-1] - self.t[-2])
+            laps = math.floor(el / cycle)
+            el, start = el - laps * cycle, start + laps * cycle   # each lap's frames keep their own times
         i = int(np.searchsorted(self.t, el, side="right")) - 1
         if i >= len(self.t) - 1 and not self.loop:
             self.finished = True
-        if i < 0 or i == self._last:
+        if i < 0 or (start, i) == self._last:
             return None
-        self._last = i
-        return TeleopSample(self._t0 + self.t[i], keypoints=self.kp[i], left=self.left)
+        self._last = (start, i)
+        return TeleopSample(start + self.t[i], keypoints=self.kp[i], left=self.left)
 
     def status(self) -> dict:
-        return {"file": self.path.name, "frame": self._last, "frames": len(self.t), "finished": self.finished}
+        return {"file": self.path.name, "frame": self._last[1] if self._last else -1, "frames": len(self.t),
+                "finished": self.finished}
 
 
 # ------------------------------------------------------------------------------------ hand tracking

@@ -118,6 +118,29 @@ def test_keypoints_file_errors_name_the_problem(tmp_path):
         load_keypoints_file(p)
 
 
+@pytest.mark.parametrize("loop", [False, True])
+def test_keypoints_play_in_time_stamped_at_their_own_frame_times(tmp_path, loop):
+    from robot_runtime.config import KeypointsInputConfig
+    from robot_runtime.teleop.inputs import KeypointsInput, WorldView
+    p = tmp_path / "kp.npz"
+    kp = np.zeros((4, 21, 3))
+    kp[:, 0, 0] = np.arange(4)   # frame k has its wrist at x = k
+    np.savez(p, keypoints=kp, t=np.array([0.0, 0.1, 0.2, 0.3]))
+    inp = KeypointsInput(KeypointsInputConfig(file=str(p), loop=loop))
+    inp.open()
+    got = [(now, inp.read(now, WorldView())) for now in np.arange(0.0, 1.0, 0.033) + 50.0]
+    got = [(now, s.t, int(s.keypoints[0, 0])) for now, s in got if s is not None]
+    # stamped with the frame's time (not the read's), each frame once, never from the future
+    assert all(50.0 + 0.1 * f == pytest.approx(t) or loop for _, t, f in got)
+    assert all(t <= now + 1e-9 and now - t < 0.1 for now, t, _ in got)
+    assert np.all(np.diff([t for _, t, _ in got]) > 0)
+    if loop:   # 0.4 s laps: frames come round again with later stamps
+        assert [f for _, _, f in got] == [0, 1, 2, 3] * 2 + [0, 1]   # reads up to 0.99 s
+        assert [t for _, t, _ in got][4] == pytest.approx(50.4)
+    else:
+        assert [f for _, _, f in got] == [0, 1, 2, 3] and inp.finished
+
+
 def test_mediapipe_runs_on_a_generated_clip_and_reports_no_hand(tmp_path):
     """The MediaPipe path end to end on a video made here: the bundled model loads and runs
     on every frame; a clip without a hand gives no sample (the teleop session then holds)."""
