@@ -408,7 +408,6 @@ class RecorderConfig:
     depth_stride: int = rng(2, 1, 16)        # raw depth kept at 1/stride resolution (uint16 mm)
     min_free_mb: float = rng(500.0, 1.0, None)
     max_episode_s: float = rng(120.0, 1.0, 3600.0)
-    max_input_age_s: float = rng(0.1, 0.01, 1.0)
     realtime_priority: int = rng(0, 0, 99)
 
 

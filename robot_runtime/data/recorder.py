@@ -145,13 +145,16 @@ class EpisodeRecorder:
         depth_stride: raw depth is kept at 1/stride resolution.
         min_free_mb: free-space floor (MB).
         max_episode_s: the longest episode (s); steps beyond it are not recorded.
-        max_input_age_s: an input older than this at a tick drops the step.
+        max_frame_age_s: a newest depth frame older than this at a tick drops the step (s; the
+            policy's ``max_frame_age_s``: a step is kept exactly when the policy would act on it).
+        max_state_age_s: joint states or sent commands older than this drop the step (s; the
+            policy's ``max_state_age_s``).
         free_bytes: returns the free bytes under a path (injectable for tests).
     """
 
     def __init__(self, out_dir, rate_hz: float, visual: VisualPreprocessor, proprio_order, static_meta: dict,
                  depth_stride: int = 2, min_free_mb: float = 500.0, max_episode_s: float = 120.0,
-                 max_input_age_s: float = 0.1, free_bytes: Callable[[Path], int] | None = None):
+                 max_frame_age_s: float = 0.1, max_state_age_s: float = 0.1, free_bytes: Callable[[Path], int] | None = None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.period = 1.0 / rate_hz
@@ -161,7 +164,7 @@ class EpisodeRecorder:
         self.depth_stride = depth_stride
         self.min_free = min_free_mb * 1e6
         self.max_steps = int(round(max_episode_s * rate_hz))
-        self.max_age = max_input_age_s
+        self.max_frame_age, self.max_state_age = max_frame_age_s, max_state_age_s
         self.free_bytes = free_bytes or (lambda p: shutil.disk_usage(p).free)
         self._log: PartialLog | None = None
         self._writer: PartialLogWriter | None = None
@@ -267,15 +270,15 @@ class EpisodeRecorder:
             return "late_tick"
         if i.depth is None or i.K is None:
             return "no_frame"
-        if t - i.depth.t > self.max_age:
+        if t - i.depth.t > self.max_frame_age:
             return "stale_frame"
         if i.arm_state is None or i.hand_state is None:
             return "no_joint_state"
-        if t - min(i.arm_state.t, i.hand_state.t) > self.max_age:
+        if t - min(i.arm_state.t, i.hand_state.t) > self.max_state_age:
             return "stale_joint_state"
         if i.arm_command is None or i.hand_command is None:
             return "no_command"
-        if t - min(i.arm_command.t, i.hand_command.t) > self.max_age:
+        if t - min(i.arm_command.t, i.hand_command.t) > self.max_state_age:
             return "stale_command"
         return ""
 

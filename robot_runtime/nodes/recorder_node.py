@@ -66,7 +66,8 @@ class RecorderNode(Node):
                              "policy_checkpoint": str(cfg.policy.checkpoint)}}
         self.recorder = EpisodeRecorder(out, cfg.rates.policy_hz, VisualPreprocessor(schema.visual, T_base_camera),
                                         schema.index_in(D.ALL_JOINTS), static, self.rcfg.depth_stride,
-                                        self.rcfg.min_free_mb, self.rcfg.max_episode_s, self.rcfg.max_input_age_s)
+                                        self.rcfg.min_free_mb, self.rcfg.max_episode_s,
+                                        cfg.policy.max_frame_age_s, cfg.policy.max_state_age_s)
         self.io = rclpy.create_node(f"{NAME}_io", context=self.context, use_global_arguments=False)
         self.sub_depth = ros_io.PolledSubscription(self.io, Image, cfg.camera.depth_topic, ros_io.IMAGE_QOS)
         self.sub_info = ros_io.PolledSubscription(self.io, CameraInfo, cfg.camera.info_topic, ros_io.IMAGE_QOS)
