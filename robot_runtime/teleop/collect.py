@@ -31,20 +31,14 @@ from robot_runtime.errors import RobotRuntimeError
 from robot_runtime.nodes.controller_arming import CONTROLLERS
 
 
-def write_twin_collect_config(folder, config_dir) -> Path:
-    """A copy of ``config_dir/sim_teleop.yaml`` in ``folder``, recording to ``folder/episodes``.
-
-    Its ``extends`` and the policy checkpoint are made absolute: relative paths in a config
-    resolve against the file that is loaded, and the copy no longer sits beside sim.yaml.
-    """
-    folder, config_dir = Path(folder), Path(config_dir).resolve()
-    data = yaml.safe_load((config_dir / "sim_teleop.yaml").read_text())
-    data["extends"] = str(config_dir / "sim.yaml")
-    base = yaml.safe_load((config_dir / "sim.yaml").read_text())
-    checkpoint = base.get("policy", {}).get("checkpoint", "")
-    if checkpoint:
-        data.setdefault("policy", {})["checkpoint"] = str((config_dir / checkpoint).resolve())
-    data.setdefault("recorder", {})["out_dir"] = str(folder / "episodes")
+def write_twin_collect_config(folder, config_dir, **sections) -> Path:
+    """A config in ``folder`` that extends ``config_dir/sim_teleop.yaml`` and records to
+    ``folder/episodes``; ``sections`` (``teleop={...}``, ...) are merged over it."""
+    folder = Path(folder)
+    data = {"extends": str((Path(config_dir) / "sim_teleop.yaml").resolve()),
+            "recorder": {"out_dir": str(folder / "episodes")}}
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
     path = folder / "teleop.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
