@@ -103,7 +103,7 @@ def bench_twin(tmp: Path) -> tuple[int, int, int]:
             ep = col.episode(i)
             results.append(ep)
             print(f"  episode {i + 1}/{EPISODES}: {'success' if ep.success else 'failure'}, "
-                  f"dropped {sum(ep.dropped.values())}", file=sys.stderr, flush=True)
+                  f"dropped {sum(ep.dropped.values())} {ep.dropped or ''}", file=sys.stderr, flush=True)
     finally:
         col.close()
         sup.shutdown()

@@ -78,8 +78,9 @@ class PartialLogWriter:
     in :attr:`error` and the steps after it are not written.
     """
 
-    def __init__(self, log: PartialLog):
+    def __init__(self, log: PartialLog, thread_setup: Callable[[], None] | None = None):
         self.log = log
+        self._setup = thread_setup
         self.error: OSError | None = None
         self.written = 0
         self.step_bytes = 0
@@ -113,6 +114,8 @@ class PartialLogWriter:
         self.log.close()
 
     def _run(self) -> None:
+        if self._setup is not None:
+            self._setup()
         while True:
             step = self._queue.get()
             try:
@@ -150,11 +153,15 @@ class EpisodeRecorder:
         max_state_age_s: joint states or sent commands older than this drop the step (s; the
             policy's ``max_state_age_s``).
         free_bytes: returns the free bytes under a path (injectable for tests).
+        writer_setup: called first on each episode's log writer thread (the node gives it a
+            real-time priority just below the loop's: a writer descheduled while it holds the GIL
+            would hold up the loop).
     """
 
     def __init__(self, out_dir, rate_hz: float, visual: VisualPreprocessor, proprio_order, static_meta: dict,
                  depth_stride: int = 2, min_free_mb: float = 500.0, max_episode_s: float = 120.0,
-                 max_frame_age_s: float = 0.1, max_state_age_s: float = 0.1, free_bytes: Callable[[Path], int] | None = None):
+                 max_frame_age_s: float = 0.1, max_state_age_s: float = 0.1, free_bytes: Callable[[Path], int] | None = None,
+                 writer_setup: Callable[[], None] | None = None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.period = 1.0 / rate_hz
@@ -166,6 +173,7 @@ class EpisodeRecorder:
         self.max_steps = int(round(max_episode_s * rate_hz))
         self.max_frame_age, self.max_state_age = max_frame_age_s, max_state_age_s
         self.free_bytes = free_bytes or (lambda p: shutil.disk_usage(p).free)
+        self.writer_setup = writer_setup
         self._log: PartialLog | None = None
         self._writer: PartialLogWriter | None = None
         self._steps: list[dict] = []
@@ -214,7 +222,7 @@ class EpisodeRecorder:
             self._log = PartialLog(self.out_dir / (stem + PARTIAL_SUFFIX), self._meta)
         except OSError as exc:
             raise self._disk_error(exc) from exc
-        self._writer = PartialLogWriter(self._log)
+        self._writer = PartialLogWriter(self._log, self.writer_setup)
         self._next_disk_check = 0.0
         return self._log.path
 

@@ -67,7 +67,8 @@ class RecorderNode(Node):
         self.recorder = EpisodeRecorder(out, cfg.rates.policy_hz, VisualPreprocessor(schema.visual, T_base_camera),
                                         schema.index_in(D.ALL_JOINTS), static, self.rcfg.depth_stride,
                                         self.rcfg.min_free_mb, self.rcfg.max_episode_s,
-                                        cfg.policy.max_frame_age_s, cfg.policy.max_state_age_s)
+                                        cfg.policy.max_frame_age_s, cfg.policy.max_state_age_s,
+                                        writer_setup=self._writer_setup)
         self.io = rclpy.create_node(f"{NAME}_io", context=self.context, use_global_arguments=False)
         self.sub_depth = ros_io.PolledSubscription(self.io, Image, cfg.camera.depth_topic, ros_io.IMAGE_QOS)
         self.sub_info = ros_io.PolledSubscription(self.io, CameraInfo, cfg.camera.info_topic, ros_io.IMAGE_QOS)
@@ -97,6 +98,13 @@ class RecorderNode(Node):
         self._publish_status()
         self.get_logger().info(f"recording to {out} at {cfg.rates.policy_hz:g} Hz; "
                                f"start with /{NAME}/start_episode")
+
+    def _writer_setup(self) -> None:
+        """The episode log writer runs just below the loop's priority: descheduled while holding
+        the GIL, a normal-priority writer would hold up the real-time loop."""
+        if self.rcfg.realtime_priority > 1:
+            request_realtime(self.rcfg.realtime_priority - 1)
+        tighten_gil_switching()
 
     def _run_loop(self) -> None:
         self.sched_info = request_realtime(self.rcfg.realtime_priority) if self.rcfg.realtime_priority else \
