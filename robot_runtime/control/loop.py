@@ -186,25 +186,6 @@ def _set_timer_slack_ns(ns: int) -> bool:
         return False
 
 
-def request_helper_priority(loop_priority: int) -> str:
-    """For a helper thread (the ROS executor, a log writer) in a process whose loop thread runs
-    at SCHED_FIFO ``loop_priority``: SCHED_FIFO just below it. A normal-priority helper that the
-    kernel takes the CPU from while it holds the GIL holds up the real-time loop until it runs
-    again (priority inversion through the GIL). Nothing is asked when the loop is not real-time."""
-    if loop_priority <= 1:
-        return "SCHED_OTHER"
-    return request_realtime(loop_priority - 1)
-
-
-def request_normal_priority() -> None:
-    """Put the calling thread back to SCHED_OTHER (a new thread inherits its creator's policy)."""
-    if hasattr(os, "sched_setscheduler"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        except (PermissionError, OSError):
-            pass
-
-
 def request_realtime(priority: int) -> str:
     """Ask for SCHED_FIFO at ``priority`` for the calling thread (0: do not ask), and for the
     smallest timer slack (allowed to everyone).

@@ -49,8 +49,7 @@ from robot_runtime import ros_io
 from robot_runtime.config import RuntimeConfig, load_config
 from robot_runtime.control.controller import SOURCES, JointController, Mode
 from robot_runtime.control.factory import make_arm_controller, make_hand_controller
-from robot_runtime.control.loop import (DeadlineLoop, LoopStatistics, request_helper_priority, request_realtime,
-                                        tighten_gil_switching)
+from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, request_realtime, tighten_gil_switching
 from robot_runtime.control.targets import TargetRejected
 from robot_runtime.devices.base import make_device
 from robot_runtime.errors import ConfigError, DeviceError
@@ -114,7 +113,6 @@ class ControllerNode(Node):
                                       stats=self.stats)
             self._thread = threading.Thread(target=self._run_loop, name=f"{self.part}-loop", daemon=True)
             self._thread.start()
-            request_helper_priority(cfg.control.realtime_priority)   # this thread spins the executor
         else:
             self._timer_expected: float | None = None
             self._timer = self.create_timer(1.0 / self.rate, self._on_timer)

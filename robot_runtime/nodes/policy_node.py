@@ -34,8 +34,7 @@ from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
 from robot_runtime.control.factory import TARGET_JOINTS
-from robot_runtime.control.loop import (DeadlineLoop, LoopStatistics, request_helper_priority,
-                                        request_normal_priority, request_realtime, tighten_gil_switching)
+from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, request_realtime, tighten_gil_switching
 from robot_runtime.errors import RobotRuntimeError
 from robot_runtime.nodes.controller_arming import TwinControllerArmer
 from robot_runtime.nodes.controller_shell import STATE_TOPICS
@@ -73,9 +72,7 @@ class PolicyNode(Node):
         # Checkpoints load on a worker thread, in short steps with pauses between them, so the
         # camera and the twin keep their CPU while a checkpoint loads. (Not a lower thread
         # priority: a starved thread holding the GIL would delay the policy loop.)
-        # (It is created from the executor thread, which runs real-time: it goes back to normal
-        # priority, so a load never takes the CPU from the twin or the camera.)
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-loader", initializer=request_normal_priority)
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-loader")
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._frame: Frame | None = None
         self._seq = 0
@@ -96,7 +93,6 @@ class PolicyNode(Node):
                                   stats=self.stats)
         self._thread = threading.Thread(target=self._run_loop, name="policy-loop", daemon=True)
         self._thread.start()
-        request_helper_priority(self.pcfg.realtime_priority)   # this thread spins the executor
         self.create_timer(1.0, self._check_loop)
         if self.pcfg.autostart:
             self._episode(self.policy.start, "start_episode", Trigger.Response())

@@ -31,8 +31,7 @@ from policies.schema import PolicySchema
 from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import config_to_dict, load_config
-from robot_runtime.control.loop import (DeadlineLoop, LoopStatistics, request_helper_priority, request_realtime,
-                                        tighten_gil_switching)
+from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, request_realtime, tighten_gil_switching
 from robot_runtime.data.recorder import EpisodeRecorder, RecorderInputs, Stamped
 from robot_runtime.errors import RecordingError
 from robot_runtime.nodes.controller_shell import STATE_TOPICS
@@ -95,7 +94,6 @@ class RecorderNode(Node):
                                   stats=self.stats)
         self._thread = threading.Thread(target=self._run_loop, name="recorder-loop", daemon=True)
         self._thread.start()
-        request_helper_priority(self.rcfg.realtime_priority)   # this thread spins the executor
         self.create_timer(1.0, self._check_loop)
         self._publish_status()
         self.get_logger().info(f"recording to {out} at {cfg.rates.policy_hz:g} Hz; "
@@ -104,7 +102,8 @@ class RecorderNode(Node):
     def _writer_setup(self) -> None:
         """The episode log writer runs just below the loop's priority: descheduled while holding
         the GIL, a normal-priority writer would hold up the real-time loop."""
-        request_helper_priority(self.rcfg.realtime_priority)
+        if self.rcfg.realtime_priority > 1:
+            request_realtime(self.rcfg.realtime_priority - 1)
         tighten_gil_switching()
 
     def _run_loop(self) -> None:
