@@ -23,13 +23,24 @@ class TwinControllerArmer:
 
     def __init__(self, node, period_s: float = 0.5, wanted: bool = True):
         self.node = node
-        self.wanted = wanted
+        self._wanted = wanted
+        self.left_stopped = [False] * len(CONTROLLERS)   # e-stop or fault: not armed again until wanted anew
         self.clients = [node.create_client(Trigger, f"/{n}/arm") for n in CONTROLLERS]
         self.armed = [False] * len(CONTROLLERS)
         self._arming = [False] * len(CONTROLLERS)
         for i, n in enumerate(CONTROLLERS):
             node.create_subscription(String, f"/{n}/status", lambda m, i=i: self._on_status(i, m), ros_io.LATCHED_QOS)
         node.create_timer(period_s, self._arm)
+
+    @property
+    def wanted(self) -> bool:
+        return self._wanted
+
+    @wanted.setter
+    def wanted(self, value: bool) -> None:
+        if value and not self._wanted:   # a new episode: arming again is the user's request
+            self.left_stopped = [False] * len(CONTROLLERS)
+        self._wanted = value
 
     @property
     def all_armed(self) -> bool:
@@ -39,18 +50,27 @@ class TwinControllerArmer:
         if not self.wanted:
             return
         for i, client in enumerate(self.clients):
-            if self.armed[i] or self._arming[i] or not client.service_is_ready():
+            if self.armed[i] or self._arming[i] or self.left_stopped[i] or not client.service_is_ready():
                 continue
             self._arming[i] = True
             client.call_async(Trigger.Request()).add_done_callback(lambda f, i=i: self._done(i, f))
 
     def _on_status(self, i: int, msg: String) -> None:
         status = json.loads(msg.data)
-        if status["mode"] != "stopped" or not self.armed[i]:
+        if status["mode"] != "stopped":
             return
         reason = status["reason"]
         log = self.node.get_logger()
-        if self.wanted and (reason.startswith("watchdog") or "joint states stopped" in reason):
+        stall = reason.startswith("watchdog") or "joint states stopped" in reason
+        if not stall and self.wanted:
+            # An e-stop or a fault, even one that lands while a stall's re-arm is pending: stays stopped.
+            if not self.left_stopped[i]:
+                log.warn(f"{status['controller']} stopped ({reason}); left stopped")
+            self.left_stopped[i], self.armed[i] = True, False
+            return
+        if not self.armed[i]:
+            return
+        if self.wanted and stall:
             log.warn(f"{status['controller']} stopped ({reason}); arming it again")
             self.armed[i] = False   # the timer calls the service again
         else:
