@@ -111,8 +111,6 @@ class GraphMonitor:
             self.executor.spin_once(timeout_sec=0.05)
 
     def _on_diag(self, msg) -> None:
-        from robot_runtime import ros_io
-
         for st in msg.status:
             vals = {kv.key: kv.value for kv in st.values}
             if st.name == "sim_node: twin":
@@ -155,9 +153,9 @@ def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: d
             parts.append(f"teleop {v['input']} {float(v['rate_hz']):.0f} Hz, {v['samples']} samples")
             continue
         shield = sum(int(x) for k, x in v.items() if k.startswith("shield_"))
-        rate = float(v.get("mean_rate_hz", v["rate_hz"]))
-        parts.append(f"{name.replace('_node', '')} {rate:.0f} Hz, late p99 {float(v['lateness_p99_ms']):.2f} ms, "
-                     f"{v.get('overruns', 0)} overruns, {v['mode']}, {shield} shield interventions")
+        parts.append(f"{name.replace('_node', '')} {float(v['mean_rate_hz']):.0f} Hz, late p99 "
+                     f"{float(v['lateness_p99_ms']):.2f} ms, {v['overruns']} overruns, {v['mode']}, "
+                     f"{shield} shield interventions")
     return "robot-runtime: " + " | ".join(parts)
 
 

@@ -70,13 +70,11 @@ class TwinControllerArmer:
             return
         if not self.armed[i]:
             return
-        if self.wanted and stall:
+        if self.wanted:   # a stall: the timer calls the service again
             log.warn(f"{status['controller']} stopped ({reason}); arming it again")
-            self.armed[i] = False   # the timer calls the service again
-        else:
+        else:             # stopped between episodes: armed again when the next one starts
             log.warn(f"{status['controller']} stopped ({reason}); left stopped")
-            if not self.wanted:   # stopped between episodes: arm it again when the next one starts
-                self.armed[i] = False
+        self.armed[i] = False
 
     def _done(self, i: int, future) -> None:
         self._arming[i] = False
