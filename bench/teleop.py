@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -83,20 +84,36 @@ def bench_retarget_ik(cfg, frames: int = 400) -> dict:
     return latency(times[5:])
 
 
-def bench_twin(tmp: Path) -> tuple[int, int, int]:
-    """10 scripted episodes through the recorder; returns (dropped steps, episodes, successes)."""
+@contextmanager
+def twin_graph(tmp: Path, config: Path, timing_log: Path | None = None):
+    """The graph of ``config`` started as processes on its own DDS domain, and a
+    :class:`DemoCollector` in this process that joins it (``timing_log``: teleop_node's)."""
     from robot_runtime.launcher import GraphSupervisor
-    from robot_runtime.teleop.collect import DemoCollector, write_twin_collect_config
+    from robot_runtime.teleop.collect import DemoCollector
 
-    path = write_twin_collect_config(tmp, REPO / "config")
-    plan = node_plan(load_config(path), str(path))
+    plan = node_plan(load_config(config), str(config))
+    if timing_log is not None:
+        plan = [p if p.name != "teleop_node" else type(p)(p.name, p.executable, p.module,
+                                                          {**p.parameters, "timing_log": str(timing_log)})
+                for p in plan]
     env = bench_env()
     os.environ.update(env)   # this process's collector joins the graph's DDS domain
     sup = GraphSupervisor(plan, env=env, stdout=open(tmp / "graph.log", "a"), stderr=open(tmp / "graph.err", "a"))
     sup.start()
     col = DemoCollector(timeout_s=90.0)
-    results = []
     try:
+        yield col
+    finally:
+        col.close()
+        sup.shutdown()
+
+
+def bench_twin(tmp: Path) -> tuple[int, int, int]:
+    """10 scripted episodes through the recorder; returns (dropped steps, episodes, successes)."""
+    from robot_runtime.teleop.collect import write_twin_collect_config
+
+    results = []
+    with twin_graph(tmp, write_twin_collect_config(tmp, REPO / "config")) as col:
         col.wait("the graph", lambda: "/recorder_node/status" in col.status and "/teleop_node/status" in col.status,
                  timeout=120.0)
         for i in range(EPISODES):
@@ -104,9 +121,6 @@ def bench_twin(tmp: Path) -> tuple[int, int, int]:
             results.append(ep)
             print(f"  episode {i + 1}/{EPISODES}: {'success' if ep.success else 'failure'}, "
                   f"dropped {sum(ep.dropped.values())} {ep.dropped or ''}", file=sys.stderr, flush=True)
-    finally:
-        col.close()
-        sup.shutdown()
     dropped = sum(sum(e.dropped.values()) for e in results)
     return dropped, len(results), sum(e.success for e in results)
 
@@ -156,8 +170,8 @@ def bench_input_to_command(tmp: Path, laps: int = 6) -> tuple[dict, dict]:
     from sensor_msgs.msg import JointState
 
     from robot_runtime import ros_io
-    from robot_runtime.launcher import GraphSupervisor
-    from robot_runtime.teleop.collect import DemoCollector, write_twin_collect_config
+    from robot_runtime.nodes.controller_arming import CONTROLLERS
+    from robot_runtime.teleop.collect import write_twin_collect_config
 
     cfg = load_config(REPO / "config" / "sim_teleop.yaml")
     cfg.teleop.input.type = "keypoints"
@@ -166,29 +180,17 @@ def bench_input_to_command(tmp: Path, laps: int = 6) -> tuple[dict, dict]:
                                      teleop={"input": {"type": "keypoints", "file": str(tmp / "steps.npz"),
                                                        "loop": True}})
     log = tmp / "step_timing.npz"
-    plan = [p if p.name != "teleop_node" else type(p)(p.name, p.executable, p.module,
-                                                      {**p.parameters, "timing_log": str(log)})
-            for p in node_plan(load_config(path), str(path))]
-    env = bench_env()
-    os.environ.update(env)
-    sup = GraphSupervisor(plan, env=env, stdout=open(tmp / "graph.log", "a"), stderr=open(tmp / "graph.err", "a"))
-    sup.start()
-    col = DemoCollector(timeout_s=90.0)
     commands: list[tuple[float, np.ndarray]] = []
-    col.node.create_subscription(JointState, "/arm_controller_node/command",
-                                 lambda m: commands.append((ros_io.from_time_msg(m.header.stamp),
-                                                            np.array(m.position))), ros_io.STATE_QOS)
-    try:
+    with twin_graph(tmp, path, timing_log=log) as col:
+        col.node.create_subscription(JointState, "/arm_controller_node/command",
+                                     lambda m: commands.append((ros_io.from_time_msg(m.header.stamp),
+                                                                np.array(m.position))), ros_io.STATE_QOS)
         col.wait("the graph", lambda: "/teleop_node/status" in col.status, timeout=120.0)
         col._trigger("/teleop_node/engage")
         col.wait("both controllers armed", lambda: all(
-            col.status.get(f"/{c}/status", {}).get("mode") == "armed" for c in ("arm_controller_node",
-                                                                                "hand_controller_node")))
+            col.status.get(f"/{c}/status", {}).get("mode") == "armed" for c in CONTROLLERS))
         t_from, lap = time.time() + 1.0, 2 * STEP_FRAMES / STEP_FPS
         col.wait("the steps", lambda: commands and commands[-1][0] > t_from + laps * lap, timeout=laps * lap + 30.0)
-    finally:
-        col.close()
-        sup.shutdown()
     acquired = np.load(log)["samples"][:, 0]
     first, rise = step_latencies(acquired, np.array([c[0] for c in commands]),
                                  np.array([c[1] for c in commands]), t_from)
