@@ -241,6 +241,9 @@ class TwinConfig:
     object_pose_hz: float = rng(30.0, 1.0, 500.0)
     hand_torque_timeout_s: float = rng(0.1, 0.005, 5.0)
     hand_torque_limit: float = rng(0.7, 0.05, 5.0)
+    #: SCHED_FIFO priority of the physics thread (0: do not ask). Above the controllers' (40):
+    #: the twin stands in for the robot, whose own computers the host's load never slows.
+    realtime_priority: int = rng(45, 0, 99)
     camera: TwinCameraModel = field(default_factory=TwinCameraModel)
 
 

@@ -24,6 +24,7 @@ from std_srvs.srv import Trigger
 from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import TwinArmConfig, TwinCameraConfig, TwinHandConfig, load_config
+from robot_runtime.control.loop import request_realtime
 from robot_runtime.errors import TwinError
 from robot_runtime.twin.scene import TASKS
 from robot_runtime.twin.runner import TwinRunner
@@ -61,12 +62,16 @@ class SimNode(Node):
                                                  ros_io.COMMAND_QOS)
         self.runner = TwinRunner(TwinSimulation(cfg.twin, cfg.robot), cfg.twin, self,
                                  stamp_clock=lambda: self.get_clock().now().nanoseconds * 1e-9,
-                                 poll_inputs=self._take_commands)
+                                 poll_inputs=self._take_commands,
+                                 thread_setup=lambda: self._set_scheduling(cfg.twin.realtime_priority))
         self.create_service(Trigger, "/twin/reset", self._on_reset)
         self.create_timer(0.5, self._watch_runner)
         self.runner.start()
         self.get_logger().info(f"twin running: task {task}, seed {seed}, physics {cfg.twin.physics_hz:g} Hz, "
                                f"depth {self.cam_model.width}x{self.cam_model.height} at {self.cam_model.fps:g} Hz")
+
+    def _set_scheduling(self, priority: int) -> None:
+        self.get_logger().info(f"twin physics thread: {request_realtime(priority)}")
 
     # ---------------------------------------------------------------- inputs
     def _take_commands(self) -> None:

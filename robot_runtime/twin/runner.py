@@ -63,13 +63,16 @@ class TwinRunner:
         poll_inputs: called at the start of every cycle on the loop's thread, to take
             commands that arrived (they are handed over with :meth:`command_arm` and
             :meth:`command_hand`).
+        thread_setup: called first on the physics thread (the node gives it a real-time
+            priority: the twin stands in for hardware, which the host's load never slows).
     """
 
     def __init__(self, sim: TwinSimulation, cfg: TwinConfig, sink: TwinSink,
                  clock: Callable[[], float] = time.monotonic, stamp_clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep, poll_inputs: Callable[[], None] | None = None):
+                 sleep: Callable[[float], None] = time.sleep, poll_inputs: Callable[[], None] | None = None,
+                 thread_setup: Callable[[], None] | None = None):
         self.sim, self.cfg, self.sink = sim, cfg, sink
-        self.poll_inputs = poll_inputs
+        self.poll_inputs, self.thread_setup = poll_inputs, thread_setup
         self.clock, self.stamp_clock, self.sleep = clock, stamp_clock, sleep
         self.pacer = RealTimePacer(sim.dt)
         self.streams = {
@@ -157,6 +160,8 @@ class TwinRunner:
 
     def _run(self) -> None:
         try:
+            if self.thread_setup is not None:
+                self.thread_setup()
             self._emit_episode()
             now = self.clock()
             self._started = now
