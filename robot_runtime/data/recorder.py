@@ -1,12 +1,15 @@
 """The episode recorder: the policy's 20 Hz grid, what the policy sees, what was sent.
 
-Pure (no ROS): the recorder node calls :meth:`EpisodeRecorder.tick` once per grid tick
-with the newest inputs (each stamped at acquisition). A step is recorded only when every
-input is fresh: the depth frame, both joint states and both controllers' sent commands
-(what the safety shield let through). Otherwise the step is *dropped*: counted by reason,
-listed in the episode's metadata, never filled in. A tick that runs more than half a
-period late is dropped too (its inputs are not the grid's), and so is a grid point the
-loop never ticked (an overrun).
+Pure (no ROS). Inputs are timestamped at acquisition and aligned to the grid: the
+recorder node puts every message it receives into a :class:`GridAligner`, which gives
+each grid instant ``t`` the newest sample of every stream acquired at or before ``t``
+once that instant is settled (every stream has moved past it, or ``settle_s`` has
+passed). A recorder loop that wakes late therefore costs no step: it catches up on the
+grid instants it slept through. :meth:`EpisodeRecorder.tick` then records the step only
+when every input is fresh at ``t``: the depth frame, both joint states and both
+controllers' sent commands (what the safety shield let through). Otherwise the step is
+*dropped*: counted by reason, listed in the episode's metadata, never filled in; a grid
+instant never handed to :meth:`~EpisodeRecorder.tick` is dropped as ``missed_tick``.
 
 The depth is turned into the policy's input by the one preprocessing path
 (:class:`~robot_runtime.perception.preprocess.VisualPreprocessor`), so a recorded step is
@@ -24,8 +27,10 @@ error it meets is raised by the next tick or by :meth:`EpisodeRecorder.stop`.
 from __future__ import annotations
 
 import errno
+import math
 import queue
 import re
+from collections import deque
 import shutil
 import threading
 import time
@@ -40,7 +45,7 @@ from robot_runtime.data.episode_file import FORMAT, PARTIAL_SUFFIX, SUFFIX, Part
 from robot_runtime.errors import DiskFullError, RecordingError
 from robot_runtime.perception.preprocess import VisualPreprocessor
 
-DROP_REASONS = ("missed_tick", "late_tick", "no_frame", "stale_frame", "no_joint_state", "stale_joint_state", "no_command",
+DROP_REASONS = ("missed_tick", "no_frame", "stale_frame", "no_joint_state", "stale_joint_state", "no_command",
                 "stale_command", "bad_frame")
 
 
@@ -69,6 +74,112 @@ class RecorderInputs:
     hand_state: Stamped | None = None
     arm_command: Stamped | None = None
     hand_command: Stamped | None = None
+
+
+class InputHistory:
+    """The recent samples of one input stream, oldest first, by acquisition time ``t`` (s).
+
+    Keeps at most ``max_len`` samples; a sample not newer than the newest is ignored (a stream
+    is delivered in order, so that is a duplicate). ``decode`` turns a stored value into the
+    array handed on (for depth: the image message, decoded only for the frames used).
+    """
+
+    def __init__(self, max_len: int, decode: Callable | None = None):
+        self._t: deque[float] = deque(maxlen=max_len)
+        self._v: deque = deque(maxlen=max_len)
+        self.decode = decode
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    @property
+    def newest_t(self) -> float | None:
+        return self._t[-1] if self._t else None
+
+    def add(self, t: float, value) -> bool:
+        if self._t and t <= self._t[-1]:
+            return False
+        self._t.append(t)
+        self._v.append(value)
+        return True
+
+    def at(self, t: float) -> Stamped | None:
+        """The newest sample acquired at or before ``t``, or None."""
+        for i in range(len(self._t) - 1, -1, -1):
+            if self._t[i] <= t:
+                v = self._v[i]
+                return Stamped(self._t[i], v if self.decode is None else self.decode(v))
+        return None
+
+    def forget_before(self, t: float) -> None:
+        """Drop the samples a grid instant at or after ``t`` can no longer use."""
+        while len(self._t) > 1 and self._t[1] <= t:
+            self._t.popleft()
+            self._v.popleft()
+
+
+class GridAligner:
+    """Aligns input streams, stamped at acquisition, to a grid of period ``period`` (s).
+
+    :meth:`mark` announces grid instants as the loop reaches them (instants it skipped are
+    filled in); :meth:`settled` hands back, oldest first, each announced instant that can no
+    longer change, with the newest sample of each stream acquired at or before it. An instant
+    is settled once every stream has a sample acquired after it, or at the latest ``settle_s``
+    after it (a stream that stalled: the step then shows how old its input is).
+
+    Args:
+        period: grid period (s).
+        settle_s: the longest wait for a late stream (s).
+        max_len: samples kept per stream (cover the longest loop stall at the stream's rate).
+        decode: per stream, a function from a stored value to its array.
+    """
+
+    STREAMS = ("depth", "arm_state", "hand_state", "arm_command", "hand_command")
+
+    def __init__(self, period: float, settle_s: float, max_len: dict[str, int], decode: dict | None = None):
+        self.period, self.settle_s = period, settle_s
+        self.streams = {s: InputHistory(max_len[s], (decode or {}).get(s)) for s in self.STREAMS}
+        self.K: np.ndarray | None = None
+        self._pending: deque[float] = deque()
+        self._last_mark: float | None = None
+
+    def add(self, stream: str, t: float, value) -> None:
+        self.streams[stream].add(t, value)
+
+    def mark(self, t_grid: float) -> None:
+        """The loop reached grid instant ``t_grid`` (s); any instants it skipped are added too."""
+        if self._last_mark is not None:
+            n = int(round((t_grid - self._last_mark) / self.period))
+            if n <= 0:
+                return
+            self._pending.extend(self._last_mark + k * self.period for k in range(1, n))
+        self._pending.append(t_grid)
+        self._last_mark = t_grid
+
+    def mark_through(self, t: float) -> None:
+        """Announce every grid instant up to ``t`` (s), on the phase of the instants marked so far."""
+        if self._last_mark is not None:
+            n = math.floor((t - self._last_mark) / self.period + 1e-9)
+            if n >= 1:
+                self.mark(self._last_mark + n * self.period)
+
+    def settled(self, now: float, flush: bool = False) -> list[tuple[float, RecorderInputs]]:
+        """The grid instants that are settled at ``now`` (all announced ones if ``flush``)."""
+        out = []
+        while self._pending:
+            t = self._pending[0]
+            newest = [h.newest_t for h in self.streams.values()]
+            moved_past = all(n is not None and n > t for n in newest)
+            if not (flush or moved_past or now - t >= self.settle_s):
+                break
+            self._pending.popleft()
+            s = self.streams
+            out.append((t, RecorderInputs(s["depth"].at(t), self.K, s["arm_state"].at(t), s["hand_state"].at(t),
+                                          s["arm_command"].at(t), s["hand_command"].at(t))))
+        keep_from = self._pending[0] if self._pending else (self._last_mark or 0.0) + self.period
+        for h in self.streams.values():
+            h.forget_before(keep_from)
+        return out
 
 
 class PartialLogWriter:
@@ -180,6 +291,7 @@ class EpisodeRecorder:
         self._meta: dict = {}
         self._drops: list[tuple[float, str]] = []
         self._last_tick: float | None = None
+        self._t_start = 0.0
         self._next_disk_check = 0.0
         self.step_bytes = 0
         self.error = ""
@@ -218,6 +330,7 @@ class EpisodeRecorder:
                       "started": datetime.fromtimestamp(now, timezone.utc).isoformat(), "rate_hz": 1.0 / self.period,
                       "visual": self.visual.spec.to_dict(), "depth_stride": self.depth_stride, **(extra_meta or {})}
         self._steps, self._drops, self.error, self._last_tick = [], [], "", None
+        self._t_start = now
         try:
             self._log = PartialLog(self.out_dir / (stem + PARTIAL_SUFFIX), self._meta)
         except OSError as exc:
@@ -234,6 +347,8 @@ class EpisodeRecorder:
         """
         if not self.recording or len(self._steps) >= self.max_steps:
             return "not_recording"
+        if t_grid < self._t_start:   # an instant from before the start, settled late
+            return "before_start"
         if self._last_tick is not None:   # grid points the loop never ticked (it overran) are dropped steps
             for k in range(1, int(round((t_grid - self._last_tick) / self.period))):
                 self._drops.append((self._last_tick + k * self.period, "missed_tick"))
@@ -274,8 +389,6 @@ class EpisodeRecorder:
         return ""
 
     def _check(self, t: float, i: RecorderInputs, now: float) -> str:
-        if now - t > self.period / 2:
-            return "late_tick"
         if i.depth is None or i.K is None:
             return "no_frame"
         if t - i.depth.t > self.max_frame_age:

@@ -22,6 +22,8 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
@@ -32,13 +34,29 @@ from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import config_to_dict, load_config
 from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, request_realtime, tighten_gil_switching
-from robot_runtime.data.recorder import EpisodeRecorder, RecorderInputs, Stamped
+from robot_runtime.data.recorder import EpisodeRecorder, GridAligner
 from robot_runtime.errors import RecordingError
 from robot_runtime.nodes.controller_shell import STATE_TOPICS
 from robot_runtime.perception.preprocess import VisualPreprocessor
 
 NAME = "recorder_node"
 COMMAND_TOPICS = {"arm": "/arm_controller_node/command", "hand": "/hand_controller_node/command"}
+#: Samples kept per stream, in the DDS queue and in the aligner: about 1 s at each stream's
+#: rate (depth 30 Hz, arm 120 Hz, hand 300 Hz), so a recorder loop stalled that long loses no step.
+HISTORY_DEPTH = {"depth": 32, "arm_state": 128, "arm_command": 128, "hand_state": 320, "hand_command": 320}
+
+
+def _decode_positions(raw: bytes) -> np.ndarray:
+    return np.asarray(deserialize_message(raw, JointState).position, float)
+
+
+def _decode_depth(raw: bytes) -> np.ndarray:
+    return ros_io.depth_from_msg(deserialize_message(raw, Image))
+
+
+def _history_qos(stream: str) -> QoSProfile:
+    return QoSProfile(depth=HISTORY_DEPTH[stream], reliability=ReliabilityPolicy.RELIABLE,
+                      history=HistoryPolicy.KEEP_LAST)
 
 
 def policy_schema(cfg) -> PolicySchema:
@@ -70,18 +88,23 @@ class RecorderNode(Node):
                                         cfg.policy.max_frame_age_s, cfg.policy.max_state_age_s,
                                         writer_setup=self._writer_setup)
         self.io = rclpy.create_node(f"{NAME}_io", context=self.context, use_global_arguments=False)
-        self.sub_depth = ros_io.PolledSubscription(self.io, Image, cfg.camera.depth_topic, ros_io.IMAGE_QOS)
+        self.sub_depth = ros_io.PolledSubscription(self.io, Image, cfg.camera.depth_topic, _history_qos("depth"))
         self.sub_info = ros_io.PolledSubscription(self.io, CameraInfo, cfg.camera.info_topic, ros_io.IMAGE_QOS)
-        self.sub_state = {p: ros_io.PolledSubscription(self.io, JointState, t, ros_io.STATE_QOS)
+        self.sub_state = {p: ros_io.PolledSubscription(self.io, JointState, t, _history_qos(f"{p}_state"))
                           for p, t in STATE_TOPICS.items()}
-        self.sub_cmd = {p: ros_io.PolledSubscription(self.io, JointState, t, ros_io.STATE_QOS)
+        self.sub_cmd = {p: ros_io.PolledSubscription(self.io, JointState, t, _history_qos(f"{p}_command"))
                         for p, t in COMMAND_TOPICS.items()}
         self.pub_status = self.create_publisher(String, f"/{NAME}/status", ros_io.LATCHED_QOS)
         self.pub_diag = self.io.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
         self.create_service(Trigger, f"/{NAME}/start_episode", self._on_start)
         self.create_service(SetBool, f"/{NAME}/stop_episode", self._on_stop)
         self.create_service(Trigger, f"/{NAME}/discard_episode", self._on_discard)
-        self.inputs = RecorderInputs()
+        period = 1.0 / cfg.rates.policy_hz
+        self._streams = {"depth": self.sub_depth, **{f"{p}_state": s for p, s in self.sub_state.items()},
+                         **{f"{p}_command": s for p, s in self.sub_cmd.items()}}
+        decode = {s: _decode_positions for s in self._streams}
+        decode["depth"] = _decode_depth
+        self.aligner = GridAligner(period, cfg.policy.max_frame_age_s, HISTORY_DEPTH, decode)
         self._lock = threading.Lock()
         self._status_lock = threading.Lock()
         self._last_status = None
@@ -117,31 +140,32 @@ class RecorderNode(Node):
             self.get_logger().fatal(f"recorder loop failed: {exc!r}")
 
     def _take_inputs(self) -> None:
-        i = self.inputs
+        """Every message that arrived, into the aligner's histories by acquisition stamp. They
+        stay serialized: only the few an instant uses are deserialized (``_decode_*``)."""
+        a = self.aligner
         info = self.sub_info.take_latest()
         if info is not None:
-            i.K = np.asarray(info.k, float).reshape(3, 3)
-        m = self.sub_depth.take_latest()
-        if m is not None:
-            i.depth = Stamped(ros_io.from_time_msg(m.header.stamp), ros_io.depth_from_msg(m))
-        for part in ("arm", "hand"):
-            s = self.sub_state[part].take_latest()
-            if s is not None:
-                setattr(i, f"{part}_state", Stamped(ros_io.from_time_msg(s.header.stamp), np.asarray(s.position, float)))
-            c = self.sub_cmd[part].take_latest()
-            if c is not None:
-                setattr(i, f"{part}_command", Stamped(ros_io.from_time_msg(c.header.stamp), np.asarray(c.position, float)))
+            a.K = np.asarray(info.k, float).reshape(3, 3)
+        for stream, sub in self._streams.items():
+            for raw in sub.take_serialized_all(HISTORY_DEPTH[stream]):
+                a.add(stream, ros_io.header_stamp_of_serialized(raw), raw)
+
+    def _record_settled(self, now: float, flush: bool = False) -> None:
+        """Record every grid instant the aligner has settled; the caller holds the lock."""
+        for t, inputs in self.aligner.settled(now, flush):
+            try:
+                self.recorder.tick(t, inputs, now)
+            except RecordingError as exc:
+                self.get_logger().error(str(exc))
 
     def _on_deadline(self, deadline: float) -> None:
-        self._take_inputs()
         now = time.time()
-        t_grid = deadline + self._wall_offset   # the grid instant, on the stamps' (wall) clock
-        if not self._lock.acquire(blocking=False):   # a save is in progress: nothing is recording
+        if not self._lock.acquire(blocking=False):   # a save is in progress: the next tick catches up
             return
         try:
-            self.recorder.tick(t_grid, self.inputs, now)
-        except RecordingError as exc:
-            self.get_logger().error(str(exc))
+            self._take_inputs()
+            self.aligner.mark(deadline + self._wall_offset)   # the grid instant, on the stamps' (wall) clock
+            self._record_settled(now)
         finally:
             self._lock.release()
         if now >= self._next_diag:
@@ -161,6 +185,10 @@ class RecorderNode(Node):
 
     def _on_stop(self, request, response):
         def stop() -> str:
+            if self.recorder.recording:   # the grid instants up to now, with what has arrived
+                self._take_inputs()
+                self.aligner.mark_through(time.time())
+                self._record_settled(time.time(), flush=True)
             path = self.recorder.stop(bool(request.data))
             return json.dumps({"file": str(path), "dropped": self.recorder.status()["dropped"]})
         return self._serve(response, stop)

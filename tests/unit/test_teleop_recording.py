@@ -8,7 +8,7 @@ import pytest
 from robot_runtime import description as D
 from robot_runtime.data import dataset
 from robot_runtime.data.episode_file import PARTIAL_SUFFIX, SUFFIX, load_episode, read_partial
-from robot_runtime.data.recorder import EpisodeRecorder, RecorderInputs, Stamped
+from robot_runtime.data.recorder import EpisodeRecorder, GridAligner, RecorderInputs, Stamped
 from robot_runtime.description import build
 from robot_runtime.errors import DiskFullError, EpisodeFileError, TeleopError
 from robot_runtime.ik import solve_ik
@@ -214,6 +214,88 @@ def test_recorder_round_trip_drops_and_training_loader(tmp_path):
         dataset.load_for_training(tmp_path / "eps", visual_spec=VisualSpec(kind="pointcloud").to_dict())
 
 
+RATES = {"depth": 30.0, "arm_state": 120.0, "hand_state": 300.0, "arm_command": 120.0, "hand_command": 300.0}
+
+
+def _aligner():
+    return GridAligner(0.05, 0.15, {s: 1000 for s in GridAligner.STREAMS})
+
+
+def _feed(aligner, stream, t_from, t_to, delay=0.0):
+    """Samples of ``stream`` acquired in [t_from, t_to) at its rate; each value is its own stamp."""
+    n = 7 if stream.startswith("arm") else 16
+    ts = np.arange(np.ceil(t_from * RATES[stream]), np.ceil(t_to * RATES[stream])) / RATES[stream] + delay
+    for t in ts:
+        aligner.add(stream, float(t), np.full(n, t))
+
+
+def test_a_recorder_loop_that_wakes_late_loses_no_step(tmp_path):
+    """The loop sleeps through 0.4 s (8 grid instants): it catches up, each instant gets the
+    newest sample of every stream acquired at or before it, and nothing is dropped."""
+    al, rec, rng = _aligner(), _recorder(tmp_path, min_free_mb=1), np.random.default_rng(7)
+    rec.start("grasp_lift", now=10.0)
+    depth = rng.uniform(0.3, 2.0, (240, 320)).astype(np.float32)
+    al.K = np.array([[200.0, 0, 160], [0, 200.0, 120], [0, 0, 1]])
+    wakes = [10.0 + 0.05 * k for k in range(40) if not 10 <= k < 18]   # asleep for k = 10..17
+    got, last = [], 9.9
+    for w in wakes:
+        for s in GridAligner.STREAMS:
+            _feed(al, s, last, w + 0.004, delay=0.0005)   # what has arrived by the (late) wake-up
+        last = w + 0.004
+        al.mark(w)
+        for t, inputs in al.settled(w + 0.004):
+            depth_t = inputs.depth.t
+            inputs.depth = Stamped(depth_t, depth)
+            assert rec.tick(t, inputs, w) == ""
+            got.append((t, depth_t, inputs.arm_state.t, inputs.hand_command.t))
+    path = rec.stop(True, now=20.0)
+    t, depth_t, arm_t, hand_cmd_t = np.array(got).T
+    assert np.allclose(np.diff(t), 0.05) and len(t) >= 38   # every instant, none skipped
+    for stamps, rate in ((depth_t, 30.0), (arm_t, 120.0), (hand_cmd_t, 300.0)):
+        assert np.all(stamps <= t) and np.all(t - stamps < 1.0 / rate + 1e-9)   # the newest at or before t
+    ep = load_episode(path)
+    assert ep.meta["dropped_steps"] == 0 and len(ep) == len(t)
+
+
+def test_an_instant_settles_when_every_stream_moved_past_it_or_at_the_settle_time():
+    al = _aligner()
+    for s in GridAligner.STREAMS:
+        _feed(al, s, 0.0, 1.0)
+    al.mark(1.0)
+    assert al.settled(1.0) == []                    # no stream has a sample after 1.0 yet
+    for s in GridAligner.STREAMS[:-1]:
+        _feed(al, s, 1.0, 1.05)
+    assert al.settled(1.06) == []                   # the hand command is still behind
+    ((t, inputs),) = al.settled(1.16)               # ...until settle_s has passed: the step is made
+    assert t == 1.0 and inputs.hand_command.t == pytest.approx(1.0 - 1 / 300)
+    al.mark(1.05)
+    for s in GridAligner.STREAMS:
+        _feed(al, s, 1.0 if s == "hand_command" else 1.05, 1.1)
+    ((t, inputs),) = al.settled(1.07)               # every stream is past 1.05: settled at once
+    assert t == 1.05 and inputs.depth.t == pytest.approx(1.0333333)
+
+
+def test_a_stalled_camera_drops_the_steps_it_left_without_a_fresh_frame(tmp_path):
+    al, rec = _aligner(), _recorder(tmp_path, min_free_mb=1, max_frame_age_s=0.15)
+    rng = np.random.default_rng(8)
+    rec.start("grasp_lift", now=0.0)
+    al.K = np.array([[200.0, 0, 160], [0, 200.0, 120], [0, 0, 1]])
+    depth = rng.uniform(0.3, 2.0, (240, 320)).astype(np.float32)
+    for s in GridAligner.STREAMS:   # the camera sends nothing between 0.5 s and 0.9 s
+        for a, b in ((0.0, 0.5), (0.9, 2.0)) if s == "depth" else ((0.0, 2.0),):
+            _feed(al, s, a, b)
+    reasons = []
+    for k in range(30):
+        al.mark(0.05 * k)
+    for t, inputs in al.settled(2.0):
+        if inputs.depth is not None:
+            inputs.depth = Stamped(inputs.depth.t, depth)
+        reasons.append(rec.tick(t, inputs, 2.0))
+    stale = [round(0.05 * k, 2) for k, r in enumerate(reasons) if r]
+    assert set(reasons) == {"", "stale_frame"} and stale == [0.65, 0.7, 0.75, 0.8, 0.85]   # older than 0.15 s
+    assert rec.stop(True, now=3.0) and rec.drop_counts() == {"stale_frame": 5}
+
+
 def test_full_disk_stops_the_episode_and_keeps_saved_ones(tmp_path):
     free = {"bytes": 10e9}
     rec = _recorder(tmp_path, min_free_mb=100, free_bytes=lambda p: free["bytes"])
@@ -315,3 +397,15 @@ def test_export_to_lerobot_v3_round_trips(tmp_path):
     assert table["episode_index"] == [0] * 6 + [1] * 7 and table["index"] == list(range(13))
     tasks = pq.read_table(out / "meta" / "tasks.parquet").to_pydict()
     assert sorted(tasks["task"]) == ["grasp_drop", "grasp_lift"]
+
+
+def test_the_header_stamp_is_read_from_serialized_messages_without_deserializing():
+    from rclpy.serialization import serialize_message
+
+    from robot_runtime import ros_io
+    depth = np.full((4, 6), 0.5, np.float32)
+    for msg, t in ((ros_io.joint_state_msg(D.HAND_JOINTS, 1795298295.123456789, np.zeros(16)), 1795298295.123456789),
+                   (ros_io.depth_image_msg(depth, 12.75, "cam"), 12.75)):
+        assert ros_io.header_stamp_of_serialized(serialize_message(msg)) == pytest.approx(t, abs=1e-9)
+    with pytest.raises(ValueError, match="not a CDR"):
+        ros_io.header_stamp_of_serialized(b"\x07\x07" + bytes(20))
