@@ -241,9 +241,10 @@ class TwinConfig:
     object_pose_hz: float = rng(30.0, 1.0, 500.0)
     hand_torque_timeout_s: float = rng(0.1, 0.005, 5.0)
     hand_torque_limit: float = rng(0.7, 0.05, 5.0)
-    #: SCHED_FIFO priority of the physics thread (0: do not ask). Above the controllers' (40):
-    #: the twin stands in for the robot, whose own computers the host's load never slows.
-    realtime_priority: int = rng(45, 0, 99)
+    #: SCHED_FIFO priority of the physics thread (0: do not ask). The twin stands in for the
+    #: robot, whose own computers the host's load never slows: above the policy (30) and the
+    #: recorder (25), below the controllers (40), whose short ticks it must not delay.
+    realtime_priority: int = rng(35, 0, 99)
     camera: TwinCameraModel = field(default_factory=TwinCameraModel)
 
 
@@ -325,7 +326,7 @@ class PolicyConfig:
     autostart: bool = True                           # start an episode as soon as the node is up
     arm_controllers: bool = False                    # twin only: arm the controllers for each episode
     calibration_file: OptionalFilePath = OptionalFilePath("")  # camera pose for point-cloud policies
-    realtime_priority: int = rng(0, 0, 99)           # SCHED_FIFO priority of the policy loop (0: do not ask)
+    realtime_priority: int = rng(35, 0, 99)           # SCHED_FIFO priority of the policy loop (0: do not ask)
 
 
 @register_backend_config("teleop_input", "scripted")
@@ -411,7 +412,7 @@ class RecorderConfig:
     depth_stride: int = rng(2, 1, 16)        # raw depth kept at 1/stride resolution (uint16 mm)
     min_free_mb: float = rng(500.0, 1.0, None)
     max_episode_s: float = rng(120.0, 1.0, 3600.0)
-    realtime_priority: int = rng(0, 0, 99)
+    realtime_priority: int = rng(35, 0, 99)
 
 
 @dataclass
