@@ -1,0 +1,205 @@
+"""Episodes on an in-process twin, on the policy grid: scripted demos and policy rollouts alike.
+
+:class:`TwinEpisodeRunner` resets the twin for a task and seed, then at every policy step
+``t_k = k / policy_hz``:
+
+1. reads the measured joints and renders the depth frame at ``t_k``;
+2. records the step through :class:`~robot_runtime.data.recorder.EpisodeRecorder` (the
+   recorder node's own recorder and preprocessing, so a demo made here is the same file
+   a teleoperated one is): ``command`` is the target reached at ``t_k``;
+3. asks the driver (the scripted expert, or a policy) for the target at ``t_{k+1}``;
+4. passes it through the safety shield (:func:`~robot_runtime.control.safety.shield_step`,
+   the controllers' limits, scaled to one policy period);
+5. steps the physics to ``t_{k+1}``, the arm servo target moving linearly from the last
+   command to the new one, the hand driven by the hand controller's PD law toward the same
+   interpolation.
+
+Demos and rollouts share every step of this, so a policy is evaluated under the execution
+its demonstrations were recorded with. It runs faster than real time and needs no ROS.
+Success is judged at the end from ground-truth object poses
+(:func:`robot_runtime.teleop.scripted.task_success`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from robot_runtime import description as D
+from robot_runtime.config import RuntimeConfig, config_to_dict
+from robot_runtime.control.factory import joint_limits
+from robot_runtime.control.pd import pd_torque
+from robot_runtime.control.safety import ShieldState, shield_step
+from robot_runtime.data.recorder import EpisodeRecorder, RecorderInputs, Stamped
+from robot_runtime.perception.preprocess import VisualPreprocessor, VisualSpec
+from robot_runtime.teleop.scripted import task_success
+
+#: A driver: (t since the episode began (s), measured q [23] (rad, driver order), depth [H, W]
+#: (m), K [3, 3]) -> the target for the next step [23] (rad, driver order), or None to hold.
+Driver = Callable[[float, np.ndarray, np.ndarray, np.ndarray], "np.ndarray | None"]
+
+
+@dataclass
+class EpisodeOutcome:
+    """One episode: ``success`` from ground truth, its ``steps``, the saved ``file`` (if recorded),
+    how often the driver gave nothing (``holds``) and the shield's interventions by reason."""
+
+    task: str
+    seed: int
+    success: bool
+    steps: int
+    file: str = ""
+    holds: int = 0
+    interventions: dict | None = None
+
+
+class TwinEpisodeRunner:
+    """Runs episodes on one in-process :class:`~robot_runtime.twin.sim.TwinSimulation`.
+
+    Args:
+        cfg: the runtime config (twin, rates, control limits and hand gains).
+        visual: the policy input recorded with each step (a checkpoint's ``schema.visual``).
+        out_dir: where episodes are saved (None: nothing is recorded).
+        source: stored in each episode's metadata (``{"kind": ..., ...}``).
+    """
+
+    def __init__(self, cfg: RuntimeConfig, visual: VisualSpec, out_dir=None, source: dict | None = None):
+        from robot_runtime.twin.sim import TwinSimulation  # noqa: PLC0415 - needs mujoco
+
+        self.cfg = cfg
+        self.sim = TwinSimulation(cfg.twin, cfg.robot)
+        self.period = 1.0 / cfg.rates.policy_hz
+        self.substeps = max(1, int(round(self.period / self.sim.dt)))
+        self.K = self.sim.intrinsics()
+        T_cam = self.sim.camera_pose()
+        # The controllers' limits hold per controller tick; one policy period spans several.
+        self.limits = {
+            "arm": self._per_period(joint_limits(D.ARM_JOINTS, D.ARM_LIMITS, cfg.control.arm), cfg.rates.arm_hz),
+            "hand": self._per_period(joint_limits(D.HAND_JOINTS, D.HAND_LIMITS, cfg.control.hand), cfg.rates.hand_hz)}
+        self.recorder = None
+        if out_dir is not None:
+            static = {"joint_names": list(D.ALL_JOINTS), "proprio_joint_names": list(D.ALL_JOINTS),
+                      "config": config_to_dict(cfg), "calibration": {"T_base_camera": np.asarray(T_cam).tolist()},
+                      "source": {"in_process_twin": True, **(source or {})}}
+            self.recorder = EpisodeRecorder(Path(out_dir), cfg.rates.policy_hz, VisualPreprocessor(visual, T_cam),
+                                            np.arange(len(D.ALL_JOINTS)), static, cfg.recorder.depth_stride,
+                                            min_free_mb=cfg.recorder.min_free_mb, max_episode_s=cfg.recorder.max_episode_s,
+                                            max_frame_age_s=self.period, max_state_age_s=self.period)
+
+    def _per_period(self, limits, rate_hz: float):
+        return replace(limits, max_step=limits.max_step * rate_hz * self.period)
+
+    def close(self) -> None:
+        self.sim.close()
+
+    def poses(self) -> dict:
+        return {k: (v.position, v.quaternion) for k, v in self.sim.object_poses().items()}
+
+    def measured(self) -> np.ndarray:
+        return np.concatenate([self.sim.arm_state().position, self.sim.hand_state().position])
+
+    def run(self, task: str, seed: int, driver: Driver, duration_s: "float | Callable[[], float]", note: str = "",
+            on_reset: Callable[[dict, np.ndarray], None] | None = None) -> EpisodeOutcome:
+        """One episode of ``duration_s`` (s; or a function read after ``on_reset``) on ``task``
+        with object placement ``seed``.
+
+        ``on_reset(start_poses, q)`` is called after the reset (an expert plans there).
+        """
+        sim, cfg = self.sim, self.cfg
+        sim.reset(task, seed)
+        start = self.poses()
+        q0 = self.measured()
+        if on_reset is not None:
+            on_reset(start, q0)
+        shield = {"arm": ShieldState.at_rest(q0[:7]), "hand": ShieldState.at_rest(q0[7:])}
+        cmd = q0.copy()
+        wall0 = time.time()
+        if self.recorder is not None:
+            self.recorder.start(task, note, {"seed": int(seed), "in_process_twin": True}, now=wall0)
+        n_steps = int(round((duration_s() if callable(duration_s) else duration_s) / self.period))
+        holds, interventions = 0, {}
+        h = cfg.control.hand
+        try:
+            for k in range(n_steps):
+                t = k * self.period
+                q = self.measured()
+                depth = sim.render_depth()
+                if self.recorder is not None:
+                    stamp = wall0 + t
+                    self.recorder.tick(stamp, RecorderInputs(Stamped(stamp, depth), self.K, Stamped(stamp, q[:7]),
+                                                             Stamped(stamp, q[7:]), Stamped(stamp, cmd[:7]),
+                                                             Stamped(stamp, cmd[7:])), now=time.time())
+                target = driver(t, q, depth, self.K)
+                if target is None:
+                    holds += 1
+                    target = cmd
+                new = np.empty(23)
+                for part, sl in (("arm", slice(0, 7)), ("hand", slice(7, 23))):
+                    res = shield_step(self.limits[part], shield[part], np.asarray(target, float)[sl], self.period)
+                    shield[part] = res.state
+                    new[sl] = res.q
+                    for r in res.reasons:
+                        interventions[r] = interventions.get(r, 0) + 1
+                for i in range(1, self.substeps + 1):
+                    x = cmd + (new - cmd) * (i / self.substeps)
+                    sim.set_arm_target(x[:7])
+                    hs = sim.hand_state()
+                    sim.set_hand_torque(pd_torque(x[7:], hs.position, hs.velocity, h.kp, h.kd, h.torque_limit))
+                    sim.step()
+                cmd = new
+        except BaseException:
+            if self.recorder is not None and self.recorder.recording:
+                self.recorder.stop(None, discard=True)
+            raise
+        success = task_success(task, sim.active_objects, start, self.poses())
+        file = ""
+        if self.recorder is not None:
+            file = str(self.recorder.stop(success, now=time.time()))
+        return EpisodeOutcome(task, int(seed), success, n_steps, file, holds, interventions)
+
+
+def make_expert(cfg: RuntimeConfig):
+    """The scripted expert with the robot of ``cfg``."""
+    from robot_runtime.kinematics import UrdfModel  # noqa: PLC0415
+    from robot_runtime.teleop.scripted import ScriptedExpert  # noqa: PLC0415
+
+    r = cfg.robot
+    return ScriptedExpert(UrdfModel.from_file(D.description_path(D.URDF_NAME)), r.hand_mount.xyz, r.hand_mount.rpy,
+                          r.hand_home, r.arm_home, cfg.control.workspace.table_z)
+
+
+def expert_episode(runner: TwinEpisodeRunner, expert, task: str, seed: int, settle_s: float = 0.5) -> EpisodeOutcome:
+    """One scripted-expert demonstration (its plan, then ``settle_s``), recorded if the runner records."""
+    def plan(start: dict, q: np.ndarray) -> None:
+        expert.plan(task, start, runner.sim.active_objects, q, np.random.default_rng(seed))
+
+    def drive(t, q, depth, K):
+        return expert.sample(t + runner.period)[0]
+    return runner.run(task, seed, drive, lambda: expert.duration + settle_s, note=f"scripted expert, seed {seed}",
+                      on_reset=plan)
+
+
+def record_scripted_demos(cfg: RuntimeConfig, task: str, seeds, out_dir, visual: VisualSpec,
+                          progress: bool = True) -> list[EpisodeOutcome]:
+    """Record one scripted-expert episode per seed into ``out_dir`` (failures are saved flagged)."""
+    runner = TwinEpisodeRunner(cfg, visual, out_dir, {"kind": "scripted_expert"})
+    expert = make_expert(cfg)
+    out = []
+    bar = None
+    if progress:
+        from tqdm import tqdm  # noqa: PLC0415
+        bar = tqdm(total=len(list(seeds)), desc=f"demos {task}", unit="ep")
+    try:
+        for seed in seeds:
+            out.append(expert_episode(runner, expert, task, int(seed)))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(ok=sum(o.success for o in out))
+    finally:
+        if bar is not None:
+            bar.close()
+        runner.close()
+    return out
