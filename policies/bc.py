@@ -90,6 +90,48 @@ class WindowSampler:
                 torch.from_numpy(np.stack(acts)))
 
 
+def bc_loss(model: HopPolicy, proprio, frames, index, actions) -> torch.Tensor:
+    """Mean L1 between the predicted and the demonstrated scaled actions over every window step."""
+    pred, _ = model.trunk(proprio, model.encode_visual(frames)[index])
+    return (pred - actions).abs().mean()
+
+
+def bc_step(model: HopPolicy, opt: torch.optim.Optimizer, sampler: WindowSampler, rng: np.random.Generator,
+            cfg: TrainConfig, device: torch.device | str = "cpu") -> float:
+    """One optimizer step on a fresh batch (proprio noise, L1, gradient clip); returns the loss.
+
+    Raises:
+        PolicyError: the loss is not finite (the step is not applied).
+    """
+    proprio, frames, index, actions = (x.to(device) for x in sampler.batch(rng, cfg.batch))
+    if cfg.proprio_noise > 0:
+        proprio = proprio + cfg.proprio_noise * torch.randn_like(proprio)
+    loss = bc_loss(model, proprio, frames, index, actions)
+    if not torch.isfinite(loss):
+        raise PolicyError(f"training loss became {loss.item()}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def validation_loss(model: HopPolicy, sampler: WindowSampler, device: torch.device | str = "cpu",
+                    batches: int = 8, batch: int = 64) -> float:
+    """Mean L1 (no noise) on a fixed set of windows of ``sampler``'s episodes: the same windows at
+    every call, so the numbers compare across steps."""
+    was_training = model.training
+    model.eval()
+    rng = np.random.default_rng(12345)
+    total = 0.0
+    for _ in range(batches):
+        proprio, frames, index, actions = (x.to(device) for x in sampler.batch(rng, batch))
+        total += bc_loss(model, proprio, frames, index, actions).item()
+    model.train(was_training)
+    return total / batches
+
+
 def train_bc(model: HopPolicy, schema: PolicySchema, episodes: list[Episode], driver_names,
              cfg: TrainConfig | None = None, progress: bool = True, log=None) -> list[float]:
     """Train ``model`` in place; returns the loss of every step.
@@ -114,18 +156,7 @@ def train_bc(model: HopPolicy, schema: PolicySchema, episodes: list[Episode], dr
     t0 = time.monotonic()
     try:
         for step in range(cfg.steps):
-            proprio, frames, index, actions = sampler.batch(rng, cfg.batch)
-            if cfg.proprio_noise > 0:
-                proprio = proprio + cfg.proprio_noise * torch.randn_like(proprio)
-            pred, _ = model.trunk(proprio, model.encode_visual(frames)[index])
-            loss = (pred - actions).abs().mean()
-            if not torch.isfinite(loss):
-                raise PolicyError(f"training loss became {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            losses.append(loss.item())
+            losses.append(bc_step(model, opt, sampler, rng, cfg))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")

@@ -1,0 +1,125 @@
+"""Evaluation on the twin: N rollouts of a checkpoint on a task, a success rate with its interval.
+
+Each rollout resets the in-process twin with its own seed (a new random object placement),
+runs the checkpoint closed loop through :class:`policies.closed_loop.ClosedLoopPolicy` (the
+policy node's own tick: history, staleness checks, preprocessing, ONNX Runtime) on the
+runner of :mod:`robot_runtime.twin.rollout` (the safety shield, the controllers' limits and
+the hand PD), and judges success from ground-truth object poses at the end. Every rollout is
+saved as an episode file (``robot-runtime data inspect`` / replay read it).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from policies.closed_loop import ClosedLoopPolicy, Frame, LiveRobot, LoadedPolicy
+from robot_runtime import description as D
+from robot_runtime.config import RuntimeConfig
+from robot_runtime.twin.rollout import EpisodeOutcome, TwinEpisodeRunner
+
+#: Rollout length per task (s): the scripted demos take 11-20 s.
+DEFAULT_DURATION_S = {"grasp_lift": 16.0, "grasp_drop": 19.0, "grasp_pour": 22.0}
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% for z = 1.96) of a success rate."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class EvalReport:
+    checkpoint: str
+    task: str
+    rollouts: list[EpisodeOutcome]
+    seconds: float
+    out_dir: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def successes(self) -> int:
+        return sum(r.success for r in self.rollouts)
+
+    @property
+    def rate(self) -> float:
+        return self.successes / max(len(self.rollouts), 1)
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.successes, len(self.rollouts))
+
+    def line(self) -> str:
+        lo, hi = self.interval
+        return (f"{self.checkpoint} on {self.task}: {self.successes}/{len(self.rollouts)} = {self.rate:.2f} "
+                f"(95% CI {lo:.2f}-{hi:.2f}), {self.seconds:.0f} s")
+
+    def to_dict(self) -> dict:
+        lo, hi = self.interval
+        return {"checkpoint": self.checkpoint, "task": self.task, "n": len(self.rollouts), "successes": self.successes,
+                "rate": self.rate, "ci95": [lo, hi], "seconds": round(self.seconds, 1), "out_dir": self.out_dir,
+                "rollouts": [asdict(r) for r in self.rollouts], **self.extra}
+
+
+def live_robot_of(runner: TwinEpisodeRunner, cfg: RuntimeConfig) -> LiveRobot:
+    return LiveRobot(tuple(D.ALL_JOINTS), tuple(tuple(x) for x in D.ARM_LIMITS + D.HAND_LIMITS),
+                     cfg.rates.policy_hz, runner.sim.camera_pose())
+
+
+def evaluate(cfg: RuntimeConfig, checkpoint, task: str, n: int, seed0: int = 10_000, out_dir=None,
+             duration_s: float | None = None, runner: str = "onnxruntime", progress: bool = True) -> EvalReport:
+    """``n`` rollouts of ``checkpoint`` on ``task`` with seeds ``seed0 .. seed0 + n - 1`` (kept apart
+    from the demo seeds), each saved under ``out_dir`` (None: not saved)."""
+    duration_s = duration_s or DEFAULT_DURATION_S[task]
+    t0 = time.monotonic()
+    loaded = None
+    tw = None
+    bar = None
+    outcomes: list[EpisodeOutcome] = []
+    try:
+        from policies.checkpoint import load_checkpoint  # noqa: PLC0415
+
+        schema = load_checkpoint(checkpoint).schema
+        tw = TwinEpisodeRunner(cfg, schema.visual, out_dir, {"kind": "policy_rollout", "checkpoint": str(checkpoint)})
+        loaded = LoadedPolicy.load(checkpoint, live_robot_of(tw, cfg), runner, warmup_steps=2)
+        cl = ClosedLoopPolicy(loaded, tw.period, max_frame_age_s=tw.period, max_state_age_s=tw.period)
+        if progress:
+            from tqdm import tqdm  # noqa: PLC0415
+            bar = tqdm(total=n, desc=f"eval {task}", unit="rollout")
+        for i in range(n):
+            seed = seed0 + i
+            cl.start()
+            seq = iter(range(1 << 30))
+
+            def drive(t, q, depth, K):
+                return cl.tick(t, Frame(depth, K, t, next(seq)), (t, q), stamp_for=t + tw.period).q
+            outcomes.append(tw.run(task, seed, drive, duration_s, note=f"rollout of {loaded.name}, seed {seed}"))
+            cl.stop()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(success=f"{sum(o.success for o in outcomes)}/{len(outcomes)}")
+    finally:
+        if bar is not None:
+            bar.close()
+        if tw is not None:
+            tw.close()
+    report = EvalReport(loaded.name, task, outcomes, time.monotonic() - t0, str(out_dir or ""))
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "eval.json").write_text(json.dumps(report.to_dict(), indent=1, default=_jsonable))
+    return report
+
+
+def _jsonable(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return str(x)

@@ -1,0 +1,342 @@
+"""Finetuning: behaviour cloning on recorded episodes, with checkpoints, resume and provenance.
+
+:class:`FinetuneJob` trains the HOP network on episodes saved by the recorder (or by the
+in-process twin runner) with the HOP recipe (:mod:`policies.bc`): L1 on scaled actions
+over the 16-step window, proprio noise 0.1, AdamW lr 1e-4, weight decay 0.01, gradient
+clip 0.25. It starts from a checkpoint (the project's prior, or an imported HOP
+checkpoint) or from scratch (the architecture then follows the preprocessing the
+episodes were recorded with).
+
+Episodes are split into training and validation *by episode*. Every ``save_every`` steps
+and at the end the job writes, under ``out``:
+
+- ``step_NNNNNN/``: a checkpoint in the project's format (the last two are kept);
+- ``train_state.pt``: the optimizer, the step, the random generators and the loss
+  history, written atomically, so ``resume`` continues exactly where it stopped;
+- at the end, ``out`` itself becomes the final checkpoint (with its ONNX files, so a
+  hot-swap needs no export).
+
+The provenance in ``policy.json`` names the base checkpoint (path and digest), every
+episode (file, digest, steps, train or validation), the hyperparameters, the training
+and validation losses, the device and the code version.
+
+On the CPU it uses one thread fewer than the machine has and lowers its own priority
+(``nice``), so control loops in other processes keep their cores; CUDA is used when present.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from policies.bc import Episode, TrainConfig, WindowSampler, bc_step, validation_loss
+from policies.checkpoint import META_FILE, load_checkpoint, save_checkpoint
+from policies.errors import PolicyError
+from policies.hop import HopArchitecture, HopPolicy
+from policies.schema import PolicySchema
+from robot_runtime import description as D
+from robot_runtime.perception.preprocess import VisualSpec
+
+STATE_FILE = "train_state.pt"
+KEEP_INTERVAL_CHECKPOINTS = 2
+
+
+class FinetuneError(PolicyError):
+    """A finetuning job cannot start or continue (bad dataset, bad resume)."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Hyperparameters (HOP's recipe; batch 64 rather than 256 to suit a CPU) and job settings.
+
+    Attributes:
+        steps: optimizer steps in all (a resumed job runs up to this).
+        val_fraction: share of the episodes held out for validation (at least one when there
+            are two or more episodes).
+        save_every: steps between interval checkpoints.
+        device: 'auto' (CUDA when present), 'cpu' or 'cuda'.
+        threads: CPU threads (0: one fewer than the machine has).
+        nice: added to the process's niceness on the CPU (0: unchanged).
+    """
+
+    steps: int = 2000
+    batch: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 0.25
+    proprio_noise: float = 0.1
+    val_fraction: float = 0.2
+    save_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    nice: int = 10
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(steps=self.steps, batch=self.batch, lr=self.lr, weight_decay=self.weight_decay,
+                           grad_clip=self.grad_clip, proprio_noise=self.proprio_noise, seed=self.seed)
+
+
+@dataclass
+class EpisodeRef:
+    file: str
+    sha256: str
+    steps: int
+    split: str
+
+
+@dataclass
+class FinetuneResult:
+    checkpoint: Path
+    steps: int
+    train_loss: float
+    val_loss: float | None
+    seconds: float
+    episodes: list[EpisodeRef] = field(default_factory=list)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def code_version() -> str:
+    """The package version, and the git commit when run from a checkout (``+dirty`` if modified)."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        v = version("robot_runtime")
+    except PackageNotFoundError:
+        v = "unknown"
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return f"{v} ({commit}{'+dirty' if dirty else ''})" if commit else v
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FinetuneError("device 'cuda' asked for, but torch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise FinetuneError(f"device {name!r}: expected 'auto', 'cpu' or 'cuda'")
+    return torch.device(name)
+
+
+def split_by_episode(files: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """(train, validation) files: whole episodes, chosen by ``seed``; no validation from one episode."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise FinetuneError(f"val_fraction {val_fraction}: expected 0 <= val_fraction < 1")
+    order = list(np.random.default_rng(seed).permutation(len(files)))
+    n_val = 0 if len(files) < 2 or val_fraction == 0 else min(len(files) - 1, max(1, round(val_fraction * len(files))))
+    val = sorted(files[i] for i in order[:n_val])
+    return sorted(f for f in files if f not in val), val
+
+
+class FinetuneJob:
+    """One finetuning job (see the module docstring).
+
+    Args:
+        episodes: episode files or folders (unsuccessful and partial episodes are skipped).
+        out: the output folder (the final checkpoint; interval checkpoints and train state inside).
+        base: a checkpoint folder to start from, or None to start from scratch.
+        cfg: hyperparameters and job settings.
+        resume: continue from ``out``'s train state (it must be the same job).
+
+    Raises:
+        FinetuneError / EpisodeFileError / CheckpointError: naming the file or value at fault.
+    """
+
+    def __init__(self, episodes, out, base=None, cfg: FinetuneConfig | None = None, resume: bool = False):
+        from robot_runtime.data.dataset import _expand  # noqa: PLC0415
+        from robot_runtime.data.episode_file import read_meta  # noqa: PLC0415
+
+        self.cfg = cfg or FinetuneConfig()
+        self.out = Path(out)
+        self.resume = resume
+        files = _expand(episodes) if episodes else []
+        if not files:
+            raise FinetuneError(f"no episode files in {episodes}")
+        metas = {f: read_meta(f) for f in files}
+        used = [f for f in files if metas[f].get("success") is True and not metas[f].get("partial")]
+        if not used:
+            raise FinetuneError(f"none of the {len(files)} episodes in {episodes} is a complete, successful one "
+                                f"(flag demos with the recorder's stop_episode success=true)")
+        self.base = None
+        if base is not None:
+            self.base = load_checkpoint(base)
+            self.arch, self.schema = self.base.arch, self.base.schema
+        else:
+            visual = metas[used[0]].get("visual")
+            if not visual:
+                raise FinetuneError(f"{used[0]}: no 'visual' preprocessing in its metadata; cannot train from scratch")
+            spec = VisualSpec.from_dict(visual)
+            self.schema = PolicySchema.hop(spec, policy_hz=float(metas[used[0]].get("rate_hz", 20.0)))
+            self.arch = HopArchitecture(visual=spec.kind, depth_size=spec.depth.shape,
+                                        num_points=spec.points.num_points)
+        rate = float(metas[used[0]].get("rate_hz", self.schema.policy_hz))
+        if abs(rate - self.schema.policy_hz) > 1e-6:
+            raise FinetuneError(f"{used[0]}: recorded at {rate:g} Hz, the checkpoint runs at {self.schema.policy_hz:g} Hz")
+        train_files, val_files = split_by_episode(used, self.cfg.val_fraction, self.cfg.seed)
+        self.train_eps = self._load(train_files)
+        self.val_eps = self._load(val_files)
+        self.episodes = [EpisodeRef(str(f), _sha256(f), len(e.q), "train") for f, e in zip(train_files, self.train_eps)] + \
+                        [EpisodeRef(str(f), _sha256(f), len(e.q), "val") for f, e in zip(val_files, self.val_eps)]
+        self.skipped = [str(f) for f in files if f not in used]
+
+    def _load(self, files: list[Path]) -> list[Episode]:
+        from robot_runtime.data.dataset import load_for_training  # noqa: PLC0415
+
+        return load_for_training(files, visual_spec=self.schema.visual.to_dict(), successful_only=True) if files else []
+
+    # ------------------------------------------------------------------ run
+    def _identity(self) -> dict:
+        """What a resumed job must share with the one that saved the state."""
+        return {"base": self.base.sha256 if self.base else "scratch",
+                "episodes": [(e.sha256, e.split) for e in self.episodes],
+                "config": {k: v for k, v in asdict(self.cfg).items() if k not in ("steps", "save_every", "device",
+                                                                                   "threads", "nice")}}
+
+    def _setup_process(self, device: torch.device) -> str:
+        if device.type == "cpu":
+            n = self.cfg.threads or max(1, (os.cpu_count() or 2) - 1)
+            torch.set_num_threads(n)
+            if self.cfg.nice:
+                try:
+                    os.nice(self.cfg.nice)
+                except OSError:
+                    pass
+            return f"cpu, {n} threads, nice {os.nice(0)}"
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+
+    def run(self, progress: Callable[[dict], None] | None = None, bar: bool = True) -> FinetuneResult:
+        """Train to ``cfg.steps``; ``progress`` gets a dict every 10 steps and at every save."""
+        cfg = self.cfg
+        device = pick_device(cfg.device)
+        where = self._setup_process(device)
+        torch.manual_seed(cfg.seed)
+        model = self.base.build_model() if self.base is not None else HopPolicy(self.arch)
+        model.to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        rng = np.random.default_rng(cfg.seed)
+        start, losses, vals = 0, [], []
+        self.out.mkdir(parents=True, exist_ok=True)
+        state_file = self.out / STATE_FILE
+        if self.resume:
+            if not state_file.is_file():
+                raise FinetuneError(f"{state_file}: nothing to resume (no train state in {self.out})")
+            st = torch.load(state_file, map_location=device, weights_only=False)
+            if st["identity"] != self._identity():
+                raise FinetuneError(f"{state_file}: saved by a different job (base checkpoint, episodes or "
+                                    f"hyperparameters differ); start a new --out or drop --resume")
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            rng.bit_generator.state = st["numpy_rng"]
+            torch.set_rng_state(st["torch_rng"])
+            start, losses, vals = st["step"], st["losses"], st["val"]
+        elif (self.out / META_FILE).exists() or state_file.exists():
+            raise FinetuneError(f"{self.out} already holds a checkpoint or a job; pass --resume to continue it "
+                                f"or choose another output folder")
+        train = WindowSampler(self.train_eps, self.schema, D.ALL_JOINTS)
+        val = WindowSampler(self.val_eps, self.schema, D.ALL_JOINTS) if self.val_eps else None
+        if start >= cfg.steps:
+            raise FinetuneError(f"{state_file}: already trained {start} of {cfg.steps} steps; raise --steps to go on")
+        tc = cfg.train_config()
+        t0 = time.monotonic()
+        pbar = None
+        if bar:
+            from tqdm import tqdm  # noqa: PLC0415
+            pbar = tqdm(total=cfg.steps, initial=start, desc="finetune", unit="step")
+        try:
+            model.train()
+            for step in range(start, cfg.steps):
+                losses.append(bc_step(model, opt, train, rng, tc, device))
+                done = step + 1
+                if pbar is not None:
+                    pbar.update(1)
+                    pbar.set_postfix(loss=f"{losses[-1]:.4f}", val=f"{vals[-1][1]:.4f}" if vals else "-")
+                saving = done % cfg.save_every == 0 or done == cfg.steps
+                if saving and val is not None:
+                    vals.append((done, validation_loss(model, val, device)))
+                if progress is not None and (done % 10 == 0 or saving):
+                    rate = (done - start) / max(time.monotonic() - t0, 1e-9)
+                    progress({"step": done, "steps": cfg.steps, "loss": losses[-1],
+                              "val_loss": vals[-1][1] if vals else None, "eta_s": (cfg.steps - done) / rate})
+                if saving and done < cfg.steps:
+                    self._save_interval(model, opt, rng, done, losses, vals, where)
+        finally:
+            if pbar is not None:
+                pbar.close()
+        seconds = time.monotonic() - t0
+        final = self._save_final(model, opt, rng, cfg.steps, losses, vals, where, seconds)
+        return FinetuneResult(final, cfg.steps, float(np.mean(losses[-20:])), vals[-1][1] if vals else None, seconds,
+                              self.episodes)
+
+    # ------------------------------------------------------------------ saving
+    def provenance(self, step: int, losses, vals, where: str, seconds: float | None = None) -> dict:
+        b = self.base
+        return {"source": "policies.finetune: behaviour cloning on recorded episodes",
+                "base": {"path": str(b.path), "name": b.name, "sha256": b.sha256} if b else "scratch",
+                "episodes": [asdict(e) for e in self.episodes], "skipped_episodes": self.skipped,
+                "hyperparameters": asdict(self.cfg), "step": step,
+                "train_loss": float(np.mean(losses[-20:])) if losses else None,
+                "val_loss": vals[-1][1] if vals else None, "val_history": [[s, round(v, 6)] for s, v in vals],
+                "device": where, "train_s": None if seconds is None else round(seconds, 1),
+                "code_version": code_version()}
+
+    def _state(self, model, opt, rng, step, losses, vals) -> dict:
+        return {"identity": self._identity(), "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "losses": losses, "val": vals}
+
+    def _write_state(self, state: dict) -> None:
+        tmp = self.out / (STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.out / STATE_FILE)
+
+    def _save_interval(self, model, opt, rng, step, losses, vals, where) -> None:
+        model.eval()
+        cpu_model = HopPolicy(self.arch)
+        cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        save_checkpoint(self.out / f"step_{step:06d}", cpu_model, self.schema,
+                        self.provenance(step, losses, vals, where), onnx=False)
+        self._write_state(self._state(model, opt, rng, step, losses, vals))
+        for old in sorted(self.out.glob("step_*"))[:-KEEP_INTERVAL_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+        model.train()
+
+    def _save_final(self, model, opt, rng, step, losses, vals, where, seconds) -> Path:
+        model.eval()
+        cpu_model = HopPolicy(self.arch)
+        cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        self._write_state(self._state(model, opt, rng, step, losses, vals))
+        return save_checkpoint(self.out, cpu_model.eval(), self.schema, self.provenance(step, losses, vals, where, seconds))
+
+
+def provenance_summary(path) -> str:
+    """One line about a finetuned checkpoint's provenance."""
+    meta = json.loads((Path(path) / META_FILE).read_text())
+    p = meta.get("provenance", {})
+    base = p.get("base")
+    base = base["name"] if isinstance(base, dict) else base
+    n = len(p.get("episodes", []))
+    val = p.get("val_loss")
+    return (f"{Path(path).name}: from {base}, {n} episodes, {p.get('step')} steps, train L1 {p.get('train_loss', 0):.4f}"
+            + (f", val L1 {val:.4f}" if val is not None else "") + f", {p.get('device')}, code {p.get('code_version')}")
