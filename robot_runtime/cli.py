@@ -156,8 +156,6 @@ def _cmd_policy(args) -> int:
         print(f"wrote {out}")
         return 0
     import rclpy
-    from rcl_interfaces.srv import SetParameters
-    from rclpy.parameter import Parameter
     from std_msgs.msg import String
     from std_srvs.srv import Trigger
 
@@ -178,15 +176,9 @@ def _cmd_policy(args) -> int:
         if args.action == "swap":
             if not args.checkpoint:
                 raise RobotRuntimeError("policy swap needs a checkpoint folder")
-            path = str(Path(args.checkpoint).resolve())
-            client = node.create_client(SetParameters, "/policy_node/set_parameters")
-            req = SetParameters.Request(parameters=[Parameter("checkpoint", value=path).to_parameter_msg()])
-            res = _call(node, context, client, req, max(args.timeout, 30.0))
-            if res is None:
-                return 1
-            r = res.results[0]
-            print(f"policy_node: {'swapped to ' + path if r.successful else 'REFUSED: ' + r.reason}")
-            return 0 if r.successful else 1
+            ok, message = _swap(node, context, args.checkpoint, max(args.timeout, 30.0))
+            print(f"policy_node: {message}")
+            return 0 if ok else 1
         client = node.create_client(Trigger, f"/policy_node/{POLICY_SERVICES[args.action]}")
         res = _call(node, context, client, Trigger.Request(), max(args.timeout, 30.0))
         if res is None:
@@ -196,6 +188,75 @@ def _cmd_policy(args) -> int:
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def _swap(node, context, checkpoint, timeout: float) -> tuple[bool, str]:
+    """Set the running policy_node's ``checkpoint`` parameter (its hot-swap); (swapped, message)."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    path = str(Path(checkpoint).resolve())
+    client = node.create_client(SetParameters, "/policy_node/set_parameters")
+    req = SetParameters.Request(parameters=[Parameter("checkpoint", value=path).to_parameter_msg()])
+    res = _call(node, context, client, req, timeout)
+    if res is None:
+        return False, f"no answer from /policy_node/set_parameters within {timeout:g} s (is it running?)"
+    r = res.results[0]
+    return r.successful, ("swapped to " + path) if r.successful else "REFUSED: " + r.reason
+
+
+def promote_checkpoint(checkpoint, timeout: float = 60.0) -> tuple[bool, str]:
+    """Hot-swap ``checkpoint`` into the running policy_node; (swapped, message)."""
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("robot_runtime_promote", context=context)
+    try:
+        return _swap(node, context, checkpoint, timeout)
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def _cmd_finetune(args) -> int:
+    """Behaviour cloning on recorded episodes; optionally promote the result into policy_node."""
+    from policies.finetune import FinetuneConfig, FinetuneJob, provenance_summary
+    from robot_runtime.config import load_config
+
+    cfg = FinetuneConfig(steps=args.steps, batch=args.batch, lr=args.lr, val_fraction=args.val_fraction,
+                         save_every=args.save_every, seed=args.seed, device=args.device, threads=args.threads,
+                         nice=args.nice)
+    base = None if args.scratch else \
+        (args.base or str(load_config(Path(args.config or default_config("sim.yaml"))).policy.checkpoint))
+    job = FinetuneJob(args.episodes, args.out, base, cfg, resume=args.resume)
+    n_train = sum(e.split == "train" for e in job.episodes)
+    print(f"finetuning {'from scratch' if base is None else 'from ' + job.base.name} on {n_train} training and "
+          f"{len(job.episodes) - n_train} validation episodes"
+          + (f" ({len(job.skipped)} skipped: unsuccessful or partial)" if job.skipped else ""), flush=True)
+    def progress(d: dict) -> None:
+        print("PROGRESS " + json.dumps(d), flush=True)
+    res = job.run(progress if args.progress_json else None, bar=not args.progress_json)
+    print(f"wrote {res.checkpoint}: {provenance_summary(res.checkpoint)}", flush=True)
+    if args.promote:
+        ok, message = promote_checkpoint(res.checkpoint, args.timeout)
+        print(f"promote: policy_node {message}", flush=True)
+        return 0 if ok else 1
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    """Rollouts of a checkpoint on the in-process twin; the success rate with its 95% interval."""
+    from policies.evaluate import evaluate
+    from robot_runtime.config import load_config
+
+    cfg = load_config(Path(args.config or default_config("sim.yaml")))
+    out = Path(args.out) if args.out else Path("eval") / f"{Path(args.checkpoint).name}_{args.task}"
+    rep = evaluate(cfg, args.checkpoint, args.task, args.rollouts, args.seed, out, args.duration or None,
+                   args.runner)
+    print(rep.line())
+    print(f"rollouts saved in {out} (eval.json, one episode file each)")
+    return 0
 
 
 def _cmd_teleop(args) -> int:
@@ -356,6 +417,36 @@ def main(argv=None) -> int:
     p.add_argument("--fail", action="store_true", help="stop: save the episode flagged as a failure")
     p.add_argument("--timeout", type=float, default=10.0)
     p.set_defaults(func=_cmd_record)
+    p = sub.add_parser("finetune", help="behaviour cloning on recorded episodes (HOP recipe); --promote hot-swaps it")
+    p.add_argument("episodes", nargs="+", help="episode folders or files (unsuccessful and partial ones are skipped)")
+    p.add_argument("--out", required=True, help="output checkpoint folder (interval checkpoints and state inside)")
+    p.add_argument("--base", help="checkpoint to start from (default: the config's policy.checkpoint)")
+    p.add_argument("--scratch", action="store_true", help="start from random weights instead")
+    p.add_argument("--config", help="runtime config (for the default base; default: config/sim.yaml)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of episodes held out for validation")
+    p.add_argument("--save-every", type=int, default=500, help="steps between interval checkpoints")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one fewer than the machine has)")
+    p.add_argument("--nice", type=int, default=10, help="lower this process's priority by this much")
+    p.add_argument("--resume", action="store_true", help="continue the job saved in --out")
+    p.add_argument("--promote", action="store_true", help="hot-swap the result into the running policy_node")
+    p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines instead of a bar")
+    p.add_argument("--timeout", type=float, default=60.0, help="promote: seconds to wait for policy_node")
+    p.set_defaults(func=_cmd_finetune)
+    p = sub.add_parser("eval", help="rollouts of a checkpoint on the twin: success rate with a 95% interval")
+    p.add_argument("checkpoint")
+    p.add_argument("--task", default="grasp_lift", choices=["grasp_drop", "grasp_pour", "grasp_lift"])
+    p.add_argument("--rollouts", type=int, default=20)
+    p.add_argument("--seed", type=int, default=10_000, help="object placement seed of the first rollout")
+    p.add_argument("--duration", type=float, default=0.0, help="seconds per rollout (0: the task's default)")
+    p.add_argument("--out", help="folder for the rollouts and eval.json (default: eval/<checkpoint>_<task>)")
+    p.add_argument("--config", help="runtime config (default: config/sim.yaml)")
+    p.add_argument("--runner", default="onnxruntime", choices=["onnxruntime", "torch"])
+    p.set_defaults(func=_cmd_eval)
     p = sub.add_parser("data", help="list, inspect, recover or export recorded episodes")
     p.add_argument("action", choices=["list", "inspect", "recover", "export"])
     p.add_argument("path", help="episode folder (list, export), episode file (inspect) or .partial (recover)")

@@ -1,0 +1,167 @@
+"""Finetuning (loss, resume, provenance, bad datasets) and twin evaluation, without ROS.
+
+The tiny dataset is made by the recorder itself (EpisodeRecorder), from a smooth joint
+trajectory and depth images whose content follows it, at a small depth resolution so a
+training step takes milliseconds.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from policies.checkpoint import META_FILE, load_checkpoint
+from policies.errors import CheckpointError
+from policies.evaluate import evaluate, wilson_interval
+from policies.finetune import STATE_FILE, FinetuneConfig, FinetuneError, FinetuneJob, split_by_episode
+from robot_runtime import description as D
+from robot_runtime.data.episode_file import SUFFIX
+from robot_runtime.data.recorder import EpisodeRecorder, RecorderInputs, Stamped
+from robot_runtime.errors import EpisodeFileError
+from robot_runtime.perception.preprocess import DepthPreprocess, VisualPreprocessor, VisualSpec
+
+SPEC = VisualSpec("depth", depth=DepthPreprocess(near=0.3, far=1.6, height=24, width=32))
+HOME = np.array(D.ARM_HOME + D.HAND_HOME)
+K = np.array([[100.0, 0, 40], [0, 100.0, 30], [0, 0, 1]])
+
+
+def write_episodes(folder, n=4, steps=40, success=True, joint_names=None, seed=0, spec=None):
+    rec = EpisodeRecorder(folder, 20.0, VisualPreprocessor(spec or SPEC, np.eye(4)), np.arange(23),
+                          {"joint_names": list(joint_names or D.ALL_JOINTS)}, min_free_mb=1)
+    rng = np.random.default_rng(seed)
+    files = []
+    for e in range(n):
+        t0 = 100.0 * (e + 1)
+        rec.start("grasp_lift", now=t0)
+        direction = rng.normal(0, 0.3, 23)
+        for k in range(steps):
+            t = t0 + 0.05 * k
+            s = k / steps
+            q = HOME + s * direction
+            depth = np.full((60, 80), 0.5 + s, np.float32)   # the scene moves with the joints
+            depth[:, : int(10 + 60 * s)] = 1.4
+            cmd = HOME + (k + 1) / steps * direction
+            rec.tick(t, RecorderInputs(Stamped(t, depth), K, Stamped(t, q[:7]), Stamped(t, q[7:]),
+                                       Stamped(t, cmd[:7]), Stamped(t, cmd[7:])), now=t)
+        files.append(rec.stop(success, now=t0 + 10))
+    return files
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demos")
+    write_episodes(folder)
+    return folder
+
+
+def _cfg(**kw):
+    base = dict(steps=30, batch=16, lr=1e-3, save_every=10, seed=0, threads=1, nice=0)
+    return FinetuneConfig(**{**base, **kw})
+
+
+def test_a_few_finetuning_steps_lower_the_loss(demos, tmp_path):
+    res = FinetuneJob(demos, tmp_path / "ft", None, _cfg(steps=40)).run(bar=False)
+    losses = torch.load(tmp_path / "ft" / STATE_FILE, weights_only=False)["losses"]
+    assert len(losses) == 40 and np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10]), losses
+    vals = json.loads((res.checkpoint / META_FILE).read_text())["provenance"]["val_history"]
+    assert vals[-1][1] < vals[0][1]   # held-out episode loss falls too
+
+
+def test_resume_continues_from_the_saved_step_exactly(demos, tmp_path):
+    whole = FinetuneJob(demos, tmp_path / "whole", None, _cfg(steps=20)).run(bar=False)
+    FinetuneJob(demos, tmp_path / "cut", None, _cfg(steps=10)).run(bar=False)   # "interrupted" at step 10
+    with pytest.raises(FinetuneError, match="--resume"):
+        FinetuneJob(demos, tmp_path / "cut", None, _cfg(steps=20)).run(bar=False)
+    resumed = FinetuneJob(demos, tmp_path / "cut", None, _cfg(steps=20), resume=True).run(bar=False)
+    a = torch.load(tmp_path / "whole" / STATE_FILE, weights_only=False)
+    b = torch.load(tmp_path / "cut" / STATE_FILE, weights_only=False)
+    assert b["step"] == 20 and np.allclose(a["losses"], b["losses"])   # steps 11-20 continue the same run
+    wa, wb = load_checkpoint(whole.checkpoint).state, load_checkpoint(resumed.checkpoint).state
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    with pytest.raises(FinetuneError, match="different job"):
+        FinetuneJob(demos, tmp_path / "cut", None, _cfg(steps=30, lr=5e-4), resume=True).run(bar=False)
+    with pytest.raises(FinetuneError, match="nothing to resume"):
+        FinetuneJob(demos, tmp_path / "new", None, _cfg(), resume=True).run(bar=False)
+
+
+def test_provenance_is_complete_and_interval_checkpoints_are_kept(demos, tmp_path):
+    base = FinetuneJob(demos, tmp_path / "base", None, _cfg(steps=10)).run(bar=False).checkpoint
+    res = FinetuneJob(demos, tmp_path / "ft", base, _cfg(steps=30)).run(bar=False)
+    ck = load_checkpoint(res.checkpoint)
+    p = ck.provenance
+    assert p["base"]["sha256"] == load_checkpoint(base).sha256 and p["base"]["path"] == str(base)
+    files = sorted(str(f) for f in demos.glob(f"*{SUFFIX}"))
+    assert sorted(e["file"] for e in p["episodes"]) == files
+    assert {e["split"] for e in p["episodes"]} == {"train", "val"} and all(len(e["sha256"]) == 64 for e in p["episodes"])
+    assert p["hyperparameters"]["lr"] == 1e-3 and p["hyperparameters"]["weight_decay"] == 0.01
+    assert p["hyperparameters"]["grad_clip"] == 0.25 and p["hyperparameters"]["proprio_noise"] == 0.1
+    assert p["step"] == 30 and p["val_loss"] > 0 and p["train_loss"] > 0 and p["code_version"]
+    assert p["device"].startswith("cpu") and p["train_s"] > 0
+    assert ck.onnx, "the final checkpoint carries its ONNX files, so a hot-swap needs no export"
+    kept = sorted(d.name for d in (tmp_path / "ft").glob("step_*"))
+    assert kept == ["step_000010", "step_000020"]
+    assert load_checkpoint(tmp_path / "ft" / "step_000020").provenance["step"] == 20
+
+
+def test_bad_datasets_give_clear_errors(demos, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FinetuneError, match="no episode files"):
+        FinetuneJob(empty, tmp_path / "o1", None, _cfg())
+    failed = tmp_path / "failed"
+    write_episodes(failed, n=2, steps=5, success=False)
+    with pytest.raises(FinetuneError, match="none of the 2 episodes.*successful"):
+        FinetuneJob(failed, tmp_path / "o2", None, _cfg())
+    reordered = tmp_path / "reordered"
+    write_episodes(reordered, n=2, steps=5, joint_names=list(reversed(D.ALL_JOINTS)))
+    with pytest.raises(EpisodeFileError, match="joint order"):
+        FinetuneJob(reordered, tmp_path / "o3", None, _cfg())
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    bad = corrupt / f"20260101-000000_grasp_lift_0000{SUFFIX}"
+    bad.write_bytes(b"PK\x03\x04 not really an episode")
+    with pytest.raises(EpisodeFileError, match=bad.name):
+        FinetuneJob(corrupt, tmp_path / "o4", None, _cfg())
+    other = FinetuneJob(demos, tmp_path / "other", None, _cfg(steps=2)).run(bar=False).checkpoint
+    wide = tmp_path / "wide"   # recorded with another preprocessing than the base checkpoint's
+    write_episodes(wide, n=2, steps=5, spec=VisualSpec("depth", depth=DepthPreprocess(near=0.3, far=1.6, height=30,
+                                                                                     width=40)))
+    with pytest.raises(EpisodeFileError, match="preprocessing"):
+        FinetuneJob(wide, tmp_path / "o5", other, _cfg())
+    with pytest.raises(CheckpointError):
+        FinetuneJob(demos, tmp_path / "o6", tmp_path / "no_such_checkpoint", _cfg())
+
+
+def test_split_is_by_whole_episode():
+    files = [f"e{i}" for i in range(10)]
+    train, val = split_by_episode(files, 0.2, seed=3)
+    assert len(val) == 2 and not set(train) & set(val) and sorted(train + val) == sorted(files)
+    assert split_by_episode(["only"], 0.2, 0) == (["only"], [])
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(16, 20)
+    assert lo == pytest.approx(0.584, abs=2e-3) and hi == pytest.approx(0.919, abs=2e-3)
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
+
+
+def test_eval_runs_saves_and_judges_rollouts_on_the_twin(tmp_path):
+    from pathlib import Path
+
+    from robot_runtime.config import load_config
+    from robot_runtime.data.episode_file import load_episode
+
+    cfg = load_config(Path(__file__).parents[2] / "config" / "sim.yaml")
+    rep = evaluate(cfg, cfg.policy.checkpoint, "grasp_lift", 2, seed0=5, out_dir=tmp_path, duration_s=1.5,
+                   progress=False)
+    assert len(rep.rollouts) == 2 and rep.successes == 0   # nothing is lifted in 1.5 s
+    lo, hi = rep.interval
+    assert lo == 0.0 and 0.5 < hi < 0.9
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["n"] == 2 and saved["rate"] == 0.0 and [r["seed"] for r in saved["rollouts"]] == [5, 6]
+    for r in rep.rollouts:
+        ep = load_episode(r.file)
+        assert len(ep) == 30 and ep.meta["success"] is False and ep.meta["seed"] == r.seed
+        assert ep.meta["source"]["kind"] == "policy_rollout"
+        # the policy acted: the shielded commands moved away from the start
+        assert np.abs(ep["command"][-1] - ep["command"][0]).max() > 1e-3
