@@ -18,6 +18,7 @@ NODES = {
     "policy_node": "robot_runtime.nodes.policy_node:main",
     "teleop_node": "robot_runtime.nodes.teleop_node:main",
     "recorder_node": "robot_runtime.nodes.recorder_node:main",
+    "finetune_node": "robot_runtime.nodes.finetune_node:main",
 }
 
 setup(

@@ -340,3 +340,74 @@ def provenance_summary(path) -> str:
     val = p.get("val_loss")
     return (f"{Path(path).name}: from {base}, {n} episodes, {p.get('step')} steps, train L1 {p.get('train_loss', 0):.4f}"
             + (f", val L1 {val:.4f}" if val is not None else "") + f", {p.get('device')}, code {p.get('code_version')}")
+
+
+class FinetuneSubprocess:
+    """A finetuning job run as ``robot-runtime finetune`` in its own process (lower priority, its
+    own threads), its progress read from the JSON lines it prints. No ROS: the finetune node
+    calls :meth:`start`, forwards each update to ``on_update`` and offers :meth:`cancel`.
+
+    ``on_update(status)`` gets the whole status dict on every change: ``state`` ('idle',
+    'running', 'done', 'failed', 'cancelled'), the last progress (step, steps, loss,
+    val_loss, eta_s), ``checkpoint`` and ``message`` (the job's last lines on failure).
+    """
+
+    def __init__(self, on_update: Callable[[dict], None]):
+        self.on_update = on_update
+        self.status: dict = {"state": "idle"}
+        self._proc: subprocess.Popen | None = None
+        self._cancelled = False
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, episodes: list[str], out: str, base: str = "", steps: int = 2000, promote: bool = False,
+              extra: list[str] | None = None) -> str:
+        """Start a job; returns a one-line description. Raises FinetuneError if one is running."""
+        import sys  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+
+        if self.running:
+            raise FinetuneError(f"a finetuning job is already running (step {self.status.get('step', 0)})")
+        if not episodes or not out:
+            raise FinetuneError("a finetuning job needs episode folders and an output folder")
+        cmd = [sys.executable, "-m", "robot_runtime.cli", "finetune", *episodes, "--out", out, "--steps", str(steps),
+               "--progress-json", *(["--base", base] if base else []), *(["--promote"] if promote else []),
+               *(extra or [])]
+        self._cancelled = False
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      start_new_session=True)
+        self._update({"state": "running", "out": out, "step": 0, "steps": steps, "checkpoint": "", "message": ""})
+        threading.Thread(target=self._follow, args=(self._proc,), name="finetune-follow", daemon=True).start()
+        return f"finetuning {len(episodes)} episode source(s) into {out} for {steps} steps (pid {self._proc.pid})"
+
+    def cancel(self) -> str:
+        if not self.running:
+            raise FinetuneError("no finetuning job is running")
+        import signal  # noqa: PLC0415
+
+        self._cancelled = True
+        os.killpg(self._proc.pid, signal.SIGINT)
+        return f"cancelling the job at step {self.status.get('step', 0)}; its train state allows --resume"
+
+    def _update(self, changes: dict) -> None:
+        self.status = {**self.status, **changes}
+        self.on_update(dict(self.status))
+
+    def _follow(self, proc: subprocess.Popen) -> None:
+        tail: list[str] = []
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line.startswith("PROGRESS "):
+                try:
+                    self._update(json.loads(line[len("PROGRESS "):]))
+                except json.JSONDecodeError:
+                    pass
+                continue
+            tail = (tail + [line])[-5:]
+            if line.startswith("wrote "):
+                self._update({"checkpoint": line[len("wrote "):].split(":", 1)[0]})
+        code = proc.wait()
+        state = "cancelled" if self._cancelled else ("done" if code == 0 else "failed")
+        self._update({"state": state, "exit_code": code, "message": " | ".join(tail)})

@@ -1,8 +1,12 @@
 """recorder_node: demonstrations on the policy's grid, one crash-safe file per episode.
 
-A deadline loop at ``rates.policy_hz`` hands the newest depth frame, both controllers'
-joint states and both controllers' sent commands (``/<controller>/command``: what the
-safety shield let through) to :class:`robot_runtime.data.recorder.EpisodeRecorder`.
+A deadline loop at ``rates.policy_hz`` takes every depth frame, both controllers' joint
+states and both controllers' sent commands (``/<controller>/command``: what the safety
+shield let through) into a :class:`robot_runtime.data.recorder.GridAligner`, which gives
+each grid instant the newest of each acquired at or before it (by acquisition stamp; a
+loop that wakes late catches up rather than dropping steps), and hands each instant to
+:class:`robot_runtime.data.recorder.EpisodeRecorder`. The fast streams stay serialized
+until an instant uses them.
 The policy input is made by the same preprocessing as ``policy_node`` (the checkpoint's,
 when ``policy.checkpoint`` is set), and the proprioception is also stored in its order.
 

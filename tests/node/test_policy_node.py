@@ -181,3 +181,40 @@ def test_hot_swap_good_and_bad_checkpoints_while_running(graph):
     status = json.loads(g.status[-1].data)
     assert status["previous"].startswith("good@")
     assert (g.tmp / "good" / META_FILE).is_file()
+
+
+def test_finetune_node_trains_and_promotes_its_result_into_the_running_policy_node(graph):
+    """finetune_node starts `robot-runtime finetune` in its own process, relays its progress,
+    and on success the job hot-swaps the new checkpoint into the running policy_node."""
+    from tests.unit.test_finetune_eval import write_episodes
+
+    g = graph
+    demos = g.tmp / "ft_demos"
+    write_episodes(demos, n=3, steps=30, spec=load_checkpoint(g.cfg.policy.checkpoint).schema.visual)
+    out = g.tmp / "promoted"
+    progress = []
+    g.probe.subscribe(String, "/finetune_node/progress", ros_io.LATCHED_QOS, progress)
+    node = start_node("robot_runtime.nodes.finetune_node", "-p", f"config_file:={g.tmp / 'policy.yaml'}",
+                      "-p", f"episodes:={demos}", "-p", f"out:={out}", "-p", "steps:=6", "-p", "promote:=true",
+                      log_path=g.tmp / "finetune_node.log")
+    try:
+        client = g.probe.node.create_client(Trigger, "/finetune_node/start")
+        res = g.probe.call(client, Trigger.Request(), timeout=30.0)
+        assert res.success, res.message
+        again = g.probe.call(client, Trigger.Request(), timeout=10.0)
+        assert not again.success and "already running" in again.message
+
+        def state():
+            return json.loads(progress[-1].data) if progress else {}
+        assert g.probe.wait_for(lambda: state().get("state") in ("done", "failed"), 180.0), \
+            (g.tmp / "finetune_node.log").read_text()[-2000:]
+        final = state()
+        assert final["state"] == "done", final
+        steps_seen = [json.loads(m.data).get("step") for m in progress]
+        assert 6 in steps_seen and final["checkpoint"] == str(out)
+        assert g.probe.wait_for(lambda: g.running_checkpoint().startswith("promoted@"), 10.0), g.running_checkpoint()
+        assert load_checkpoint(out).provenance["base"]["sha256"] == load_checkpoint(g.cfg.policy.checkpoint).sha256
+    finally:
+        stop_node(node)
+        res = g.probe.call(g.rollback_client, Trigger.Request(), timeout=30.0)   # leave the shipped policy running
+        assert res.success, res.message
