@@ -25,7 +25,6 @@ On the CPU it uses one thread fewer than the machine has and lowers its own prio
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 
 from policies.bc import Episode, TrainConfig, WindowSampler, bc_step, validation_loss
-from policies.checkpoint import META_FILE, load_checkpoint, save_checkpoint
+from policies.checkpoint import META_FILE, _sha256, load_checkpoint, save_checkpoint
 from policies.errors import PolicyError
 from policies.hop import HopArchitecture, HopPolicy
 from policies.schema import PolicySchema
@@ -55,8 +54,9 @@ class FinetuneError(PolicyError):
 
 
 @dataclass
-class FinetuneConfig:
-    """Hyperparameters (HOP's recipe; batch 64 rather than 256 to suit a CPU) and job settings.
+class FinetuneConfig(TrainConfig):
+    """HOP's hyperparameters (:class:`policies.bc.TrainConfig`; batch 64 rather than 256 to suit a
+    CPU) and the job's settings.
 
     Attributes:
         steps: optimizer steps in all (a resumed job runs up to this).
@@ -68,22 +68,15 @@ class FinetuneConfig:
         nice: added to the process's niceness on the CPU (0: unchanged).
     """
 
-    steps: int = 2000
     batch: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    grad_clip: float = 0.25
-    proprio_noise: float = 0.1
     val_fraction: float = 0.2
     save_every: int = 500
-    seed: int = 0
     device: str = "auto"
     threads: int = 0
     nice: int = 10
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(steps=self.steps, batch=self.batch, lr=self.lr, weight_decay=self.weight_decay,
-                           grad_clip=self.grad_clip, proprio_noise=self.proprio_noise, seed=self.seed)
+        return TrainConfig(**{k: getattr(self, k) for k in TrainConfig.__dataclass_fields__})
 
 
 @dataclass
@@ -102,14 +95,6 @@ class FinetuneResult:
     val_loss: float | None
     seconds: float
     episodes: list[EpisodeRef] = field(default_factory=list)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def code_version() -> str:
