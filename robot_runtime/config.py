@@ -242,9 +242,9 @@ class TwinConfig:
     hand_torque_timeout_s: float = rng(0.1, 0.005, 5.0)
     hand_torque_limit: float = rng(0.7, 0.05, 5.0)
     #: SCHED_FIFO priority of the physics thread (0: do not ask). The twin stands in for the
-    #: robot, whose own computers the host's load never slows: above the policy (30) and the
-    #: recorder (25), below the controllers (40), whose short ticks it must not delay.
-    realtime_priority: int = rng(35, 0, 99)
+    #: robot, whose own computers the host's load never slows; sim_teleop.yaml (recording) sets
+    #: 35: above the policy (30) and the recorder (25), below the controllers (40).
+    realtime_priority: int = rng(0, 0, 99)
     camera: TwinCameraModel = field(default_factory=TwinCameraModel)
 
 
