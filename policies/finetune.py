@@ -28,7 +28,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -298,9 +301,7 @@ class FinetuneJob:
 
     def _save_interval(self, model, opt, rng, step, losses, vals, where) -> None:
         model.eval()
-        cpu_model = HopPolicy(self.arch)
-        cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        save_checkpoint(self.out / f"step_{step:06d}", cpu_model, self.schema,
+        save_checkpoint(self.out / f"step_{step:06d}", self._cpu_copy(model), self.schema,
                         self.provenance(step, losses, vals, where), onnx=False)
         self._write_state(self._state(model, opt, rng, step, losses, vals))
         for old in sorted(self.out.glob("step_*"))[:-KEEP_INTERVAL_CHECKPOINTS]:
@@ -309,10 +310,15 @@ class FinetuneJob:
 
     def _save_final(self, model, opt, rng, step, losses, vals, where, seconds) -> Path:
         model.eval()
+        self._write_state(self._state(model, opt, rng, step, losses, vals))
+        return save_checkpoint(self.out, self._cpu_copy(model), self.schema,
+                               self.provenance(step, losses, vals, where, seconds))
+
+    def _cpu_copy(self, model: HopPolicy) -> HopPolicy:
+        """The network on the CPU in eval mode (the ONNX export and the saved weights want it there)."""
         cpu_model = HopPolicy(self.arch)
         cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        self._write_state(self._state(model, opt, rng, step, losses, vals))
-        return save_checkpoint(self.out, cpu_model.eval(), self.schema, self.provenance(step, losses, vals, where, seconds))
+        return cpu_model.eval()
 
 
 def provenance_summary(path) -> str:
@@ -350,9 +356,6 @@ class FinetuneSubprocess:
     def start(self, episodes: list[str], out: str, base: str = "", steps: int = 2000, promote: bool = False,
               extra: list[str] | None = None) -> str:
         """Start a job; returns a one-line description. Raises FinetuneError if one is running."""
-        import sys  # noqa: PLC0415
-        import threading  # noqa: PLC0415
-
         if self.running:
             raise FinetuneError(f"a finetuning job is already running (step {self.status.get('step', 0)})")
         if not episodes or not out:
@@ -370,8 +373,6 @@ class FinetuneSubprocess:
     def cancel(self) -> str:
         if not self.running:
             raise FinetuneError("no finetuning job is running")
-        import signal  # noqa: PLC0415
-
         self._cancelled = True
         os.killpg(self._proc.pid, signal.SIGINT)
         return f"cancelling the job at step {self.status.get('step', 0)}; its train state allows --resume"

@@ -354,7 +354,7 @@ class EpisodeRecorder:
                 self._drops.append((self._last_tick + k * self.period, "missed_tick"))
                 self.total_dropped += 1
         self._last_tick = t_grid
-        reason = self._check(t_grid, inputs, now)
+        reason = self._check(t_grid, inputs)
         if reason:
             self._drops.append((t_grid, reason))
             self.total_dropped += 1
@@ -388,7 +388,7 @@ class EpisodeRecorder:
         self._steps.append(step)
         return ""
 
-    def _check(self, t: float, i: RecorderInputs, now: float) -> str:
+    def _check(self, t: float, i: RecorderInputs) -> str:
         if i.depth is None or i.K is None:
             return "no_frame"
         if t - i.depth.t > self.max_frame_age:
