@@ -25,6 +25,7 @@ On the CPU it uses one thread fewer than the machine has and lowers its own prio
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -315,10 +316,10 @@ class FinetuneJob:
                                self.provenance(step, losses, vals, where, seconds))
 
     def _cpu_copy(self, model: HopPolicy) -> HopPolicy:
-        """The network on the CPU in eval mode (the ONNX export and the saved weights want it there)."""
-        cpu_model = HopPolicy(self.arch)
-        cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        return cpu_model.eval()
+        """The network on the CPU in eval mode (the ONNX export and the saved weights want it there).
+        A copy, not a new network: building one would draw from torch's generator and make a
+        resumed job differ from an uninterrupted one."""
+        return copy.deepcopy(model).to("cpu").eval()
 
 
 def provenance_summary(path) -> str:
