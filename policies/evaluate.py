@@ -76,27 +76,55 @@ def live_robot_of(runner: TwinEpisodeRunner, cfg: RuntimeConfig) -> LiveRobot:
 
 
 def evaluate(cfg: RuntimeConfig, checkpoint, task: str, n: int, seed0: int = 10_000, out_dir=None,
-             duration_s: float | None = None, runner: str = "onnxruntime", progress: bool = True) -> EvalReport:
+             duration_s: float | None = None, runner: str = "onnxruntime", progress: bool = True,
+             workers: int = 1) -> EvalReport:
     """``n`` rollouts of ``checkpoint`` on ``task`` with seeds ``seed0 .. seed0 + n - 1`` (kept apart
-    from the demo seeds), each saved under ``out_dir`` (None: not saved)."""
+    from the demo seeds), each saved under ``out_dir`` (None: not saved).
+
+    ``workers`` > 1 runs the rollouts in that many processes (a rollout uses about one core);
+    the report is the same as from one process, rollouts in seed order.
+    """
     duration_s = duration_s or DEFAULT_DURATION_S[task]
     t0 = time.monotonic()
-    loaded = None
-    tw = None
+    seeds = list(range(seed0, seed0 + n))
+    workers = max(1, min(workers, n))
     bar = None
-    outcomes: list[EpisodeOutcome] = []
-    try:
-        from policies.checkpoint import load_checkpoint  # noqa: PLC0415
+    if progress:
+        from tqdm import tqdm  # noqa: PLC0415
+        bar = tqdm(total=n, desc=f"eval {task}" + (f" ({workers} processes)" if workers > 1 else ""), unit="rollout")
 
-        schema = load_checkpoint(checkpoint).schema
-        tw = TwinEpisodeRunner(cfg, schema.visual, out_dir, {"kind": "policy_rollout", "checkpoint": str(checkpoint)})
+    def done(outcomes: list[EpisodeOutcome]) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(success=f"{sum(o.success for o in outcomes)}/{len(outcomes)}")
+    try:
+        if workers == 1:
+            name, outcomes = _rollouts(cfg, checkpoint, task, seeds, out_dir, duration_s, runner, done)
+        else:
+            name, outcomes = _rollouts_parallel(cfg, checkpoint, task, seeds, out_dir, duration_s, runner, workers,
+                                                done)
+    finally:
+        if bar is not None:
+            bar.close()
+    report = EvalReport(name, task, outcomes, time.monotonic() - t0, str(out_dir or ""))
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "eval.json").write_text(json.dumps(report.to_dict(), indent=1, default=_jsonable))
+    return report
+
+
+def _rollouts(cfg: RuntimeConfig, checkpoint, task: str, seeds, out_dir, duration_s: float, runner: str,
+              done=None) -> tuple[str, list[EpisodeOutcome]]:
+    """Roll ``checkpoint`` out once per seed in one process; returns (checkpoint name, outcomes)."""
+    from policies.checkpoint import load_checkpoint  # noqa: PLC0415
+
+    outcomes: list[EpisodeOutcome] = []
+    schema = load_checkpoint(checkpoint).schema
+    tw = TwinEpisodeRunner(cfg, schema.visual, out_dir, {"kind": "policy_rollout", "checkpoint": str(checkpoint)})
+    try:
         loaded = LoadedPolicy.load(checkpoint, live_robot_of(tw, cfg), runner, warmup_steps=2)
         cl = ClosedLoopPolicy(loaded, tw.period, max_frame_age_s=tw.period, max_state_age_s=tw.period)
-        if progress:
-            from tqdm import tqdm  # noqa: PLC0415
-            bar = tqdm(total=n, desc=f"eval {task}", unit="rollout")
-        for i in range(n):
-            seed = seed0 + i
+        for seed in seeds:
             cl.start()
             seq = iter(range(1 << 30))
 
@@ -104,19 +132,38 @@ def evaluate(cfg: RuntimeConfig, checkpoint, task: str, n: int, seed0: int = 10_
                 return cl.tick(t, Frame(depth, K, t, next(seq)), (t, q), stamp_for=t + tw.period).q
             outcomes.append(tw.run(task, seed, drive, duration_s, note=f"rollout of {loaded.name}, seed {seed}"))
             cl.stop()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(success=f"{sum(o.success for o in outcomes)}/{len(outcomes)}")
+            if done is not None:
+                done(outcomes)
     finally:
-        if bar is not None:
-            bar.close()
-        if tw is not None:
-            tw.close()
-    report = EvalReport(loaded.name, task, outcomes, time.monotonic() - t0, str(out_dir or ""))
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "eval.json").write_text(json.dumps(report.to_dict(), indent=1, default=_jsonable))
-    return report
+        tw.close()
+    return loaded.name, outcomes
+
+
+def _rollout_chunk(args) -> tuple[str, list[EpisodeOutcome]]:
+    return _rollouts(*args)
+
+
+def _rollouts_parallel(cfg, checkpoint, task, seeds, out_dir, duration_s, runner, workers, done):
+    import multiprocessing as mp  # noqa: PLC0415
+    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
+    if runner == "onnxruntime":   # export once here, not in every worker at the same time
+        from policies.checkpoint import load_checkpoint  # noqa: PLC0415
+        from policies.runners import EXPORT_VERSION, OPSET, export_onnx  # noqa: PLC0415
+
+        ck = load_checkpoint(checkpoint)
+        if ck.onnx_files(OPSET, EXPORT_VERSION) is None:
+            export_onnx(ck)
+    size = max(1, min(5, len(seeds) // (2 * workers)))
+    jobs = [(cfg, checkpoint, task, seeds[i:i + size], None if out_dir is None else Path(out_dir) / f"seeds_{seeds[i]}",
+             duration_s, runner) for i in range(0, len(seeds), size)]
+    name, outcomes = "", []
+    with ProcessPoolExecutor(workers, mp.get_context("spawn")) as pool:
+        for name, chunk in pool.map(_rollout_chunk, jobs):
+            for o in chunk:
+                outcomes.append(o)
+                done(outcomes)
+    return name, sorted(outcomes, key=lambda o: o.seed)
 
 
 def _jsonable(x):

@@ -41,6 +41,11 @@ GRASP_POINT_PALM = np.array([0.055, 0.0, 0.04])
 HAND_GRASP = np.array([0.0, 1.2, 1.2, 1.0] * 3 + [1.3, 0.4, 1.0, 1.0])
 #: Height of the grasp point above the table per object (m).
 GRASP_HEIGHT = {"cube": 0.025, "can": 0.05, "ball": 0.035, "block": 0.035, "mug": 0.045, "bottle": 0.09}
+#: Objects the top-down grasp can take (the bottle is taller than the hand reaches over).
+TOP_GRASP = ("cube", "can", "ball", "block", "mug")
+#: Where an interaction may carry an object (base frame x, y ranges, m).
+INTERACTION_X = (0.38, 0.62)
+INTERACTION_Y = (-0.22, 0.22)
 #: Lift counted as a success (m above the start height).
 LIFT_SUCCESS_M = 0.08
 #: The bowl's inner radius (m) for the drop check; the pour needs the bottle tilted this much (rad).
@@ -143,8 +148,60 @@ class ScriptedExpert:
             self._set_timed(self._pour_steps(poses[obj][0], poses[container][0], q_now, rng), pace)
             self.grasped = obj
             return self.waypoints
+        steps, q_lift, lift, yaw = self._grasp_lift_steps(poses[obj][0], obj, q_now, rng)
+        c = steps[-1][2]
+        if task == "grasp_lift":
+            steps.append(("hold", q_lift[:7], c, 1.0))
+        else:
+            b = np.asarray(poses[container][0], dtype=float)
+            spot = np.array([b[0], b[1], lift[2]]) + np.append(rng.normal(0, 0.01, 2), 0)
+            q_over = self._ik(q_lift, self._flange(spot, yaw))
+            steps += [("carry", q_over[:7], c, 2.0), ("release", q_over[:7], self.hand_open, 0.8),
+                      ("hold", q_over[:7], self.hand_open, 0.8)]
+        self._set_timed(steps, pace)
+        self.grasped = obj
+        return self.waypoints
+
+    def plan_interaction(self, poses: dict, active, q_now, rng: np.random.Generator) -> list[Waypoint]:
+        """A task-agnostic hand-object interaction: grasp one of the ``active`` objects that a
+        top-down grasp can take (chosen by ``rng``), lift it, carry it to a random spot over the
+        table and either set it down there and let go, or let go from above, or keep holding.
+
+        The interactions know nothing of the tasks' goals (no bowl, no pour): they are the
+        varied reach-grasp-move data a prior is pretrained on before few-shot finetuning.
+
+        Raises:
+            TeleopError: no active object can be grasped from above, or a pose is out of reach.
+        """
+        graspable = [o for o in active if o in TOP_GRASP and o in poses]
+        if not graspable:
+            raise TeleopError(f"scripted expert: none of {list(active)} can be grasped from above")
+        obj = graspable[int(rng.integers(len(graspable)))]
+        q_now = np.asarray(q_now, dtype=float)
+        steps, q_lift, lift, yaw = self._grasp_lift_steps(poses[obj][0], obj, q_now, rng)
+        c = steps[-1][2]
+        spot = np.array([rng.uniform(*INTERACTION_X), rng.uniform(*INTERACTION_Y), lift[2] + rng.uniform(-0.03, 0.06)])
+        q_carry = self._ik(q_lift, self._flange(spot, yaw + rng.uniform(-0.2, 0.2)))
+        steps.append(("carry", q_carry[:7], c, 2.0))
+        ending = rng.integers(3)
+        if ending == 0:       # set it down where it is and let go
+            down = np.array([spot[0], spot[1], self.table_z + GRASP_HEIGHT[obj] + 0.01])
+            q_down = self._ik(q_carry, self._flange(down, yaw))
+            steps += [("lower", q_down[:7], c, 1.5), ("release", q_down[:7], self.hand_open, 0.8),
+                      ("hold", q_down[:7], self.hand_open, 0.5)]
+        elif ending == 1:     # let go from above
+            steps += [("release", q_carry[:7], self.hand_open, 0.8), ("hold", q_carry[:7], self.hand_open, 0.8)]
+        else:                 # keep holding
+            steps.append(("hold", q_carry[:7], c, 1.0))
+        self._set_timed(steps, rng.uniform(0.85, 1.2))
+        self.grasped = obj
+        return self.waypoints
+
+    def _grasp_lift_steps(self, position, obj: str, q_now, rng: np.random.Generator):
+        """The top-down reach, grasp and lift of ``obj`` at ``position`` [3] (m): the steps, the
+        joints at the lift [23], the lift point (m) and the hand's yaw (rad)."""
         yaw = rng.uniform(-0.35, 0.35)
-        p = np.asarray(poses[obj][0], dtype=float)
+        p = np.asarray(position, dtype=float)
         grasp = np.array([p[0], p[1], self.table_z + GRASP_HEIGHT[obj]]) + np.append(rng.normal(0, 0.004, 2), 0)
         above = grasp + [0.0, 0.0, rng.uniform(0.10, 0.18)]
         wobble = (above + grasp) / 2 + np.append(rng.normal(0, 0.01, 2), 0)
@@ -160,16 +217,7 @@ class ScriptedExpert:
         steps = [("start", q_now[:7], q_now[7:], 0.0), ("above", q_above[:7], o, 2.0),
                  ("descend", q_wobble[:7], o, 0.7), ("grasp", q_grasp[:7], o, 0.7), ("settle", q_grasp[:7], o, 0.3),
                  ("close", q_grasp[:7], c, 1.0), ("squeeze", q_grasp[:7], c, 0.4), ("lift", q_lift[:7], c, 2.0)]
-        if task == "grasp_lift":
-            steps.append(("hold", q_lift[:7], c, 1.0))
-        else:
-            b = np.asarray(poses[container][0], dtype=float)
-            spot = np.array([b[0], b[1], lift[2]]) + np.append(rng.normal(0, 0.01, 2), 0)
-            q_over = self._ik(q_lift, self._flange(spot, yaw))
-            steps += [("carry", q_over[:7], c, 2.0), ("release", q_over[:7], o, 0.8), ("hold", q_over[:7], o, 0.8)]
-        self._set_timed(steps, pace)
-        self.grasped = obj
-        return self.waypoints
+        return steps, q_lift, lift, yaw
 
     def _pour_steps(self, bottle, bowl, q_now, rng: np.random.Generator) -> list[tuple]:
         """Grasp & pour: the bottle is held round its body from the side (palm facing it, fingers

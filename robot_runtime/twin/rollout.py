@@ -102,14 +102,17 @@ class TwinEpisodeRunner:
         return np.concatenate([self.sim.arm_state().position, self.sim.hand_state().position])
 
     def run(self, task: str, seed: int, driver: Driver, duration_s: "float | Callable[[], float]", note: str = "",
-            on_reset: Callable[[dict, np.ndarray], None] | None = None) -> EpisodeOutcome:
+            on_reset: Callable[[dict, np.ndarray], None] | None = None, scene: str | None = None,
+            judge: Callable[[dict, dict], bool] | None = None) -> EpisodeOutcome:
         """One episode of ``duration_s`` (s; or a function read after ``on_reset``) on ``task``
         with object placement ``seed``.
 
-        ``on_reset(start_poses, q)`` is called after the reset (an expert plans there).
+        ``on_reset(start_poses, q)`` is called after the reset (an expert plans there). The twin
+        is set up for ``scene`` (default: ``task``); success is ``judge(start_poses, end_poses)``
+        (default: the task's own check).
         """
         sim, cfg = self.sim, self.cfg
-        sim.reset(task, seed)
+        sim.reset(scene or task, seed)
         start = self.poses()
         q0 = self.measured()
         if on_reset is not None:
@@ -154,7 +157,8 @@ class TwinEpisodeRunner:
             if self.recorder is not None and self.recorder.recording:
                 self.recorder.stop(None, discard=True)
             raise
-        success = task_success(task, sim.active_objects, start, self.poses())
+        end = self.poses()
+        success = judge(start, end) if judge is not None else task_success(task, sim.active_objects, start, end)
         file = ""
         if self.recorder is not None:
             file = str(self.recorder.stop(success, now=time.time()))
@@ -182,9 +186,42 @@ def expert_episode(runner: TwinEpisodeRunner, expert, task: str, seed: int, sett
                       on_reset=plan)
 
 
+#: The task a task-agnostic interaction episode is recorded under.
+INTERACTION = "interaction"
+#: The twin scenes interactions are played in, by seed: the grasp & lift objects one at a time,
+#: or the cube with the bowl standing by.
+INTERACTION_SCENES = ("grasp_lift", "grasp_drop")
+#: An interaction succeeded when its object ends this far (m) from where it started.
+INTERACTION_MOVED_M = 0.05
+
+
+def interaction_episode(runner: TwinEpisodeRunner, expert, seed: int, settle_s: float = 0.5) -> EpisodeOutcome:
+    """One task-agnostic scripted interaction (:meth:`ScriptedExpert.plan_interaction`): grasp an
+    object, move it somewhere at random, let go or hold. Recorded under the task ``interaction``;
+    it succeeds when the object was moved (:data:`INTERACTION_MOVED_M`)."""
+    rng = np.random.default_rng(seed)
+    scene = INTERACTION_SCENES[int(rng.integers(len(INTERACTION_SCENES)))]
+
+    def plan(start: dict, q: np.ndarray) -> None:
+        expert.plan_interaction(start, runner.sim.active_objects, q, rng)
+
+    def moved(start: dict, end: dict) -> bool:
+        obj = expert.grasped
+        return bool(np.linalg.norm(np.asarray(end[obj][0]) - np.asarray(start[obj][0])) > INTERACTION_MOVED_M)
+
+    def drive(t, q, depth, K):
+        return expert.sample(t + runner.period)[0]
+    return runner.run(INTERACTION, seed, drive, lambda: expert.duration + settle_s,
+                      note=f"scripted interaction, seed {seed}", on_reset=plan, scene=scene, judge=moved)
+
+
 def record_scripted_demos(cfg: RuntimeConfig, task: str, seeds, out_dir, visual: VisualSpec,
                           progress: bool = True) -> list[EpisodeOutcome]:
-    """Record one scripted-expert episode per seed into ``out_dir`` (failures are saved flagged)."""
+    """Record one scripted-expert episode per seed into ``out_dir`` (failures are saved flagged).
+
+    ``task`` is one of the twin's tasks, or ``interaction`` for task-agnostic interactions
+    (:func:`interaction_episode`), the data a prior is pretrained on.
+    """
     runner = TwinEpisodeRunner(cfg, visual, out_dir, {"kind": "scripted_expert"})
     expert = make_expert(cfg)
     out = []
@@ -194,7 +231,10 @@ def record_scripted_demos(cfg: RuntimeConfig, task: str, seeds, out_dir, visual:
         bar = tqdm(total=len(list(seeds)), desc=f"demos {task}", unit="ep")
     try:
         for seed in seeds:
-            out.append(expert_episode(runner, expert, task, int(seed)))
+            if task == INTERACTION:
+                out.append(interaction_episode(runner, expert, int(seed)))
+            else:
+                out.append(expert_episode(runner, expert, task, int(seed)))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(ok=sum(o.success for o in out))
@@ -203,3 +243,41 @@ def record_scripted_demos(cfg: RuntimeConfig, task: str, seeds, out_dir, visual:
             bar.close()
         runner.close()
     return out
+
+
+def _record_chunk(args) -> list[EpisodeOutcome]:
+    cfg, task, seeds, out_dir, visual = args
+    return record_scripted_demos(cfg, task, seeds, out_dir, visual, progress=False)
+
+
+def record_scripted_demos_parallel(cfg: RuntimeConfig, task: str, seeds, out_dir, visual: VisualSpec,
+                                   workers: int = 2, progress: bool = True) -> list[EpisodeOutcome]:
+    """:func:`record_scripted_demos` split over ``workers`` processes (each twin renders on its own
+    core) in batches of up to 8 seeds, each batch written into its own ``out_dir/seeds_<first seed>``;
+    the outcomes come back in seed order."""
+    seeds = [int(s) for s in seeds]
+    workers = max(1, min(workers, len(seeds)))
+    if workers == 1:
+        return record_scripted_demos(cfg, task, seeds, out_dir, visual, progress)
+    import multiprocessing as mp  # noqa: PLC0415
+    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
+    size = max(1, min(8, len(seeds) // (2 * workers)))
+    jobs = [(cfg, task, seeds[i:i + size], Path(out_dir) / f"seeds_{seeds[i]}", visual)
+            for i in range(0, len(seeds), size)]
+    bar = None
+    if progress:
+        from tqdm import tqdm  # noqa: PLC0415
+        bar = tqdm(total=len(seeds), desc=f"demos {task} ({workers} processes)", unit="ep")
+    out: list[EpisodeOutcome] = []
+    try:
+        with ProcessPoolExecutor(workers, mp.get_context("spawn")) as pool:
+            for res in pool.map(_record_chunk, jobs):
+                out += res
+                if bar is not None:
+                    bar.update(len(res))
+                    bar.set_postfix(ok=sum(o.success for o in out))
+    finally:
+        if bar is not None:
+            bar.close()
+    return sorted(out, key=lambda o: o.seed)
