@@ -12,7 +12,7 @@ PIP := $(PY) -m pip
 TORCH_PIN := torch==2.13.0
 ROS_WHEELS := ros-jazzy-rclpy[fastrtps]==7.1.6 ros-sensor-msgs==5.3.6 ros-std-msgs==5.3.6 \
 	ros-std-srvs==5.3.6 ros-geometry-msgs==5.3.6 ros-trajectory-msgs==5.3.6 ros-diagnostic-msgs==5.3.6
-EXTRAS ?= twin,xarm,policy,teleop,dev
+EXTRAS ?= twin,xarm,policy,teleop,viz,dev
 MEDIAPIPE := mediapipe==0.10.21
 DURATION ?= 0
 PYTEST_ARGS ?=

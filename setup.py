@@ -19,6 +19,7 @@ NODES = {
     "teleop_node": "robot_runtime.nodes.teleop_node:main",
     "recorder_node": "robot_runtime.nodes.recorder_node:main",
     "finetune_node": "robot_runtime.nodes.finetune_node:main",
+    "viz_node": "robot_runtime.nodes.viz_node:main",
 }
 
 setup(
@@ -55,6 +56,8 @@ setup(
         "spacemouse": ["pyspacemouse>=1.1"],
         # bench.policy's reference implementation (a Hugging Face GPT-2 trunk).
         "bench": ["transformers>=4.40"],
+        # Rerun visualisation (viz_node, robot-runtime replay, eval --rrd).
+        "viz": ["rerun-sdk>=0.24"],
         "dev": ["pytest>=7", "pytest-timeout>=2"],
     },
     zip_safe=True,

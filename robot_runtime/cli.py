@@ -253,9 +253,32 @@ def _cmd_eval(args) -> int:
     cfg = load_config(Path(args.config or default_config("sim.yaml")))
     out = Path(args.out) if args.out else Path("eval") / f"{Path(args.checkpoint).name}_{args.task}"
     rep = evaluate(cfg, args.checkpoint, args.task, args.rollouts, args.seed, out, args.duration or None,
-                   args.runner)
+                   args.runner, workers=args.workers)
     print(rep.line())
     print(f"rollouts saved in {out} (eval.json, one episode file each)")
+    if args.rrd:
+        from robot_runtime.viz.replay import log_episode
+        from robot_runtime.viz.rerun_log import RolloutLogger
+
+        for r in rep.rollouts:
+            rrd = Path(r.file).with_name(Path(r.file).name.replace(".episode.npz", ".rrd"))
+            logger = RolloutLogger("save", str(rrd), recording_id=Path(r.file).stem)
+            log_episode(logger, r.file)
+            logger.close()
+        print("each rollout also saved as .rrd next to its episode file (open with: rerun FILE.rrd)")
+    return 0
+
+
+def _cmd_replay(args) -> int:
+    """Show a recorded episode in Rerun: spawn a viewer, connect to one, or save an .rrd."""
+    from robot_runtime.viz.replay import log_episode
+    from robot_runtime.viz.rerun_log import RolloutLogger
+
+    sink, target = ("save", args.rrd) if args.rrd else ("connect", args.connect) if args.connect else ("spawn", "")
+    logger = RolloutLogger(sink, target, recording_id=Path(args.episode).name)
+    n = log_episode(logger, args.episode, progress=True)
+    logger.close()
+    print(f"replayed {n} steps of {args.episode}" + (f" into {args.rrd}" if args.rrd else ""))
     return 0
 
 
@@ -446,7 +469,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="folder for the rollouts and eval.json (default: eval/<checkpoint>_<task>)")
     p.add_argument("--config", help="runtime config (default: config/sim.yaml)")
     p.add_argument("--runner", default="onnxruntime", choices=["onnxruntime", "torch"])
+    p.add_argument("--workers", type=int, default=1, help="processes running rollouts (each takes about a core)")
+    p.add_argument("--rrd", action="store_true", help="also save each rollout as a Rerun .rrd file")
     p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("replay", help="show a recorded episode in Rerun (viewer, remote viewer or .rrd file)")
+    p.add_argument("episode", help="an .episode.npz file")
+    p.add_argument("--rrd", help="save to this .rrd file instead of spawning a viewer")
+    p.add_argument("--connect", help="send to a running viewer at this gRPC url (e.g. rerun+http://host:9876/proxy)")
+    p.set_defaults(func=_cmd_replay)
     p = sub.add_parser("data", help="list, inspect, recover or export recorded episodes")
     p.add_argument("action", choices=["list", "inspect", "recover", "export"])
     p.add_argument("path", help="episode folder (list, export), episode file (inspect) or .partial (recover)")

@@ -291,11 +291,13 @@ class EpisodeRecorder:
         self._meta: dict = {}
         self._drops: list[tuple[float, str]] = []
         self._last_tick: float | None = None
+        self._camera: dict | None = None   # the depth camera's K and image size, kept in the metadata
         self._t_start = 0.0
         self._next_disk_check = 0.0
         self.step_bytes = 0
         self.error = ""
         self.last_saved: Path | None = None
+        self.last_success: bool | None = None
         self.saved = 0
         self.total_dropped = 0
 
@@ -330,6 +332,7 @@ class EpisodeRecorder:
                       "started": datetime.fromtimestamp(now, timezone.utc).isoformat(), "rate_hz": 1.0 / self.period,
                       "visual": self.visual.spec.to_dict(), "depth_stride": self.depth_stride, **(extra_meta or {})}
         self._steps, self._drops, self.error, self._last_tick = [], [], "", None
+        self._camera = None
         self._t_start = now
         try:
             self._log = PartialLog(self.out_dir / (stem + PARTIAL_SUFFIX), self._meta)
@@ -368,6 +371,9 @@ class EpisodeRecorder:
             self.error = f"bad frame at {t_grid:.3f}: {exc}"
             return "bad_frame"
         q = np.concatenate([i.arm_state.value, i.hand_state.value])
+        if self._camera is None:
+            h, w = np.shape(i.depth.value)
+            self._camera = {"K": np.asarray(i.K, float).tolist(), "width": int(w), "height": int(h)}
         step = {"t": np.float64(t_grid), "depth_stamp": np.float64(i.depth.t),
                 "arm_state_stamp": np.float64(i.arm_state.t), "hand_state_stamp": np.float64(i.hand_state.t),
                 "command_stamp": np.array([i.arm_command.t, i.hand_command.t]), "q": q,
@@ -444,7 +450,8 @@ class EpisodeRecorder:
         meta = {**self._meta, "complete": True, "partial": False, "success": success, "steps": len(self._steps),
                 "ended": datetime.fromtimestamp(now, timezone.utc).isoformat(),
                 "dropped_steps": len(self._drops), "dropped": self.drop_counts(),
-                "dropped_at": [[round(t, 4), r] for t, r in self._drops[:1000]]}
+                "dropped_at": [[round(t, 4), r] for t, r in self._drops[:1000]],
+                "camera": self._camera}
         final = log.path.with_name(log.path.name[:-len(PARTIAL_SUFFIX)] + SUFFIX)
         writer.close()
         self._log, self._writer = None, None
@@ -455,6 +462,7 @@ class EpisodeRecorder:
             raise DiskFullError(self.error) from exc
         log.delete()
         self.last_saved = final
+        self.last_success = success
         self.saved += 1
         return final
 
@@ -473,6 +481,7 @@ class EpisodeRecorder:
     def status(self) -> dict:
         return {"recording": self.recording, "episode": self._log.path.name if self._log else "",
                 "steps": len(self._steps), "dropped": self.drop_counts(), "total_dropped": self.total_dropped,
-                "saved": self.saved, "last_saved": str(self.last_saved or ""), "error": self.error,
+                "saved": self.saved, "last_saved": str(self.last_saved or ""), "last_success": self.last_success,
+                "error": self.error,
                 "unwritten": self._writer.pending if self._writer is not None else 0,
                 "task": self._meta.get("task", "") if self.recording else ""}

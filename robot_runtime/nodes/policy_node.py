@@ -86,6 +86,7 @@ class PolicyNode(Node):
         self.sched_info = "starting"
         self._next_diag = 0.0
         self._window: list[float] = []
+        self._age_window: list[float] = []
         self._status_lock = threading.Lock()
         self._last_status = None
         self.policy.ticking = True
@@ -131,6 +132,8 @@ class PolicyNode(Node):
             self.tick_log.record(res, published_t)
         if "total" in res.timings:
             self._window.append(res.timings["total"])
+        if "frame_age" in res.timings:
+            self._age_window.append(res.timings["frame_age"])
         if now >= self._next_diag:
             self._next_diag = now + 1.0
             self._publish_diagnostics(now)
@@ -210,8 +213,10 @@ class PolicyNode(Node):
 
     def _publish_diagnostics(self, now: float) -> None:
         w, self._window = np.asarray(self._window), []
+        age, self._age_window = np.asarray(self._age_window), []
         timing = {"tick_ms_p50": float(np.percentile(w, 50)) if len(w) else 0.0,
-                  "tick_ms_max": float(w.max()) if len(w) else 0.0}
+                  "tick_ms_max": float(w.max()) if len(w) else 0.0,
+                  "frame_age_ms_p50": float(np.percentile(age, 50)) if len(age) else 0.0}
         st = self.policy.status()
         values = {**self.stats.summary(), **timing, "scheduling": self.sched_info, "checkpoint": st["checkpoint"],
                   "episode": st["episode"], "running": st["running"],

@@ -1,0 +1,71 @@
+"""The robot's visual geometry from the URDF: primitives (box, cylinder, sphere) per link.
+
+The kinematics (:class:`robot_runtime.kinematics.UrdfModel`) poses the links; this module
+says what each link looks like, in the link's own frame. The Rerun logger draws it, and the
+calibration check projects it onto the depth image.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from robot_runtime.errors import DescriptionError
+from robot_runtime.transforms import make_T, rpy_to_mat
+
+
+@dataclass(frozen=True)
+class VisualGeom:
+    """One primitive of a link.
+
+    ``kind`` is 'box' (``size`` = full edge lengths x, y, z, m), 'cylinder' (``size`` = radius,
+    length along the local z axis, m) or 'sphere' (``size`` = radius, m); ``origin`` [4, 4] is
+    its pose in the link frame.
+    """
+
+    link: str
+    kind: str
+    size: tuple[float, ...]
+    origin: np.ndarray
+
+
+def urdf_visuals(urdf_text: str, source: str = "<string>") -> list[VisualGeom]:
+    """Every ``<visual>`` primitive of a URDF, in file order.
+
+    Raises:
+        DescriptionError: not valid XML, or a visual with no geometry or an unsupported one
+            (meshes are not part of this robot's description).
+    """
+    try:
+        root = ET.fromstring(urdf_text)
+    except ET.ParseError as exc:
+        raise DescriptionError(f"{source}: not valid XML: {exc}") from exc
+    out = []
+    for link in root.findall("link"):
+        for vis in link.findall("visual"):
+            o = vis.find("origin")
+            xyz = [float(v) for v in (o.get("xyz", "0 0 0") if o is not None else "0 0 0").split()]
+            rpy = [float(v) for v in (o.get("rpy", "0 0 0") if o is not None else "0 0 0").split()]
+            geom = vis.find("geometry")
+            shape = None if geom is None or len(geom) == 0 else geom[0]
+            if shape is None:
+                raise DescriptionError(f"{source}: link {link.get('name')!r} has a visual without geometry")
+            if shape.tag == "box":
+                size = tuple(float(v) for v in shape.get("size").split())
+            elif shape.tag == "cylinder":
+                size = (float(shape.get("radius")), float(shape.get("length")))
+            elif shape.tag == "sphere":
+                size = (float(shape.get("radius")),)
+            else:
+                raise DescriptionError(f"{source}: link {link.get('name')!r} has an unsupported visual <{shape.tag}>")
+            out.append(VisualGeom(link.get("name"), shape.tag, size, make_T(rpy_to_mat(rpy), xyz)))
+    return out
+
+
+def load_visuals(path) -> list[VisualGeom]:
+    path = Path(path)
+    if not path.is_file():
+        raise DescriptionError(f"URDF file not found: {path}")
+    return urdf_visuals(path.read_text(), str(path))
