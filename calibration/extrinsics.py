@@ -7,6 +7,8 @@ A calibration file is YAML::
       - [r21, r22, r23, y]
       - [r31, r32, r33, z]
       - [0, 0, 0, 1]
+    camera_serial: ...        # optional: written by ``robot-runtime calibrate`` with the date,
+    date: ...                 # the method, the residuals and the depth verification
 
 On the twin the pose is the twin camera's, known exactly from ``twin.camera``.
 """
@@ -47,6 +49,25 @@ def load_camera_pose(path) -> np.ndarray:
     if not isinstance(data, dict) or "T_base_camera" not in data:
         raise ConfigError("calibration file has no key 'T_base_camera'", file=str(path), key="T_base_camera")
     return check_pose(data["T_base_camera"], str(path))
+
+
+def calibration_metadata(cfg) -> dict:
+    """What an episode records about the calibration it was made with: the pose, where it came
+    from and, for a calibration file, its camera serial, date and verification residual.
+
+    Raises:
+        ConfigError: the calibration file is missing or malformed (named).
+    """
+    T = camera_pose_for(cfg)
+    meta: dict = {"T_base_camera": None if T is None else np.asarray(T).tolist()}
+    if cfg.policy.calibration_file:
+        path = Path(cfg.policy.calibration_file)
+        data = yaml.safe_load(path.read_text()) or {}
+        meta["file"] = str(path)
+        meta.update({k: data[k] for k in ("camera_serial", "date", "verification") if k in data})
+    else:
+        meta["source"] = "twin camera (exact)" if T is not None else "none"
+    return meta
 
 
 def camera_pose_for(cfg) -> np.ndarray | None:

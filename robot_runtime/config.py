@@ -245,6 +245,9 @@ class TwinConfig:
     #: robot, whose own computers the host's load never slows; sim_teleop.yaml (recording) sets
     #: 35: above the policy (30) and the recorder (25), below the controllers (40).
     realtime_priority: int = rng(0, 0, 99)
+    #: An ArUco marker plate on the palm's side, for hand-eye calibration (``robot-runtime
+    #: calibrate`` turns it on; the policies are trained without it).
+    calibration_marker: bool = False
     camera: TwinCameraModel = field(default_factory=TwinCameraModel)
 
 

@@ -32,7 +32,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
-from calibration.extrinsics import camera_pose_for
+from calibration.extrinsics import calibration_metadata, camera_pose_for
 from policies.schema import PolicySchema
 from robot_runtime import description as D
 from robot_runtime import ros_io
@@ -83,7 +83,7 @@ class RecorderNode(Node):
         T_base_camera = camera_pose_for(cfg)
         out = Path(self.rcfg.out_dir)   # absolute: the config loader resolved it
         static = {"joint_names": list(D.ALL_JOINTS), "proprio_joint_names": list(schema.joint_names),
-                  "config": config_to_dict(cfg), "calibration": {"T_base_camera": np.asarray(T_base_camera).tolist()},
+                  "config": config_to_dict(cfg), "calibration": calibration_metadata(cfg),
                   "source": {"teleop_input": cfg.teleop.input.type if cfg.teleop.enabled else "",
                              "policy_checkpoint": str(cfg.policy.checkpoint)}}
         self.recorder = EpisodeRecorder(out, cfg.rates.policy_hz, VisualPreprocessor(schema.visual, T_base_camera),

@@ -71,9 +71,15 @@ def parking_position(index: int) -> tuple[float, float, float]:
 
 
 def scene_xml(*, physics_hz: float, camera_position, camera_look_at, camera_fovy_deg: float,
-              image_width: int, image_height: int, mount_xyz, mount_rpy, hand_torque_limit: float) -> str:
-    """The whole lab-cell MJCF as text."""
+              image_width: int, image_height: int, mount_xyz, mount_rpy, hand_torque_limit: float,
+              palm_geoms: str = "", offscreen: tuple[int, int] | None = None) -> str:
+    """The whole lab-cell MJCF as text. ``palm_geoms`` are added to the palm's body (the
+    calibration marker); ``offscreen`` is the largest image rendered (default: the depth image)."""
     robot = build.mjcf_parts(mount_xyz, mount_rpy, hand_torque_limit)
+    if palm_geoms:
+        at = robot["body"].index('<body name="palm"')
+        at = robot["body"].index(">", at) + 1
+        robot["body"] = robot["body"][:at] + "\n" + palm_geoms + robot["body"][at:]
     right, up, _ = look_at_axes(camera_position, camera_look_at)
     xy = " ".join(f"{v:.6f}" for v in np.concatenate([right, up]))
     cam_pos = " ".join(f"{v:.6f}" for v in camera_position)
@@ -91,7 +97,7 @@ def scene_xml(*, physics_hz: float, camera_position, camera_look_at, camera_fovy
     hx, hy = TABLE_HALF
     table_hz = (TABLE_TOP_Z - FLOOR_Z) / 2
     ped_hz = (0.0 - FLOOR_Z) / 2
-    offw, offh = max(image_width, 640), max(image_height, 480)
+    offw, offh = max(image_width, 640, (offscreen or (0, 0))[0]), max(image_height, 480, (offscreen or (0, 0))[1])
     return f"""<mujoco model="lab_cell">
   <compiler angle="radian" autolimits="true"/>
   <option timestep="{1.0 / physics_hz:.6g}" integrator="implicitfast" cone="elliptic" impratio="10"/>

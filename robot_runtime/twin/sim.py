@@ -46,6 +46,11 @@ def _import_mujoco():
     return mujoco
 
 
+#: Colour images (calibration) are rendered at this multiple of the depth resolution, as the
+#: ZED's colour is sharper than its depth.
+COLOR_SCALE = 4
+
+
 def camera_intrinsics(cam) -> np.ndarray:
     """Pinhole K [3,3] (pixels) of the twin camera ``cam`` (a TwinCameraModel): square pixels from
     its vertical field of view, principal point at the image centre."""
@@ -66,11 +71,17 @@ class TwinSimulation:
         self.cfg = twin or TwinConfig()
         self.robot_cfg = robot or RobotConfig()
         cam = self.cfg.camera
+        palm = ""
+        if self.cfg.calibration_marker:
+            from calibration.marker import MarkerSpec, marker_geoms_xml  # noqa: PLC0415 - needs OpenCV
+
+            palm = marker_geoms_xml(MarkerSpec())
         self.xml = scene.scene_xml(
             physics_hz=self.cfg.physics_hz, camera_position=cam.position, camera_look_at=cam.look_at,
             camera_fovy_deg=cam.fovy_deg, image_width=cam.width, image_height=cam.height,
             mount_xyz=self.robot_cfg.hand_mount.xyz, mount_rpy=self.robot_cfg.hand_mount.rpy,
-            hand_torque_limit=self.cfg.hand_torque_limit)
+            hand_torque_limit=self.cfg.hand_torque_limit, palm_geoms=palm,
+            offscreen=(cam.width * COLOR_SCALE, cam.height * COLOR_SCALE) if palm else None)
         self.model = self.mj.MjModel.from_xml_string(self.xml)
         self.data = self.mj.MjData(self.model)
         self.dt = float(self.model.opt.timestep)
@@ -86,6 +97,7 @@ class TwinSimulation:
         self._obj_dadr = {n: m.jnt_dofadr[m.joint(f"{n}_joint").id] for n in scene.OBJECTS}
         self._cam_id = m.camera("zed").id
         self._renderer = None
+        self._color_renderer = None
         self._scene = None
         self._vopt = None
         self._vcam = None
@@ -260,10 +272,35 @@ class TwinSimulation:
         self.snapshot(self._scene)
         return self._renderer.render(self._scene)
 
+    def render_color(self) -> np.ndarray:
+        """Colour image [H * s, W * s, 3] uint8 of the current state from the depth camera's
+        viewpoint, at :data:`COLOR_SCALE` times the depth resolution (intrinsics:
+        :meth:`color_intrinsics`); rendered on this thread. Needs ``calibration_marker`` (which
+        sizes the offscreen buffer for it)."""
+        if not self.cfg.calibration_marker:
+            raise TwinError("colour rendering needs twin.calibration_marker: true")
+        if self._renderer is None:
+            self._renderer = DepthRenderer(self.model, self.cfg.camera)
+            self._scene = self.new_scene()
+        if self._color_renderer is None:
+            self._color_renderer = ColorRenderer(self.model, self.cfg.camera.width * COLOR_SCALE,
+                                                 self.cfg.camera.height * COLOR_SCALE)
+        self.snapshot(self._scene)
+        return self._color_renderer.render(self._scene)
+
+    def color_intrinsics(self) -> np.ndarray:
+        """K [3, 3] of :meth:`render_color`'s images (the depth camera's, scaled)."""
+        K = self.intrinsics().copy()
+        K[:2] *= COLOR_SCALE
+        return K
+
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+        if self._color_renderer is not None:
+            self._color_renderer.close()
+            self._color_renderer = None
 
 
 class DepthRenderer:
@@ -291,6 +328,7 @@ class DepthRenderer:
 
     def render(self, scene) -> np.ndarray:
         """Draw ``scene`` and return its depth image [H, W] float32 (m), row 0 at the top."""
+        self.gl.make_current()
         # Depth-only drawing: no lighting or materials (segment colours).
         scene.flags[self.mj.mjtRndFlag.mjRND_SEGMENT] = True
         scene.flags[self.mj.mjtRndFlag.mjRND_IDCOLOR] = True
@@ -302,6 +340,35 @@ class DepthRenderer:
         depth = (n * f / (n + z * (f - n))).astype(np.float32)
         depth[(depth < self.min_depth) | (depth > self.max_depth)] = np.nan
         return depth
+
+    def close(self) -> None:
+        if self.gl is not None:
+            self.con.free()
+            self.gl.free()
+            self.gl = None
+
+
+class ColorRenderer:
+    """Offscreen colour rendering of snapshotted scenes (EGL), lit and shaded. One thread."""
+
+    def __init__(self, model, width: int, height: int):
+        self.mj = _import_mujoco()
+        self.width, self.height = width, height
+        self.gl = self.mj.GLContext(width, height)
+        self.gl.make_current()
+        self.con = self.mj.MjrContext(model, self.mj.mjtFontScale.mjFONTSCALE_150)
+        self.mj.mjr_setBuffer(self.mj.mjtFramebuffer.mjFB_OFFSCREEN, self.con)
+        self.viewport = self.mj.MjrRect(0, 0, width, height)
+        self._buf = np.empty((height, width, 3), dtype=np.uint8)
+
+    def render(self, scene) -> np.ndarray:
+        """Draw ``scene``; the RGB image [H, W, 3] uint8, row 0 at the top."""
+        self.gl.make_current()
+        scene.flags[self.mj.mjtRndFlag.mjRND_SEGMENT] = False
+        scene.flags[self.mj.mjtRndFlag.mjRND_IDCOLOR] = False
+        self.mj.mjr_render(self.viewport, scene, self.con)
+        self.mj.mjr_readPixels(self._buf, None, self.viewport, self.con)
+        return np.flipud(self._buf).copy()
 
     def close(self) -> None:
         if self.gl is not None:
