@@ -269,6 +269,37 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_calibrate(args) -> int:
+    """Hand-eye calibration of the camera on the twin: solve, verify against depth, write the YAML and a PNG."""
+    from calibration.handeye import pose_error
+    from calibration.session import run_and_write
+    from robot_runtime.config import load_config
+
+    cfg = load_config(Path(args.config or default_config("sim.yaml")))
+    logger = None
+    if args.rrd:
+        from robot_runtime.viz.rerun_log import RolloutLogger
+
+        logger = RolloutLogger("save", args.rrd, recording_id="calibration")
+    run, path = run_and_write(cfg, args.out, args.poses, args.seed, logger)
+    if logger is not None:
+        logger.close()
+    r, c = run.result.summary(), run.check
+    T = run.result.T_base_camera
+    print(f"marker seen at {len(run.sightings)} of {run.planned} poses; {r['inliers']} agree "
+          f"(reprojection median {r['reprojection_px']['median']:.2f} px, max {r['reprojection_px']['max']:.2f} px)")
+    print(f"camera in the base frame: position {[round(float(v), 4) for v in T[:3, 3]]} m")
+    print(f"verification: median depth residual {c.median_abs_m * 1e3:.1f} mm on {c.robot_pixels} robot pixels "
+          f"(picture: {path.with_suffix('.png')})")
+    if cfg.camera.type == "twin":
+        from calibration.extrinsics import camera_pose_for
+
+        dp, dr = pose_error(T, camera_pose_for(cfg))
+        print(f"the twin's true camera pose is known: error {dp:.2f} mm, {dr:.3f} deg")
+    print(f"wrote {path}; use it with  policy: {{calibration_file: {path}}}")
+    return 0
+
+
 def _cmd_replay(args) -> int:
     """Show a recorded episode in Rerun: spawn a viewer, connect to one, or save an .rrd."""
     from robot_runtime.viz.replay import log_episode
@@ -472,6 +503,13 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="processes running rollouts (each takes about a core)")
     p.add_argument("--rrd", action="store_true", help="also save each rollout as a Rerun .rrd file")
     p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("calibrate", help="hand-eye calibration of the camera's pose (ArUco on the hand), on the twin")
+    p.add_argument("--config", help="runtime config (default: config/sim.yaml)")
+    p.add_argument("--poses", type=int, default=15, help="arm poses to visit")
+    p.add_argument("--seed", type=int, default=0, help="seed of the planned poses")
+    p.add_argument("--out", default="runs/calibration/T_base_camera.yaml", help="calibration YAML (a PNG goes next to it)")
+    p.add_argument("--rrd", help="also log the check to this Rerun .rrd file")
+    p.set_defaults(func=_cmd_calibrate)
     p = sub.add_parser("replay", help="show a recorded episode in Rerun (viewer, remote viewer or .rrd file)")
     p.add_argument("episode", help="an .episode.npz file")
     p.add_argument("--rrd", help="save to this .rrd file instead of spawning a viewer")

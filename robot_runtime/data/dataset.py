@@ -35,11 +35,12 @@ class EpisodeInfo:
 
 
 def episode_files(folder) -> list[Path]:
-    """The saved episode files in ``folder`` (sorted by name: by start time)."""
+    """The saved episode files in ``folder`` and its subfolders (sorted by folder, then by name:
+    by start time)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RecordingError(f"episode folder not found: {folder}")
-    return sorted(folder.glob(f"*{SUFFIX}"))
+    return sorted(folder.rglob(f"*{SUFFIX}"), key=lambda f: (f.parent.relative_to(folder).parts, f.name))
 
 
 def _expand(paths) -> list[Path]:

@@ -8,8 +8,10 @@ success); a timer at ``rate_hz`` logs the newest of each through
 
 Parameters: ``config_file``; ``sink`` ('spawn' a viewer, 'connect' to one, 'save' an .rrd);
 ``target`` (the .rrd path, default ``runs/viz/<time>.rrd``, or the viewer's gRPC url);
-``rate_hz`` (default: the policy rate); ``budget`` (share of wall time logging may take
-before images and clouds are thinned). Topic: ``~/status`` (JSON once a second: updates,
+``rate_hz`` (default: the policy rate; joints, targets and timing every update);
+``heavy_hz`` (10: depth, cloud and robot pose at most this often); ``depth_stride`` (2: the
+depth image is logged at half resolution, in mm); ``budget`` (share of wall time logging may
+take before depth, cloud and robot pose are thinned further). Topic: ``~/status`` (JSON once a second: updates,
 achieved rate, thinning, sink).
 """
 from __future__ import annotations
@@ -62,10 +64,13 @@ class VizNode(Node):
             target = str(Path("runs") / "viz" / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}.rrd")
         self.rate = float(self.declare_parameter("rate_hz", cfg.rates.policy_hz).value)
         budget = float(self.declare_parameter("budget", 0.25).value)
+        heavy_hz = float(self.declare_parameter("heavy_hz", 10.0).value)
+        depth_stride = int(self.declare_parameter("depth_stride", 2).value)
         self.sink, self.target = sink, target
         T = camera_pose_for(cfg)
-        self.logger_rr = RolloutLogger(sink, target, recording_id=f"live-{int(time.time())}",
-                                       throttle=LogThrottle(budget=budget))
+        self.logger_rr = RolloutLogger(sink, target, recording_id=f"live-{int(time.time())}", depth_stride=depth_stride,
+                                       throttle=LogThrottle(budget=budget,
+                                                            min_every=max(1, round(self.rate / max(heavy_hz, 1e-3)))))
         self.view = LiveRolloutView(self.logger_rr, VisualPreprocessor(display_cloud(cfg), T), T)
         self._K = None
         self.create_subscription(CameraInfo, cfg.camera.info_topic, self._on_info, ros_io.IMAGE_QOS)

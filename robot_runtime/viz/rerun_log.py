@@ -3,11 +3,12 @@
 :class:`RolloutLogger` writes, on the timelines ``time`` (wall clock, s) and ``step`` (policy
 steps since the episode began):
 
-- ``world/robot/<link>``: the robot model (the URDF's primitives) posed from measured joints;
+- ``world/robot/box|cylinder|sphere``: the robot model (the URDF's primitives) posed from
+  measured joints;
 - ``world/camera``: the camera pose in the base frame and its pinhole, ``world/camera/depth``
   the depth image the policy saw (m);
 - ``world/points``: the policy's point cloud in the robot base frame (m);
-- ``joints/arm/<joint>/target|measured`` and ``joints/hand/<joint>/target|measured`` (rad);
+- ``joints/arm/target|measured`` and ``joints/hand/target|measured``: one series per joint (rad);
 - ``policy/latency_ms``, ``policy/frame_age_ms``;
 - ``controllers/<arm|hand>/<stat>``: loop lateness, overruns;
 - ``shield/<arm|hand>``: interventions;
@@ -32,7 +33,6 @@ import numpy as np
 from robot_runtime import description as D
 from robot_runtime.errors import RobotRuntimeError
 from robot_runtime.kinematics import UrdfModel
-from robot_runtime.transforms import mat_to_quat
 from robot_runtime.viz.robot_model import VisualGeom, urdf_visuals
 
 SINKS = ("spawn", "connect", "save", "memory")
@@ -80,18 +80,23 @@ class LogThrottle:
     """Keeps the logger's own time under ``budget`` of the wall time.
 
     Heavy items (images, clouds, robot poses) are logged every ``every``-th call to
-    :meth:`heavy_due`; ``every`` doubles (up to ``max_every``) while the share of time spent
-    logging over the last ``window_s`` exceeds ``budget``, and halves back once it is under
-    half of it. :meth:`account` records how long one logging call took.
+    :meth:`heavy_due` (``min_every`` when there is no load); ``every`` doubles (up to
+    ``max_every``) while the share of time spent logging over the last ``window_s`` exceeds
+    ``budget``, and halves back once it is under half of it. :meth:`account` records how long
+    one logging call took.
     """
 
     budget: float = 0.25
     window_s: float = 2.0
     max_every: int = 16
-    every: int = 1
+    min_every: int = 1
+    every: int = 0
     _count: int = 0
     _busy: float = 0.0
     _t0: float | None = None
+
+    def __post_init__(self):
+        self.every = max(self.every, self.min_every, 1)
 
     def heavy_due(self) -> bool:
         self._count += 1
@@ -111,8 +116,8 @@ class LogThrottle:
             self.every *= 2
             return (f"viz: logging took {share:.0%} of the time (budget {self.budget:.0%}); "
                     f"images, clouds and robot poses now every {self.every} updates")
-        if share < self.budget / 2 and self.every > 1:
-            self.every //= 2
+        if share < self.budget / 2 and self.every > self.min_every:
+            self.every = max(self.every // 2, self.min_every)
             return f"viz: load eased ({share:.0%}); images, clouds and robot poses every {self.every} updates"
         return ""
 
@@ -128,6 +133,8 @@ class RolloutLogger:
         urdf: the robot description (default: the packaged xArm7 + Allegro URDF).
         joint_names: the order of the 23 joints in every ``q`` given to the logger.
         throttle: a :class:`LogThrottle` (None: log everything).
+        depth_stride: depth images are logged at 1/stride resolution, in uint16 mm (a 320 x 240
+            frame at stride 2 is 38 kB instead of 300 kB).
 
     Raises:
         VizError: unknown sink, or the file cannot be written.
@@ -135,7 +142,7 @@ class RolloutLogger:
 
     def __init__(self, sink: str = "save", target: str = "", app_id: str = "robot_runtime",
                  recording_id: str | None = None, urdf=None, joint_names=D.ALL_JOINTS,
-                 throttle: LogThrottle | None = None):
+                 throttle: LogThrottle | None = None, depth_stride: int = 1):
         if sink not in SINKS:
             raise VizError(f"viz sink must be one of {', '.join(SINKS)}, not {sink!r}")
         rr = self.rr = _rr()
@@ -144,8 +151,8 @@ class RolloutLogger:
         self.visuals: list[VisualGeom] = urdf_visuals(path.read_text(), str(path))
         self.joint_names = tuple(joint_names)
         self._model_index = np.array([self.joint_names.index(n) for n in self.model.joint_names])
-        self._arm = set(D.ARM_JOINTS)
         self.throttle = throttle
+        self.depth_stride = max(1, int(depth_stride))
         self.sink, self.target = sink, target
         self.rec = rr.RecordingStream(app_id, recording_id=recording_id)
         bp = rollout_blueprint()
@@ -165,8 +172,6 @@ class RolloutLogger:
             raise
         except Exception as exc:  # noqa: BLE001 - the SDK raises its own types
             raise VizError(f"viz sink {sink!r} {target!r} failed: {exc}") from exc
-        self._links = sorted({v.link for v in self.visuals})
-        self._slots = np.array([self.model.link_slot(link) for link in self._links])
         self._log_static()
         self.messages: list[str] = []
         self.last_heavy = False   # whether the last log_step logged the heavy items
@@ -175,33 +180,21 @@ class RolloutLogger:
     def _log_static(self) -> None:
         rr = self.rr
         self.rec.log("world", rr.ViewCoordinates.RIGHT_HAND_Z_UP, static=True)
-        by_link: dict[str, list[VisualGeom]] = {}
-        for v in self.visuals:
-            by_link.setdefault(v.link, []).append(v)
-        colour = [170, 170, 180]
-        for link, geoms in by_link.items():
-            for kind in ("box", "cylinder", "sphere"):
-                gs = [g for g in geoms if g.kind == kind]
-                if not gs:
-                    continue
-                centers = [g.origin[:3, 3] for g in gs]
-                quats = [_mat_to_xyzw(g.origin[:3, :3]) for g in gs]
-                ent = f"world/robot/{link}/{kind}"
-                if kind == "box":
-                    self.rec.log(ent, rr.Boxes3D(centers=centers, half_sizes=[np.asarray(g.size) / 2 for g in gs],
-                                                 quaternions=quats, colors=colour, fill_mode="solid"), static=True)
-                elif kind == "cylinder":
-                    self.rec.log(ent, rr.Cylinders3D(centers=centers, radii=[g.size[0] for g in gs],
-                                                     lengths=[g.size[1] for g in gs], quaternions=quats,
-                                                     colors=colour, fill_mode="solid"), static=True)
-                else:
-                    self.rec.log(ent, rr.Ellipsoids3D(centers=centers, half_sizes=[[g.size[0]] * 3 for g in gs],
-                                                      colors=colour, fill_mode="solid"), static=True)
+        # The robot is three batches of primitives (boxes, cylinders, spheres) posed in the base
+        # frame at every update: three log calls instead of one per link.
+        self._geoms = {}
+        for kind in ("box", "cylinder", "sphere"):
+            gs = [g for g in self.visuals if g.kind == kind]
+            if gs:
+                self._geoms[kind] = (np.array([self.model.link_slot(g.link) for g in gs]),
+                                     np.stack([g.origin for g in gs]), np.array([g.size for g in gs]))
+        self._parts = []
         for part, names in (("arm", D.ARM_JOINTS), ("hand", D.HAND_JOINTS)):
-            for n in names:
-                self.rec.log(f"joints/{part}/{n}/target", rr.SeriesLines(widths=1.0, names=f"{n} target"), static=True)
-                self.rec.log(f"joints/{part}/{n}/measured", rr.SeriesLines(widths=2.0, names=f"{n} measured"),
-                             static=True)
+            self._parts.append((part, np.array([self.joint_names.index(n) for n in names])))
+            self.rec.log(f"joints/{part}/target", rr.SeriesLines(widths=1.0, names=[f"{n} target" for n in names]),
+                         static=True)
+            self.rec.log(f"joints/{part}/measured", rr.SeriesLines(widths=2.0, names=[f"{n} measured" for n in names]),
+                         static=True)
 
     # ------------------------------------------------------------------ time
     def set_time(self, t: float, step: int | None = None) -> None:
@@ -217,23 +210,41 @@ class RolloutLogger:
 
     def log_robot(self, q) -> None:
         """The robot model posed from measured joints ``q`` [23] (rad, ``joint_names`` order)."""
+        rr = self.rr
         q = np.asarray(q, float)
-        T = self.model.forward_array(q[self._model_index])[self._slots]
-        for link, Ti in zip(self._links, T):
-            self.rec.log(f"world/robot/{link}", self.rr.Transform3D(translation=Ti[:3, 3], mat3x3=Ti[:3, :3]))
+        links = self.model.forward_array(q[self._model_index])
+        colour = [170, 170, 180]
+        for kind, (slots, origins, sizes) in self._geoms.items():
+            T = links[slots] @ origins
+            centers, quats = T[:, :3, 3], mats_to_xyzw(T[:, :3, :3])
+            ent = f"world/robot/{kind}"
+            if kind == "box":
+                self.rec.log(ent, rr.Boxes3D(centers=centers, half_sizes=sizes / 2, quaternions=quats, colors=colour,
+                                             fill_mode="solid"))
+            elif kind == "cylinder":
+                self.rec.log(ent, rr.Cylinders3D(centers=centers, radii=sizes[:, 0], lengths=sizes[:, 1],
+                                                 quaternions=quats, colors=colour, fill_mode="solid"))
+            else:
+                self.rec.log(ent, rr.Ellipsoids3D(centers=centers, half_sizes=np.repeat(sizes[:, :1], 3, axis=1),
+                                                  colors=colour, fill_mode="solid"))
 
     def log_camera(self, K, T_base_camera, width: int, height: int, static: bool = True) -> None:
         """The camera: its pose in the base frame (4x4) and pinhole ``K`` [3, 3] for a ``width`` x ``height`` image."""
         rr = self.rr
         T = np.asarray(T_base_camera, float)
+        s = self.depth_stride
+        K = np.asarray(K, float).copy()
+        K[:2] /= s
         self.rec.log("world/camera", rr.Transform3D(translation=T[:3, 3], mat3x3=T[:3, :3]), static=static)
-        self.rec.log("world/camera", rr.Pinhole(image_from_camera=np.asarray(K, float), resolution=[width, height],
+        self.rec.log("world/camera", rr.Pinhole(image_from_camera=K, resolution=[-(-width // s), -(-height // s)],
                                                 camera_xyz=rr.ViewCoordinates.RDF), static=static)
 
     def log_depth(self, depth) -> None:
         """The depth image [H, W] (m; 0 or NaN = no depth) the policy saw."""
-        d = np.nan_to_num(np.asarray(depth, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        self.rec.log("world/camera/depth", self.rr.DepthImage(d, meter=1.0, colormap="turbo"))
+        s = self.depth_stride
+        d = np.asarray(depth, np.float32)[::s, ::s]
+        mm = np.where(np.isfinite(d), np.clip(d * 1000.0, 0, 65535), 0).astype(np.uint16)
+        self.rec.log("world/camera/depth", self.rr.DepthImage(mm, meter=1000.0, colormap="turbo"))
 
     def log_points(self, points) -> None:
         """The policy's point cloud [N, 3] in the robot base frame (m)."""
@@ -248,9 +259,8 @@ class RolloutLogger:
             if q is None:
                 continue
             q = np.asarray(q, float)
-            for name, v in zip(self.joint_names, q):
-                part = "arm" if name in self._arm else "hand"
-                self.rec.log(f"joints/{part}/{name}/{kind}", rr.Scalars(float(v)))
+            for part, idx in self._parts:
+                self.rec.log(f"joints/{part}/{kind}", rr.Scalars(q[idx]))
 
     def log_policy(self, latency_ms: float | None = None, frame_age_ms: float | None = None) -> None:
         for name, v in (("latency_ms", latency_ms), ("frame_age_ms", frame_age_ms)):
@@ -301,10 +311,16 @@ class RolloutLogger:
         self.rec.disconnect()
 
 
-def _mat_to_xyzw(R: np.ndarray) -> list[float]:
-    """Rotation matrix -> quaternion (x, y, z, w)."""
-    w, x, y, z = mat_to_quat(R)
-    return [float(x), float(y), float(z), float(w)]
+def mats_to_xyzw(R: np.ndarray) -> np.ndarray:
+    """Rotation matrices [N, 3, 3] -> unit quaternions [N, 4] (x, y, z, w), w >= 0."""
+    R = np.asarray(R, float)
+    d0, d1, d2 = R[:, 0, 0], R[:, 1, 1], R[:, 2, 2]
+    w = np.sqrt(np.maximum(0.0, 1.0 + d0 + d1 + d2)) / 2
+    x = np.copysign(np.sqrt(np.maximum(0.0, 1.0 + d0 - d1 - d2)) / 2, R[:, 2, 1] - R[:, 1, 2])
+    y = np.copysign(np.sqrt(np.maximum(0.0, 1.0 - d0 + d1 - d2)) / 2, R[:, 0, 2] - R[:, 2, 0])
+    z = np.copysign(np.sqrt(np.maximum(0.0, 1.0 - d0 - d1 + d2)) / 2, R[:, 1, 0] - R[:, 0, 1])
+    q = np.stack([x, y, z, w], axis=1)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
 def rrd_rows(path) -> dict[str, int]:

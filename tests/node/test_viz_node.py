@@ -11,8 +11,8 @@ from robot_runtime import ros_io
 from tests.ros_probe import REPO, RosProbe, start_node, stop_node
 
 NODES = ("sim_node", "arm_controller_node", "hand_controller_node", "policy_node")
-EXPECTED = {"/world/robot/link1", "/world/robot/link_15.0", "/world/camera", "/world/camera/depth", "/world/points",
-            "/joints/arm/joint1/measured", "/joints/arm/joint1/target", "/joints/hand/joint_0.0/target",
+EXPECTED = {"/world/robot/box", "/world/robot/cylinder", "/world/robot/sphere", "/world/camera", "/world/camera/depth", "/world/points",
+            "/joints/arm/measured", "/joints/arm/target", "/joints/hand/target",
             "/policy/latency_ms", "/policy/frame_age_ms", "/controllers/arm/lateness_p99_ms",
             "/controllers/hand/overruns", "/shield/arm", "/events"}
 
