@@ -128,9 +128,10 @@ class LoadedPolicy:
             policy.runner.warm_up(1)
         return policy
 
-    def encode(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
-        """Frame -> (visual input, embedding [D]). Raises PreprocessError for a frame it cannot use."""
-        visual = self.preprocess(frame.depth, frame.K, frame.t)
+    def encode(self, frame: Frame, q=None) -> tuple[np.ndarray, np.ndarray]:
+        """Frame (and the joints [23] at its time, driver order) -> (visual input, embedding [D]).
+        Raises PreprocessError for a frame it cannot use."""
+        visual = self.preprocess(frame.depth, frame.K, frame.t, q)
         return visual, self.runner.encode(visual)
 
     def network_inputs(self, steps: list[Step]) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +152,7 @@ class LoadedPolicy:
         out = []
         for s in steps:
             if s.frame.seq not in known:
-                known[s.frame.seq] = self.encode(s.frame)
+                known[s.frame.seq] = self.encode(s.frame, s.q)
             visual, emb = known[s.frame.seq]
             out.append(replace(s, visual=visual, emb=emb))
         return out
@@ -242,7 +243,7 @@ class ClosedLoopPolicy:
                 t2 = t3 = t1
             else:
                 try:
-                    visual = pol.preprocess(frame.depth, frame.K, frame.t)
+                    visual = pol.preprocess(frame.depth, frame.K, frame.t, q)
                 except PreprocessError as exc:
                     return self._skip(res, "bad_frame", str(exc))
                 t2 = time.perf_counter()

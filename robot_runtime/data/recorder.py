@@ -363,14 +363,14 @@ class EpisodeRecorder:
             self.total_dropped += 1
             return reason
         i = inputs
+        q = np.concatenate([i.arm_state.value, i.hand_state.value])
         try:
-            visual = self.visual(i.depth.value, i.K, i.depth.t)
+            visual = self.visual(i.depth.value, i.K, i.depth.t, q)
         except Exception as exc:  # a bad frame drops the step; it never stops the recording
             self._drops.append((t_grid, "bad_frame"))
             self.total_dropped += 1
             self.error = f"bad frame at {t_grid:.3f}: {exc}"
             return "bad_frame"
-        q = np.concatenate([i.arm_state.value, i.hand_state.value])
         if self._camera is None:
             h, w = np.shape(i.depth.value)
             self._camera = {"K": np.asarray(i.K, float).tolist(), "width": int(w), "height": int(h)}

@@ -64,6 +64,9 @@ class PointCloudPreprocess:
     table_margin: float = 0.01   # points lower than table_z + margin are the table
     stride: int = 2              # back-project every stride-th pixel in each direction
     seed: int = 0
+    #: > 0: drop the points within this distance (m) of the robot posed at the frame's measured
+    #: joints (:mod:`robot_runtime.perception.robot_filter`), leaving the objects; 0: keep them.
+    robot_margin: float = 0.0
 
     def check(self) -> None:
         if self.num_points < 1:
@@ -72,6 +75,8 @@ class PointCloudPreprocess:
             raise PreprocessError(f"point crop box min {self.box_min} is not below max {self.box_max}")
         if self.stride < 1:
             raise PreprocessError(f"stride must be at least 1, got {self.stride}")
+        if not 0.0 <= self.robot_margin <= 0.1:
+            raise PreprocessError(f"robot_margin must be in [0, 0.1] m, got {self.robot_margin}")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -118,7 +123,7 @@ class VisualSpec:
                 spec = cls(kind, points=PointCloudPreprocess(
                     num_points=int(p["num_points"]), box_min=tuple(p["box_min"]), box_max=tuple(p["box_max"]),
                     table_z=float(p["table_z"]), table_margin=float(p["table_margin"]), stride=int(p["stride"]),
-                    seed=int(p["seed"])))
+                    seed=int(p["seed"]), robot_margin=float(p.get("robot_margin", 0.0))))
             else:
                 raise PreprocessError(f"visual kind must be 'depth' or 'pointcloud', not {kind!r}")
         except KeyError as exc:
@@ -202,12 +207,17 @@ def frame_seed(seed: int, stamp: float) -> np.random.Generator:
 
 
 def depth_to_points(depth: np.ndarray, K: np.ndarray, T_base_camera: np.ndarray, p: PointCloudPreprocess,
-                    stamp: float) -> np.ndarray:
+                    stamp: float, q=None) -> np.ndarray:
     """Depth [H, W] (m) -> object points [p.num_points, 3] float32 in the robot base frame (m).
 
+    With ``p.robot_margin`` the robot's own points are dropped, from the joints ``q`` [23] (rad,
+    driver order) measured at the frame's time; when that leaves nothing (the objects hidden
+    by the hand), the cropped cloud is kept whole rather than no input at all.
+
     Raises:
-        PreprocessError: the frame is not an image, or no point is left after cropping
-            (nothing on the table inside the box).
+        PreprocessError: the frame is not an image, no point is left after cropping
+            (nothing on the table inside the box), or the robot is to be filtered out and
+            ``q`` is missing.
     """
     depth = np.asarray(depth)
     if depth.ndim != 2:
@@ -221,6 +231,14 @@ def depth_to_points(depth: np.ndarray, K: np.ndarray, T_base_camera: np.ndarray,
     if len(pts) == 0:
         raise PreprocessError(f"no depth points inside the box {p.box_min}..{p.box_max} above the table "
                               f"(z > {p.table_z + p.table_margin:.3f} m)")
+    if p.robot_margin > 0:
+        if q is None:
+            raise PreprocessError("this point-cloud input filters the robot out (robot_margin) and needs the joints")
+        from robot_runtime.perception.robot_filter import default_self_filter  # noqa: PLC0415
+
+        objects = ~default_self_filter().inside(pts, q, p.robot_margin)
+        if objects.any():
+            pts = pts[objects]
     rng = frame_seed(p.seed, stamp)
     idx = rng.choice(len(pts), p.num_points, replace=len(pts) < p.num_points)
     return pts[np.sort(idx)].astype(np.float32)
@@ -248,8 +266,14 @@ class VisualPreprocessor:
     def shape(self) -> tuple[int, int]:
         return self.spec.shape
 
-    def __call__(self, depth: np.ndarray, K: np.ndarray, stamp: float) -> np.ndarray:
-        """Depth [H, W] (m), intrinsics K [3, 3], acquisition stamp (s) -> visual input (float32)."""
+    @property
+    def needs_joints(self) -> bool:
+        """Whether each frame needs the joints measured at its time (the robot is filtered out)."""
+        return self.spec.kind == "pointcloud" and self.spec.points.robot_margin > 0
+
+    def __call__(self, depth: np.ndarray, K: np.ndarray, stamp: float, q=None) -> np.ndarray:
+        """Depth [H, W] (m), intrinsics K [3, 3], acquisition stamp (s), and the joints at that
+        time [23] (rad, driver order; used when :attr:`needs_joints`) -> visual input (float32)."""
         if self.spec.kind == "depth":
             return depth_to_input(depth, self.spec.depth)
-        return depth_to_points(depth, K, self.T_base_camera, self.spec.points, stamp)
+        return depth_to_points(depth, K, self.T_base_camera, self.spec.points, stamp, q)

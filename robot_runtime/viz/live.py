@@ -96,7 +96,7 @@ class LiveRolloutView:
                 self._camera_logged = cam
             if self.visual is not None:
                 try:
-                    points = self.visual(depth, K, stamp)
+                    points = self.visual(depth, K, stamp, measured)
                 except Exception:  # noqa: BLE001 - an empty crop is shown as no cloud
                     points = None
         if measured is None and self._target is None and depth is None:

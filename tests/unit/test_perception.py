@@ -1,4 +1,6 @@
 """The one preprocessing path: depth image and object point cloud."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,34 @@ def test_calibration_file_and_twin_pose(tmp_path):
     cam = cfg.twin.camera
     fwd = np.subtract(cam.look_at, cam.position)
     np.testing.assert_allclose(Tt[:3, 2], fwd / np.linalg.norm(fwd))
+
+
+def test_self_filter_leaves_the_object_and_needs_the_joints():
+    from robot_runtime.config import load_config
+    from robot_runtime.twin.sim import TwinSimulation
+    from policies.make_twin_checkpoint import twin_visual
+    from tests.ros_probe import REPO
+
+    cfg = load_config(REPO / "config" / "sim.yaml")
+    sim = TwinSimulation(cfg.twin, cfg.robot)
+    try:
+        poses = sim.reset("grasp_lift", 10_000)
+        obj = poses[sim.active_objects[0]].position
+        depth, K = sim.render_depth(), sim.intrinsics()
+        q = np.concatenate([sim.arm_state().position, sim.hand_state().position])
+        spec = twin_visual(cfg)
+        filtered = VisualPreprocessor(spec, sim.camera_pose())
+        pts = filtered(depth, K, 1.0, q)
+        # every point is on the object (radius <= 4 cm, 9 cm tall at most), none on the hand above it
+        assert np.linalg.norm(pts[:, :2] - obj[:2], axis=1).max() < 0.06 and pts[:, 2].max() < 0.12
+        whole = VisualPreprocessor(VisualSpec("pointcloud", points=replace(spec.points, robot_margin=0.0)),
+                                   sim.camera_pose())(depth, K, 1.0)
+        assert (np.linalg.norm(whole[:, :2] - obj[:2], axis=1) > 0.06).mean() > 0.5   # most of it is the robot
+        with pytest.raises(PreprocessError, match="needs the joints"):
+            filtered(depth, K, 1.0)
+        assert VisualSpec.from_dict(spec.to_dict()) == spec
+        old = spec.to_dict()
+        del old["pointcloud"]["robot_margin"]        # checkpoints from before the filter still load
+        assert VisualSpec.from_dict(old).points.robot_margin == 0.0
+    finally:
+        sim.close()
