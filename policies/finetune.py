@@ -50,6 +50,7 @@ from robot_runtime import description as D
 from robot_runtime.perception.preprocess import VisualSpec
 
 STATE_FILE = "train_state.pt"
+LOSS_PLOT = "loss.png"
 KEEP_INTERVAL_CHECKPOINTS = 2
 
 
@@ -312,14 +313,49 @@ class FinetuneJob:
     def _save_final(self, model, opt, rng, step, losses, vals, where, seconds) -> Path:
         model.eval()
         self._write_state(self._state(model, opt, rng, step, losses, vals))
-        return save_checkpoint(self.out, self._cpu_copy(model), self.schema,
-                               self.provenance(step, losses, vals, where, seconds))
+        out = save_checkpoint(self.out, self._cpu_copy(model), self.schema,
+                              self.provenance(step, losses, vals, where, seconds))
+        save_loss_plot(self.out / LOSS_PLOT, losses, vals, f"{self.out.name}: {len(self.train_eps)} training episodes, "
+                                                          f"{len(self.val_eps)} validation")
+        return out
 
     def _cpu_copy(self, model: HopPolicy) -> HopPolicy:
         """The network on the CPU in eval mode (the ONNX export and the saved weights want it there).
         A copy, not a new network: building one would draw from torch's generator and make a
         resumed job differ from an uninterrupted one."""
         return copy.deepcopy(model).to("cpu").eval()
+
+
+def save_loss_plot(path, losses, vals, title: str = "") -> Path | None:
+    """The training loss (and its 50-step mean) and the validation loss against the step, as a PNG.
+    Returns None when matplotlib is not installed (the job itself does not need it)."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:   # pragma: no cover - installed with the teleop extra
+        return None
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    x = np.arange(1, len(losses) + 1)
+    ax.plot(x, losses, color="0.75", lw=0.6, label="train (per step)")
+    if len(losses) >= 50:
+        ax.plot(x[49:], np.convolve(losses, np.ones(50) / 50, mode="valid"), color="C0", lw=1.5, label="train (50-step mean)")
+    if vals:
+        v = np.asarray(vals, float)
+        ax.plot(v[:, 0], v[:, 1], "o-", color="C3", lw=1.5, label="validation")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("L1, scaled units")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def provenance_summary(path) -> str:

@@ -1,66 +1,135 @@
-"""Train the checkpoint ``make sim`` runs, from scripted motions on the twin.
+"""Make the twin's policies with the project's own few-shot pipeline: a prior pretrained on
+task-agnostic interactions, then finetuned on a few demos of one task.
 
-    python -m policies.make_twin_checkpoint [--out policies/checkpoints/twin_reach_grasp]
-        [--episodes 16] [--steps 2000] [--batch 64]
+    python -m policies.make_twin_checkpoint [--stage all|prior|finetune] [--work DIR]
+        [--prior-episodes 240] [--prior-steps 5000] [--demos 15] [--steps 600] [--rollouts 20]
 
-It plays the scripted reach-grasp-lift cycle (the one ``demo_motion_node`` shows) on the
-twin for one object placement per seed, keeps (depth, joints, next target) at 20 Hz,
-and behaviour-clones the HOP network on it with the HOP recipe (a smaller batch, to fit
-a laptop CPU). The result is a depth-input HOP checkpoint that imitates the script; it
-is a stand-in until teleoperated demos and finetuning replace it.
+1. ``prior`` (HOP's idea: pretrain on many hand-object interactions that belong to no task).
+   Records ``--prior-episodes`` scripted interactions on the twin (seeds 100000 ..,
+   :func:`robot_runtime.twin.rollout.interaction_episode`: grasp one of the five top-graspable
+   objects wherever it lies, carry it somewhere at random, set it down, let go or keep
+   holding), then trains a point-cloud HOP network on them from scratch with the HOP recipe
+   (:class:`policies.finetune.FinetuneJob`, batch 64): ``policies/checkpoints/twin_prior``.
+2. ``finetune`` (the lab's loop). Records ``--demos`` scripted grasp & lift demos (seeds
+   0 .., the task ``config/sim.yaml`` runs) and finetunes the prior on them, exactly what
+   ``robot-runtime finetune DEMOS --base policies/checkpoints/twin_prior`` does:
+   ``policies/checkpoints/twin_grasp_lift``, the checkpoint ``make sim`` runs. Then evaluates
+   it over ``--rollouts`` new placements (seeds 10000 ..) and stores the result as
+   ``eval.json`` in the checkpoint folder.
+
+Every seed range is kept apart: the prior's interactions, the demos and the evaluation
+placements never share an object placement.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import time
 from pathlib import Path
 
-import numpy as np
+from policies.evaluate import evaluate
+from policies.finetune import FinetuneConfig, FinetuneJob
+from robot_runtime.config import RuntimeConfig, load_config
+from robot_runtime.perception.preprocess import PointCloudPreprocess, VisualSpec
+from robot_runtime.twin.rollout import INTERACTION, record_scripted_demos_parallel
 
-from policies.bc import TrainConfig, train_bc
-from policies.checkpoint import save_checkpoint
-from policies.hop import HopArchitecture, HopPolicy
-from policies.schema import PolicySchema
-from policies.twin_demos import scripted_episodes
-from robot_runtime import description as D
-from robot_runtime.config import load_config
-from robot_runtime.perception.preprocess import DepthPreprocess, VisualSpec
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+PRIOR = CHECKPOINTS / "twin_prior"
+SIM = CHECKPOINTS / "twin_grasp_lift"
+PRIOR_SEED0 = 100_000
+DEMO_SEED0 = 0
+EVAL_SEED0 = 10_000
 
-DEFAULT_OUT = Path(__file__).parent / "checkpoints" / "twin_reach_grasp"
-#: The twin camera sees the cell between about 0.4 m and 1.5 m.
-TWIN_DEPTH = DepthPreprocess(crop=(0.0, 1.0, 0.0, 1.0), near=0.3, far=1.6, height=60, width=80)
+
+def twin_visual(cfg: RuntimeConfig) -> VisualSpec:
+    """The twin policies' input: HOP's 100-point object cloud in the base frame: the cell above
+    the table, with the robot's own points filtered out (1.5 cm around its primitives)."""
+    return VisualSpec("pointcloud", points=PointCloudPreprocess(
+        num_points=100, box_min=(0.2, -0.5, -0.05), box_max=(0.9, 0.5, 0.5),
+        table_z=cfg.control.workspace.table_z, table_margin=0.01, stride=2, robot_margin=0.015))
+
+
+def _fresh(folder: Path) -> Path:
+    if folder.exists():
+        shutil.rmtree(folder)
+    return folder
+
+
+def make_prior(cfg: RuntimeConfig, work: Path, episodes: int, steps: int, out: Path = PRIOR,
+               workers: int = 2, batch: int = 64, reuse: bool = False) -> Path:
+    """Record the interactions into ``work/interactions`` (``reuse``: keep those already there)
+    and pretrain the prior into ``out``."""
+    t0 = time.monotonic()
+    data = work / "interactions"
+    if not (reuse and data.is_dir() and any(data.rglob("*.episode.npz"))):
+        res = record_scripted_demos_parallel(cfg, INTERACTION, range(PRIOR_SEED0, PRIOR_SEED0 + episodes),
+                                             _fresh(data), twin_visual(cfg), workers)
+        print(f"prior: {sum(o.success for o in res)}/{len(res)} interactions moved their object "
+              f"({time.monotonic() - t0:.0f} s)", flush=True)
+    fc = FinetuneConfig(steps=steps, batch=batch, val_fraction=0.05, save_every=max(steps // 5, 1),
+                        threads=os.cpu_count() or 1, nice=0)
+    result = FinetuneJob(data, _fresh(out), None, fc).run(bar=True)
+    _ship(result.checkpoint)
+    print(f"prior: {result.checkpoint}, train L1 {result.train_loss:.4f}, val L1 {result.val_loss:.4f}, "
+          f"{result.seconds:.0f} s", flush=True)
+    return result.checkpoint
+
+
+def make_finetuned(cfg: RuntimeConfig, work: Path, demos: int, steps: int, rollouts: int, base: Path = PRIOR,
+                   out: Path = SIM, task: str = "grasp_lift", workers: int = 2, batch: int = 32,
+                   reuse: bool = False) -> Path:
+    """Record ``demos`` scripted demos of ``task`` (``reuse``: keep those already there), finetune
+    ``base`` on them into ``out``, evaluate."""
+    data = work / f"demos_{task}"
+    if not (reuse and data.is_dir() and any(data.rglob("*.episode.npz"))):
+        res = record_scripted_demos_parallel(cfg, task, range(DEMO_SEED0, DEMO_SEED0 + demos), _fresh(data),
+                                             twin_visual(cfg), workers)
+        print(f"{task}: {sum(o.success for o in res)}/{len(res)} scripted demos successful", flush=True)
+    fc = FinetuneConfig(steps=steps, batch=batch, save_every=max(steps // 2, 1), threads=os.cpu_count() or 1, nice=0)
+    result = FinetuneJob(data, _fresh(out), base, fc).run(bar=True)
+    print(f"{task}: {result.checkpoint}, val L1 {result.val_loss:.4f}, {result.seconds:.0f} s", flush=True)
+    if rollouts:
+        rep = evaluate(cfg, result.checkpoint, task, rollouts, EVAL_SEED0, work / f"eval_{task}", workers=workers)
+        (Path(result.checkpoint) / "eval.json").write_text(json.dumps(
+            {k: v for k, v in rep.to_dict().items() if k not in ("rollouts", "out_dir")}
+            | {"seeds": [EVAL_SEED0, EVAL_SEED0 + rollouts - 1]}, indent=1))
+        print(rep.line(), flush=True)
+    _ship(result.checkpoint)
+    return result.checkpoint
+
+
+def _ship(checkpoint: Path) -> None:
+    """Keep only what the repository ships: the weights and policy.json (not the job's train
+    state, its interval checkpoints or the ONNX exports, which are rebuilt on first load)."""
+    checkpoint = Path(checkpoint)
+    (checkpoint / "train_state.pt").unlink(missing_ok=True)
+    for extra in [checkpoint / "onnx", *checkpoint.glob("step_*")]:
+        shutil.rmtree(extra, ignore_errors=True)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(Path(__file__).parents[1] / "config" / "sim.yaml"))
-    ap.add_argument("--out", default=str(DEFAULT_OUT))
-    ap.add_argument("--episodes", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stage", default="all", choices=["all", "prior", "finetune"])
+    ap.add_argument("--work", default="runs/make_twin_checkpoint", help="episodes and rollouts go here")
+    ap.add_argument("--prior-episodes", type=int, default=240)
+    ap.add_argument("--prior-steps", type=int, default=5000)
+    ap.add_argument("--demos", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--rollouts", type=int, default=20)
+    ap.add_argument("--workers", type=int, default=2, help="processes recording episodes")
+    ap.add_argument("--reuse-data", action="store_true", help="train on the episodes already in --work")
     a = ap.parse_args(argv)
     cfg = load_config(a.config)
-    visual = VisualSpec("depth", depth=TWIN_DEPTH)
+    work = Path(a.work)
     t0 = time.monotonic()
-    seeds = range(1000, 1000 + a.episodes)
-    episodes, _ = scripted_episodes(cfg, seeds, visual)
-    t_data = time.monotonic() - t0
-    arch = HopArchitecture(visual="depth", depth_size=TWIN_DEPTH.shape)
-    schema = PolicySchema.hop(visual, policy_hz=cfg.rates.policy_hz)
-    import torch  # noqa: PLC0415
-
-    torch.manual_seed(a.seed)
-    model = HopPolicy(arch)
-    tc = TrainConfig(steps=a.steps, batch=a.batch, seed=a.seed)
-    losses = train_bc(model, schema, episodes, D.ALL_JOINTS, tc)
-    out = save_checkpoint(a.out, model, schema, onnx=False, provenance={
-        "source": "policies.make_twin_checkpoint: behaviour cloning of the scripted reach-grasp-lift on the twin",
-        "task": cfg.twin.task, "episodes": a.episodes, "episode_seeds": [int(s) for s in seeds],
-        "steps_per_episode": int(len(episodes[0].q)), "train": vars(tc),
-        "final_loss": float(np.mean(losses[-50:])), "data_s": round(t_data, 1),
-        "train_s": round(time.monotonic() - t0 - t_data, 1)})
-    print(f"wrote {out} (final L1 {np.mean(losses[-50:]):.4f}, {time.monotonic() - t0:.0f} s)")
+    if a.stage in ("all", "prior"):
+        make_prior(cfg, work, a.prior_episodes, a.prior_steps, workers=a.workers, reuse=a.reuse_data)
+    if a.stage in ("all", "finetune"):
+        make_finetuned(cfg, work, a.demos, a.steps, a.rollouts, workers=a.workers, reuse=a.reuse_data)
+    print(f"done in {time.monotonic() - t0:.0f} s")
     return 0
 
 

@@ -101,6 +101,7 @@ def test_provenance_is_complete_and_interval_checkpoints_are_kept(demos, tmp_pat
     kept = sorted(d.name for d in (tmp_path / "ft").glob("step_*"))
     assert kept == ["step_000010", "step_000020"]
     assert load_checkpoint(tmp_path / "ft" / "step_000020").provenance["step"] == 20
+    assert (tmp_path / "ft" / "loss.png").stat().st_size > 5_000     # the loss curve, as a picture
 
 
 def test_bad_datasets_give_clear_errors(demos, tmp_path):
