@@ -43,8 +43,8 @@ class CalibrationRun:
     sightings: list[MarkerSighting]
     planned: int
     seconds: float
-    depth: np.ndarray
-    q_check: np.ndarray
+    depth: np.ndarray     # the depth frame of the last pose the marker was seen at [H, W] (m)
+    q_check: np.ndarray   # the joints there [23] (rad, driver order)
 
 
 def plan_marker_poses(model: UrdfModel, spec: MarkerSpec, T_flange_link: np.ndarray, T_camera_guess: np.ndarray, K,
@@ -98,7 +98,7 @@ def plan_marker_poses(model: UrdfModel, spec: MarkerSpec, T_flange_link: np.ndar
 
 
 def calibrate_on_twin(cfg: RuntimeConfig, n_poses: int = 15, seed: int = 0, settle_s: float = 2.5,
-                      progress: bool = True, perturb: np.ndarray | None = None) -> CalibrationRun:
+                      progress: bool = True) -> CalibrationRun:
     """Calibrate the twin camera's pose (see the module docstring).
 
     The twin's true camera pose is used only to keep the planned poses in view, as a lab would
@@ -139,9 +139,8 @@ def calibrate_on_twin(cfg: RuntimeConfig, n_poses: int = 15, seed: int = 0, sett
             corners = detect_marker(sim.render_color(), spec)
             depth = sim.render_depth()
             if corners is not None:
-                qm = q[order]
-                sightings.append(MarkerSighting(model.link_pose(qm, spec.link), corners, q))
-                depth_last, q_last = depth, qm
+                sightings.append(MarkerSighting(model.link_pose(q[order], spec.link), corners, q))
+                depth_last, q_last = depth, q
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(seen=len(sightings))
@@ -151,8 +150,7 @@ def calibrate_on_twin(cfg: RuntimeConfig, n_poses: int = 15, seed: int = 0, sett
         if depth_last is None:
             raise CalibrationError("the marker was never seen")
         robot = RobotDepthModel(model, load_visuals(D.description_path(D.URDF_NAME)))
-        T_check = result.T_base_camera if perturb is None else perturb @ result.T_base_camera
-        check = check_depth(depth_last, q_last, sim.intrinsics(), T_check, robot)
+        check = check_depth(depth_last, q_last, sim.intrinsics(), result.T_base_camera, robot)
         return CalibrationRun(result, check, sightings, len(targets), time.monotonic() - t0, depth_last, q_last)
     finally:
         sim.close()
@@ -197,10 +195,9 @@ def run_and_write(cfg: RuntimeConfig, out, n_poses: int = 15, seed: int = 0, log
     if logger is not None:
         logger.log_camera(run_K(cfg), run.result.T_base_camera, run.depth.shape[1], run.depth.shape[0])
         logger.log_depth(run.depth)
-        logger.rec.log("calibration/residual_mm", logger.rr.Image(np.nan_to_num(run.check.residual * 1e3)))
-        logger.rec.log("calibration/check", logger.rr.TextLog(
-            f"median depth residual {run.check.median_abs_m * 1e3:.1f} mm on {run.check.robot_pixels} robot pixels"))
-        logger.log_robot(_all_joints(run.q_check))
+        logger.log_calibration_check(run.check.residual, f"median depth residual {run.check.median_abs_m * 1e3:.1f} mm "
+                                                         f"on {run.check.robot_pixels} robot pixels")
+        logger.log_robot(run.q_check)
     return run, path
 
 
@@ -209,10 +206,3 @@ def run_K(cfg: RuntimeConfig) -> np.ndarray:
 
     return camera_intrinsics(cfg.twin.camera)
 
-
-def _all_joints(q_model: np.ndarray) -> np.ndarray:
-    model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
-    out = np.zeros(len(D.ALL_JOINTS))
-    for i, n in enumerate(model.joint_names):
-        out[D.ALL_JOINTS.index(n)] = q_model[i]
-    return out

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robot_runtime import description as D
 from robot_runtime.kinematics import UrdfModel
 from robot_runtime.viz.robot_model import VisualGeom
 
@@ -65,6 +66,7 @@ class RobotDepthModel:
 
     def __init__(self, model: UrdfModel, visuals: list[VisualGeom], spacing: float = 0.0025):
         self.model = model
+        self.order = np.array([D.ALL_JOINTS.index(n) for n in model.joint_names])
         pts, slots = [], []
         for g in visuals:
             p = _surface_points(g, spacing) @ g.origin[:3, :3].T + g.origin[:3, 3]
@@ -74,8 +76,9 @@ class RobotDepthModel:
         self.slots = np.concatenate(slots)
 
     def render(self, q, K, T_base_camera, shape: tuple[int, int]) -> np.ndarray:
-        """Depth [H, W] float32 (m along the optical axis) of the robot; NaN where it is not."""
-        links = self.model.forward_array(np.asarray(q, float))
+        """Depth [H, W] float32 (m along the optical axis) of the robot at joints ``q`` [23] (rad,
+        driver order); NaN where it is not."""
+        links = self.model.forward_array(np.asarray(q, float)[self.order])
         T = links[self.slots]
         p_base = np.einsum("nij,nj->ni", T[:, :3, :3], self.points) + T[:, :3, 3]
         Tc = np.linalg.inv(np.asarray(T_base_camera, float))
@@ -111,7 +114,7 @@ class DepthCheck:
 
 def check_depth(depth: np.ndarray, q, K, T_base_camera, robot: RobotDepthModel) -> DepthCheck:
     """Compare a measured depth image [H, W] (m, NaN = none) with the robot predicted through the
-    calibration ``T_base_camera`` at measured joints ``q``."""
+    calibration ``T_base_camera`` at measured joints ``q`` [23] (rad, driver order)."""
     depth = np.asarray(depth, np.float32)
     pred = robot.render(q, K, T_base_camera, depth.shape)
     both = np.isfinite(pred) & np.isfinite(depth)

@@ -276,6 +276,13 @@ class RolloutLogger:
     def log_shield(self, part: str, interventions: float) -> None:
         self.rec.log(f"shield/{part}", self.rr.Scalars(float(interventions)))
 
+    def log_calibration_check(self, residual_m: np.ndarray, text: str) -> None:
+        """A calibration check: the depth residual on the robot's pixels [H, W] (m, NaN off the
+        robot) as an image in mm, and its summary on ``calibration/check``."""
+        mm = np.nan_to_num(np.asarray(residual_m, np.float32) * 1e3)
+        self.rec.log("calibration/residual_mm", self.rr.DepthImage(np.abs(mm), meter=1.0, colormap="turbo"))
+        self.rec.log("calibration/check", self.rr.TextLog(text))
+
     def log_event(self, text: str, level: str = "INFO") -> None:
         self.rec.log("events", self.rr.TextLog(text, level=level))
 
