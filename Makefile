@@ -15,6 +15,7 @@ ROS_WHEELS := ros-jazzy-rclpy[fastrtps]==7.1.6 ros-sensor-msgs==5.3.6 ros-std-ms
 EXTRAS ?= twin,xarm,policy,teleop,viz,dev
 MEDIAPIPE := mediapipe==0.10.21
 DURATION ?= 0
+VIZ ?=
 PYTEST_ARGS ?=
 
 export MUJOCO_GL ?= egl
@@ -39,7 +40,7 @@ $(VENV)/.ready: setup.py setup.cfg package.xml
 	@touch $@
 
 sim: venv
-	$(VENV)/bin/robot-runtime sim --config config/sim.yaml --duration $(DURATION)
+	$(VENV)/bin/robot-runtime sim --config config/sim.yaml --duration $(DURATION) $(if $(VIZ),--viz $(VIZ))
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -47,7 +47,15 @@ def _cmd_sim(args) -> int:
         cfg.twin.task = args.task
     if args.seed is not None:
         cfg.twin.seed = args.seed
-    return run_graph(node_plan(cfg, str(path.resolve())), duration=args.duration)
+    if args.viz:
+        cfg.viz.enabled, cfg.viz.sink = True, args.viz
+        cfg.viz.target = args.viz_target or cfg.viz.target
+    plan = node_plan(cfg, str(path.resolve()))
+    if args.viz:   # the node reads its section from the file: pass what the command line changed
+        for spec in plan:
+            if spec.name == "viz_node":
+                spec.parameters.update({"sink": cfg.viz.sink, "target": cfg.viz.target})
+    return run_graph(plan, duration=args.duration)
 
 
 def _cmd_check(args) -> int:
@@ -428,6 +436,9 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
     p.add_argument("--task", choices=["grasp_drop", "grasp_pour", "grasp_lift"])
     p.add_argument("--seed", type=int)
+    p.add_argument("--viz", choices=["spawn", "connect", "save"], help="also run viz_node: a Rerun viewer, a remote "
+                   "one (--viz-target URL) or an .rrd file (--viz-target PATH, default runs/viz/<time>.rrd)")
+    p.add_argument("--viz-target", default="", help="the .rrd path or the viewer's gRPC url")
     p.set_defaults(func=_cmd_sim)
     p = sub.add_parser("check-config", help="validate a config file and print it with defaults filled in")
     p.add_argument("file")

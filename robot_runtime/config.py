@@ -419,6 +419,19 @@ class RecorderConfig:
 
 
 @dataclass
+class VizConfig:
+    """viz_node: the graph live in Rerun (its own process; see README, Watching rollouts)."""
+
+    enabled: bool = False
+    sink: Literal["spawn", "connect", "save"] = "save"
+    target: str = ""                          # .rrd path ('save'; default runs/viz/<time>.rrd) or gRPC url ('connect')
+    rate_hz: float = rng(20.0, 1.0, 100.0)    # joints, targets, timing
+    heavy_hz: float = rng(10.0, 0.5, 100.0)   # depth, cloud, robot pose at most this often
+    depth_stride: int = rng(2, 1, 8)
+    budget: float = rng(0.25, 0.01, 1.0)      # share of wall time logging may take before it thins itself
+
+
+@dataclass
 class RuntimeConfig:
     """The whole runtime's configuration (one YAML file)."""
 
@@ -433,6 +446,7 @@ class RuntimeConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     teleop: TeleopConfig = field(default_factory=TeleopConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
+    viz: VizConfig = field(default_factory=VizConfig)
     source_file: str = field(default="", metadata={"internal": True})
 
     @property

@@ -60,4 +60,6 @@ def node_plan(cfg: RuntimeConfig, config_file: str) -> list[NodeSpec]:
     if cfg.demo.enabled:
         plan.append(NodeSpec("demo_motion_node", "demo_motion_node", "robot_runtime.nodes.demo_motion_node",
                              dict(params)))
+    if cfg.viz.enabled:
+        plan.append(NodeSpec("viz_node", "viz_node", "robot_runtime.nodes.viz_node", dict(params)))
     return plan

@@ -6,7 +6,8 @@ interventions) and the policy's, recorder's and twin's status topics (episode st
 success); a timer at ``rate_hz`` logs the newest of each through
 :class:`robot_runtime.viz.live.LiveRolloutView` (no ROS in it).
 
-Parameters: ``config_file``; ``sink`` ('spawn' a viewer, 'connect' to one, 'save' an .rrd);
+Parameters (defaults from the config's ``viz`` section): ``config_file``; ``sink`` ('spawn' a
+viewer, 'connect' to one, 'save' an .rrd);
 ``target`` (the .rrd path, default ``runs/viz/<time>.rrd``, or the viewer's gRPC url);
 ``rate_hz`` (default: the policy rate; joints, targets and timing every update);
 ``heavy_hz`` (10: depth, cloud and robot pose at most this often); ``depth_stride`` (2: the
@@ -58,14 +59,15 @@ class VizNode(Node):
     def __init__(self):
         super().__init__(NAME)
         cfg = load_config(self.declare_parameter("config_file", "").value)
-        sink = self.declare_parameter("sink", "save").value
-        target = self.declare_parameter("target", "").value
+        v = cfg.viz
+        sink = self.declare_parameter("sink", v.sink).value
+        target = self.declare_parameter("target", v.target).value
         if sink == "save" and not target:
             target = str(Path("runs") / "viz" / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}.rrd")
-        self.rate = float(self.declare_parameter("rate_hz", cfg.rates.policy_hz).value)
-        budget = float(self.declare_parameter("budget", 0.25).value)
-        heavy_hz = float(self.declare_parameter("heavy_hz", 10.0).value)
-        depth_stride = int(self.declare_parameter("depth_stride", 2).value)
+        self.rate = float(self.declare_parameter("rate_hz", v.rate_hz).value)
+        budget = float(self.declare_parameter("budget", v.budget).value)
+        heavy_hz = float(self.declare_parameter("heavy_hz", v.heavy_hz).value)
+        depth_stride = int(self.declare_parameter("depth_stride", v.depth_stride).value)
         self.sink, self.target = sink, target
         T = camera_pose_for(cfg)
         self.logger_rr = RolloutLogger(sink, target, recording_id=f"live-{int(time.time())}", depth_stride=depth_stride,

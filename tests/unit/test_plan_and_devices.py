@@ -16,14 +16,16 @@ def test_sim_plan(repo):
     assert [s.name for s in plan] == ["sim_node", "arm_controller_node", "hand_controller_node", "policy_node"]
     args = plan[0].ros_args()
     assert "config_file:=/x/sim.yaml" in args and "task:=grasp_lift" in args
-    assert plan[3].parameters["checkpoint"].endswith("policies/checkpoints/twin_reach_grasp")
+    assert plan[3].parameters["checkpoint"].endswith("policies/checkpoints/twin_grasp_lift")
+    cfg.viz.enabled = True                       # the viewer joins as its own process, last
+    assert node_plan(cfg, "/x/sim.yaml")[-1].module == "robot_runtime.nodes.viz_node"
 
 
 def test_policy_and_demo_cannot_both_drive_the_policy_topic(repo):
     from robot_runtime.config import config_from_dict
     from robot_runtime.errors import ConfigError
 
-    ck = str(repo / "policies" / "checkpoints" / "twin_reach_grasp")
+    ck = str(repo / "policies" / "checkpoints" / "twin_grasp_lift")
     with pytest.raises(ConfigError, match="policy.enabled"):
         config_from_dict({"demo": {"enabled": True}, "policy": {"enabled": True, "checkpoint": ck}})
     with pytest.raises(ConfigError, match="policy.checkpoint"):
