@@ -170,3 +170,40 @@ def _jsonable(x):
     if isinstance(x, (np.floating, np.integer)):
         return x.item()
     return str(x)
+
+
+def target_error(checkpoint, episodes) -> dict:
+    """How far the network's next targets are from the demonstrated ones on recorded episodes,
+    next to how far the demos move in a step: the scale of error closed-loop control has to
+    live with. The window ending at every 5th step of each episode is run through the
+    checkpoint (torch, eval mode) and the action read at its last step, as at deployment.
+
+    Returns {"target_error_rad": [7] mean |predicted - demonstrated| per arm joint,
+    "hand_target_error_rad": mean over the hand joints, "demo_step_rad": [7] mean |next target -
+    measured| per arm joint, "windows": count}.
+    """
+    import torch  # noqa: PLC0415
+
+    from policies.checkpoint import load_checkpoint  # noqa: PLC0415
+    from policies.history import window_indices  # noqa: PLC0415
+    from robot_runtime.data.dataset import load_for_training  # noqa: PLC0415
+
+    ck = load_checkpoint(checkpoint)
+    model, sch = ck.build_model().eval(), ck.schema
+    eps = load_for_training(episodes, visual_spec=sch.visual.to_dict())
+    idx = sch.index_in(D.ALL_JOINTS)
+    inv = np.argsort(idx)
+    err, step = [], []
+    with torch.no_grad():
+        for e in eps:
+            for t in range(0, len(e.q), 5):
+                w = window_indices(t, sch.history)
+                prop = torch.from_numpy(sch.scale(e.q[w][:, idx])).float()[None]
+                emb = model.encode_visual(torch.from_numpy(np.asarray(e.visual[w], np.float32)))[None]
+                a, _ = model.trunk(prop, emb)
+                pred = sch.unscale(a[0, -1].numpy())[inv]
+                err.append(np.abs(pred - e.actions[t]))
+                step.append(np.abs(e.actions[t] - e.q[t]))
+    err, step = np.mean(err, axis=0), np.mean(step, axis=0)
+    return {"target_error_rad": np.round(err[:7], 4).tolist(), "hand_target_error_rad": round(float(err[7:].mean()), 4),
+            "demo_step_rad": np.round(step[:7], 4).tolist(), "windows": int(sum(len(range(0, len(e.q), 5)) for e in eps))}

@@ -31,10 +31,11 @@ from pathlib import Path
 
 from policies.evaluate import evaluate
 from policies.finetune import FinetuneConfig, FinetuneJob
-from robot_runtime.config import RuntimeConfig, load_config
+from robot_runtime.config import RuntimeConfig, config_from_dict
 from robot_runtime.perception.preprocess import PointCloudPreprocess, VisualSpec
 from robot_runtime.twin.rollout import INTERACTION, record_scripted_demos_parallel
 
+REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 PRIOR = CHECKPOINTS / "twin_prior"
 SIM = CHECKPOINTS / "twin_grasp_lift"
@@ -49,6 +50,17 @@ def twin_visual(cfg: RuntimeConfig) -> VisualSpec:
     return VisualSpec("pointcloud", points=PointCloudPreprocess(
         num_points=100, box_min=(0.2, -0.5, -0.05), box_max=(0.9, 0.5, 0.5),
         table_z=cfg.control.workspace.table_z, table_margin=0.01, stride=2, robot_margin=0.015))
+
+
+def load_twin_config(path) -> RuntimeConfig:
+    """The config file without its policy section's checkpoint: this module makes the checkpoint
+    that ``config/sim.yaml`` names, so it must load before that checkpoint exists."""
+    import yaml  # noqa: PLC0415
+
+    path = Path(path)
+    data = yaml.safe_load(path.read_text()) or {}
+    data["policy"] = {**(data.get("policy") or {}), "enabled": False, "checkpoint": ""}
+    return config_from_dict(data, file=str(path), base_dir=path.parent)
 
 
 def _fresh(folder: Path) -> Path:
@@ -101,12 +113,25 @@ def make_finetuned(cfg: RuntimeConfig, work: Path, demos: int, steps: int, rollo
 
 
 def _ship(checkpoint: Path) -> None:
-    """Keep only what the repository ships: the weights and policy.json (not the job's train
-    state, its interval checkpoints or the ONNX exports, which are rebuilt on first load)."""
+    """Keep only what the repository ships: the weights, policy.json and the loss curve (not the
+    job's train state, its interval checkpoints or the ONNX exports, which are rebuilt on first
+    load), with the base checkpoint's path made relative to the repository."""
     checkpoint = Path(checkpoint)
     (checkpoint / "train_state.pt").unlink(missing_ok=True)
     for extra in [checkpoint / "onnx", *checkpoint.glob("step_*")]:
         shutil.rmtree(extra, ignore_errors=True)
+    meta_file = checkpoint / "policy.json"
+    meta = json.loads(meta_file.read_text())
+    meta.pop("onnx", None)
+    base = (meta.get("provenance") or {}).get("base")
+    if isinstance(base, dict) and Path(base.get("path", "")).is_absolute():
+        try:
+            base["path"] = str(Path(base["path"]).resolve().relative_to(REPO))
+        except ValueError:
+            pass
+    tmp = meta_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(meta_file)
 
 
 def main(argv=None) -> int:
@@ -122,7 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="processes recording episodes")
     ap.add_argument("--reuse-data", action="store_true", help="train on the episodes already in --work")
     a = ap.parse_args(argv)
-    cfg = load_config(a.config)
+    cfg = load_twin_config(a.config)
     work = Path(a.work)
     t0 = time.monotonic()
     if a.stage in ("all", "prior"):

@@ -38,7 +38,7 @@ class RobotSelfFilter:
         hit = np.zeros(len(pts), bool)
         for kind, (slots, origins, sizes) in self.geoms.items():
             T = links[slots] @ origins                                   # [G, 4, 4] primitive poses
-            local = np.einsum("gji,gnj->gni", T[:, :3, :3], pts[None] - T[:, None, :3, 3])   # R^T (p - t)
+            local = (pts[None] - T[:, None, :3, 3]) @ T[:, :3, :3]      # [G, N, 3]: R^T (p - t), row-wise
             if kind == "box":
                 hit |= np.any(np.all(np.abs(local) <= sizes[:, None, :] / 2 + margin, axis=2), axis=0)
             elif kind == "cylinder":

@@ -12,7 +12,7 @@ import torch
 
 from policies.checkpoint import META_FILE, load_checkpoint
 from policies.errors import CheckpointError
-from policies.evaluate import evaluate, wilson_interval
+from policies.evaluate import evaluate, target_error, wilson_interval
 from policies.finetune import STATE_FILE, FinetuneConfig, FinetuneError, FinetuneJob, split_by_episode
 from robot_runtime import description as D
 from robot_runtime.data.episode_file import SUFFIX
@@ -166,3 +166,12 @@ def test_eval_runs_saves_and_judges_rollouts_on_the_twin(tmp_path):
         assert ep.meta["source"]["kind"] == "policy_rollout"
         # the policy acted: the shielded commands moved away from the start
         assert np.abs(ep["command"][-1] - ep["command"][0]).max() > 1e-3
+
+
+def test_target_error_falls_as_the_network_fits_the_demos(demos, tmp_path):
+    few = FinetuneJob(demos, tmp_path / "few", None, _cfg(steps=2)).run(bar=False).checkpoint
+    more = FinetuneJob(demos, tmp_path / "more", None, _cfg(steps=60)).run(bar=False).checkpoint
+    a, b = target_error(few, demos), target_error(more, demos)
+    assert len(a["target_error_rad"]) == 7 and len(a["demo_step_rad"]) == 7 and a["windows"] > 0
+    assert np.mean(b["target_error_rad"]) < np.mean(a["target_error_rad"])
+    assert a["demo_step_rad"] == b["demo_step_rad"] and min(a["demo_step_rad"]) > 0
