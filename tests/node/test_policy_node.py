@@ -32,7 +32,7 @@ NODES = ("sim_node", "arm_controller_node", "hand_controller_node", "policy_node
 def graph(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("policy")
     data = yaml.safe_load((REPO / "config" / "sim.yaml").read_text())
-    data["policy"]["checkpoint"] = str(REPO / "policies" / "checkpoints" / "twin_reach_grasp")
+    data["policy"]["checkpoint"] = str(REPO / "policies" / "checkpoints" / "twin_grasp_lift")
     cfg_path = tmp / "policy.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     cfg = load_config(cfg_path)
@@ -171,7 +171,7 @@ def test_hot_swap_good_and_bad_checkpoints_while_running(graph):
         assert g.running_checkpoint().startswith("good@")
     res = g.probe.call(g.rollback_client, Trigger.Request(), timeout=30.0)
     assert res.success, res.message
-    assert g.probe.wait_for(lambda: g.running_checkpoint().startswith("twin_reach_grasp@"), 5.0)
+    assert g.probe.wait_for(lambda: g.running_checkpoint().startswith("twin_grasp_lift@"), 5.0)
     t1 = g.now()
     assert g.probe.wait_for(lambda: g.last_stamp() > t1 + 0.5, 5.0)
     # A load holds the GIL in short pieces on a normal-priority thread; on a loaded 2-core
