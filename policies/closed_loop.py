@@ -327,12 +327,12 @@ class ClosedLoopPolicy:
         deliver several frames while a checkpoint loads; encoding them all in one tick overran it)."""
         for _ in range(rounds):
             with self._lock:
-                todo = [s.frame for s in self.history.steps() if s.frame.seq not in candidate.encoded]
+                todo = [(s.frame, s.q) for s in self.history.steps() if s.frame.seq not in candidate.encoded]
             if len(todo) <= 1:
                 return
             try:
-                for frame in todo:
-                    candidate.encoded[frame.seq] = candidate.policy.encode(frame)
+                for frame, q in todo:
+                    candidate.encoded[frame.seq] = candidate.policy.encode(frame, q)
             except PreprocessError as exc:
                 raise PolicyError(f"{candidate.policy.checkpoint.path}: could not preprocess a new frame: "
                                   f"{exc}") from exc

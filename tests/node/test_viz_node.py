@@ -30,6 +30,7 @@ def test_viz_node_keeps_up_and_saves_a_readable_rrd(tmp_path):
     from robot_runtime.viz.rerun_log import rrd_entities
 
     cfg = yaml.safe_load((REPO / "config" / "sim.yaml").read_text())
+    cfg["policy"]["checkpoint"] = str(REPO / "policies" / "checkpoints" / "twin_grasp_lift")
     cfg_path = tmp_path / "sim.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     rrd = tmp_path / "live.rrd"

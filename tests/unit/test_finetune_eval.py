@@ -26,7 +26,12 @@ K = np.array([[100.0, 0, 40], [0, 100.0, 30], [0, 0, 1]])
 
 
 def write_episodes(folder, n=4, steps=40, success=True, joint_names=None, seed=0, spec=None):
-    rec = EpisodeRecorder(folder, 20.0, VisualPreprocessor(spec or SPEC, np.eye(4)), np.arange(23),
+    spec = spec or SPEC
+    cloud = spec.kind == "pointcloud"
+    # for a point-cloud spec the camera sits 0.4 m above a point in front of the robot, so the
+    # scene (0.6-0.9 m away) lands inside the crop box
+    T = np.array([[1.0, 0, 0, 0.5], [0, 1, 0, 0], [0, 0, 1, -0.4], [0, 0, 0, 1]]) if cloud else np.eye(4)
+    rec = EpisodeRecorder(folder, 20.0, VisualPreprocessor(spec, T), np.arange(23),
                           {"joint_names": list(joint_names or D.ALL_JOINTS)}, min_free_mb=1)
     rng = np.random.default_rng(seed)
     files = []
@@ -38,7 +43,7 @@ def write_episodes(folder, n=4, steps=40, success=True, joint_names=None, seed=0
             t = t0 + 0.05 * k
             s = k / steps
             q = HOME + s * direction
-            depth = np.full((60, 80), 0.5 + s, np.float32)   # the scene moves with the joints
+            depth = np.full((60, 80), 0.6 + 0.3 * s if cloud else 0.5 + s, np.float32)   # it moves with the joints
             depth[:, : int(10 + 60 * s)] = 1.4
             cmd = HOME + (k + 1) / steps * direction
             rec.tick(t, RecorderInputs(Stamped(t, depth), K, Stamped(t, q[:7]), Stamped(t, q[7:]),
