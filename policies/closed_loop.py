@@ -375,6 +375,96 @@ class ClosedLoopPolicy:
 
 
 
+class CheckpointSwapper:
+    """Hot-swap and rollback for a running :class:`ClosedLoopPolicy`, off the loop's thread.
+
+    A checkpoint loads on a worker thread in short steps with pauses between them (``pause``),
+    so the camera and the twin keep their CPU while it loads (not a lower thread priority: a
+    starved thread holding the GIL would delay the policy loop). :attr:`last` says what the
+    last swap or rollback did.
+    """
+
+    def __init__(self, policy: ClosedLoopPolicy, live: LiveRobot, runner: str, warmup_steps: int,
+                 pause=lambda: time.sleep(0.01)):
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        self.policy, self.live, self.runner, self.warmup_steps, self.pause = policy, live, runner, warmup_steps, pause
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-loader")
+        self.last = f"loaded {policy.policy.name}"
+
+    def swap(self, path) -> str:
+        """Load, check, warm up and dry-run ``path``, then swap it in between ticks; returns what
+        happened. Raises PolicyError/CheckpointError (the running policy stays)."""
+        t0 = time.monotonic()
+        try:
+            cand = self._loader.submit(self.policy.prepare, path, self.live, self.runner, self.warmup_steps,
+                                       export_in_subprocess=True, pause=self.pause).result()
+            msg = self.policy.install(cand)
+        except Exception as exc:
+            self.last = f"refused {path}: {exc}"
+            raise
+        self.last = f"{msg} in {time.monotonic() - t0:.2f} s"
+        return self.last
+
+    def rollback(self) -> str:
+        """Back to the previous policy; raises PolicyError when there is none."""
+        msg = self._loader.submit(self.policy.rollback).result()
+        self.last = f"rolled back: {msg}"
+        return msg
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+
+class LatestInputs:
+    """The policy loop's latest-value slots: the newest depth frame (numbered as it arrives,
+    with the newest intrinsics) and each part's newest joint states."""
+
+    def __init__(self):
+        self.K = np.eye(3)
+        self.frame: Frame | None = None
+        self._seq = 0
+        self._joints: dict[str, tuple[float, np.ndarray]] = {}
+
+    def on_depth(self, stamp: float, depth: np.ndarray) -> None:
+        """A depth frame [H, W] (m) acquired at ``stamp`` (s)."""
+        self._seq += 1
+        self.frame = Frame(depth, self.K, stamp, self._seq)
+
+    def on_joints(self, part: str, stamp: float, q) -> None:
+        """``part``'s ('arm' or 'hand') joints (rad, driver order) acquired at ``stamp`` (s)."""
+        self._joints[part] = (stamp, np.asarray(q, float))
+
+    def joints(self) -> tuple[float, np.ndarray] | None:
+        """(the older of the two stamps, q [23] arm then hand), or None until both have arrived."""
+        if len(self._joints) < 2:
+            return None
+        (ta, qa), (th, qh) = self._joints["arm"], self._joints["hand"]
+        return min(ta, th), np.concatenate([qa, qh])
+
+
+class TickWindow:
+    """Tick timings between two reports: :meth:`add` each tick's result, :meth:`summary` gives
+    the window's median and worst compute time and median frame age (ms), and starts anew."""
+
+    def __init__(self):
+        self._total: list[float] = []
+        self._age: list[float] = []
+
+    def add(self, res: TickResult) -> None:
+        if "total" in res.timings:
+            self._total.append(res.timings["total"])
+        if "frame_age" in res.timings:
+            self._age.append(res.timings["frame_age"])
+
+    def summary(self) -> dict:
+        w, age = np.asarray(self._total), np.asarray(self._age)
+        self._total, self._age = [], []
+        return {"tick_ms_p50": float(np.percentile(w, 50)) if len(w) else 0.0,
+                "tick_ms_max": float(w.max()) if len(w) else 0.0,
+                "frame_age_ms_p50": float(np.percentile(age, 50)) if len(age) else 0.0}
+
+
 class TickLog:
     """Per-tick figures kept for the benchmark and written as ``.npz`` (times in s, durations in ms)."""
 

@@ -16,7 +16,6 @@ import gc
 import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import rclpy
@@ -29,7 +28,8 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from calibration.extrinsics import camera_pose_for
-from policies.closed_loop import ClosedLoopPolicy, Frame, LiveRobot, LoadedPolicy, TickLog
+from policies.closed_loop import (CheckpointSwapper, ClosedLoopPolicy, LatestInputs, LiveRobot, LoadedPolicy, TickLog,
+                                  TickWindow)
 from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
@@ -69,24 +69,16 @@ class PolicyNode(Node):
         self.create_service(Trigger, f"/{NAME}/rollback", self._on_rollback)
         self.armer = TwinControllerArmer(self, wanted=False) if self.pcfg.arm_controllers else None
         self._internal_set = False
-        # Checkpoints load on a worker thread, in short steps with pauses between them, so the
-        # camera and the twin keep their CPU while a checkpoint loads. (Not a lower thread
-        # priority: a starved thread holding the GIL would delay the policy loop.)
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-loader")
+        self.swapper = CheckpointSwapper(self.policy, self.live, self.pcfg.runner, self.pcfg.warmup_steps)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._frame: Frame | None = None
-        self._seq = 0
-        self._K = np.eye(3)
-        self._joints: dict[str, tuple[float, np.ndarray]] = {}
+        self.inputs = LatestInputs()
         self.tick_log = TickLog() if self.timing_log else None
         self.last_skip = ""
-        self.last_swap = f"loaded {self.policy.policy.name}"
         self.stats = LoopStatistics(self.period)
         self.loop_error: BaseException | None = None
         self.sched_info = "starting"
         self._next_diag = 0.0
-        self._window: list[float] = []
-        self._age_window: list[float] = []
+        self.window = TickWindow()
         self._status_lock = threading.Lock()
         self._last_status = None
         self.policy.ticking = True
@@ -116,11 +108,7 @@ class PolicyNode(Node):
     def _on_deadline(self, deadline: float) -> None:
         now = time.time()
         self._take_inputs()
-        joints = None
-        if len(self._joints) == 2:
-            (ta, qa), (th, qh) = self._joints["arm"], self._joints["hand"]
-            joints = (min(ta, th), np.concatenate([qa, qh]))
-        res = self.policy.tick(now, self._frame, joints, stamp_for=now + self.period)
+        res = self.policy.tick(now, self.inputs.frame, self.inputs.joints(), stamp_for=now + self.period)
         published_t = None
         if res.q is not None:
             self.pub_targets.publish(ros_io.joint_state_msg(TARGET_JOINTS, res.stamp_for, res.q))
@@ -130,10 +118,7 @@ class PolicyNode(Node):
         self.last_skip = res.detail if res.skip else ""
         if self.tick_log is not None:
             self.tick_log.record(res, published_t)
-        if "total" in res.timings:
-            self._window.append(res.timings["total"])
-        if "frame_age" in res.timings:
-            self._age_window.append(res.timings["frame_age"])
+        self.window.add(res)
         if now >= self._next_diag:
             self._next_diag = now + 1.0
             self._publish_diagnostics(now)
@@ -141,15 +126,14 @@ class PolicyNode(Node):
     def _take_inputs(self) -> None:
         info = self.sub_info.take_latest()
         if info is not None:
-            self._K = np.asarray(info.k, float).reshape(3, 3)
+            self.inputs.K = np.asarray(info.k, float).reshape(3, 3)
         msg = self.sub_depth.take_latest()
         if msg is not None:
-            self._seq += 1
-            self._frame = Frame(ros_io.depth_from_msg(msg), self._K, ros_io.from_time_msg(msg.header.stamp), self._seq)
+            self.inputs.on_depth(ros_io.from_time_msg(msg.header.stamp), ros_io.depth_from_msg(msg))
         for part, sub in self.sub_joints.items():
             m = sub.take_latest()
             if m is not None:
-                self._joints[part] = (ros_io.from_time_msg(m.header.stamp), np.asarray(m.position, float))
+                self.inputs.on_joints(part, ros_io.from_time_msg(m.header.stamp), m.position)
 
     # ------------------------------------------------------------------ services and parameters
     def _episode(self, fn, name: str, response):
@@ -165,32 +149,25 @@ class PolicyNode(Node):
         for p in params:
             if p.name != "checkpoint" or self._internal_set:
                 continue
-            t0 = time.monotonic()
             try:
-                cand = self._loader.submit(self.policy.prepare, p.value, self.live, self.pcfg.runner,
-                                           self.pcfg.warmup_steps, export_in_subprocess=True,
-                                           pause=_pause).result()
-                msg = self.policy.install(cand)
+                msg = self.swapper.swap(p.value)
             except RobotRuntimeError as exc:
-                self.last_swap = f"refused {p.value}: {exc}"
                 self.get_logger().error(f"hot-swap refused, {self.policy.policy.name} keeps running: {exc}")
                 self._publish_status()
                 return SetParametersResult(successful=False, reason=str(exc))
-            self.last_swap = f"{msg} in {time.monotonic() - t0:.2f} s"
-            self.get_logger().info(f"hot-swap: {self.last_swap}")
+            self.get_logger().info(f"hot-swap: {msg}")
             self._publish_status()
         return SetParametersResult(successful=True)
 
     def _on_rollback(self, request, response):
         try:
-            response.message = self._loader.submit(self.policy.rollback).result()
+            response.message = self.swapper.rollback()
             response.success = True
             self._internal_set = True
             try:
                 self.set_parameters([Parameter("checkpoint", value=str(self.policy.policy.checkpoint.path))])
             finally:
                 self._internal_set = False
-            self.last_swap = f"rolled back: {response.message}"
         except RobotRuntimeError as exc:
             response.success, response.message = False, str(exc)
         self.get_logger().info(f"rollback: {response.message}")
@@ -199,7 +176,7 @@ class PolicyNode(Node):
 
     # ------------------------------------------------------------------ reporting
     def _status(self) -> dict:
-        return {**self.policy.status(), "runner": self.pcfg.runner, "last_swap": self.last_swap,
+        return {**self.policy.status(), "runner": self.pcfg.runner, "last_swap": self.swapper.last,
                 "last_skip": self.last_skip, "loop": self.stats.summary()}
 
     def _publish_status(self) -> None:
@@ -212,13 +189,8 @@ class PolicyNode(Node):
         self.pub_status.publish(String(data=json.dumps(status)))
 
     def _publish_diagnostics(self, now: float) -> None:
-        w, self._window = np.asarray(self._window), []
-        age, self._age_window = np.asarray(self._age_window), []
-        timing = {"tick_ms_p50": float(np.percentile(w, 50)) if len(w) else 0.0,
-                  "tick_ms_max": float(w.max()) if len(w) else 0.0,
-                  "frame_age_ms_p50": float(np.percentile(age, 50)) if len(age) else 0.0}
         st = self.policy.status()
-        values = {**self.stats.summary(), **timing, "scheduling": self.sched_info, "checkpoint": st["checkpoint"],
+        values = {**self.stats.summary(), **self.window.summary(), "scheduling": self.sched_info, "checkpoint": st["checkpoint"],
                   "episode": st["episode"], "running": st["running"],
                   **{f"ticks_{k}": v for k, v in st["counts"].items()}}
         level = 1 if self.last_skip else 0
@@ -231,16 +203,12 @@ class PolicyNode(Node):
             raise SystemExit(f"policy loop failed: {self.loop_error!r}")
 
     def close(self) -> None:
-        self._loader.shutdown(wait=False, cancel_futures=True)
+        self.swapper.close()
         self._loop.stop()
         self._thread.join(2.0)
         if self.tick_log is not None:
             self.tick_log.save(self.timing_log, misses=self.stats.misses, overruns=self.stats.overruns,
                                ticks=self.stats.ticks)
-
-
-def _pause() -> None:
-    time.sleep(0.01)
 
 
 def main(args=None) -> int:

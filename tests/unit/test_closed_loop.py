@@ -249,3 +249,26 @@ def test_onnxruntime_runner_gives_the_torch_runners_targets(ckpts):
         qa = a.tick(t, frame(k, t), (t, HOME)).q
         qb = b.tick(t, frame(k, t), (t, HOME)).q
         np.testing.assert_allclose(qa, qb, atol=1e-4)
+
+
+def test_latest_inputs_and_tick_window():
+    from policies.closed_loop import LatestInputs, TickResult, TickWindow
+
+    inp = LatestInputs()
+    assert inp.frame is None and inp.joints() is None
+    inp.on_joints("arm", 2.0, np.zeros(7))
+    assert inp.joints() is None                                 # both parts are needed
+    inp.on_joints("hand", 1.5, np.ones(16))
+    t, q = inp.joints()
+    assert t == 1.5 and q.shape == (23,) and q[7] == 1.0      # the older stamp, arm then hand
+    inp.K = 2 * np.eye(3)
+    inp.on_depth(3.0, np.zeros((4, 4)))
+    inp.on_depth(3.1, np.ones((4, 4)))
+    assert inp.frame.seq == 2 and inp.frame.t == 3.1 and inp.frame.K[0, 0] == 2.0
+    w = TickWindow()
+    for total, age in ((1.0, 10.0), (3.0, 30.0), (2.0, 20.0)):
+        r = TickResult(0.0, 0.05)
+        r.timings.update(total=total, frame_age=age)
+        w.add(r)
+    assert w.summary() == {"tick_ms_p50": 2.0, "tick_ms_max": 3.0, "frame_age_ms_p50": 20.0}
+    assert w.summary()["tick_ms_max"] == 0.0                  # the window starts anew
