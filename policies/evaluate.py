@@ -20,7 +20,7 @@ import numpy as np
 from policies.closed_loop import ClosedLoopPolicy, Frame, LiveRobot, LoadedPolicy
 from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig
-from robot_runtime.twin.rollout import EpisodeOutcome, TwinEpisodeRunner
+from robot_runtime.twin.rollout import EpisodeOutcome, TwinEpisodeRunner, map_seed_chunks
 
 #: Rollout length per task (s): the scripted demos take 11-20 s.
 DEFAULT_DURATION_S = {"grasp_lift": 16.0, "grasp_drop": 19.0, "grasp_pour": 22.0}
@@ -144,9 +144,6 @@ def _rollout_chunk(args) -> tuple[str, list[EpisodeOutcome]]:
 
 
 def _rollouts_parallel(cfg, checkpoint, task, seeds, out_dir, duration_s, runner, workers, done):
-    import multiprocessing as mp  # noqa: PLC0415
-    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
-
     if runner == "onnxruntime":   # export once here, not in every worker at the same time
         from policies.checkpoint import load_checkpoint  # noqa: PLC0415
         from policies.runners import EXPORT_VERSION, OPSET, export_onnx  # noqa: PLC0415
@@ -154,15 +151,12 @@ def _rollouts_parallel(cfg, checkpoint, task, seeds, out_dir, duration_s, runner
         ck = load_checkpoint(checkpoint)
         if ck.onnx_files(OPSET, EXPORT_VERSION) is None:
             export_onnx(ck)
-    size = max(1, min(5, len(seeds) // (2 * workers)))
-    jobs = [(cfg, checkpoint, task, seeds[i:i + size], None if out_dir is None else Path(out_dir) / f"seeds_{seeds[i]}",
-             duration_s, runner) for i in range(0, len(seeds), size)]
     name, outcomes = "", []
-    with ProcessPoolExecutor(workers, mp.get_context("spawn")) as pool:
-        for name, chunk in pool.map(_rollout_chunk, jobs):
-            for o in chunk:
-                outcomes.append(o)
-                done(outcomes)
+    for name, chunk in map_seed_chunks(_rollout_chunk, seeds, workers, 5, lambda c: (
+            cfg, checkpoint, task, c, None if out_dir is None else Path(out_dir) / f"seeds_{c[0]}", duration_s, runner)):
+        for o in chunk:
+            outcomes.append(o)
+            done(outcomes)
     return name, sorted(outcomes, key=lambda o: o.seed)
 
 

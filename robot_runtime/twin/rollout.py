@@ -175,14 +175,17 @@ def make_expert(cfg: RuntimeConfig):
                           r.hand_home, r.arm_home, cfg.control.workspace.table_z)
 
 
+def _follow_plan(runner: TwinEpisodeRunner, expert) -> Driver:
+    """A driver playing the expert's plan: the target for the next policy step."""
+    return lambda t, q, depth, K: expert.sample(t + runner.period)[0]
+
+
 def expert_episode(runner: TwinEpisodeRunner, expert, task: str, seed: int, settle_s: float = 0.5) -> EpisodeOutcome:
     """One scripted-expert demonstration (its plan, then ``settle_s``), recorded if the runner records."""
     def plan(start: dict, q: np.ndarray) -> None:
         expert.plan(task, start, runner.sim.active_objects, q, np.random.default_rng(seed))
 
-    def drive(t, q, depth, K):
-        return expert.sample(t + runner.period)[0]
-    return runner.run(task, seed, drive, lambda: expert.duration + settle_s, note=f"scripted expert, seed {seed}",
+    return runner.run(task, seed, _follow_plan(runner, expert), lambda: expert.duration + settle_s, note=f"scripted expert, seed {seed}",
                       on_reset=plan)
 
 
@@ -209,9 +212,7 @@ def interaction_episode(runner: TwinEpisodeRunner, expert, seed: int, settle_s: 
         obj = expert.grasped
         return bool(np.linalg.norm(np.asarray(end[obj][0]) - np.asarray(start[obj][0])) > INTERACTION_MOVED_M)
 
-    def drive(t, q, depth, K):
-        return expert.sample(t + runner.period)[0]
-    return runner.run(INTERACTION, seed, drive, lambda: expert.duration + settle_s,
+    return runner.run(INTERACTION, seed, _follow_plan(runner, expert), lambda: expert.duration + settle_s,
                       note=f"scripted interaction, seed {seed}", on_reset=plan, scene=scene, judge=moved)
 
 
@@ -245,6 +246,19 @@ def record_scripted_demos(cfg: RuntimeConfig, task: str, seeds, out_dir, visual:
     return out
 
 
+def map_seed_chunks(fn, seeds: list[int], workers: int, largest: int, job):
+    """Run ``fn(job(chunk))`` for chunks of ``seeds`` in ``workers`` spawned processes; yields each
+    chunk's result in seed order. Chunks hold up to ``largest`` seeds, and are small enough that
+    every worker gets at least two (so a slow one does not leave the others idle at the end)."""
+    import multiprocessing as mp  # noqa: PLC0415
+    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
+    size = max(1, min(largest, len(seeds) // (2 * workers)))
+    chunks = [seeds[i:i + size] for i in range(0, len(seeds), size)]
+    with ProcessPoolExecutor(workers, mp.get_context("spawn")) as pool:
+        yield from pool.map(fn, [job(c) for c in chunks])
+
+
 def _record_chunk(args) -> list[EpisodeOutcome]:
     cfg, task, seeds, out_dir, visual = args
     return record_scripted_demos(cfg, task, seeds, out_dir, visual, progress=False)
@@ -259,24 +273,18 @@ def record_scripted_demos_parallel(cfg: RuntimeConfig, task: str, seeds, out_dir
     workers = max(1, min(workers, len(seeds)))
     if workers == 1:
         return record_scripted_demos(cfg, task, seeds, out_dir, visual, progress)
-    import multiprocessing as mp  # noqa: PLC0415
-    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
-
-    size = max(1, min(8, len(seeds) // (2 * workers)))
-    jobs = [(cfg, task, seeds[i:i + size], Path(out_dir) / f"seeds_{seeds[i]}", visual)
-            for i in range(0, len(seeds), size)]
     bar = None
     if progress:
         from tqdm import tqdm  # noqa: PLC0415
         bar = tqdm(total=len(seeds), desc=f"demos {task} ({workers} processes)", unit="ep")
     out: list[EpisodeOutcome] = []
     try:
-        with ProcessPoolExecutor(workers, mp.get_context("spawn")) as pool:
-            for res in pool.map(_record_chunk, jobs):
-                out += res
-                if bar is not None:
-                    bar.update(len(res))
-                    bar.set_postfix(ok=sum(o.success for o in out))
+        for res in map_seed_chunks(_record_chunk, seeds, workers, 8,
+                                   lambda c: (cfg, task, c, Path(out_dir) / f"seeds_{c[0]}", visual)):
+            out += res
+            if bar is not None:
+                bar.update(len(res))
+                bar.set_postfix(ok=sum(o.success for o in out))
     finally:
         if bar is not None:
             bar.close()
