@@ -13,9 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from robot_runtime import description as D
-from robot_runtime.kinematics import UrdfModel
-from robot_runtime.viz.robot_model import load_visuals
+from robot_runtime.viz.robot_model import RobotPrimitives
 
 
 class RobotSelfFilter:
@@ -23,21 +21,12 @@ class RobotSelfFilter:
     ``q`` [23] (rad, driver order ``D.ALL_JOINTS``), within ``margin`` m of its surface."""
 
     def __init__(self, urdf_path=None):
-        path = urdf_path or D.description_path(D.URDF_NAME)
-        self.model = UrdfModel.from_file(path)
-        self.order = np.array([D.ALL_JOINTS.index(n) for n in self.model.joint_names])
-        self.kinds = {}
-        for g in load_visuals(path):
-            self.kinds.setdefault(g.kind, []).append(g)
-        self.geoms = {k: (np.array([self.model.link_slot(g.link) for g in gs]), np.stack([g.origin for g in gs]),
-                          np.array([g.size for g in gs])) for k, gs in self.kinds.items()}
+        self.robot = RobotPrimitives(urdf_path)
 
     def inside(self, points: np.ndarray, q, margin: float) -> np.ndarray:
         pts = np.asarray(points, float)
-        links = self.model.forward_array(np.asarray(q, float)[self.order])
         hit = np.zeros(len(pts), bool)
-        for kind, (slots, origins, sizes) in self.geoms.items():
-            T = links[slots] @ origins                                   # [G, 4, 4] primitive poses
+        for kind, (T, sizes) in self.robot.posed(q).items():
             local = (pts[None] - T[:, None, :3, 3]) @ T[:, :3, :3]      # [G, N, 3]: R^T (p - t), row-wise
             if kind == "box":
                 hit |= np.any(np.all(np.abs(local) <= sizes[:, None, :] / 2 + margin, axis=2), axis=0)

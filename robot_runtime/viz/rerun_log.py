@@ -32,8 +32,7 @@ import numpy as np
 
 from robot_runtime import description as D
 from robot_runtime.errors import RobotRuntimeError
-from robot_runtime.kinematics import UrdfModel
-from robot_runtime.viz.robot_model import VisualGeom, urdf_visuals
+from robot_runtime.viz.robot_model import RobotPrimitives
 
 SINKS = ("spawn", "connect", "save", "memory")
 DEFAULT_URL = "rerun+http://127.0.0.1:9876/proxy"
@@ -146,11 +145,8 @@ class RolloutLogger:
         if sink not in SINKS:
             raise VizError(f"viz sink must be one of {', '.join(SINKS)}, not {sink!r}")
         rr = self.rr = _rr()
-        path = Path(urdf) if urdf else D.description_path(D.URDF_NAME)
-        self.model = UrdfModel.from_file(path)
-        self.visuals: list[VisualGeom] = urdf_visuals(path.read_text(), str(path))
         self.joint_names = tuple(joint_names)
-        self._model_index = np.array([self.joint_names.index(n) for n in self.model.joint_names])
+        self.robot = RobotPrimitives(urdf, self.joint_names)
         self.throttle = throttle
         self.depth_stride = max(1, int(depth_stride))
         self.sink, self.target = sink, target
@@ -180,14 +176,6 @@ class RolloutLogger:
     def _log_static(self) -> None:
         rr = self.rr
         self.rec.log("world", rr.ViewCoordinates.RIGHT_HAND_Z_UP, static=True)
-        # The robot is three batches of primitives (boxes, cylinders, spheres) posed in the base
-        # frame at every update: three log calls instead of one per link.
-        self._geoms = {}
-        for kind in ("box", "cylinder", "sphere"):
-            gs = [g for g in self.visuals if g.kind == kind]
-            if gs:
-                self._geoms[kind] = (np.array([self.model.link_slot(g.link) for g in gs]),
-                                     np.stack([g.origin for g in gs]), np.array([g.size for g in gs]))
         self._parts = []
         for part, names in (("arm", D.ARM_JOINTS), ("hand", D.HAND_JOINTS)):
             self._parts.append((part, np.array([self.joint_names.index(n) for n in names])))
@@ -211,11 +199,9 @@ class RolloutLogger:
     def log_robot(self, q) -> None:
         """The robot model posed from measured joints ``q`` [23] (rad, ``joint_names`` order)."""
         rr = self.rr
-        q = np.asarray(q, float)
-        links = self.model.forward_array(q[self._model_index])
         colour = [170, 170, 180]
-        for kind, (slots, origins, sizes) in self._geoms.items():
-            T = links[slots] @ origins
+        # three batches of primitives (boxes, cylinders, spheres): three log calls, not one per link
+        for kind, (T, sizes) in self.robot.posed(q).items():
             centers, quats = T[:, :3, 3], mats_to_xyzw(T[:, :3, :3])
             ent = f"world/robot/{kind}"
             if kind == "box":

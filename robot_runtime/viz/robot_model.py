@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from robot_runtime import description as D
 from robot_runtime.errors import DescriptionError
+from robot_runtime.kinematics import UrdfModel
 from robot_runtime.transforms import make_T, rpy_to_mat
 
 
@@ -69,3 +71,32 @@ def load_visuals(path) -> list[VisualGeom]:
     if not path.is_file():
         raise DescriptionError(f"URDF file not found: {path}")
     return urdf_visuals(path.read_text(), str(path))
+
+
+class RobotPrimitives:
+    """The robot's primitives batched by kind, posed from joints given in ``joint_names`` order.
+
+    :meth:`posed` returns ``{kind: (T [G, 4, 4] each primitive's pose in the base frame,
+    sizes [G, k])}`` for the kinds present: one forward-kinematics pass and one batched product.
+
+    Args:
+        urdf_path: the description (default: the packaged xArm7 + Allegro URDF).
+        joint_names: the order of the joints in every ``q`` given (default: the drivers' order).
+    """
+
+    def __init__(self, urdf_path=None, joint_names=D.ALL_JOINTS):
+        path = Path(urdf_path) if urdf_path else D.description_path(D.URDF_NAME)
+        self.model = UrdfModel.from_file(path)
+        self.visuals = load_visuals(path)
+        names = tuple(joint_names)
+        self.order = np.array([names.index(n) for n in self.model.joint_names])
+        self.batches = {}
+        for kind in ("box", "cylinder", "sphere"):
+            gs = [g for g in self.visuals if g.kind == kind]
+            if gs:
+                self.batches[kind] = (np.array([self.model.link_slot(g.link) for g in gs]),
+                                      np.stack([g.origin for g in gs]), np.array([g.size for g in gs]))
+
+    def posed(self, q) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        links = self.model.forward_array(np.asarray(q, float)[self.order])
+        return {kind: (links[slots] @ origins, sizes) for kind, (slots, origins, sizes) in self.batches.items()}
