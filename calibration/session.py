@@ -104,7 +104,7 @@ def calibrate_on_twin(cfg: RuntimeConfig, n_poses: int = 15, seed: int = 0, sett
     The twin's true camera pose is used only to keep the planned poses in view, as a lab would
     use a rough guess; the solver never sees it.
     """
-    from robot_runtime.twin.sim import TwinSimulation  # noqa: PLC0415 - needs mujoco
+    from robot_runtime.twin.sim import COLOR_SCALE, TwinSimulation  # noqa: PLC0415 - needs mujoco
 
     t0 = time.monotonic()
     spec = MarkerSpec()
@@ -116,8 +116,7 @@ def calibrate_on_twin(cfg: RuntimeConfig, n_poses: int = 15, seed: int = 0, sett
         r = cfg.robot
         T_flange_palm = make_T(rpy_to_mat(r.hand_mount.rpy), r.hand_mount.xyz)
         Kc = sim.color_intrinsics()
-        scale = Kc[0, 0] / sim.intrinsics()[0, 0]
-        img_size = (cfg.twin.camera.width * scale, cfg.twin.camera.height * scale)
+        img_size = (cfg.twin.camera.width * COLOR_SCALE, cfg.twin.camera.height * COLOR_SCALE)
         q_home = np.concatenate([r.arm_home, r.hand_home])[order]
         targets = plan_marker_poses(model, spec, T_flange_palm, sim.camera_pose(), Kc, img_size, q_home,
                                     n_poses, np.random.default_rng(seed))
@@ -193,16 +192,14 @@ def run_and_write(cfg: RuntimeConfig, out, n_poses: int = 15, seed: int = 0, log
                          f"calibration check: {run.result.inliers.sum()} of {len(run.sightings)} poses")
     path = write_calibration(out, run, "twin", picture=png.name)
     if logger is not None:
-        logger.log_camera(run_K(cfg), run.result.T_base_camera, run.depth.shape[1], run.depth.shape[0])
+        from robot_runtime.twin.sim import camera_intrinsics  # noqa: PLC0415
+
+        logger.log_camera(camera_intrinsics(cfg.twin.camera), run.result.T_base_camera, run.depth.shape[1],
+                          run.depth.shape[0])
         logger.log_depth(run.depth)
         logger.log_calibration_check(run.check.residual, f"median depth residual {run.check.median_abs_m * 1e3:.1f} mm "
                                                          f"on {run.check.robot_pixels} robot pixels")
         logger.log_robot(run.q_check)
     return run, path
 
-
-def run_K(cfg: RuntimeConfig) -> np.ndarray:
-    from robot_runtime.twin.sim import camera_intrinsics  # noqa: PLC0415
-
-    return camera_intrinsics(cfg.twin.camera)
 

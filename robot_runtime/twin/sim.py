@@ -268,9 +268,14 @@ class TwinSimulation:
         """Depth image [H, W] float32 (m) of the current state, rendered on this thread."""
         if self._renderer is None:
             self._renderer = DepthRenderer(self.model, self.cfg.camera)
+        return self._renderer.render(self._current_scene())
+
+    def _current_scene(self):
+        """The render thread's own scene, snapshotted now."""
+        if self._scene is None:
             self._scene = self.new_scene()
         self.snapshot(self._scene)
-        return self._renderer.render(self._scene)
+        return self._scene
 
     def render_color(self) -> np.ndarray:
         """Colour image [H * s, W * s, 3] uint8 of the current state from the depth camera's
@@ -279,14 +284,10 @@ class TwinSimulation:
         sizes the offscreen buffer for it)."""
         if not self.cfg.calibration_marker:
             raise TwinError("colour rendering needs twin.calibration_marker: true")
-        if self._renderer is None:
-            self._renderer = DepthRenderer(self.model, self.cfg.camera)
-            self._scene = self.new_scene()
         if self._color_renderer is None:
             self._color_renderer = ColorRenderer(self.model, self.cfg.camera.width * COLOR_SCALE,
                                                  self.cfg.camera.height * COLOR_SCALE)
-        self.snapshot(self._scene)
-        return self._color_renderer.render(self._scene)
+        return self._color_renderer.render(self._current_scene())
 
     def color_intrinsics(self) -> np.ndarray:
         """K [3, 3] of :meth:`render_color`'s images (the depth camera's, scaled)."""
@@ -303,53 +304,8 @@ class TwinSimulation:
             self._color_renderer = None
 
 
-class DepthRenderer:
-    """Offscreen depth rendering of snapshotted scenes (EGL). Create and use on one thread.
-
-    Depth is metres along the optical axis; pixels nearer than ``min_depth`` or farther
-    than ``max_depth`` are NaN, as the ZED reports invalid depth.
-    """
-
-    def __init__(self, model, camera):
-        self.mj = _import_mujoco()
-        self.width, self.height = camera.width, camera.height
-        self.min_depth, self.max_depth = camera.min_depth, camera.max_depth
-        self.gl = self.mj.GLContext(self.width, self.height)
-        self.gl.make_current()
-        self.con = self.mj.MjrContext(model, self.mj.mjtFontScale.mjFONTSCALE_150)
-        self.mj.mjr_setBuffer(self.mj.mjtFramebuffer.mjFB_OFFSCREEN, self.con)
-        # Read depth as reversed Z (far plane = 0): precise at range with a float buffer.
-        self.con.readDepthMap = self.mj.mjtDepthMap.mjDEPTH_ZEROFAR
-        self.viewport = self.mj.MjrRect(0, 0, self.width, self.height)
-        extent = model.stat.extent
-        self.near = model.vis.map.znear * extent
-        self.far = model.vis.map.zfar * extent
-        self._buf = np.empty((self.height, self.width), dtype=np.float32)
-
-    def render(self, scene) -> np.ndarray:
-        """Draw ``scene`` and return its depth image [H, W] float32 (m), row 0 at the top."""
-        self.gl.make_current()
-        # Depth-only drawing: no lighting or materials (segment colours).
-        scene.flags[self.mj.mjtRndFlag.mjRND_SEGMENT] = True
-        scene.flags[self.mj.mjtRndFlag.mjRND_IDCOLOR] = True
-        self.mj.mjr_render(self.viewport, scene, self.con)
-        self.mj.mjr_readPixels(None, self._buf, self.viewport, self.con)
-        # Reversed-Z depth buffer: 1 at the near plane, 0 at the far plane, hyperbolic between.
-        z = np.flipud(self._buf).astype(np.float64)
-        n, f = self.near, self.far
-        depth = (n * f / (n + z * (f - n))).astype(np.float32)
-        depth[(depth < self.min_depth) | (depth > self.max_depth)] = np.nan
-        return depth
-
-    def close(self) -> None:
-        if self.gl is not None:
-            self.con.free()
-            self.gl.free()
-            self.gl = None
-
-
-class ColorRenderer:
-    """Offscreen colour rendering of snapshotted scenes (EGL), lit and shaded. One thread."""
+class _OffscreenRenderer:
+    """An EGL context with MuJoCo's offscreen buffer at ``width`` x ``height``. One thread."""
 
     def __init__(self, model, width: int, height: int):
         self.mj = _import_mujoco()
@@ -359,22 +315,62 @@ class ColorRenderer:
         self.con = self.mj.MjrContext(model, self.mj.mjtFontScale.mjFONTSCALE_150)
         self.mj.mjr_setBuffer(self.mj.mjtFramebuffer.mjFB_OFFSCREEN, self.con)
         self.viewport = self.mj.MjrRect(0, 0, width, height)
-        self._buf = np.empty((height, width, 3), dtype=np.uint8)
 
-    def render(self, scene) -> np.ndarray:
-        """Draw ``scene``; the RGB image [H, W, 3] uint8, row 0 at the top."""
+    def _draw(self, scene, depth_only: bool) -> None:
         self.gl.make_current()
-        scene.flags[self.mj.mjtRndFlag.mjRND_SEGMENT] = False
-        scene.flags[self.mj.mjtRndFlag.mjRND_IDCOLOR] = False
+        # depth only: no lighting or materials (segment colours)
+        scene.flags[self.mj.mjtRndFlag.mjRND_SEGMENT] = depth_only
+        scene.flags[self.mj.mjtRndFlag.mjRND_IDCOLOR] = depth_only
         self.mj.mjr_render(self.viewport, scene, self.con)
-        self.mj.mjr_readPixels(self._buf, None, self.viewport, self.con)
-        return np.flipud(self._buf).copy()
 
     def close(self) -> None:
         if self.gl is not None:
             self.con.free()
             self.gl.free()
             self.gl = None
+
+
+class DepthRenderer(_OffscreenRenderer):
+    """Offscreen depth rendering of snapshotted scenes (EGL). Create and use on one thread.
+
+    Depth is metres along the optical axis; pixels nearer than ``min_depth`` or farther
+    than ``max_depth`` are NaN, as the ZED reports invalid depth.
+    """
+
+    def __init__(self, model, camera):
+        super().__init__(model, camera.width, camera.height)
+        self.min_depth, self.max_depth = camera.min_depth, camera.max_depth
+        # Read depth as reversed Z (far plane = 0): precise at range with a float buffer.
+        self.con.readDepthMap = self.mj.mjtDepthMap.mjDEPTH_ZEROFAR
+        extent = model.stat.extent
+        self.near = model.vis.map.znear * extent
+        self.far = model.vis.map.zfar * extent
+        self._buf = np.empty((self.height, self.width), dtype=np.float32)
+
+    def render(self, scene) -> np.ndarray:
+        """Draw ``scene`` and return its depth image [H, W] float32 (m), row 0 at the top."""
+        self._draw(scene, depth_only=True)
+        self.mj.mjr_readPixels(None, self._buf, self.viewport, self.con)
+        # Reversed-Z depth buffer: 1 at the near plane, 0 at the far plane, hyperbolic between.
+        z = np.flipud(self._buf).astype(np.float64)
+        n, f = self.near, self.far
+        depth = (n * f / (n + z * (f - n))).astype(np.float32)
+        depth[(depth < self.min_depth) | (depth > self.max_depth)] = np.nan
+        return depth
+
+
+class ColorRenderer(_OffscreenRenderer):
+    """Offscreen colour rendering of snapshotted scenes (EGL), lit and shaded. One thread."""
+
+    def __init__(self, model, width: int, height: int):
+        super().__init__(model, width, height)
+        self._buf = np.empty((height, width, 3), dtype=np.uint8)
+
+    def render(self, scene) -> np.ndarray:
+        """Draw ``scene``; the RGB image [H, W, 3] uint8, row 0 at the top."""
+        self._draw(scene, depth_only=False)
+        self.mj.mjr_readPixels(self._buf, None, self.viewport, self.con)
+        return np.flipud(self._buf).copy()
 
 
 class RealTimePacer:
