@@ -69,17 +69,23 @@ def _fresh(folder: Path) -> Path:
     return folder
 
 
+def _record(cfg: RuntimeConfig, task: str, seeds, data: Path, workers: int, reuse: bool) -> None:
+    """Record one scripted episode per seed into ``data`` (emptied first), unless ``reuse`` and it
+    already holds episodes."""
+    if reuse and data.is_dir() and any(data.rglob("*.episode.npz")):
+        return
+    t0 = time.monotonic()
+    res = record_scripted_demos_parallel(cfg, task, seeds, _fresh(data), twin_visual(cfg), workers)
+    print(f"{task}: {sum(o.success for o in res)}/{len(res)} scripted episodes successful "
+          f"({time.monotonic() - t0:.0f} s)", flush=True)
+
+
 def make_prior(cfg: RuntimeConfig, work: Path, episodes: int, steps: int, out: Path = PRIOR,
                workers: int = 2, batch: int = 64, reuse: bool = False) -> Path:
     """Record the interactions into ``work/interactions`` (``reuse``: keep those already there)
     and pretrain the prior into ``out``."""
-    t0 = time.monotonic()
     data = work / "interactions"
-    if not (reuse and data.is_dir() and any(data.rglob("*.episode.npz"))):
-        res = record_scripted_demos_parallel(cfg, INTERACTION, range(PRIOR_SEED0, PRIOR_SEED0 + episodes),
-                                             _fresh(data), twin_visual(cfg), workers)
-        print(f"prior: {sum(o.success for o in res)}/{len(res)} interactions moved their object "
-              f"({time.monotonic() - t0:.0f} s)", flush=True)
+    _record(cfg, INTERACTION, range(PRIOR_SEED0, PRIOR_SEED0 + episodes), data, workers, reuse)
     fc = FinetuneConfig(steps=steps, batch=batch, val_fraction=0.05, save_every=max(steps // 5, 1),
                         threads=os.cpu_count() or 1, nice=0)
     result = FinetuneJob(data, _fresh(out), None, fc).run(bar=True)
@@ -95,10 +101,7 @@ def make_finetuned(cfg: RuntimeConfig, work: Path, demos: int, steps: int, rollo
     """Record ``demos`` scripted demos of ``task`` (``reuse``: keep those already there), finetune
     ``base`` on them into ``out``, evaluate."""
     data = work / f"demos_{task}"
-    if not (reuse and data.is_dir() and any(data.rglob("*.episode.npz"))):
-        res = record_scripted_demos_parallel(cfg, task, range(DEMO_SEED0, DEMO_SEED0 + demos), _fresh(data),
-                                             twin_visual(cfg), workers)
-        print(f"{task}: {sum(o.success for o in res)}/{len(res)} scripted demos successful", flush=True)
+    _record(cfg, task, range(DEMO_SEED0, DEMO_SEED0 + demos), data, workers, reuse)
     fc = FinetuneConfig(steps=steps, batch=batch, save_every=max(steps // 2, 1), threads=os.cpu_count() or 1, nice=0)
     result = FinetuneJob(data, _fresh(out), base, fc).run(bar=True)
     print(f"{task}: {result.checkpoint}, val L1 {result.val_loss:.4f}, {result.seconds:.0f} s", flush=True)
