@@ -97,11 +97,14 @@ def step_latency(ckpt_path: Path, cfg) -> tuple[dict, dict]:
     model = ck.build_model()
     runners = {"onnxruntime": OnnxRunner(ck, model), "torch": TorchRunner(ck, model)}
     ref = ReferenceGpt2(model)
-    pre = VisualPreprocessor(ck.schema.visual)
+    from calibration.extrinsics import camera_pose_for  # noqa: PLC0415
+    from robot_runtime.twin.sim import camera_intrinsics  # noqa: PLC0415
+
+    pre = VisualPreprocessor(ck.schema.visual, camera_pose_for(cfg))   # the twin camera: exact pose and K
     schema = ck.schema
     idx = schema.index_in(D.ALL_JOINTS)
     inv = np.argsort(idx)
-    K = np.eye(3)
+    K = camera_intrinsics(cfg.twin.camera)
     depth, q = recorded_frames(cfg, STEPS + WARMUP)
     T = schema.history
     print(f"timing {STEPS} steps per runner on {depth.shape[1]}x{depth.shape[2]} twin depth frames ...", flush=True)
@@ -116,13 +119,13 @@ def step_latency(ckpt_path: Path, cfg) -> tuple[dict, dict]:
         for name in (*runners, "reference"):
             t0 = time.perf_counter()
             if name == "reference":
-                frames = np.stack([visuals[j] if j != i else pre(depth[i], K, 0.0) for j in w])
+                frames = np.stack([visuals[j] if j != i else pre(depth[i], K, 0.05 * i, q[i]) for j in w])
                 t1 = time.perf_counter()
                 t2 = t1
                 a = ref.act(schema.scale(proprio_q), frames)
             else:
                 r = runners[name]
-                visual = pre(depth[i], K, 0.0)
+                visual = pre(depth[i], K, 0.05 * i, q[i])
                 t1 = time.perf_counter()
                 cache[name][i] = (visual, r.encode(visual))
                 t2 = time.perf_counter()
