@@ -20,6 +20,7 @@ NODES = {
     "recorder_node": "robot_runtime.nodes.recorder_node:main",
     "finetune_node": "robot_runtime.nodes.finetune_node:main",
     "viz_node": "robot_runtime.nodes.viz_node:main",
+    "calibration_node": "robot_runtime.nodes.calibration_node:main",
 }
 
 setup(

@@ -49,7 +49,7 @@ class CalibrationRun:
 
 def plan_marker_poses(model: UrdfModel, spec: MarkerSpec, T_flange_link: np.ndarray, T_camera_guess: np.ndarray, K,
                       image_size: tuple[float, float], q_home, n: int, rng: np.random.Generator,
-                      max_tries: int = 400) -> list[np.ndarray]:
+                      max_tries: int = 400, limit_margin: float = 0.05) -> list[np.ndarray]:
     """Arm joint targets [7] for ``n`` marker poses facing the camera from varied angles.
 
     Each pose puts the marker somewhere in :data:`POSE_BOX`, its normal within
@@ -57,7 +57,9 @@ def plan_marker_poses(model: UrdfModel, spec: MarkerSpec, T_flange_link: np.ndar
     :data:`MAX_ROLL_DEG` about it; poses the arm cannot reach, or whose marker would leave the
     image (``image_size`` = (width, height) with intrinsics ``K``), are skipped.
     ``T_camera_guess`` is a rough camera pose (a few cm and degrees off does not matter): it
-    only keeps the marker in view. ``q_home`` [n] (model order) seeds every IK.
+    only keeps the marker in view. ``q_home`` [n] (model order) seeds every IK. Solutions
+    within ``limit_margin`` (rad) of a joint limit are skipped: the controllers' shield keeps
+    targets inside the limits by a margin of its own.
     """
     Tc = np.linalg.inv(np.asarray(T_camera_guess, float))
     cam = np.asarray(T_camera_guess, float)[:3, 3]
@@ -65,6 +67,7 @@ def plan_marker_poses(model: UrdfModel, spec: MarkerSpec, T_flange_link: np.ndar
     T_marker_flange = np.linalg.inv(T_flange_link @ T_link_marker)
     out = []
     w, h = image_size
+    lo, hi = model.limits[:7, 0], model.limits[:7, 1]
     for _ in range(max_tries):
         if len(out) == n:
             break
@@ -84,6 +87,8 @@ def plan_marker_poses(model: UrdfModel, spec: MarkerSpec, T_flange_link: np.ndar
         q, pos_err, rot_err = solve_ik(model, np.asarray(q_home, float), D.FLANGE_FRAME, T_base_marker @ T_marker_flange,
                                        np.arange(7), iters=200)
         if pos_err > 2e-3 or rot_err > 0.01:
+            continue
+        if np.any(q[:7] < lo + limit_margin) or np.any(q[:7] > hi - limit_margin):
             continue
         # the marker's corners must land inside the image, with a margin
         corners = (T_base_marker[:3, :3] @ spec.object_points().T).T + p
@@ -145,14 +150,28 @@ def calibrate_on_twin(cfg: RuntimeConfig, n_poses: int = 15, seed: int = 0, sett
                 bar.set_postfix(seen=len(sightings))
         if bar is not None:
             bar.close()
-        result = solve_hand_eye(sightings, Kc, spec)
         if depth_last is None:
             raise CalibrationError("the marker was never seen")
-        robot = RobotDepthModel(model, load_visuals(D.description_path(D.URDF_NAME)))
-        check = check_depth(depth_last, q_last, sim.intrinsics(), result.T_base_camera, robot)
+        result, check = solve_and_check(sightings, Kc, spec, depth_last, q_last, sim.intrinsics())
         return CalibrationRun(result, check, sightings, len(targets), time.monotonic() - t0, depth_last, q_last)
     finally:
         sim.close()
+
+
+def marker_spec(cfg: RuntimeConfig) -> MarkerSpec:
+    """The marker ``calibration.marker`` describes (mounted where :mod:`calibration.marker` says)."""
+    m = cfg.calibration.marker
+    return MarkerSpec(dictionary=m.dictionary, marker_id=m.id, cell=m.cell)
+
+
+def solve_and_check(sightings: list[MarkerSighting], K_color, spec: MarkerSpec, depth: np.ndarray, q,
+                    K_depth) -> tuple[HandEyeResult, DepthCheck]:
+    """Solve the camera pose from the sightings (colour intrinsics ``K_color``), then check it
+    against a depth frame [H, W] (m) taken at joints ``q`` [23] (rad, driver order)."""
+    result = solve_hand_eye(sightings, K_color, spec)
+    model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
+    robot = RobotDepthModel(model, load_visuals(D.description_path(D.URDF_NAME)))
+    return result, check_depth(depth, q, K_depth, result.T_base_camera, robot)
 
 
 def write_calibration(path, run: CalibrationRun, camera_serial: str, spec: MarkerSpec | None = None,
@@ -179,27 +198,31 @@ def write_calibration(path, run: CalibrationRun, camera_serial: str, spec: Marke
     return path
 
 
-def run_and_write(cfg: RuntimeConfig, out, n_poses: int = 15, seed: int = 0, logger=None) -> tuple[CalibrationRun, Path]:
-    """Calibrate on the twin, write the YAML and the verification PNG next to it (and log both
-    to Rerun when ``logger`` is a :class:`robot_runtime.viz.rerun_log.RolloutLogger`)."""
-    if cfg.camera.type != "twin":
-        raise CalibrationError(
-            "calibrate collects marker sightings on the twin only: on the real robot, camera_node does not "
-            "publish colour yet; solve your own sightings with calibration.handeye.solve_hand_eye")
-    run = calibrate_on_twin(cfg, n_poses, seed)
+def write_outputs(out, run: CalibrationRun, camera_serial: str, K_depth, spec: MarkerSpec | None = None,
+                  logger=None) -> Path:
+    """Write the YAML at ``out`` and the verification PNG next to it, and log both to Rerun when
+    ``logger`` is a :class:`robot_runtime.viz.rerun_log.RolloutLogger`. Returns the YAML's path."""
     out = Path(out)
     png = save_check_png(out.with_suffix(".png"), run.depth, run.check,
                          f"calibration check: {run.result.inliers.sum()} of {len(run.sightings)} poses")
-    path = write_calibration(out, run, "twin", picture=png.name)
+    path = write_calibration(out, run, camera_serial, spec, picture=png.name)
     if logger is not None:
-        from robot_runtime.twin.sim import camera_intrinsics  # noqa: PLC0415
-
-        logger.log_camera(camera_intrinsics(cfg.twin.camera), run.result.T_base_camera, run.depth.shape[1],
-                          run.depth.shape[0])
+        logger.log_camera(K_depth, run.result.T_base_camera, run.depth.shape[1], run.depth.shape[0])
         logger.log_depth(run.depth)
         logger.log_calibration_check(run.check.residual, f"median depth residual {run.check.median_abs_m * 1e3:.1f} mm "
                                                          f"on {run.check.robot_pixels} robot pixels")
         logger.log_robot(run.q_check)
-    return run, path
+    return path
+
+
+def run_and_write(cfg: RuntimeConfig, out, n_poses: int = 15, seed: int = 0, logger=None) -> tuple[CalibrationRun, Path]:
+    """Calibrate on the twin in this process (no ROS graph), then :func:`write_outputs`."""
+    if cfg.camera.type != "twin":
+        raise CalibrationError("in-process calibration runs on the twin only; on the robot run calibration_node "
+                               "(robot-runtime calibrate --config <your robot config>)")
+    from robot_runtime.twin.sim import camera_intrinsics  # noqa: PLC0415
+
+    run = calibrate_on_twin(cfg, n_poses, seed)
+    return run, write_outputs(out, run, "twin", camera_intrinsics(cfg.twin.camera), logger=logger)
 
 

@@ -278,18 +278,39 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
-    """Hand-eye calibration of the camera on the twin: solve, verify against depth, write the YAML and a PNG."""
-    from calibration.handeye import pose_error
-    from calibration.session import run_and_write
+    """Hand-eye calibration of the camera: through the graph (calibration_node), or on the twin in this process."""
     from robot_runtime.config import load_config
 
-    cfg = load_config(Path(args.config or default_config("sim.yaml")))
+    path = Path(args.config or default_config("sim.yaml" if args.direct else "sim_calibrate.yaml"))
+    cfg = load_config(path)
+    if args.direct:
+        return _calibrate_direct(cfg, args)
+    from robot_runtime.launcher import run_graph
+    from robot_runtime.plan import node_plan
+
+    if not cfg.calibration.enabled:
+        raise RobotRuntimeError(f"{path}: calibration.enabled is false; use config/sim_calibrate.yaml, or a robot "
+                                "config with a calibration section (README: Camera calibration)")
+    plan = node_plan(cfg, str(path.resolve()))
+    for spec in plan:   # the node reads its section from the file: pass what the command line changed
+        if spec.name == "calibration_node":
+            spec.parameters.update({"out": str(Path(args.out).resolve()) if args.out else "",
+                                    "rrd": str(Path(args.rrd).resolve()) if args.rrd else "",
+                                    "poses": args.poses or 0})
+    return run_graph(plan, until="calibration_node")
+
+
+def _calibrate_direct(cfg, args) -> int:
+    from calibration.handeye import pose_error
+    from calibration.session import run_and_write
+
     logger = None
     if args.rrd:
         from robot_runtime.viz.rerun_log import RolloutLogger
 
         logger = RolloutLogger("save", args.rrd, recording_id="calibration")
-    run, path = run_and_write(cfg, args.out, args.poses, args.seed, logger)
+    run, path = run_and_write(cfg, args.out or "runs/calibration/T_base_camera.yaml", args.poses or 15, args.seed,
+                              logger)
     if logger is not None:
         logger.close()
     r, c = run.result.summary(), run.check
@@ -299,11 +320,10 @@ def _cmd_calibrate(args) -> int:
     print(f"camera in the base frame: position {[round(float(v), 4) for v in T[:3, 3]]} m")
     print(f"verification: median depth residual {c.median_abs_m * 1e3:.1f} mm on {c.robot_pixels} robot pixels "
           f"(picture: {path.with_suffix('.png')})")
-    if cfg.camera.type == "twin":
-        from calibration.extrinsics import camera_pose_for
+    from calibration.extrinsics import camera_pose_for
 
-        dp, dr = pose_error(T, camera_pose_for(cfg))
-        print(f"the twin's true camera pose is known: error {dp:.2f} mm, {dr:.3f} deg")
+    dp, dr = pose_error(T, camera_pose_for(cfg))
+    print(f"the twin's true camera pose is known: error {dp:.2f} mm, {dr:.3f} deg")
     print(f"wrote {path}; use it with  policy: {{calibration_file: {path}}}")
     return 0
 
@@ -514,11 +534,16 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="processes running rollouts (each takes about a core)")
     p.add_argument("--rrd", action="store_true", help="also save each rollout as a Rerun .rrd file")
     p.set_defaults(func=_cmd_eval)
-    p = sub.add_parser("calibrate", help="hand-eye calibration of the camera's pose (ArUco on the hand), on the twin")
-    p.add_argument("--config", help="runtime config (default: config/sim.yaml)")
-    p.add_argument("--poses", type=int, default=15, help="arm poses to visit")
-    p.add_argument("--seed", type=int, default=0, help="seed of the planned poses")
-    p.add_argument("--out", default="runs/calibration/T_base_camera.yaml", help="calibration YAML (a PNG goes next to it)")
+    p = sub.add_parser("calibrate", help="hand-eye calibration of the camera's pose (ArUco on the hand): starts the "
+                                         "config's graph with calibration_node and waits for its result")
+    p.add_argument("--config", help="runtime config with a calibration section (default: config/sim_calibrate.yaml; "
+                                    "with --direct, config/sim.yaml)")
+    p.add_argument("--direct", action="store_true", help="twin only: no ROS graph, everything in this process "
+                                                         "(fastest: about 10 s)")
+    p.add_argument("--poses", type=int, help="arm poses to visit (default: calibration.poses; 15 with --direct)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the planned poses (--direct)")
+    p.add_argument("--out", help="calibration YAML (a PNG goes next to it); default: calibration.out_dir/"
+                                 "<camera serial>_<UTC time>.yaml, with --direct runs/calibration/T_base_camera.yaml")
     p.add_argument("--rrd", help="also log the check to this Rerun .rrd file")
     p.set_defaults(func=_cmd_calibrate)
     p = sub.add_parser("replay", help="show a recorded episode in Rerun (viewer, remote viewer or .rrd file)")

@@ -184,6 +184,11 @@ class TwinCameraConfig:
     type: str = "twin"
     depth_topic: str = "/camera/depth/image"
     info_topic: str = "/camera/depth/camera_info"
+    color_topic: str = "/camera/color/image"
+    color_info_topic: str = "/camera/color/camera_info"
+    #: Colour frames per second, 0 for none. Only calibration needs colour; the twin's is drawn
+    #: at 4x the depth resolution (about 0.1 s a frame in software GL) and needs twin.calibration_marker.
+    color_hz: float = rng(0.0, 0.0, 30.0)
 
 
 @register_backend_config("camera", "zed")
@@ -194,6 +199,9 @@ class ZedCameraConfig:
     type: str = "zed"
     depth_topic: str = "/camera/depth/image"
     info_topic: str = "/camera/depth/camera_info"
+    color_topic: str = "/camera/color/image"
+    color_info_topic: str = "/camera/color/camera_info"
+    color_hz: float = rng(0.0, 0.0, 30.0)      # left colour image frames per second, 0 for none (calibration)
     serial_number: int = rng(0, 0, None)
     resolution: Literal["HD2K", "HD1080", "HD720", "VGA"] = "VGA"
     fps: int = rng(30, 15, 100)
@@ -432,6 +440,39 @@ class VizConfig:
 
 
 @dataclass
+class MarkerConfig:
+    """The ArUco marker on the hand (see calibration/marker.py for where it sits on the palm)."""
+
+    dictionary: str = "DICT_4X4_50"
+    id: int = rng(7, 0, 999)
+    cell: float = rng(0.011, 0.002, 0.1)       # one bit's edge (m); the black square is (bits + 2) cells across
+
+
+@dataclass
+class CalibrationConfig:
+    """calibration_node: hand-eye calibration of the camera over the running graph (README: Camera calibration)."""
+
+    enabled: bool = False
+    #: planned: the node drives the arm through ``poses`` planned poses (teleop source);
+    #: operator: the operator moves the arm (teleop, or the xArm's manual mode) and every
+    #: still pose where the marker is seen, distinct from the earlier ones, is taken.
+    mode: Literal["planned", "operator"] = "planned"
+    poses: int = rng(15, 6, 100)
+    seed: int = rng(0, 0, None)                # planned poses' random draw
+    out_dir: OutputDir = OutputDir("../runs/calibration")   # <camera serial>_<UTC time>.yaml and .png
+    joint_speed: float = rng(0.4, 0.05, 1.5)   # rad/s, the fastest joint of a planned move
+    still_s: float = rng(0.6, 0.1, 5.0)        # the arm still this long before a frame is used
+    still_tol: float = rng(0.002, 0.0001, 0.05)   # rad: 'still' is every arm joint within this of its value
+    capture_timeout_s: float = rng(4.0, 0.5, 60.0)  # planned: give up on a pose where the marker is not seen
+    min_separation_m: float = rng(0.03, 0.0, 1.0)   # operator: a new pose's marker moved this far ...
+    min_separation_deg: float = rng(8.0, 0.0, 180.0)  # ... or turned this much from every earlier one
+    camera_guess_position: list[float] = seq([], None, -3.0, 3.0)   # planned, no calibration yet: rough camera
+    camera_guess_look_at: list[float] = seq([], None, -3.0, 3.0)    # position and a point it looks at (m, base)
+    arm_controllers: bool = False              # twin only: select the teleop source and arm the controllers
+    marker: MarkerConfig = field(default_factory=MarkerConfig)
+
+
+@dataclass
 class RuntimeConfig:
     """The whole runtime's configuration (one YAML file)."""
 
@@ -447,6 +488,7 @@ class RuntimeConfig:
     teleop: TeleopConfig = field(default_factory=TeleopConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
     viz: VizConfig = field(default_factory=VizConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     source_file: str = field(default="", metadata={"internal": True})
 
     @property
@@ -562,6 +604,7 @@ def _check_cross_fields(cfg: RuntimeConfig, file: str) -> None:
     if cfg.teleop.arm_controllers and cfg.policy.arm_controllers:
         raise ConfigError("the policy and teleop nodes would both arm the controllers; let one of them",
                           file=file, key="teleop.arm_controllers")
+    _check_calibration(cfg, file, twin_only)
     ctl = cfg.control
     hold_s = ctl.hold_after_periods / cfg.rates.policy_hz
     if ctl.latch_after_s <= hold_s:
@@ -583,6 +626,44 @@ def _check_cross_fields(cfg: RuntimeConfig, file: str) -> None:
         if not lo <= q <= hi:
             raise ConfigError(f"{q} is outside joint {_desc.HAND_JOINTS[i]}'s limits [{lo}, {hi}]",
                               file=file, key=f"robot.hand_home[{i}]")
+
+
+def _check_calibration(cfg: RuntimeConfig, file: str, twin_only: bool) -> None:
+    if cfg.camera.type == "twin" and cfg.camera.color_hz > 0 and not cfg.twin.calibration_marker:
+        raise ConfigError("the twin draws colour for calibration only: set twin.calibration_marker: true",
+                          file=file, key="camera.color_hz")
+    cal = cfg.calibration
+    if not cal.enabled:
+        return
+    if cfg.camera.type not in ("twin", "zed") or cfg.camera.color_hz <= 0:
+        raise ConfigError("calibration needs the camera's colour stream: set camera.color_hz (e.g. 2)", file=file,
+                          key="camera.color_hz")
+    if cal.mode == "planned":
+        if cfg.policy.enabled or cfg.teleop.enabled:
+            raise ConfigError("planned calibration drives the arm on control.teleop_topic; disable the policy and "
+                              "teleop nodes (or use calibration.mode: operator)", file=file,
+                              key="policy.enabled" if cfg.policy.enabled else "teleop.enabled")
+        if cfg.control.source != "teleop":
+            raise ConfigError("planned calibration publishes on control.teleop_topic: set control.source: teleop",
+                              file=file, key="control.source")
+    if cal.arm_controllers and not twin_only:
+        raise ConfigError("arming the controllers from the calibration node is for the twin only", file=file,
+                          key="calibration.arm_controllers")
+    if cal.arm_controllers and (cfg.policy.arm_controllers or cfg.teleop.arm_controllers):
+        raise ConfigError("another node already arms the controllers", file=file, key="calibration.arm_controllers")
+    for k in ("camera_guess_position", "camera_guess_look_at"):
+        if len(getattr(cal, k)) not in (0, 3):
+            raise ConfigError("expected 3 values (x, y, z in m) or none", file=file, key=f"calibration.{k}")
+    if bool(cal.camera_guess_position) != bool(cal.camera_guess_look_at):
+        raise ConfigError("give both camera_guess_position and camera_guess_look_at, or neither", file=file,
+                          key="calibration.camera_guess_look_at")
+    try:
+        import cv2  # noqa: PLC0415
+    except ImportError:
+        return
+    if not hasattr(cv2.aruco, cal.marker.dictionary):
+        raise ConfigError(f"unknown ArUco dictionary {cal.marker.dictionary!r}", file=file,
+                          key="calibration.marker.dictionary")
 
 
 def _type_name(tp: Any) -> str:

@@ -159,10 +159,12 @@ def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: d
     return "robot-runtime: " + " | ".join(parts)
 
 
-def run_graph(plan: list[NodeSpec], duration: float = 0.0, monitor: bool = True, env: dict | None = None) -> int:
-    """Run ``plan`` until Ctrl-C, ``duration`` seconds (0 = no limit), or a node dies.
+def run_graph(plan: list[NodeSpec], duration: float = 0.0, monitor: bool = True, env: dict | None = None,
+              until: str = "") -> int:
+    """Run ``plan`` until Ctrl-C, ``duration`` seconds (0 = no limit), a node dies, or the node
+    named ``until`` (a one-shot job such as calibration_node) exits 0.
 
-    Returns 0 when every node ran to the end, 1 when one died.
+    Returns 0 when every node ran to the end (or ``until`` finished its job), 1 when one died.
     """
     sup = GraphSupervisor(plan, env=env)
     mon = GraphMonitor() if monitor else None
@@ -174,6 +176,12 @@ def run_graph(plan: list[NodeSpec], duration: float = 0.0, monitor: bool = True,
     try:
         while not duration or time.monotonic() - t0 < duration:
             dead = sup.dead()
+            if any(p.spec.name == until and p.returncode == 0 for p in dead):
+                print(f"robot-runtime: {until} finished; stopping the rest", flush=True)
+                dead = [p for p in dead if p.spec.name != until]
+                for p in dead:
+                    died.append(f"{p.spec.name} (exit {p.returncode})")
+                break
             if dead:
                 for p in dead:
                     died.append(f"{p.spec.name} (exit {p.returncode})")

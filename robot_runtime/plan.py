@@ -34,6 +34,8 @@ class NodeSpec:
 def _param_literal(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
+    if v == "":
+        return "''"   # rcl cannot parse an empty override; YAML's empty string
     return str(v)
 
 
@@ -59,6 +61,9 @@ def node_plan(cfg: RuntimeConfig, config_file: str) -> list[NodeSpec]:
         plan.append(NodeSpec("recorder_node", "recorder_node", "robot_runtime.nodes.recorder_node", dict(params)))
     if cfg.demo.enabled:
         plan.append(NodeSpec("demo_motion_node", "demo_motion_node", "robot_runtime.nodes.demo_motion_node",
+                             dict(params)))
+    if cfg.calibration.enabled:
+        plan.append(NodeSpec("calibration_node", "calibration_node", "robot_runtime.nodes.calibration_node",
                              dict(params)))
     if cfg.viz.enabled:
         plan.append(NodeSpec("viz_node", "viz_node", "robot_runtime.nodes.viz_node", dict(params)))

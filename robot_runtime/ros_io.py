@@ -178,6 +178,42 @@ def depth_from_msg(msg: Image) -> np.ndarray:
     raise ValueError(f"unsupported depth encoding {msg.encoding!r} (expected 32FC1 or 16UC1)")
 
 
+def color_image_msg(rgb: np.ndarray, stamp: float, frame_id: str) -> Image:
+    """An rgb8 image message from an [H, W, 3] uint8 array."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"a colour image is [H, W, 3], got shape {rgb.shape}")
+    msg = Image()
+    msg.header.stamp = to_time_msg(stamp)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = rgb.shape[:2]
+    msg.encoding = "rgb8"
+    msg.is_bigendian = 0
+    msg.step = rgb.shape[1] * 3
+    msg.data = rgb.tobytes()
+    return msg
+
+
+def color_from_msg(msg: Image) -> np.ndarray:
+    """[H, W, 3] uint8 RGB from an rgb8, bgr8 or bgra8 Image (rows may be padded)."""
+    channels = {"rgb8": 3, "bgr8": 3, "bgra8": 4}.get(msg.encoding)
+    if channels is None:
+        raise ValueError(f"unsupported colour encoding {msg.encoding!r} (expected rgb8, bgr8 or bgra8)")
+    if msg.step < msg.width * channels or len(msg.data) < msg.step * msg.height:
+        raise ValueError(f"colour image of {len(msg.data)} bytes does not hold {msg.height} rows of step {msg.step}")
+    rows = np.frombuffer(msg.data, dtype=np.uint8)[:msg.step * msg.height].reshape(msg.height, msg.step)
+    px = rows[:, :msg.width * channels].reshape(msg.height, msg.width, channels)
+    return np.ascontiguousarray(px if msg.encoding == "rgb8" else px[:, :, 2::-1])
+
+
+def intrinsics_from_info(msg: CameraInfo) -> np.ndarray:
+    """K [3, 3] from a CameraInfo."""
+    K = np.asarray(msg.k, dtype=float).reshape(3, 3)
+    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"CameraInfo has no usable intrinsics: K = {K.tolist()}")
+    return K
+
+
 def camera_info_msg(K: np.ndarray, width: int, height: int, stamp: float, frame_id: str) -> CameraInfo:
     msg = CameraInfo()
     msg.header.stamp = to_time_msg(stamp)

@@ -28,11 +28,14 @@ class JointSample:
 @dataclass(frozen=True)
 class DepthFrame:
     """Depth [H, W] float32 (m along the optical axis, NaN = invalid), intrinsics K [3, 3],
-    acquisition time ``t`` (s)."""
+    acquisition time ``t`` (s); and, when the camera's colour stream is on and one is due, the
+    colour image taken with it [Hc, Wc, 3] uint8 RGB with its intrinsics ``color_K`` [3, 3]."""
 
     depth: np.ndarray
     K: np.ndarray
     t: float
+    color: np.ndarray | None = None
+    color_K: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,15 @@ from robot_runtime.errors import DeviceError, DeviceNotAvailableError
 
 
 class ZedCamera(DepthCamera):
-    """Depth (metres, left camera) at the configured resolution, fps, mode and range."""
+    """Depth (metres, left camera) at the configured resolution, fps, mode and range; with
+    ``color_hz`` > 0, the left colour image (the same camera, so the same K) with every frame
+    that falls due at that rate."""
 
     def __init__(self, cfg, node=None):
         self.cfg = cfg
         self.sl = None
         self.cam = None
+        self._next_color = 0.0
 
     def connect(self) -> None:
         try:
@@ -45,6 +48,7 @@ class ZedCamera(DepthCamera):
         calib = cam.get_camera_information().camera_configuration.calibration_parameters.left_cam
         self.K = np.array([[calib.fx, 0, calib.cx], [0, calib.fy, calib.cy], [0, 0, 1]], float)
         self.cam, self._mat, self._rt = cam, sl.Mat(), sl.RuntimeParameters()
+        self._color_mat = sl.Mat()
 
     def read(self, timeout_s: float = 0.1) -> DepthFrame | None:
         if self.cam is None:
@@ -58,7 +62,13 @@ class ZedCamera(DepthCamera):
                 self.cam.retrieve_measure(self._mat, sl.MEASURE.DEPTH)
                 depth = np.array(self._mat.get_data(), dtype=np.float32, copy=True)
                 depth[~np.isfinite(depth)] = np.nan
-                return DepthFrame(depth, self.K, t)
+                color = None
+                if self.cfg.color_hz > 0 and t >= self._next_color:
+                    self._next_color = max(self._next_color + 1.0 / self.cfg.color_hz, t)
+                    self.cam.retrieve_image(self._color_mat, sl.VIEW.LEFT)
+                    bgra = self._color_mat.get_data()   # [H, W, 4] uint8, BGRA
+                    color = np.ascontiguousarray(bgra[:, :, 2::-1])
+                return DepthFrame(depth, self.K, t, color, None if color is None else self.K)
             if err == sl.ERROR_CODE.CAMERA_NOT_DETECTED:
                 raise DeviceError("ZED camera vanished (CAMERA_NOT_DETECTED)")
         return None

@@ -1,4 +1,5 @@
-"""camera_node: a real or replayed depth camera published as 32FC1 depth (m) plus CameraInfo.
+"""camera_node: a real or replayed depth camera published as 32FC1 depth (m) plus CameraInfo,
+and, when ``camera.color_hz`` is set (calibration), the colour image (rgb8) plus its CameraInfo.
 
 Backends: ``zed`` (pyzed) and ``replay`` (recorded depth). In twin mode sim_node
 publishes the same topics and this node is not started.
@@ -30,6 +31,9 @@ class CameraNode(Node):
         self.camera.connect()
         self.pub_depth = self.create_publisher(Image, cfg.camera.depth_topic, ros_io.IMAGE_QOS)
         self.pub_info = self.create_publisher(CameraInfo, cfg.camera.info_topic, ros_io.IMAGE_QOS)
+        if getattr(cfg.camera, "color_hz", 0.0) > 0:
+            self.pub_color = self.create_publisher(Image, cfg.camera.color_topic, ros_io.IMAGE_QOS)
+            self.pub_color_info = self.create_publisher(CameraInfo, cfg.camera.color_info_topic, ros_io.IMAGE_QOS)
         self.frames = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -46,6 +50,10 @@ class CameraNode(Node):
                 h, w = f.depth.shape
                 self.pub_depth.publish(ros_io.depth_image_msg(f.depth, f.t, FRAME))
                 self.pub_info.publish(ros_io.camera_info_msg(f.K, w, h, f.t, FRAME))
+                if f.color is not None:
+                    ch, cw = f.color.shape[:2]
+                    self.pub_color.publish(ros_io.color_image_msg(f.color, f.t, FRAME))
+                    self.pub_color_info.publish(ros_io.camera_info_msg(f.color_K, cw, ch, f.t, FRAME))
                 self.frames += 1
         except BaseException as exc:
             self.error = exc

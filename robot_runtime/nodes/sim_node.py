@@ -3,7 +3,8 @@
 Publishes: arm joint states (``arm.state_topic``), Allegro joint states
 (``<prefix>/joint_states``), depth (32FC1 m) and CameraInfo, ground-truth object poses
 (``/twin/object_poses``, PoseArray in the base frame, names and task on the latched
-``/twin/episode``), and statistics with the real-time factor on ``/diagnostics``.
+``/twin/episode``), colour (rgb8) plus CameraInfo when ``camera.color_hz`` is set
+(calibration), and statistics with the real-time factor on ``/diagnostics``.
 Subscribes: arm servo targets (``arm.target_topic``) and Allegro torques
 (``<prefix>/torque_cmd``, JointState effort). Service ``/twin/reset`` (Trigger) resets
 to the ``task`` and ``seed`` parameters.
@@ -51,6 +52,9 @@ class SimNode(Node):
         self.pub_hand = self.create_publisher(JointState, f"{hand.topic_prefix}/joint_states", ros_io.STATE_QOS)
         self.pub_depth = self.create_publisher(Image, cam.depth_topic, ros_io.IMAGE_QOS)
         self.pub_info = self.create_publisher(CameraInfo, cam.info_topic, ros_io.IMAGE_QOS)
+        if cam.color_hz > 0:
+            self.pub_color = self.create_publisher(Image, cam.color_topic, ros_io.IMAGE_QOS)
+            self.pub_color_info = self.create_publisher(CameraInfo, cam.color_info_topic, ros_io.IMAGE_QOS)
         self.pub_objects = self.create_publisher(PoseArray, "/twin/object_poses", ros_io.STATE_QOS)
         self.pub_episode = self.create_publisher(String, "/twin/episode", ros_io.LATCHED_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
@@ -63,7 +67,8 @@ class SimNode(Node):
         self.runner = TwinRunner(TwinSimulation(cfg.twin, cfg.robot), cfg.twin, self,
                                  stamp_clock=lambda: self.get_clock().now().nanoseconds * 1e-9,
                                  poll_inputs=self._take_commands,
-                                 thread_setup=lambda: self._set_scheduling(cfg.twin.realtime_priority))
+                                 thread_setup=lambda: self._set_scheduling(cfg.twin.realtime_priority),
+                                 color_hz=cam.color_hz)
         self.create_service(Trigger, "/twin/reset", self._on_reset)
         self.create_timer(0.5, self._watch_runner)
         self.runner.start()
@@ -134,6 +139,10 @@ class SimNode(Node):
     def depth(self, depth, K, stamp):
         self.pub_depth.publish(ros_io.depth_image_msg(depth, stamp, CAMERA_FRAME))
         self.pub_info.publish(ros_io.camera_info_msg(K, depth.shape[1], depth.shape[0], stamp, CAMERA_FRAME))
+
+    def color(self, rgb, K, stamp):
+        self.pub_color.publish(ros_io.color_image_msg(rgb, stamp, CAMERA_FRAME))
+        self.pub_color_info.publish(ros_io.camera_info_msg(K, rgb.shape[1], rgb.shape[0], stamp, CAMERA_FRAME))
 
     def object_poses(self, poses, stamp):
         msg = PoseArray()

@@ -2,7 +2,9 @@
 
 One thread owns the simulation; depth frames are snapshotted there (cheap) and drawn
 on a second thread with its own GL context, so rendering never stalls physics or the
-joint-state streams. Commands arrive from other threads through
+joint-state streams. Colour frames (for calibration, ``color_hz`` > 0) are drawn on that same
+thread (two GL contexts drawing on two threads at once crashed Mesa's software EGL): each
+holds up depth for about 0.1 s, so calibration runs show skipped depth frames. Commands arrive from other threads through
 latest-value slots; resets are requests the loop carries out between physics steps.
 Each output stream (arm state, hand state, depth, object poses, statistics) has its own
 rate and absolute deadlines, so rates do not drift.
@@ -21,7 +23,8 @@ import numpy as np
 
 from robot_runtime.config import TwinConfig
 from robot_runtime.errors import TwinError
-from robot_runtime.twin.sim import DepthRenderer, JointSample, ObjectPose, RealTimePacer, TwinSimulation
+from robot_runtime.twin.sim import (COLOR_SCALE, ColorRenderer, DepthRenderer, JointSample, ObjectPose, RealTimePacer,
+                                    TwinSimulation)
 
 
 class TwinSink(Protocol):
@@ -30,6 +33,7 @@ class TwinSink(Protocol):
     def arm_state(self, sample: JointSample, stamp: float) -> None: ...
     def hand_state(self, sample: JointSample, stamp: float) -> None: ...
     def depth(self, depth: np.ndarray, K: np.ndarray, stamp: float) -> None: ...
+    def color(self, rgb: np.ndarray, K: np.ndarray, stamp: float) -> None: ...
     def object_poses(self, poses: dict[str, ObjectPose], stamp: float) -> None: ...
     def episode(self, task: str, seed: int, objects: list[str], active: list[str]) -> None: ...
     def statistics(self, stats: dict, stamp: float) -> None: ...
@@ -65,12 +69,13 @@ class TwinRunner:
             :meth:`command_hand`).
         thread_setup: called first on the physics thread (the node gives it a real-time
             priority: the twin stands in for hardware, which the host's load never slows).
+        color_hz: colour frames per second (0: none); needs ``cfg.calibration_marker``.
     """
 
     def __init__(self, sim: TwinSimulation, cfg: TwinConfig, sink: TwinSink,
                  clock: Callable[[], float] = time.monotonic, stamp_clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, poll_inputs: Callable[[], None] | None = None,
-                 thread_setup: Callable[[], None] | None = None):
+                 thread_setup: Callable[[], None] | None = None, color_hz: float = 0.0):
         self.sim, self.cfg, self.sink = sim, cfg, sink
         self.poll_inputs, self.thread_setup = poll_inputs, thread_setup
         self.clock, self.stamp_clock, self.sleep = clock, stamp_clock, sleep
@@ -82,6 +87,12 @@ class TwinRunner:
             "objects": _Stream(1.0 / cfg.object_pose_hz),
             "stats": _Stream(1.0),
         }
+        if color_hz > 0:
+            if not cfg.calibration_marker:
+                raise TwinError("twin colour frames need twin.calibration_marker: true")
+            self.streams["color"] = _Stream(1.0 / color_hz)
+        self.color_skipped = 0
+        self._free_color_scene: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._arm_cmd: np.ndarray | None = None
         self._hand_cmd: np.ndarray | None = None
@@ -128,6 +139,8 @@ class TwinRunner:
     def start(self) -> None:
         self._render_thread = threading.Thread(target=self._render_loop, name="twin-render", daemon=True)
         self._render_thread.start()
+        if "color" in self.streams:
+            self._free_color_scene.put(self.sim.new_scene())
         self._thread = threading.Thread(target=self._run, name="twin-loop", daemon=True)
         self._thread.start()
 
@@ -138,14 +151,23 @@ class TwinRunner:
                 t.join(timeout)
 
     def _render_loop(self) -> None:
-        renderer = None
+        renderer = color = None
         try:
             renderer = DepthRenderer(self.sim.model, self.cfg.camera)
             K = self.sim.intrinsics()
+            if "color" in self.streams:
+                color = ColorRenderer(self.sim.model, self.cfg.camera.width * COLOR_SCALE,
+                                      self.cfg.camera.height * COLOR_SCALE)
+                K_color = self.sim.color_intrinsics()
             while not self._stop.is_set():
                 try:
-                    scene, stamp = self._to_render.get(timeout=0.1)
+                    kind, scene, stamp = self._to_render.get(timeout=0.1)
                 except queue.Empty:
+                    continue
+                if kind == "color":
+                    rgb = color.render(scene)
+                    self._free_color_scene.put(scene)
+                    self.sink.color(rgb, K_color, stamp)
                     continue
                 t0 = time.perf_counter()
                 depth = renderer.render(scene)
@@ -155,8 +177,9 @@ class TwinRunner:
         except BaseException as exc:
             self.error = exc
         finally:
-            if renderer is not None:
-                renderer.close()
+            for r in (renderer, color):
+                if r is not None:
+                    r.close()
 
     def _run(self) -> None:
         try:
@@ -220,7 +243,15 @@ class TwinRunner:
                 self.depth_skipped += 1
             else:
                 self.sim.snapshot(scene)
-                self._to_render.put((scene, stamp))
+                self._to_render.put(("depth", scene, stamp))
+        if "color" in due:
+            try:
+                scene = self._free_color_scene.get_nowait()
+            except queue.Empty:  # the last colour frame is still being drawn
+                self.color_skipped += 1
+            else:
+                self.sim.snapshot(scene)
+                self._to_render.put(("color", scene, stamp))
         for name in due:
             s = self.streams[name]
             s.count += 1
@@ -243,6 +274,7 @@ class TwinRunner:
             "render_ms_p50": round(float(np.median(r)), 3) if r else math.nan,
             "render_ms_max": round(float(np.max(r)), 3) if r else math.nan,
             "depth_skipped": self.depth_skipped,
+            **({"color_skipped": self.color_skipped} if "color" in self.streams else {}),
             **{f"{k}_count": s.count for k, s in self.streams.items() if k != "stats"},
             "task": self.sim.task,
             "seed": self.sim.seed,
