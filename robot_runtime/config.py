@@ -646,6 +646,9 @@ def _check_calibration(cfg: RuntimeConfig, file: str, twin_only: bool) -> None:
         if cfg.control.source != "teleop":
             raise ConfigError("planned calibration publishes on control.teleop_topic: set control.source: teleop",
                               file=file, key="control.source")
+    if cfg.camera.type == "twin" and cal.marker != MarkerConfig():
+        raise ConfigError("the twin carries the default marker (DICT_4X4_50 id 7, 11 mm cells); leave "
+                          "calibration.marker out on the twin", file=file, key="calibration.marker")
     if cal.arm_controllers and not twin_only:
         raise ConfigError("arming the controllers from the calibration node is for the twin only", file=file,
                           key="calibration.arm_controllers")

@@ -194,9 +194,13 @@ def test_colour_messages_round_trip_and_bad_ones_are_named():
     ({"camera": {"type": "twin", "color_hz": 2.0}, "twin": {"calibration_marker": True}, "policy": {"enabled": False},
       "control": {"source": "teleop"}, "calibration": {"enabled": True, "camera_guess_position": [1, 2, 3]}},
      "calibration.camera_guess_look_at"),
-    ({"camera": {"type": "twin", "color_hz": 2.0}, "twin": {"calibration_marker": True}, "policy": {"enabled": False},
-      "control": {"source": "teleop"}, "calibration": {"enabled": True, "marker": {"dictionary": "DICT_9X9"}}},
-     "calibration.marker.dictionary"),
+    ({"camera": {"type": "zed", "color_hz": 2.0}, "control": {"source": "teleop"},
+      "calibration": {"enabled": True, "marker": {"dictionary": "DICT_9X9"}}}, "calibration.marker.dictionary"),
+    ({"camera": {"type": "twin", "color_hz": 2.0}, "twin": {"calibration_marker": True},
+      "control": {"source": "teleop"}, "calibration": {"enabled": True, "marker": {"id": 3}}},
+     "calibration.marker"),                                                       # the twin's marker is id 7
+    ({"arm": {"type": "xarm"}, "camera": {"type": "zed", "color_hz": 2.0}, "control": {"source": "teleop"},
+      "calibration": {"enabled": True, "arm_controllers": True}}, "calibration.arm_controllers"),
 ])
 def test_calibration_config_mistakes_name_their_key(section, key):
     pytest.importorskip("cv2")
@@ -209,3 +213,18 @@ def test_planned_calibration_without_a_camera_guess_says_what_to_give():
     cfg = load_config(REPO / "config" / "sim_calibrate.yaml")
     with pytest.raises(Exception, match="camera_guess_position"):
         LiveCalibration(cfg, None)
+
+
+def test_the_robot_calibration_config_plans_the_real_graph_and_a_camera_guess():
+    from robot_runtime.nodes.calibration_node import camera_guess, camera_serial
+    from robot_runtime.plan import node_plan
+
+    cfg = load_config(REPO / "config" / "robot_calibrate.yaml")
+    names = [s.name for s in node_plan(cfg, "robot_calibrate.yaml")]
+    assert names == ["camera_node", "arm_controller_node", "hand_controller_node", "calibration_node"]
+    T = camera_guess(cfg)
+    assert T[:3, 3] == pytest.approx(cfg.calibration.camera_guess_position)
+    assert T[:3, 2] @ (np.array(cfg.calibration.camera_guess_look_at) - T[:3, 3]) > 0   # optical axis toward it
+    assert camera_serial(cfg) == "zed" and cfg.camera.color_hz == 2.0
+    live = LiveCalibration(cfg, T)
+    assert live.waiting_for == "arm joint states, hand joint states, colour frames, depth frames"
