@@ -199,7 +199,8 @@ def test_colour_messages_round_trip_and_bad_ones_are_named():
     ({"camera": {"type": "twin", "color_hz": 2.0}, "twin": {"calibration_marker": True},
       "control": {"source": "teleop"}, "calibration": {"enabled": True, "marker": {"id": 3}}},
      "calibration.marker"),                                                       # the twin's marker is id 7
-    ({"arm": {"type": "xarm"}, "camera": {"type": "zed", "color_hz": 2.0}, "control": {"source": "teleop"},
+    ({"arm": {"type": "xarm"}, "demo": {"enabled": False}, "camera": {"type": "zed", "color_hz": 2.0},
+      "control": {"source": "teleop"},
       "calibration": {"enabled": True, "arm_controllers": True}}, "calibration.arm_controllers"),
 ])
 def test_calibration_config_mistakes_name_their_key(section, key):
