@@ -103,7 +103,10 @@ class HandDevice(ABC):
 
 
 class DepthCamera(ABC):
-    """A depth camera giving metric depth frames stamped at acquisition."""
+    """A depth camera giving metric depth frames stamped at acquisition. ``serial`` is the
+    connected camera's serial number ('' where the backend has none)."""
+
+    serial: str = ""
 
     @abstractmethod
     def connect(self) -> None: ...

@@ -45,7 +45,9 @@ class ZedCamera(DepthCamera):
         status = cam.open(init)
         if status != sl.ERROR_CODE.SUCCESS:
             raise DeviceError(f"ZED camera did not open: {status}")
-        calib = cam.get_camera_information().camera_configuration.calibration_parameters.left_cam
+        info = cam.get_camera_information()
+        self.serial = str(info.serial_number)
+        calib = info.camera_configuration.calibration_parameters.left_cam
         self.K = np.array([[calib.fx, 0, calib.cx], [0, calib.fy, calib.cy], [0, 0, 1]], float)
         self.cam, self._mat, self._rt = cam, sl.Mat(), sl.RuntimeParameters()
         self._color_mat = sl.Mat()

@@ -5,7 +5,8 @@ driver) as on the twin (sim_node draws colour and carries the marker): the plain
 :class:`calibration.live.LiveCalibration` does the work, this file only moves messages.
 
 Subscribes: colour + CameraInfo (``camera.color_topic``, ``camera.color_info_topic``), depth +
-CameraInfo, both controllers' measured joint states and status.
+CameraInfo, both controllers' measured joint states and status, and ``/camera_node/device``
+(the camera's serial, which names the result).
 Publishes: in ``planned`` mode, joint targets on ``control.teleop_topic`` at ``rates.policy_hz``
 stamped one period ahead (only while both controllers are armed on the teleop source: arming
 is the operator's action, or this node's on the twin with ``calibration.arm_controllers``);
@@ -53,9 +54,12 @@ def camera_guess(cfg):
     return camera_pose_for(cfg)
 
 
-def camera_serial(cfg) -> str:
+def camera_serial(cfg, reported: str = "") -> str:
+    """The name the result is filed under: the serial camera_node reported, else the configured one."""
     if cfg.camera.type == "twin":
         return "twin"
+    if reported:
+        return f"{cfg.camera.type}{reported}"
     return f"zed{cfg.camera.serial_number}" if getattr(cfg.camera, "serial_number", 0) else cfg.camera.type
 
 
@@ -82,6 +86,8 @@ class CalibrationNode(Node):
         self.create_subscription(Image, cam.depth_topic, self._on_depth, ros_io.IMAGE_QOS)
         self.create_subscription(JointState, STATE_TOPICS["arm"], self._on_arm, ros_io.STATE_QOS)
         self.create_subscription(JointState, STATE_TOPICS["hand"], self._on_hand, ros_io.STATE_QOS)
+        self.reported_serial = ""
+        self.create_subscription(String, "/camera_node/device", self._on_device, ros_io.LATCHED_QOS)
         for name in CONTROLLERS:
             self.create_subscription(String, f"/{name}/status", lambda m, n=name: self._on_status(n, m),
                                      ros_io.LATCHED_QOS)
@@ -122,6 +128,9 @@ class CalibrationNode(Node):
 
     def _on_hand(self, msg: JointState) -> None:
         self.session.on_hand(ros_io.ordered_values(msg.name, msg.position, D.HAND_JOINTS, "position"))
+
+    def _on_device(self, msg: String) -> None:
+        self.reported_serial = str(json.loads(msg.data).get("serial", ""))
 
     def _on_status(self, name: str, msg: String) -> None:
         self.controllers[name] = json.loads(msg.data)
@@ -171,7 +180,7 @@ class CalibrationNode(Node):
         """Solve, check and write (on the solver thread); the outcome goes to ``_solved``."""
         try:
             run = self.session.finish(time.monotonic() - self.t0)
-            serial = camera_serial(self.cfg)
+            serial = camera_serial(self.cfg, self.reported_serial)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
             out = Path(self.out) if self.out else Path(self.cal.out_dir) / f"{serial}_{stamp}.yaml"
             logger = None

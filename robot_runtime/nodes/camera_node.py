@@ -1,15 +1,18 @@
 """camera_node: a real or replayed depth camera published as 32FC1 depth (m) plus CameraInfo,
-and, when ``camera.color_hz`` is set (calibration), the colour image (rgb8) plus its CameraInfo.
+and, when ``camera.color_hz`` is set (calibration), the colour image (rgb8) plus its CameraInfo;
+``/camera_node/device`` (latched JSON: backend type and the camera's serial number).
 
 Backends: ``zed`` (pyzed) and ``replay`` (recorded depth). In twin mode sim_node
 publishes the same topics and this node is not started.
 """
 from __future__ import annotations
 
+import json
 import threading
 
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import String
 
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
@@ -34,6 +37,8 @@ class CameraNode(Node):
         if getattr(cfg.camera, "color_hz", 0.0) > 0:
             self.pub_color = self.create_publisher(Image, cfg.camera.color_topic, ros_io.IMAGE_QOS)
             self.pub_color_info = self.create_publisher(CameraInfo, cfg.camera.color_info_topic, ros_io.IMAGE_QOS)
+        self.pub_device = self.create_publisher(String, "/camera_node/device", ros_io.LATCHED_QOS)
+        self.pub_device.publish(String(data=json.dumps({"type": cfg.camera.type, "serial": self.camera.serial})))
         self.frames = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
