@@ -152,18 +152,22 @@ def ordered_values(msg_names: Sequence[str], values: Sequence[float], expected: 
     return out
 
 
-def depth_image_msg(depth: np.ndarray, stamp: float, frame_id: str) -> Image:
-    """A 32FC1 depth image (metres) message from an [H, W] float32 array."""
-    depth = np.ascontiguousarray(depth, dtype=np.float32)
+def _image_msg(pixels: np.ndarray, encoding: str, stamp: float, frame_id: str) -> Image:
+    """An Image of contiguous ``pixels`` [H, W, ...] (little-endian, unpadded rows)."""
     msg = Image()
     msg.header.stamp = to_time_msg(stamp)
     msg.header.frame_id = frame_id
-    msg.height, msg.width = depth.shape
-    msg.encoding = "32FC1"
+    msg.height, msg.width = pixels.shape[:2]
+    msg.encoding = encoding
     msg.is_bigendian = 0
-    msg.step = depth.shape[1] * 4
-    msg.data = depth.tobytes()
+    msg.step = pixels.strides[0]
+    msg.data = pixels.tobytes()
     return msg
+
+
+def depth_image_msg(depth: np.ndarray, stamp: float, frame_id: str) -> Image:
+    """A 32FC1 depth image (metres) message from an [H, W] float32 array."""
+    return _image_msg(np.ascontiguousarray(depth, dtype=np.float32), "32FC1", stamp, frame_id)
 
 
 def depth_from_msg(msg: Image) -> np.ndarray:
@@ -183,15 +187,7 @@ def color_image_msg(rgb: np.ndarray, stamp: float, frame_id: str) -> Image:
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"a colour image is [H, W, 3], got shape {rgb.shape}")
-    msg = Image()
-    msg.header.stamp = to_time_msg(stamp)
-    msg.header.frame_id = frame_id
-    msg.height, msg.width = rgb.shape[:2]
-    msg.encoding = "rgb8"
-    msg.is_bigendian = 0
-    msg.step = rgb.shape[1] * 3
-    msg.data = rgb.tobytes()
-    return msg
+    return _image_msg(rgb, "rgb8", stamp, frame_id)
 
 
 def color_from_msg(msg: Image) -> np.ndarray:
