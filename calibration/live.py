@@ -386,10 +386,15 @@ class LiveCalibration:
         """
         from calibration.session import CalibrationRun, solve_and_check  # noqa: PLC0415
 
+        planned = self.moves.n_poses if self.moves is not None else len(self.sightings)
+        if len(self.sightings) < 6:
+            raise CalibrationError(
+                f"the marker was seen at {len(self.sightings)} of {planned} poses (frames {self.collector.counts}); "
+                f"hand-eye calibration needs at least 6. Is the marker (calibration.marker) on the hand, lit, and in "
+                f"the colour image?")
         if self.collector.check_frame is None:
             raise CalibrationError(f"no depth frame was taken still at a sighted pose ({len(self.sightings)} "
                                    f"sightings); the depth check needs one")
         depth, q, K = self.collector.check_frame
         result, check = solve_and_check(self.sightings, self.collector.K, self.spec, depth, q, K)
-        planned = self.moves.n_poses if self.moves is not None else len(self.sightings)
         return CalibrationRun(result, check, list(self.sightings), planned, seconds, depth, q)

@@ -229,3 +229,11 @@ def test_the_robot_calibration_config_plans_the_real_graph_and_a_camera_guess():
     assert camera_serial(cfg) == "zed" and cfg.camera.color_hz == 2.0
     live = LiveCalibration(cfg, T)
     assert live.waiting_for == "arm joint states, hand joint states, colour frames, depth frames"
+
+
+def test_a_planned_run_that_never_sees_the_marker_says_so():
+    cfg = load_config(REPO / "config" / "sim_calibrate.yaml")
+    live = LiveCalibration(cfg, np.eye(4))
+    live.moves = PlannedMoves([np.zeros(7)] * 3, np.zeros(7))
+    with pytest.raises(Exception, match="seen at 0 of 3 poses .* at least 6. Is the marker"):
+        live.finish()
