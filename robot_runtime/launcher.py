@@ -191,6 +191,9 @@ def run_graph(plan: list[NodeSpec], duration: float = 0.0, monitor: bool = True,
             time.sleep(0.05)
     except KeyboardInterrupt:
         print("robot-runtime: Ctrl-C, stopping", flush=True)
+    if until and not any(p.spec.name == until and p.returncode == 0 for p in sup.procs) \
+            and not any(d.startswith(until) for d in died):
+        died.append(f"{until} did not finish")
     elapsed = time.monotonic() - t0
     twin = mon.twin if mon else None
     loops = dict(mon.loops) if mon else None

@@ -28,6 +28,7 @@ class TwinControllerArmer:
         self.clients = [node.create_client(Trigger, f"/{n}/arm") for n in CONTROLLERS]
         self.armed = [False] * len(CONTROLLERS)
         self._arming = [False] * len(CONTROLLERS)
+        self._mode = [""] * len(CONTROLLERS)    # each controller's latest reported mode
         for i, n in enumerate(CONTROLLERS):
             node.create_subscription(String, f"/{n}/status", lambda m, i=i: self._on_status(i, m), ros_io.LATCHED_QOS)
         node.create_timer(period_s, self._arm)
@@ -57,6 +58,9 @@ class TwinControllerArmer:
 
     def _on_status(self, i: int, msg: String) -> None:
         status = json.loads(msg.data)
+        self._mode[i] = status["mode"]
+        if status["mode"] == "armed":
+            self.armed[i] = True
         if status["mode"] != "stopped":
             return
         reason = status["reason"]
@@ -80,5 +84,9 @@ class TwinControllerArmer:
         self._arming[i] = False
         res = future.result()
         if res is not None and res.success:
-            self.armed[i] = True
+            # The status topic is the truth: a stop reported while the call was in flight (the
+            # twin's first states are late) may arrive before this answer; then the timer arms
+            # again, and the controller's own 'armed' status marks it armed.
+            if self._mode[i] != "stopped":
+                self.armed[i] = True
             self.node.get_logger().info(res.message)

@@ -1,0 +1,102 @@
+"""TwinControllerArmer's bookkeeping against the controllers' status topic, with the service
+answers and status messages delivered in the orders DDS can deliver them."""
+import json
+
+from std_msgs.msg import String
+
+from robot_runtime.nodes.controller_arming import CONTROLLERS, TwinControllerArmer
+
+
+class _Future:
+    def __init__(self, success=True):
+        self.success, self.callbacks = success, []
+
+    def add_done_callback(self, cb):
+        self.callbacks.append(cb)
+
+    def result(self):
+        return type("Response", (), {"success": self.success, "message": "armed"})()
+
+    def answer(self):
+        for cb in self.callbacks:
+            cb(self)
+
+
+class _Client:
+    def __init__(self):
+        self.calls = []
+
+    def service_is_ready(self):
+        return True
+
+    def call_async(self, request):
+        self.calls.append(_Future())
+        return self.calls[-1]
+
+
+class _Logger:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, m):
+        self.lines.append(m)
+
+    warn = info
+
+
+class _Node:
+    """Just what the armer asks of a node: clients, subscriptions, a timer and a logger."""
+
+    def __init__(self):
+        self.clients, self.subs, self.timer, self.logger = [], {}, None, _Logger()
+
+    def create_client(self, srv, name):
+        self.clients.append(_Client())
+        return self.clients[-1]
+
+    def create_subscription(self, msg, topic, cb, qos):
+        self.subs[topic] = cb
+
+    def create_timer(self, period, cb):
+        self.timer = cb
+
+    def get_logger(self):
+        return self.logger
+
+
+def _status(node, i, mode, reason=""):
+    name = CONTROLLERS[i]
+    node.subs[f"/{name}/status"](String(data=json.dumps({"controller": name, "mode": mode, "reason": reason})))
+
+
+def test_a_stall_reported_before_the_arm_answer_is_armed_again():
+    node = _Node()
+    armer = TwinControllerArmer(node)
+    node.timer()
+    assert [len(c.calls) for c in node.clients] == [1, 1]
+    for i in range(2):   # the controller armed, then its first joint states were late: stopped; then the answer
+        _status(node, i, "armed")
+        _status(node, i, "stopped", "hand: joint states stopped (0.201 s old, limit 0.1 s)")
+        node.clients[i].calls[0].answer()
+    assert not armer.all_armed
+    node.timer()
+    assert [len(c.calls) for c in node.clients] == [2, 2]        # armed again
+    for i in range(2):
+        node.clients[i].calls[1].answer()
+        _status(node, i, "armed")
+    assert armer.all_armed
+    node.timer()
+    assert [len(c.calls) for c in node.clients] == [2, 2]        # and left alone
+
+
+def test_the_answer_before_the_status_marks_armed_and_an_estop_is_left_stopped():
+    node = _Node()
+    armer = TwinControllerArmer(node)
+    node.timer()
+    for i in range(2):
+        node.clients[i].calls[0].answer()
+        _status(node, i, "armed")
+    assert armer.all_armed
+    _status(node, 0, "stopped", "e-stop")
+    node.timer()
+    assert not armer.armed[0] and armer.left_stopped[0] and len(node.clients[0].calls) == 1
