@@ -268,6 +268,14 @@ class PlannedMoves:
         s = min_jerk((now - self._t0) / self._duration)
         return self._from + s * (goal - self._from)
 
+    def restart(self, now: float, q_measured) -> None:
+        """Move to the current pose again from the measured joints [7] (after the controllers
+        were stopped and armed again: the planned path's clock ran on meanwhile)."""
+        if self._from is None:
+            return
+        self.index -= 1
+        self._start_move(now, q_measured)
+
     def sighted(self, now: float) -> None:
         """The marker was seen at the current pose: move on."""
         if not self.homing:
@@ -307,6 +315,7 @@ class LiveCalibration:
             self.cal.still_s, self.cal.still_tol, self.cal.min_separation_m if operator else 0.0,
             self.cal.min_separation_deg if operator else 0.0)
         self.moves: PlannedMoves | None = None
+        self._paused = False
         self.color_size: tuple[int, int] | None = None     # (width, height) px
         self.depth_K: np.ndarray | None = None
         self.hand_home = np.asarray(cfg.robot.hand_home, float)
@@ -364,7 +373,14 @@ class LiveCalibration:
         controllers are armed on this source), the joint targets [23] (rad, driver order) for
         ``now``; else None (publish nothing)."""
         s = self.collector.poll()
-        if self.cal.mode == "operator" or self.waiting_for or not drive:
+        if self.cal.mode == "operator" or self.waiting_for:
+            return None
+        if not drive:
+            self._paused = self.moves is not None
+            return None
+        if self._paused:   # the controllers were stopped and armed again: go on from where the arm is
+            self._paused = False
+            self.moves.restart(now, self.collector.arm.newest)
             return None
         if self.moves is None:   # planning takes a moment: the first move starts next tick
             targets = order_nearest(self.plan(), self.collector.arm.newest)

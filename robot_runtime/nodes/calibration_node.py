@@ -9,13 +9,15 @@ CameraInfo, both controllers' measured joint states and status, and ``/camera_no
 (the camera's serial, which names the result).
 Publishes: in ``planned`` mode, joint targets on ``control.teleop_topic`` at ``rates.policy_hz``
 stamped one period ahead (only while both controllers are armed on the teleop source: arming
-is the operator's action, or this node's on the twin with ``calibration.arm_controllers``);
+is the operator's action, or this node's on the twin with ``calibration.arm_controllers``; a
+controller stopped by its watchdog pauses the run until it is armed again, and the move to
+the current pose then starts over from where the arm is);
 ``/calibration_node/status`` (latched JSON: phase, poses seen, frames used and refused).
 
 When every pose is done it solves, checks the result against depth, writes
 ``<calibration.out_dir>/<camera serial>_<UTC time>.yaml`` and the check's PNG beside it (the
 ``out`` parameter names the YAML instead), logs the check to Rerun when ``rrd`` names an .rrd,
-and exits 0. A controller that stops (e-stop, fault) ends a planned run with exit 1.
+and exits 0. A controller that is e-stopped or faults ends a planned run with exit 1.
 
 Parameters: ``config_file``, ``out``, ``rrd``, ``poses`` (0: ``calibration.poses``).
 """
@@ -39,7 +41,7 @@ from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
 from robot_runtime.errors import ConfigError
-from robot_runtime.nodes.controller_arming import CONTROLLERS, TwinControllerArmer
+from robot_runtime.nodes.controller_arming import CONTROLLERS, TwinControllerArmer, is_stall
 from robot_runtime.nodes.controller_shell import STATE_TOPICS
 from robot_runtime.transforms import optical_pose_look_at
 
@@ -142,7 +144,10 @@ class CalibrationNode(Node):
 
     def _tick(self) -> None:
         if self.cal.mode == "planned" and self.session.moves is not None:
-            stopped = [f"{n}: {s.get('reason')}" for n, s in self.controllers.items() if s.get("mode") == "stopped"]
+            # A stall of the joint-state stream (the watchdog) pauses the run until the controllers
+            # are armed again; an e-stop or a device fault ends it.
+            stopped = [f"{n}: {s.get('reason')}" for n, s in self.controllers.items()
+                       if s.get("mode") == "stopped" and not is_stall(s.get("reason", ""))]
             if stopped:
                 self._fail(f"a controller stopped during calibration ({'; '.join(stopped)})")
         now = self._now()

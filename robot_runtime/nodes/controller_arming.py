@@ -18,6 +18,11 @@ from robot_runtime import ros_io
 CONTROLLERS = ("arm_controller_node", "hand_controller_node")
 
 
+def is_stall(reason: str) -> bool:
+    """A controller stop from late joint states or targets (the watchdog), not an e-stop or a fault."""
+    return reason.startswith("watchdog") or "joint states stopped" in reason
+
+
 class TwinControllerArmer:
     """Keeps both controllers armed while :attr:`wanted` (checks every ``period_s``)."""
 
@@ -65,7 +70,7 @@ class TwinControllerArmer:
             return
         reason = status["reason"]
         log = self.node.get_logger()
-        stall = reason.startswith("watchdog") or "joint states stopped" in reason
+        stall = is_stall(reason)
         if not stall and self.wanted:
             # An e-stop or a fault, even one that lands while a stall's re-arm is pending: stays stopped.
             if not self.left_stopped[i]:

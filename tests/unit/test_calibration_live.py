@@ -237,3 +237,23 @@ def test_a_planned_run_that_never_sees_the_marker_says_so():
     live.moves = PlannedMoves([np.zeros(7)] * 3, np.zeros(7))
     with pytest.raises(Exception, match="seen at 0 of 3 poses .* at least 6. Is the marker"):
         live.finish()
+
+
+def test_a_planned_run_paused_by_a_stall_starts_the_move_over_from_where_the_arm_is():
+    cfg = load_config(REPO / "config" / "sim_calibrate.yaml")
+    live = LiveCalibration(cfg, np.eye(4))
+    live.collector.add_hand(np.zeros(16))
+    live.collector.add_color(StampedImage(np.zeros((960, 1280, 3), np.uint8), K, 0.0))
+    live.depth_K = K
+    live.moves = PlannedMoves([np.full(7, 0.6)], np.zeros(7), joint_speed=0.4)
+    live.collector.add_arm(0.0, np.zeros(7))
+    live.tick(0.0)
+    q1 = live.tick(1.0)[:7]
+    assert 0 < q1[0] < 0.6
+    live.collector.add_arm(1.0, q1)
+    assert live.tick(1.5, drive=False) is None       # controllers stopped: nothing is published
+    live.collector.add_arm(9.0, q1)                  # armed again much later; the arm stayed at q1
+    assert live.tick(9.0) is None                    # the move restarts from the measured joints ...
+    q2 = live.tick(9.05)[:7]
+    assert q1[0] <= q2[0] < q1[0] + 0.01             # ... instead of jumping to where the old clock says
+    assert live.moves.index == 0 and live.moves.skipped == []
