@@ -207,12 +207,17 @@ def write_outputs(out, run: CalibrationRun, camera_serial: str, K_depth, spec: M
                          f"calibration check: {run.result.inliers.sum()} of {len(run.sightings)} poses")
     path = write_calibration(out, run, camera_serial, spec, picture=png.name)
     if logger is not None:
-        logger.log_camera(K_depth, run.result.T_base_camera, run.depth.shape[1], run.depth.shape[0])
-        logger.log_depth(run.depth)
-        logger.log_calibration_check(run.check.residual, f"median depth residual {run.check.median_abs_m * 1e3:.1f} mm "
-                                                         f"on {run.check.robot_pixels} robot pixels")
-        logger.log_robot(run.q_check)
+        log_check(logger, run, K_depth)
     return path
+
+
+def log_check(logger, run: CalibrationRun, K_depth) -> None:
+    """The calibrated camera, the depth frame, the residual map and the robot, to Rerun."""
+    logger.log_camera(K_depth, run.result.T_base_camera, run.depth.shape[1], run.depth.shape[0])
+    logger.log_depth(run.depth)
+    logger.log_calibration_check(run.check.residual, f"median depth residual {run.check.median_abs_m * 1e3:.1f} mm "
+                                                     f"on {run.check.robot_pixels} robot pixels")
+    logger.log_robot(run.q_check)
 
 
 def run_and_write(cfg: RuntimeConfig, out, n_poses: int = 15, seed: int = 0, logger=None) -> tuple[CalibrationRun, Path]:

@@ -294,8 +294,8 @@ def _cmd_calibrate(args) -> int:
     plan = node_plan(cfg, str(path.resolve()))
     for spec in plan:   # the node reads its section from the file: pass what the command line changed
         if spec.name == "calibration_node":
-            spec.parameters.update({"out": str(Path(args.out).resolve()) if args.out else "",
-                                    "rrd": str(Path(args.rrd).resolve()) if args.rrd else "",
+            rrd = args.rrd if not args.rrd or args.rrd.startswith("rerun+") else str(Path(args.rrd).resolve())
+            spec.parameters.update({"out": str(Path(args.out).resolve()) if args.out else "", "rrd": rrd or "",
                                     "poses": args.poses or 0})
     return run_graph(plan, until="calibration_node")
 
@@ -544,7 +544,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the planned poses (--direct)")
     p.add_argument("--out", help="calibration YAML (a PNG goes next to it); default: calibration.out_dir/"
                                  "<camera serial>_<UTC time>.yaml, with --direct runs/calibration/T_base_camera.yaml")
-    p.add_argument("--rrd", help="also log the check to this Rerun .rrd file")
+    p.add_argument("--rrd", help="also log the check to this Rerun .rrd file (graph runs: or a running viewer's "
+                                 "rerun+http://host:9876/proxy url)")
     p.set_defaults(func=_cmd_calibrate)
     p = sub.add_parser("replay", help="show a recorded episode in Rerun (viewer, remote viewer or .rrd file)")
     p.add_argument("episode", help="an .episode.npz file")

@@ -16,7 +16,8 @@ the current pose then starts over from where the arm is);
 
 When every pose is done it solves, checks the result against depth, writes
 ``<calibration.out_dir>/<camera serial>_<UTC time>.yaml`` and the check's PNG beside it (the
-``out`` parameter names the YAML instead), logs the check to Rerun when ``rrd`` names an .rrd,
+``out`` parameter names the YAML instead), logs the check to Rerun when ``rrd`` names an .rrd
+(or a running viewer's ``rerun+http://...`` url),
 and exits 0. A controller that is e-stopped or faults ends a planned run with exit 1.
 
 Parameters: ``config_file``, ``out``, ``rrd``, ``poses`` (0: ``calibration.poses``).
@@ -36,7 +37,7 @@ from std_msgs.msg import String
 from calibration.extrinsics import camera_pose_for
 from calibration.handeye import CalibrationError
 from calibration.live import LiveCalibration, StampedImage
-from calibration.session import write_outputs
+from calibration.session import log_check, write_outputs
 from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
@@ -182,23 +183,29 @@ class CalibrationNode(Node):
         raise SystemExit(1)
 
     def _solve(self) -> None:
-        """Solve, check and write (on the solver thread); the outcome goes to ``_solved``."""
+        """Solve, check and write (on the solver thread); the outcome goes to ``_solved``.
+        Anything that goes wrong is reported there: the node must never wait on a dead thread."""
         try:
             run = self.session.finish(time.monotonic() - self.t0)
             serial = camera_serial(self.cfg, self.reported_serial)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
             out = Path(self.out) if self.out else Path(self.cal.out_dir) / f"{serial}_{stamp}.yaml"
-            logger = None
-            if self.rrd:
+            path = write_outputs(out, run, serial, self.session.depth_K, self.session.spec)
+        except Exception as exc:  # noqa: BLE001 - handed to the node's thread, which fails with it
+            self._solved = (None, None, exc if isinstance(exc, CalibrationError) else
+                            CalibrationError(f"{type(exc).__name__}: {exc}"))
+            return
+        if self.rrd:   # the result is on disk already: a viewer that cannot be reached costs only the picture
+            try:
                 from robot_runtime.viz.rerun_log import RolloutLogger  # noqa: PLC0415
 
-                logger = RolloutLogger("save", self.rrd, recording_id="calibration")
-            path = write_outputs(out, run, serial, self.session.depth_K, self.session.spec, logger)
-            if logger is not None:
+                sink = "connect" if self.rrd.startswith("rerun+") else "save"   # a viewer's url, or a file
+                logger = RolloutLogger(sink, self.rrd, recording_id="calibration")
+                log_check(logger, run, self.session.depth_K)
                 logger.close()
-            self._solved = (run, path, None)
-        except (CalibrationError, OSError) as exc:
-            self._solved = (None, None, exc)
+            except Exception as exc:  # noqa: BLE001
+                self.get_logger().warn(f"calibration written, but logging it to Rerun ({self.rrd}) failed: {exc}")
+        self._solved = (run, path, None)
 
     def _finish(self, run, path, error) -> None:
         if error is not None:
