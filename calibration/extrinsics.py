@@ -41,6 +41,11 @@ def check_pose(T, where: str) -> np.ndarray:
 
 def load_camera_pose(path) -> np.ndarray:
     """T_base_camera [4, 4] from a calibration file. Raises ConfigError naming the file."""
+    return read_calibration(path)[0]
+
+
+def read_calibration(path) -> tuple[np.ndarray, dict]:
+    """(T_base_camera [4, 4], the whole document) of a calibration file. Raises ConfigError naming the file."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -48,7 +53,7 @@ def load_camera_pose(path) -> np.ndarray:
         raise ConfigError(f"cannot read calibration: {exc}", file=str(path)) from exc
     if not isinstance(data, dict) or "T_base_camera" not in data:
         raise ConfigError("calibration file has no key 'T_base_camera'", file=str(path), key="T_base_camera")
-    return check_pose(data["T_base_camera"], str(path))
+    return check_pose(data["T_base_camera"], str(path)), data
 
 
 def calibration_metadata(cfg) -> dict:
@@ -58,16 +63,14 @@ def calibration_metadata(cfg) -> dict:
     Raises:
         ConfigError: the calibration file is missing or malformed (named).
     """
-    T = camera_pose_for(cfg)
-    meta: dict = {"T_base_camera": None if T is None else np.asarray(T).tolist()}
     if cfg.policy.calibration_file:
-        path = Path(cfg.policy.calibration_file)
-        data = yaml.safe_load(path.read_text()) or {}
-        meta["file"] = str(path)
+        T, data = read_calibration(cfg.policy.calibration_file)
+        meta: dict = {"T_base_camera": T.tolist(), "file": str(Path(cfg.policy.calibration_file))}
         meta.update({k: data[k] for k in ("camera_serial", "date", "verification") if k in data})
-    else:
-        meta["source"] = "twin camera (exact)" if T is not None else "none"
-    return meta
+        return meta
+    T = camera_pose_for(cfg)
+    return {"T_base_camera": None if T is None else np.asarray(T).tolist(),
+            "source": "twin camera (exact)" if T is not None else "none"}
 
 
 def camera_pose_for(cfg) -> np.ndarray | None:

@@ -359,14 +359,10 @@ class LiveCalibration:
 
     def plan(self) -> list[np.ndarray]:
         """The planned poses' arm targets [7] (rad); needs the colour intrinsics and image size."""
-        from calibration.session import plan_marker_poses  # noqa: PLC0415
-        from robot_runtime.transforms import make_T, rpy_to_mat  # noqa: PLC0415
+        from calibration.session import plan_for_robot  # noqa: PLC0415
 
-        r = self.cfg.robot
-        q_home = np.concatenate([r.arm_home, r.hand_home])[self.order]
-        T_flange_palm = make_T(rpy_to_mat(r.hand_mount.rpy), r.hand_mount.xyz)
-        return plan_marker_poses(self.model, self.spec, T_flange_palm, self.T_camera_guess, self.collector.K,
-                                 self.color_size, q_home, self.cal.poses, np.random.default_rng(self.cal.seed))
+        return plan_for_robot(self.cfg, self.model, self.spec, self.T_camera_guess, self.collector.K,
+                              self.color_size, self.cal.poses, self.cal.seed)
 
     def tick(self, now: float, drive: bool = True) -> np.ndarray | None:
         """Use what arrived; in planned mode, once every stream is in and while ``drive`` (the

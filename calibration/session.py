@@ -28,7 +28,6 @@ from robot_runtime.control.pd import pd_torque
 from robot_runtime.ik import solve_ik
 from robot_runtime.kinematics import UrdfModel
 from robot_runtime.transforms import make_T, rot_axis, rpy_to_mat
-from robot_runtime.viz.robot_model import load_visuals
 
 #: Where the marker is held for the camera (base frame, m).
 POSE_BOX = ((0.3, 0.55), (-0.2, 0.1), (0.18, 0.36))
@@ -102,6 +101,17 @@ def plan_marker_poses(model: UrdfModel, spec: MarkerSpec, T_flange_link: np.ndar
     return out
 
 
+def plan_for_robot(cfg: RuntimeConfig, model: UrdfModel, spec: MarkerSpec, T_camera_guess: np.ndarray, K,
+                   image_size: tuple[float, float], n: int, seed: int) -> list[np.ndarray]:
+    """:func:`plan_marker_poses` for ``cfg``'s robot (its hand mount, seeded at its home pose)."""
+    r = cfg.robot
+    order = np.array([D.ALL_JOINTS.index(name) for name in model.joint_names])
+    q_home = np.concatenate([r.arm_home, r.hand_home])[order]
+    T_flange_palm = make_T(rpy_to_mat(r.hand_mount.rpy), r.hand_mount.xyz)
+    return plan_marker_poses(model, spec, T_flange_palm, T_camera_guess, K, image_size, q_home, n,
+                             np.random.default_rng(seed))
+
+
 def calibrate_on_twin(cfg: RuntimeConfig, n_poses: int = 15, seed: int = 0, settle_s: float = 2.5,
                       progress: bool = True) -> CalibrationRun:
     """Calibrate the twin camera's pose (see the module docstring).
@@ -119,12 +129,9 @@ def calibrate_on_twin(cfg: RuntimeConfig, n_poses: int = 15, seed: int = 0, sett
         model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
         order = np.array([D.ALL_JOINTS.index(n) for n in model.joint_names])
         r = cfg.robot
-        T_flange_palm = make_T(rpy_to_mat(r.hand_mount.rpy), r.hand_mount.xyz)
         Kc = sim.color_intrinsics()
         img_size = (cfg.twin.camera.width * COLOR_SCALE, cfg.twin.camera.height * COLOR_SCALE)
-        q_home = np.concatenate([r.arm_home, r.hand_home])[order]
-        targets = plan_marker_poses(model, spec, T_flange_palm, sim.camera_pose(), Kc, img_size, q_home,
-                                    n_poses, np.random.default_rng(seed))
+        targets = plan_for_robot(cfg, model, spec, sim.camera_pose(), Kc, img_size, n_poses, seed)
         sightings, depth_last, q_last = [], None, None
         bar = None
         if progress:
@@ -169,9 +176,7 @@ def solve_and_check(sightings: list[MarkerSighting], K_color, spec: MarkerSpec, 
     """Solve the camera pose from the sightings (colour intrinsics ``K_color``), then check it
     against a depth frame [H, W] (m) taken at joints ``q`` [23] (rad, driver order)."""
     result = solve_hand_eye(sightings, K_color, spec)
-    model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
-    robot = RobotDepthModel(model, load_visuals(D.description_path(D.URDF_NAME)))
-    return result, check_depth(depth, q, K_depth, result.T_base_camera, robot)
+    return result, check_depth(depth, q, K_depth, result.T_base_camera, RobotDepthModel())
 
 
 def write_calibration(path, run: CalibrationRun, camera_serial: str, spec: MarkerSpec | None = None,

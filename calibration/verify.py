@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robot_runtime import description as D
-from robot_runtime.kinematics import UrdfModel
-from robot_runtime.viz.robot_model import VisualGeom
+from robot_runtime.viz.robot_model import RobotPrimitives, VisualGeom
 
 
 def _surface_points(g: VisualGeom, spacing: float) -> np.ndarray:
@@ -60,18 +58,18 @@ class RobotDepthModel:
     """Predicts the depth image of the robot alone for joints ``q``, a camera pose and intrinsics.
 
     Args:
-        model: the kinematics; visuals: its primitives (:func:`robot_runtime.viz.robot_model.urdf_visuals`).
+        robot: the robot's kinematics and primitives (default: the packaged URDF's).
         spacing: surface sampling (m); keep it under one pixel's footprint at the robot's range.
     """
 
-    def __init__(self, model: UrdfModel, visuals: list[VisualGeom], spacing: float = 0.0025):
-        self.model = model
-        self.order = np.array([D.ALL_JOINTS.index(n) for n in model.joint_names])
+    def __init__(self, robot: RobotPrimitives | None = None, spacing: float = 0.0025):
+        robot = robot or RobotPrimitives()
+        self.model, self.order = robot.model, robot.order
         pts, slots = [], []
-        for g in visuals:
+        for g in robot.visuals:
             p = _surface_points(g, spacing) @ g.origin[:3, :3].T + g.origin[:3, 3]
             pts.append(p)
-            slots.append(np.full(len(p), model.link_slot(g.link)))
+            slots.append(np.full(len(p), self.model.link_slot(g.link)))
         self.points = np.concatenate(pts)
         self.slots = np.concatenate(slots)
 

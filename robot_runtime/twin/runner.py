@@ -4,8 +4,8 @@ One thread owns the simulation; depth frames are snapshotted there (cheap) and d
 on a second thread with its own GL context, so rendering never stalls physics or the
 joint-state streams. Colour frames (for calibration, ``color_hz`` > 0) are drawn on that same
 thread (two GL contexts drawing on two threads at once crashed Mesa's software EGL): each
-holds up depth for about 0.1 s, so calibration runs show skipped depth frames. Commands arrive from other threads through
-latest-value slots; resets are requests the loop carries out between physics steps.
+holds up depth for about 0.1 s, so calibration runs show skipped depth frames. Commands
+arrive from other threads through latest-value slots; resets are requests the loop carries out between physics steps.
 Each output stream (arm state, hand state, depth, object poses, statistics) has its own
 rate and absolute deadlines, so rates do not drift.
 """
@@ -23,8 +23,7 @@ import numpy as np
 
 from robot_runtime.config import TwinConfig
 from robot_runtime.errors import TwinError
-from robot_runtime.twin.sim import (COLOR_SCALE, ColorRenderer, DepthRenderer, JointSample, ObjectPose, RealTimePacer,
-                                    TwinSimulation)
+from robot_runtime.twin.sim import DepthRenderer, JointSample, ObjectPose, RealTimePacer, TwinSimulation
 
 
 class TwinSink(Protocol):
@@ -156,8 +155,7 @@ class TwinRunner:
             renderer = DepthRenderer(self.sim.model, self.cfg.camera)
             K = self.sim.intrinsics()
             if "color" in self.streams:
-                color = ColorRenderer(self.sim.model, self.cfg.camera.width * COLOR_SCALE,
-                                      self.cfg.camera.height * COLOR_SCALE)
+                color = self.sim.new_color_renderer()
                 K_color = self.sim.color_intrinsics()
             while not self._stop.is_set():
                 try:

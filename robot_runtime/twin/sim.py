@@ -282,12 +282,19 @@ class TwinSimulation:
         viewpoint, at :data:`COLOR_SCALE` times the depth resolution (intrinsics:
         :meth:`color_intrinsics`); rendered on this thread. Needs ``calibration_marker`` (which
         sizes the offscreen buffer for it)."""
+        if self._color_renderer is None:
+            self._color_renderer = self.new_color_renderer()
+        return self._color_renderer.render(self._current_scene())
+
+    def new_color_renderer(self) -> "ColorRenderer":
+        """A renderer for :meth:`render_color`'s images, for the thread that creates it.
+
+        Raises:
+            TwinError: ``calibration_marker`` is off (the offscreen buffer is too small).
+        """
         if not self.cfg.calibration_marker:
             raise TwinError("colour rendering needs twin.calibration_marker: true")
-        if self._color_renderer is None:
-            self._color_renderer = ColorRenderer(self.model, self.cfg.camera.width * COLOR_SCALE,
-                                                 self.cfg.camera.height * COLOR_SCALE)
-        return self._color_renderer.render(self._current_scene())
+        return ColorRenderer(self.model, self.cfg.camera.width * COLOR_SCALE, self.cfg.camera.height * COLOR_SCALE)
 
     def color_intrinsics(self) -> np.ndarray:
         """K [3, 3] of :meth:`render_color`'s images (the depth camera's, scaled)."""

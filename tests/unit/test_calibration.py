@@ -85,16 +85,12 @@ def test_twin_calibration_recovers_the_camera_within_5_mm_and_half_a_degree(twin
 
 def test_depth_check_catches_a_perturbed_calibration(twin_run):
     from calibration.verify import RobotDepthModel, check_depth
-    from robot_runtime import description as D
-    from robot_runtime.kinematics import UrdfModel
     from robot_runtime.twin.sim import camera_intrinsics
-    from robot_runtime.viz.robot_model import load_visuals
 
     cfg, run = twin_run
     good = run.check.median_abs_m
     assert good < 0.002 and run.check.robot_pixels > 2000
-    robot = RobotDepthModel(UrdfModel.from_file(D.description_path(D.URDF_NAME)),
-                            load_visuals(D.description_path(D.URDF_NAME)))
+    robot = RobotDepthModel()
     K_depth = camera_intrinsics(cfg.twin.camera)
     for shift in (make_T(np.eye(3), [0.01, 0.0, 0.0]), make_T(rot_axis((0, 0, 1), np.radians(1.0)), [0, 0, 0])):
         bad = check_depth(run.depth, run.q_check, K_depth, shift @ run.result.T_base_camera, robot)

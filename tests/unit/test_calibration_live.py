@@ -116,9 +116,8 @@ def test_operator_mode_on_the_twin_recovers_the_camera():
     at each pose. Only still, distinct poses count, and they recover the camera pose."""
     pytest.importorskip("cv2")
     from calibration.extrinsics import camera_pose_for
-    from calibration.session import plan_marker_poses
+    from calibration.session import plan_for_robot
     from robot_runtime.control.pd import pd_torque
-    from robot_runtime.transforms import rpy_to_mat
     from robot_runtime.twin.sim import TwinSimulation
 
     cfg = load_config(REPO / "config" / "sim_calibrate.yaml")
@@ -128,10 +127,8 @@ def test_operator_mode_on_the_twin_recovers_the_camera():
     try:
         sim.reset(cfg.twin.task, 0)
         r = cfg.robot
-        q_home = np.concatenate([r.arm_home, r.hand_home])[live.order]
         Kc = sim.color_intrinsics()
-        targets = plan_marker_poses(live.model, live.spec, make_T(rpy_to_mat(r.hand_mount.rpy), r.hand_mount.xyz),
-                                    sim.camera_pose(), Kc, (1280, 960), q_home, 8, np.random.default_rng(5))
+        targets = plan_for_robot(cfg, live.model, live.spec, sim.camera_pose(), Kc, (1280, 960), 8, seed=5)
         hand = cfg.control.hand
 
         def run(seconds, frames_at=()):
