@@ -9,11 +9,11 @@ success); a timer at ``rate_hz`` logs the newest of each through
 Parameters (defaults from the config's ``viz`` section): ``config_file``; ``sink`` ('spawn' a
 viewer, 'connect' to one, 'save' an .rrd);
 ``target`` (the .rrd path, default ``runs/viz/<time>.rrd``, or the viewer's gRPC url);
-``rate_hz`` (default: the policy rate; joints, targets and timing every update);
-``heavy_hz`` (10: depth, cloud and robot pose at most this often); ``depth_stride`` (2: the
-depth image is logged at half resolution, in mm); ``budget`` (share of wall time logging may
-take before depth, cloud and robot pose are thinned further). Topic: ``~/status`` (JSON once a second: updates,
-achieved rate, thinning, sink).
+``rate_hz`` (20, the policy's rate: joints, targets and timing every update); ``heavy_hz``
+(10: depth, cloud and robot pose at most this often); ``depth_stride`` (2: the depth image is
+logged at half resolution, in mm); ``budget`` (share of wall time logging may take before
+depth, cloud and robot pose are thinned further). Topic: ``~/status`` (JSON once a second:
+updates, achieved rate, thinning, sink).
 """
 from __future__ import annotations
 
