@@ -251,24 +251,39 @@ def _fmt(v) -> str:
 
 
 def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
-    """Run one node until shutdown; a RobotRuntimeError at start prints one line and exits 2."""
+    """Run one node until SIGINT/SIGTERM or shutdown; a RobotRuntimeError at start prints one
+    line and exits 2.
+
+    Once the node is built, SIGINT and SIGTERM only set a flag that the spin loop checks
+    between callbacks (at least every 0.1 s). Python's default SIGINT handler raises KeyboardInterrupt wherever
+    the main thread happens to be, and when that is inside rclpy taking a message, the
+    binding turns it into a ``RuntimeError`` ("Unable to convert call argument") and the
+    node dies with a traceback instead of stopping. With the flag, the node always stops
+    the same way: its ``close()`` runs (stops its device, sends a last safe command, saves
+    its files) while the ROS context is still valid, and it exits 0.
+    """
+    import signal
     import sys
+    import threading
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     from robot_runtime.errors import RobotRuntimeError
 
-    from rclpy.signals import SignalHandlerOptions
-
-    # SIGINT becomes KeyboardInterrupt here, so the context is still valid while the
-    # node cleans up (stops its device, sends a last safe command).
+    stop = threading.Event()
+    previous = {}
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
+    node = executor = None
     code = 0
     try:
-        node = node_factory()
-        rclpy.spin(node)
+        node = node_factory()   # Ctrl-C here still interrupts a slow start (nothing to clean up yet)
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set() and executor.context.ok():
+            executor.spin_once(timeout_sec=0.1)
     except RobotRuntimeError as exc:
         print(f"[{getattr(node_factory, '__name__', 'node')}] error: {exc}", file=sys.stderr, flush=True)
         code = 2
@@ -279,7 +294,12 @@ def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
             close = getattr(node, "close", None)
             if close:
                 close()
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return code
