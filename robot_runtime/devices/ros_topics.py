@@ -151,7 +151,10 @@ class TopicDepthCamera(DepthCamera):
         ]
 
     def _on_info(self, msg: CameraInfo) -> None:
-        self._K = np.asarray(msg.k, float).reshape(3, 3)
+        try:
+            self._K = ros_io.intrinsics_from_info(msg)
+        except ValueError as exc:   # an uncalibrated driver publishes K = 0: no frame is usable
+            self.node.get_logger().warn(f"{self.cfg.info_topic}: {exc}", throttle_duration_sec=5.0)
 
     def _on_depth(self, msg: Image) -> None:
         if self._K is None:

@@ -22,7 +22,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -94,11 +93,20 @@ class VizNode(Node):
         self.get_logger().info(f"logging to Rerun ({sink} {target}) at {self.rate:g} Hz")
 
     def _on_info(self, msg: CameraInfo) -> None:
-        self._K = np.asarray(msg.k, float).reshape(3, 3)
+        try:
+            self._K = ros_io.intrinsics_from_info(msg)
+        except ValueError as exc:
+            self.get_logger().warn(f"camera info: {exc}", throttle_duration_sec=5.0)
 
     def _on_depth(self, msg: Image) -> None:
-        if self._K is not None:
-            self.view.on_depth(ros_io.from_time_msg(msg.header.stamp), ros_io.depth_from_msg(msg), self._K)
+        if self._K is None:
+            return
+        try:
+            depth = ros_io.depth_from_msg(msg)
+        except ValueError as exc:
+            self.get_logger().warn(f"depth image: {exc}", throttle_duration_sec=5.0)
+            return
+        self.view.on_depth(ros_io.from_time_msg(msg.header.stamp), depth, self._K)
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for st in msg.status:

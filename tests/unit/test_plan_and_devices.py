@@ -93,3 +93,32 @@ def test_replay_rejects_bad_recording(tmp_path):
     p2.write_bytes(b"junk")
     with pytest.raises(DeviceError, match="not a depth recording"):
         ReplayCamera(ReplayCameraConfig(path=str(p2))).connect()
+
+
+def test_topic_camera_refuses_a_camera_info_without_intrinsics():
+    """An uncalibrated driver publishes K = 0; back-projecting with it would give the policy
+    a cloud of infinities. The backend warns and uses no frame until a usable K arrives."""
+    import rclpy
+
+    from robot_runtime import ros_io
+    from robot_runtime.config import TwinCameraConfig
+    from robot_runtime.devices.ros_topics import TopicDepthCamera
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("camera_info_check", context=context)
+    try:
+        cam = TopicDepthCamera(TwinCameraConfig(), node)
+        depth = ros_io.depth_image_msg(np.full((4, 6), 0.5, np.float32), 1.0, "camera")
+        cam._on_info(ros_io.camera_info_msg(np.zeros((3, 3)), 6, 4, 1.0, "camera"))
+        assert cam._K is None
+        cam._on_depth(depth)
+        assert cam.latest() is None and cam.read(timeout_s=0.0) is None
+        K = np.array([[5.0, 0, 3], [0, 5.0, 2], [0, 0, 1]])
+        cam._on_info(ros_io.camera_info_msg(K, 6, 4, 1.0, "camera"))
+        cam._on_depth(depth)
+        frame = cam.read(timeout_s=0.0)
+        assert frame is not None and np.array_equal(frame.K, K) and frame.depth.shape == (4, 6)
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
