@@ -32,7 +32,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
-from calibration.extrinsics import calibration_metadata, camera_pose_for
+from calibration.extrinsics import calibration_metadata
 from policies.schema import PolicySchema
 from robot_runtime import description as D
 from robot_runtime import ros_io
@@ -80,10 +80,12 @@ class RecorderNode(Node):
         self.declare_parameter("task", cfg.twin.task)
         self.declare_parameter("operator_note", "")
         schema = policy_schema(cfg)
-        T_base_camera = camera_pose_for(cfg)
+        calibration = calibration_metadata(cfg)   # the calibration file read once, for the pose and the metadata
+        T = calibration["T_base_camera"]
+        T_base_camera = None if T is None else np.asarray(T, dtype=float)
         out = Path(self.rcfg.out_dir)   # absolute: the config loader resolved it
         static = {"joint_names": list(D.ALL_JOINTS), "proprio_joint_names": list(schema.joint_names),
-                  "config": config_to_dict(cfg), "calibration": calibration_metadata(cfg),
+                  "config": config_to_dict(cfg), "calibration": calibration,
                   "source": {"teleop_input": cfg.teleop.input.type if cfg.teleop.enabled else "",
                              "policy_checkpoint": str(cfg.policy.checkpoint)}}
         self.recorder = EpisodeRecorder(out, cfg.rates.policy_hz, VisualPreprocessor(schema.visual, T_base_camera),
