@@ -325,7 +325,7 @@ def mjcf_parts(mount_xyz=D.DEFAULT_MOUNT_XYZ, mount_rpy=D.DEFAULT_MOUNT_RPY,
         return lines
 
     body = "\n".join(body_xml(by_name["link_base"], "    ", None))
-    default = f"""    <default class="robot">
+    default = """    <default class="robot">
       <geom contype="2" conaffinity="1" density="0" rgba="0.82 0.82 0.84 1" friction="1.0 0.02 0.001"/>
       <default class="arm"><joint armature="0.1" damping="2.0"/></default>
       <default class="hand"><joint armature="0.0005" damping="0.02" frictionloss="0.002"/></default>

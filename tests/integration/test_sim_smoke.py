@@ -1,7 +1,6 @@
 """`robot-runtime sim` on the twin, headless, as `make sim` runs it, and the control CLI."""
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig, XArmConfig
 from robot_runtime.control.controller import Mode, VelocityFilter
 from robot_runtime.control.factory import TARGET_JOINTS, make_arm_controller, make_hand_controller
