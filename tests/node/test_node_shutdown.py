@@ -17,8 +17,8 @@ def test_a_node_busy_taking_messages_stops_cleanly(tmp_path, sig):
     # Under Python's own SIGINT handling the KeyboardInterrupt could land inside rclpy's
     # message take: the node then died with a RuntimeError and a traceback (viz_node did,
     # twice in fifteen test runs), or the executor lost it and the node spun on until
-    # killed. SIGTERM used to kill a node without its clean-up. Five tries each: the
-    # SIGINT failure struck about one try in three.
+    # killed. SIGTERM used to kill a node without its clean-up. Five tries each: on the
+    # old code the SIGINT failure did not strike every try.
     probe = RosProbe("shutdown_probe")
     seen = []
     probe.subscribe(JointState, TOPIC, ros_io.STATE_QOS, seen)
