@@ -203,11 +203,22 @@ def color_from_msg(msg: Image) -> np.ndarray:
 
 
 def intrinsics_from_info(msg: CameraInfo) -> np.ndarray:
-    """K [3, 3] from a CameraInfo."""
+    """K [3, 3] from a CameraInfo. Raises ValueError when K is not finite or a focal length
+    is not positive (an uncalibrated driver publishes K = 0)."""
     K = np.asarray(msg.k, dtype=float).reshape(3, 3)
     if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ValueError(f"CameraInfo has no usable intrinsics: K = {K.tolist()}")
     return K
+
+
+def usable_intrinsics(msg: CameraInfo, logger, topic: str) -> np.ndarray | None:
+    """:func:`intrinsics_from_info`, or None with a warning (at most every 5 s) naming ``topic``:
+    for subscribers, which keep the K they had rather than stop on one bad message."""
+    try:
+        return intrinsics_from_info(msg)
+    except ValueError as exc:
+        logger.warn(f"{topic}: {exc}", throttle_duration_sec=5.0)
+        return None
 
 
 def camera_info_msg(K: np.ndarray, width: int, height: int, stamp: float, frame_id: str) -> CameraInfo:
@@ -255,10 +266,10 @@ def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
     line and exits 2.
 
     Once the node is built, SIGINT and SIGTERM only set a flag that the spin loop checks
-    between callbacks (at least every 0.1 s). Python's default SIGINT handler raises KeyboardInterrupt wherever
-    the main thread happens to be, and when that is inside rclpy taking a message, the
-    binding turns it into a ``RuntimeError`` ("Unable to convert call argument") and the
-    node dies with a traceback instead of stopping. With the flag, the node always stops
+    between callbacks (at least every 0.1 s). Python's default SIGINT handler raises
+    KeyboardInterrupt wherever the main thread happens to be, and when that is inside
+    rclpy taking a message, the binding turns it into a ``RuntimeError`` ("Unable to
+    convert call argument") and the node dies with a traceback instead of stopping. With the flag, the node always stops
     the same way: its ``close()`` runs (stops its device, sends a last safe command, saves
     its files) while the ROS context is still valid, and it exits 0.
     """

@@ -151,10 +151,9 @@ class TopicDepthCamera(DepthCamera):
         ]
 
     def _on_info(self, msg: CameraInfo) -> None:
-        try:
-            self._K = ros_io.intrinsics_from_info(msg)
-        except ValueError as exc:   # an uncalibrated driver publishes K = 0: no frame is usable
-            self.node.get_logger().warn(f"{self.cfg.info_topic}: {exc}", throttle_duration_sec=5.0)
+        K = ros_io.usable_intrinsics(msg, self.node.get_logger(), self.cfg.info_topic)
+        if K is not None:
+            self._K = K
 
     def _on_depth(self, msg: Image) -> None:
         if self._K is None:

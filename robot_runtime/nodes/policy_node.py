@@ -17,7 +17,6 @@ import json
 import threading
 import time
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
@@ -125,8 +124,9 @@ class PolicyNode(Node):
 
     def _take_inputs(self) -> None:
         info = self.sub_info.take_latest()
-        if info is not None:
-            self.inputs.K = np.asarray(info.k, float).reshape(3, 3)
+        K = None if info is None else ros_io.usable_intrinsics(info, self.get_logger(), self.sub_info.topic)
+        if K is not None:
+            self.inputs.K = K
         msg = self.sub_depth.take_latest()
         if msg is not None:
             self.inputs.on_depth(ros_io.from_time_msg(msg.header.stamp), ros_io.depth_from_msg(msg))

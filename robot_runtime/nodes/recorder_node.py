@@ -150,8 +150,9 @@ class RecorderNode(Node):
         stay serialized: only the few an instant uses are deserialized (``_decode_*``)."""
         a = self.aligner
         info = self.sub_info.take_latest()
-        if info is not None:
-            a.K = np.asarray(info.k, float).reshape(3, 3)
+        K = None if info is None else ros_io.usable_intrinsics(info, self.get_logger(), self.sub_info.topic)
+        if K is not None:
+            a.K = K
         for stream, sub in self._streams.items():
             for raw in sub.take_serialized_all(HISTORY_DEPTH[stream]):
                 a.add(stream, ros_io.header_stamp_of_serialized(raw), raw)

@@ -73,7 +73,7 @@ class VizNode(Node):
                                        throttle=LogThrottle(budget=budget,
                                                             min_every=max(1, round(self.rate / max(heavy_hz, 1e-3)))))
         self.view = LiveRolloutView(self.logger_rr, VisualPreprocessor(display_cloud(cfg), T), T)
-        self._K = None
+        self._K, self._info_topic = None, cfg.camera.info_topic
         self.create_subscription(CameraInfo, cfg.camera.info_topic, self._on_info, ros_io.IMAGE_QOS)
         self.create_subscription(Image, cfg.camera.depth_topic, self._on_depth, ros_io.IMAGE_QOS)
         for part, topic in STATE_TOPICS.items():
@@ -93,10 +93,9 @@ class VizNode(Node):
         self.get_logger().info(f"logging to Rerun ({sink} {target}) at {self.rate:g} Hz")
 
     def _on_info(self, msg: CameraInfo) -> None:
-        try:
-            self._K = ros_io.intrinsics_from_info(msg)
-        except ValueError as exc:
-            self.get_logger().warn(f"camera info: {exc}", throttle_duration_sec=5.0)
+        K = ros_io.usable_intrinsics(msg, self.get_logger(), self._info_topic)
+        if K is not None:
+            self._K = K
 
     def _on_depth(self, msg: Image) -> None:
         if self._K is None:
