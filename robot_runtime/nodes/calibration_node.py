@@ -110,10 +110,14 @@ class CalibrationNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_color_info(self, msg: CameraInfo) -> None:
-        self._color_K = ros_io.intrinsics_from_info(msg)
+        K = ros_io.usable_intrinsics(msg, self.get_logger(), self.cfg.camera.color_info_topic)
+        if K is not None:
+            self._color_K = K
 
     def _on_depth_info(self, msg: CameraInfo) -> None:
-        self._depth_K = ros_io.intrinsics_from_info(msg)
+        K = ros_io.usable_intrinsics(msg, self.get_logger(), self.cfg.camera.info_topic)
+        if K is not None:
+            self._depth_K = K
 
     def _on_color(self, msg: Image) -> None:
         if self._color_K is not None:

@@ -5,7 +5,8 @@ on a second thread with its own GL context, so rendering never stalls physics or
 joint-state streams. Colour frames (for calibration, ``color_hz`` > 0) are drawn on that same
 thread (two GL contexts drawing on two threads at once crashed Mesa's software EGL): each
 holds up depth for about 0.1 s, so calibration runs show skipped depth frames. Commands
-arrive from other threads through latest-value slots; resets are requests the loop carries out between physics steps.
+arrive from other threads through latest-value slots; resets are requests the loop carries
+out between physics steps.
 Each output stream (arm state, hand state, depth, object poses, statistics) has its own
 rate and absolute deadlines, so rates do not drift.
 """
