@@ -1,21 +1,26 @@
-"""bench.fewshot: the lab's few-shot loop on the twin, measured end to end.
+"""bench.fewshot: the lab's few-shot loop on the twin, measured end to end, with its diagnostics.
 
-For grasp & lift and for grasp & drop:
+For each task (grasp & lift over the twin's four objects, grasp & drop, grasp & pour):
 
-1. record ``--demos`` scripted-expert demonstrations (seeds 0..) on the in-process twin,
-   through the recorder's own EpisodeRecorder (:mod:`robot_runtime.twin.rollout`);
-2. finetune with the HOP recipe (:class:`policies.finetune.FinetuneJob`) for ``--steps``
-   steps, from scratch (``grasp_lift``, ``grasp_drop``) and from the project's prior
-   (``grasp_lift_with_prior``, ``grasp_drop_with_prior``; ``--prior``, default
-   ``policies/checkpoints/twin_prior``, pretrained on task-agnostic scripted interactions by
-   ``python -m policies.make_twin_checkpoint --stage prior``);
-3. evaluate ``--rollouts`` rollouts of each result on new placements (seeds 10000..):
-   success from ground-truth object poses, with a 95% Wilson interval.
+1. record ``--demos`` scripted-expert demonstrations (seeds 0 ..) on the in-process twin
+   through the recorder's own EpisodeRecorder (:mod:`robot_runtime.twin.rollout`), and run
+   the demo audit on them (:mod:`robot_runtime.data.audit`);
+2. finetune (:class:`policies.finetune.FinetuneJob`, the few-shot recipe: chunks of
+   arm-relative, hand-absolute targets, warm-up and cosine LR, EMA, best open-loop error on
+   held-out demos) from scratch and from the project's prior (``--prior``, default
+   ``policies/checkpoints/twin_prior``), on all the demos and on the first 5 and 10;
+3. evaluate ``--rollouts`` rollouts of each result on new placements (seeds 10000 ..):
+   success from ground-truth object poses, with a 95% Wilson interval, and per rollout the
+   closest approach to the object and the lift height;
+4. diagnostics of each 15-demo run (:func:`policies.diagnostics.diagnose`): the open-loop
+   error per joint and per chunk row against the demo step, success on the demos' own
+   placements, a replay of a demo's recorded commands, and a picture of a failed rollout's
+   targets against its demo; a success-against-demos plot.
 
-Recording and evaluation run in ``--workers`` processes; finetuning uses every core. The
-defaults fit the benchmark's 10-minute budget on a 2-core CPU (``--device cuda`` on a GPU).
+Everything on (the default) takes up to 40 minutes on a 2-core CPU; ``--runs`` picks some.
+Recording and evaluation run in ``--workers`` processes; finetuning uses every core.
 
-    python -m bench.fewshot [--demos 15] [--rollouts 20] [--steps 400] [--batch 32]
+    python -m bench.fewshot [--demos 15] [--rollouts 20] [--steps 900] [--runs grasp_lift,grasp_drop]
 """
 from __future__ import annotations
 
@@ -29,21 +34,37 @@ import numpy as np
 
 from bench.common import machine, write
 from policies.checkpoint import load_checkpoint
-from policies.evaluate import evaluate, target_error
+from policies.diagnostics import diagnose, plot_success_against_demos, rollout_summary
+from policies.evaluate import evaluate
 from policies.finetune import FinetuneConfig, FinetuneJob
 from policies.make_twin_checkpoint import DEMO_SEED0, EVAL_SEED0, PRIOR, load_twin_config
+from robot_runtime.data.audit import audit_folder
 from robot_runtime.twin.rollout import record_scripted_demos_parallel
 
 REPO = Path(__file__).resolve().parents[1]
+TASKS = ("grasp_lift", "grasp_drop", "grasp_pour")
+
+
+def plan_runs(demos: int, prior: str) -> list[tuple[str, str, int, str | None]]:
+    """(name, task, demos, base) of every run, in the order they run."""
+    runs = [(t, t, demos, None) for t in TASKS]
+    runs += [(f"{t}_with_prior", t, demos, prior) for t in ("grasp_lift", "grasp_drop")]
+    for n in (5, 10):
+        if n < demos:
+            for t in ("grasp_lift", "grasp_drop"):
+                runs += [(f"{t}_{n}demos", t, n, None), (f"{t}_{n}demos_with_prior", t, n, prior)]
+    return runs
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demos", type=int, default=15)
     ap.add_argument("--rollouts", type=int, default=20)
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=900, help="finetuning steps of a run from scratch")
+    ap.add_argument("--prior-steps", type=int, default=900, help="finetuning steps of a run from the prior")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--prior", default=str(PRIOR), help="checkpoint to finetune from (default: %(default)s)")
+    ap.add_argument("--runs", default="", help="comma-separated run names (default: all; see plan_runs)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--workers", type=int, default=2, help="processes recording demos and running rollouts")
     ap.add_argument("--keep", help="keep demos, checkpoints and rollouts in this folder")
@@ -53,44 +74,81 @@ def main(argv=None) -> int:
     spec = load_checkpoint(prior).schema.visual   # one preprocessing for every run, the prior's
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="fewshot_"))
     t_start = time.monotonic()
-    runs = [("grasp_lift", "grasp_lift", None), ("grasp_drop", "grasp_drop", None),
-            ("grasp_lift_with_prior", "grasp_lift", prior), ("grasp_drop_with_prior", "grasp_drop", prior)]
-    demos: dict[str, dict] = {}
+    runs = plan_runs(a.demos, prior)
+    if a.runs:
+        wanted = [r.strip() for r in a.runs.split(",") if r.strip()]
+        unknown = sorted(set(wanted) - {r[0] for r in runs})
+        if unknown:
+            raise SystemExit(f"bench.fewshot: unknown runs {unknown}; known: {[r[0] for r in runs]}")
+        runs = [r for r in runs if r[0] in wanted]
     result: dict = {"config": vars(a) | {"prior": prior}}
-    for task in ("grasp_lift", "grasp_drop"):
+    demos: dict[str, dict] = {}
+    for task in sorted({r[1] for r in runs}, key=TASKS.index):
         t0 = time.monotonic()
-        out = record_scripted_demos_parallel(cfg, task, range(DEMO_SEED0, DEMO_SEED0 + a.demos),
-                                             work / "demos" / task, spec, a.workers)
-        demos[task] = {"dir": work / "demos" / task, "ok": sum(o.success for o in out), "s": time.monotonic() - t0}
-        print(f"{task}: {demos[task]['ok']}/{a.demos} scripted demos successful ({demos[task]['s']:.0f} s)", flush=True)
-    for name, task, base in runs:
-        fc = FinetuneConfig(steps=a.steps, batch=a.batch, save_every=max(a.steps // 2, 1), device=a.device,
-                            threads=os.cpu_count() or 1, nice=0)
-        job = FinetuneJob(demos[task]["dir"], work / "checkpoints" / name, base, fc)
+        folder = work / "demos" / task
+        out = record_scripted_demos_parallel(cfg, task, range(DEMO_SEED0, DEMO_SEED0 + a.demos), folder, spec,
+                                             a.workers)
+        ok = sorted((o for o in out if o.success), key=lambda o: o.seed)
+        audit = audit_folder(folder)
+        demos[task] = {"dir": folder, "files": [Path(o.file) for o in ok], "ok": len(ok), "s": time.monotonic() - t0}
+        result[f"{task}_demos"] = {"successful": len(ok), "recorded": a.demos, "record_s": round(demos[task]["s"], 1),
+                                   "audit_ok": audit.ok, "audit_warnings": audit.warnings(),
+                                   "posture_std_rad": audit.to_dict()["posture_std_rad"]}
+        print(f"{task}: {len(ok)}/{a.demos} scripted demos successful ({demos[task]['s']:.0f} s); audit: "
+              + ("one branch" if audit.ok else "; ".join(audit.warnings())), flush=True)
+    for name, task, n, base in runs:
+        subset = work / "demos" / f"{task}_{n}"
+        if n < demos[task]["ok"]:      # the first n demos (by seed), as a lab with fewer demos would have
+            subset.mkdir(parents=True, exist_ok=True)
+            for f in demos[task]["files"][:n]:
+                link = subset / f.name
+                if not link.exists():
+                    link.symlink_to(f.resolve())
+        else:
+            subset = demos[task]["dir"]
+        fc = FinetuneConfig(steps=a.prior_steps if base else a.steps, batch=a.batch,
+                            save_every=10 ** 9, device=a.device, threads=os.cpu_count() or 1, nice=0,
+                            freeze_encoder=bool(base))
+        job = FinetuneJob(subset, work / "checkpoints" / name, base, fc)
         ft = job.run(bar=True)
-        rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0,
-                       work / "rollouts" / name if a.keep else None, workers=a.workers)   # rollouts saved with --keep
-        lo, hi = rep.interval
-        result[name] = {"success_rate": rep.rate, "ci95": [round(lo, 3), round(hi, 3)], "demos": demos[task]["ok"],
-                        "rollouts": len(rep.rollouts), "finetune_s": round(ft.seconds, 1), "steps": a.steps,
-                        "train_loss": round(ft.train_loss, 4),
-                        "val_loss": None if ft.val_loss is None else round(ft.val_loss, 4),
-                        "eval_s": round(rep.seconds, 1), "base": base or "scratch",
-                        **target_error(ft.checkpoint, demos[task]["dir"])}
+        rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0, work / "rollouts" / name, workers=a.workers)
+        r = {**rollout_summary(rep), "demos": min(n, demos[task]["ok"]), "finetune_s": round(ft.seconds, 1),
+             "steps": fc.steps, "train_loss": round(ft.train_loss, 4),
+             "val_loss": None if ft.val_loss is None else round(ft.val_loss, 4), "base": base or "scratch",
+             "selected_step": job.best["step"], "open_loop_error_rad": round(job.best["error"], 5)}
+        if n == a.demos:
+            r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,
+                                        rollouts=min(10, a.rollouts), workers=a.workers)
+        result[name] = r
         print(rep.line(), flush=True)
-    result["demo_s"] = {t: round(d["s"], 1) for t, d in demos.items()}
+    curves: dict[str, dict] = {}
+    for name, task, n, base in runs:
+        curves.setdefault(f"{task}, {'prior' if base else 'scratch'}", {})[result[name]["demos"]] = \
+            result[name]["success_rate"]
+    png = plot_success_against_demos(curves, work / "success_against_demos.png", a.rollouts)
+    result["success_against_demos"] = {k: {str(d): v for d, v in c.items()} for k, c in curves.items()}
+    result["success_against_demos_png"] = str(png) if png else None
+    for t in ("grasp_lift", "grasp_drop"):
+        s, p = result.get(f"{t}_5demos"), result.get(f"{t}_5demos_with_prior")
+        if s and p:
+            result[f"{t}_5demos_prior_gain"] = round(p["success_rate"] - s["success_rate"], 3)
     result["total_s"] = round(time.monotonic() - t_start, 1)
     path = write("fewshot", result)
     m = machine()
-    print(f"\nbench.fewshot on {m['cpu']} ({m['cores']} cores), {a.demos} demos, {a.steps} steps of batch {a.batch}")
-    print(f"{'run':24s} {'success':>8s} {'95% CI':>11s} {'demos':>6s} {'finetune s':>11s} {'val L1':>8s} "
-          f"{'arm target error rad':>21s} {'demo step rad':>14s}")
-    for name, _, _ in runs:
+    print(f"\nbench.fewshot on {m['cpu']} ({m['cores']} cores), {a.rollouts} rollouts on new placements each")
+    print(f"{'run':30s} {'success':>8s} {'95% CI':>11s} {'demos':>6s} {'finetune s':>11s} {'ol err rad':>11s} "
+          f"{'demo seeds':>11s} {'reach cm':>9s} {'lift cm':>8s}")
+    for name, _, _, _ in runs:
         r = result[name]
-        val = "-" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
-        print(f"{name:24s} {r['success_rate']:8.2f} {r['ci95'][0]:5.2f}-{r['ci95'][1]:4.2f} {r['demos']:6d} "
-              f"{r['finetune_s']:11.1f} {val:>8s} {np.mean(r['target_error_rad']):21.4f} {np.mean(r['demo_step_rad']):14.4f}")
-    print(f"total {result['total_s']:.0f} s; wrote {path}; demos, checkpoints and rollouts in {work}")
+        d = r.get("diagnostics", {}).get("demo_seeds")
+        print(f"{name:30s} {r['success_rate']:8.2f} {r['ci95'][0]:5.2f}-{r['ci95'][1]:4.2f} {r['demos']:6d} "
+              f"{r['finetune_s']:11.1f} {r['open_loop_error_rad']:11.4f} "
+              f"{'-' if d is None else format(d['success_rate'], '.2f'):>11s} "
+              f"{100 * (r['closest_m_median'] or np.nan):9.1f} {100 * (r['lift_m_median'] or np.nan):8.1f}")
+    for t in ("grasp_lift", "grasp_drop"):
+        if f"{t}_5demos_prior_gain" in result:
+            print(f"{t}: 5 demos, prior minus scratch: {result[f'{t}_5demos_prior_gain']:+.2f}")
+    print(f"total {result['total_s']:.0f} s; wrote {path}; demos, checkpoints, rollouts and plots in {work}")
     return 0
 
 

@@ -7,7 +7,10 @@ node uses). Training windows are built with :func:`policies.history.window_indic
 the start-of-episode padding is the runtime's.
 
 Recipe (HOP): L1 on scaled actions over the window, AdamW lr 1e-4, weight decay 0.01,
-gradient-norm clip 0.25, Gaussian noise of std 0.1 on the scaled proprio inputs.
+gradient-norm clip 0.25, Gaussian noise of std 0.1 on the scaled proprio inputs. A
+checkpoint with an action representation (:mod:`policies.action`) trains on normalised
+chunks of targets instead, with noise in radians, a warm-up and cosine schedule and an
+average of the weights (:class:`TrainConfig`).
 """
 from __future__ import annotations
 
@@ -40,6 +43,16 @@ class Episode:
 
 @dataclass
 class TrainConfig:
+    """The training recipe.
+
+    HOP's own (the defaults of ``lr``, ``weight_decay``, ``grad_clip``, ``proprio_noise``) applies to
+    a checkpoint without an action representation. With one (:mod:`policies.action`) the noise is
+    given in radians per joint group by the representation, and the rest of the recipe applies
+    alike: ``warmup`` steps of linear warm-up then a cosine decay to ``lr_min`` (``cosine``), an
+    exponential moving average of the weights (``ema``, 0: none) that is what gets evaluated and
+    saved, and ``run`` consecutive windows per draw (1: every window in a batch independent).
+    """
+
     steps: int = 2000
     batch: int = 256
     lr: float = 1e-4
@@ -47,18 +60,51 @@ class TrainConfig:
     grad_clip: float = 0.25
     proprio_noise: float = 0.1
     seed: int = 0
+    warmup: int = 0
+    cosine: bool = False
+    lr_min: float = 1e-5
+    ema: float = 0.0
+    run: int = 8
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based)."""
+        if self.warmup and step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        if not self.cosine:
+            return self.lr
+        span = max(1, self.steps - self.warmup)
+        x = min(1.0, (step - self.warmup) / span)
+        return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1.0 + np.cos(np.pi * x))
 
 
 class WindowSampler:
-    """Random training windows over episodes, in the schema's (policy) joint order and scaling."""
+    """Random training windows over episodes, in the schema's (policy) joint order, normalised as
+    the schema says (:meth:`PolicySchema.proprio_in`; targets as chunks, :mod:`policies.action`).
 
-    def __init__(self, episodes: list[Episode], schema: PolicySchema, driver_names):
+    ``embed``: a function frames -> embeddings [N, D]; given, the visual inputs are replaced by
+    their embeddings once (a frozen visual encoder), and batches carry embeddings.
+    """
+
+    def __init__(self, episodes: list[Episode], schema: PolicySchema, driver_names, embed=None):
         idx = schema.index_in(driver_names)
         self.schema = schema
         self.T = schema.history
-        self.q = [schema.scale(e.q[:, idx]) for e in episodes]
-        self.a = [schema.scale(e.actions[:, idx]) for e in episodes]
+        spec = schema.action
+        self.q = [schema.proprio_in(e.q[:, idx]) for e in episodes]
+        self.a = []
+        for e in episodes:
+            q, a = e.q[:, idx], e.actions[:, idx]
+            if spec is None:
+                self.a.append(schema.scale(a))
+            else:
+                rows = spec.rows(q, a, np.arange(len(q)))
+                self.a.append(spec.action_out(rows).reshape(len(q), -1))
         self.v = [np.asarray(e.visual, np.float32) for e in episodes]
+        self.embedded = embed is not None
+        if embed is not None:
+            self.v = [np.asarray(embed(v), np.float32) for v in self.v]
+        #: [J] std of the proprio noise in the network's input units (None: ``cfg.proprio_noise`` applies)
+        self.noise = None if spec is None else (spec.noise_std() / spec.proprio_std).astype(np.float32)
         self.where = np.array([(i, t) for i, e in enumerate(episodes) for t in range(len(e.q))])
 
     def __len__(self) -> int:
@@ -66,11 +112,11 @@ class WindowSampler:
 
     def batch(self, rng: np.random.Generator, size: int, run: int = 8
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``size`` windows, as runs of ``run`` consecutive windows of one episode (they share
-        frames, so each distinct frame is encoded once per batch).
+        """``size`` windows, as runs of ``run`` consecutive windows of one episode (1: independent
+        windows; longer runs share frames, so each distinct frame is encoded once per batch).
 
-        Returns (proprio [B, T, 23], frames [U, ...] the distinct visual inputs,
-        frame_index [B, T] into ``frames``, actions [B, T, 23]).
+        Returns (proprio [B, T, 23], frames [U, ...] the distinct visual inputs (or embeddings),
+        frame_index [B, T] into ``frames``, targets [B, T, 23 x chunk]).
         """
         ps, acts, keys = [], [], []
         while len(ps) < size:
@@ -90,23 +136,31 @@ class WindowSampler:
                 torch.from_numpy(np.stack(acts)))
 
 
-def bc_loss(model: HopPolicy, proprio, frames, index, actions) -> torch.Tensor:
-    """Mean L1 between the predicted and the demonstrated scaled actions over every window step."""
-    pred, _ = model.trunk(proprio, model.encode_visual(frames)[index])
+def bc_loss(model: HopPolicy, proprio, frames, index, actions, embedded: bool = False) -> torch.Tensor:
+    """Mean L1 between the predicted and the demonstrated (normalised) targets over every window
+    step (and every chunk row). ``embedded``: ``frames`` are already embeddings."""
+    emb = frames if embedded else model.encode_visual(frames)
+    pred, _ = model.trunk(proprio, emb[index])
     return (pred - actions).abs().mean()
 
 
 def bc_step(model: HopPolicy, opt: torch.optim.Optimizer, sampler: WindowSampler, rng: np.random.Generator,
-            cfg: TrainConfig, device: torch.device | str = "cpu") -> float:
+            cfg: TrainConfig, device: torch.device | str = "cpu", step: int | None = None) -> float:
     """One optimizer step on a fresh batch (proprio noise, L1, gradient clip); returns the loss.
+    ``step`` (0-based) sets the learning rate by ``cfg``'s schedule.
 
     Raises:
         PolicyError: the loss is not finite (the step is not applied).
     """
-    proprio, frames, index, actions = (x.to(device) for x in sampler.batch(rng, cfg.batch))
-    if cfg.proprio_noise > 0:
+    if step is not None:
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr_at(step)
+    proprio, frames, index, actions = (x.to(device) for x in sampler.batch(rng, cfg.batch, cfg.run))
+    if sampler.noise is not None:
+        proprio = proprio + torch.from_numpy(sampler.noise).to(device) * torch.randn_like(proprio)
+    elif cfg.proprio_noise > 0:
         proprio = proprio + cfg.proprio_noise * torch.randn_like(proprio)
-    loss = bc_loss(model, proprio, frames, index, actions)
+    loss = bc_loss(model, proprio, frames, index, actions, sampler.embedded)
     if not torch.isfinite(loss):
         raise PolicyError(f"training loss became {loss.item()}")
     opt.zero_grad(set_to_none=True)
@@ -114,6 +168,28 @@ def bc_step(model: HopPolicy, opt: torch.optim.Optimizer, sampler: WindowSampler
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
     return loss.item()
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (``decay`` per step), kept on its device."""
+
+    def __init__(self, model: HopPolicy, decay: float):
+        import copy  # noqa: PLC0415
+
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: HopPolicy) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))   # short memory while young
+        for pe, p in zip(self.model.parameters(), model.parameters()):
+            pe.lerp_(p.detach(), 1.0 - d)
+        for be, b in zip(self.model.buffers(), model.buffers()):
+            be.copy_(b)
 
 
 @torch.no_grad()
@@ -127,9 +203,47 @@ def validation_loss(model: HopPolicy, sampler: WindowSampler, device: torch.devi
     total = 0.0
     for _ in range(batches):
         proprio, frames, index, actions = (x.to(device) for x in sampler.batch(rng, batch))
-        total += bc_loss(model, proprio, frames, index, actions).item()
+        total += bc_loss(model, proprio, frames, index, actions, sampler.embedded).item()
     model.train(was_training)
     return total / batches
+
+
+@torch.no_grad()
+def open_loop_error(model: HopPolicy, schema: PolicySchema, episodes: list[Episode], driver_names,
+                    every: int = 2, device: torch.device | str = "cpu") -> dict:
+    """How far the network's targets are from the demonstrated ones, in radians, on ``episodes``:
+    the window ending at every ``every``-th step is run (eval mode, no noise) and its chunk
+    compared with the targets the demo sent over the same ticks.
+
+    Returns {"per_joint": [23] mean |error| (rad, driver order) of the first row (the next target),
+    "per_row": [H] mean |error| over the arm joints per chunk row, "arm": mean of the first row's arm
+    error, "hand": the same for the hand, "demo_step": [23] mean |next target - measured| (rad,
+    driver order), "windows": count}.
+    """
+    idx = schema.index_in(driver_names)
+    inv = np.argsort(idx)
+    H = schema.chunk
+    was_training = model.training
+    model.eval()
+    errs, steps = [], []
+    for e in episodes:
+        q, a = e.q[:, idx], e.actions[:, idx]
+        ts = np.arange(0, len(q), every)
+        wins = np.stack([window_indices(int(t), schema.history) for t in ts])
+        emb = model.encode_visual(torch.from_numpy(np.asarray(e.visual, np.float32)).to(device))
+        prop = torch.from_numpy(schema.proprio_in(q)[wins]).to(device)
+        out = model.act(prop, emb[torch.from_numpy(wins).to(device)]).cpu().numpy()
+        for k, t in enumerate(ts):
+            pred = schema.targets(out[k], q[t])                                  # [H, J] rad
+            true = a[np.minimum(t + np.arange(H), len(a) - 1)]
+            errs.append(np.abs(pred - true))
+            steps.append(np.abs(a[t] - q[t]))
+    model.train(was_training)
+    err, step = np.stack(errs), np.mean(steps, axis=0)
+    first = err[:, 0].mean(0)
+    return {"per_joint": np.round(first[inv], 5).tolist(), "per_row": np.round(err[:, :, :7].mean((0, 2)), 5).tolist(),
+            "arm": float(first[:7].mean()), "hand": float(first[7:].mean()), "chunk": float(err.mean()),
+            "demo_step": np.round(step[inv], 5).tolist(), "windows": int(len(err))}
 
 
 def train_bc(model: HopPolicy, schema: PolicySchema, episodes: list[Episode], driver_names,
@@ -156,7 +270,7 @@ def train_bc(model: HopPolicy, schema: PolicySchema, episodes: list[Episode], dr
     t0 = time.monotonic()
     try:
         for step in range(cfg.steps):
-            losses.append(bc_step(model, opt, sampler, rng, cfg))
+            losses.append(bc_step(model, opt, sampler, rng, cfg, step=step))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")

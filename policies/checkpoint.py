@@ -33,12 +33,16 @@ from pathlib import Path
 
 import torch
 
-from policies.errors import CheckpointError
+from policies.errors import CheckpointError, SchemaMismatchError
 from policies.hop import HopArchitecture, HopPolicy
 from policies.schema import PolicySchema
 from robot_runtime.perception.preprocess import PreprocessError
 
 FORMAT = "robot_runtime.hop/1"
+#: The format of a checkpoint whose schema carries an action representation (chunks, relative
+#: targets, normalisation): code that knows only /1 refuses it instead of misreading its actions.
+FORMAT_ACTION = "robot_runtime.hop/2"
+FORMATS = (FORMAT, FORMAT_ACTION)
 META_FILE = "policy.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -113,7 +117,7 @@ def save_checkpoint(folder, model: HopPolicy, schema: PolicySchema, provenance: 
     os.chmod(tmp, 0o644)
     os.replace(tmp, weights)
     meta = {
-        "format": FORMAT,
+        "format": FORMAT if schema.action is None else FORMAT_ACTION,
         "architecture": model.arch.to_dict(),
         "schema": schema.to_dict(),
         "provenance": {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -151,6 +155,9 @@ def _check_consistent(arch: HopArchitecture, schema: PolicySchema, where) -> Non
     if arch.proprio_dim != schema.dim or arch.action_dim != schema.dim:
         problems.append(f"architecture proprio/action dims {arch.proprio_dim}/{arch.action_dim} but the schema "
                         f"names {schema.dim} joints")
+    if arch.chunk != schema.chunk:
+        problems.append(f"architecture chunk {arch.chunk} but the schema's action representation has chunk "
+                        f"{schema.chunk}")
     if schema.history > arch.timestep_rows:
         problems.append(f"history {schema.history} exceeds the {arch.timestep_rows} timestep embedding rows")
     if problems:
@@ -179,9 +186,9 @@ def load_checkpoint(path) -> Checkpoint:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{meta_path}: not readable JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in FORMATS:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{meta_path}: format {got!r} is not {FORMAT!r}")
+        raise CheckpointError(f"{meta_path}: format {got!r} is not one of {list(FORMATS)}")
     for key in ("architecture", "schema", "weights"):
         if key not in meta:
             raise CheckpointError(f"{meta_path}: missing key {key!r}")
@@ -198,6 +205,12 @@ def load_checkpoint(path) -> Checkpoint:
         raise CheckpointError(f"{meta_path}: key 'schema.{exc.args[0]}' is missing") from exc
     except (TypeError, ValueError, PreprocessError) as exc:
         raise CheckpointError(f"{meta_path}: key 'schema': {exc}") from exc
+    except SchemaMismatchError as exc:
+        raise SchemaMismatchError(exc.args[0] if str(exc).startswith(str(meta_path)) else
+                                  f"{meta_path}: key 'schema': {exc}") from exc
+    if (meta["format"] == FORMAT_ACTION) != (schema.action is not None):
+        raise CheckpointError(f"{meta_path}: format {meta['format']!r} but the schema "
+                              f"{'has' if schema.action is not None else 'has no'} 'action' entry")
     _check_consistent(arch, schema, meta_path)
     weights = folder / str(meta["weights"].get("file", WEIGHTS_FILE))
     if not weights.is_file():

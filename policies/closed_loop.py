@@ -14,8 +14,12 @@ Per tick:
 3. A frame not seen before is preprocessed and encoded once; its embedding is kept in
    the history (a frame used by two ticks is encoded once).
 4. Append (joints, frame) to the 16-step history; run the trunk on the padded window.
-5. Unscale, reorder to the drivers' joint order; a non-finite action is not published
-   (counted). The targets are stamped for the next tick.
+5. Turn the output into targets in radians as the checkpoint's action representation says
+   (:mod:`policies.action`: a chunk of H future targets, absolute or relative to the joints
+   measured this tick; HOP's own layout is one absolute target, H = 1), in the drivers' joint
+   order; a non-finite chunk is not used (counted).
+6. The chunk joins the temporal ensemble; the published target is the ensemble's blend of
+   every stored chunk's row for the next tick, stamped for it.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from policies.action import TemporalEnsembler
 from policies.checkpoint import Checkpoint, load_checkpoint
 from policies.errors import PolicyError
 from policies.history import StepHistory
@@ -135,16 +140,26 @@ class LoadedPolicy:
         return visual, self.runner.encode(visual)
 
     def network_inputs(self, steps: list[Step]) -> tuple[np.ndarray, np.ndarray]:
-        """Full window of steps -> (proprio [T, 23] scaled, in policy order; embeddings [T, D])."""
-        return self.schema.scale(np.stack([s.q[self.idx] for s in steps])), np.stack([s.emb for s in steps])
+        """Full window of steps -> (proprio [T, 23] normalised, in policy order; embeddings [T, D])."""
+        return self.schema.proprio_in(np.stack([s.q[self.idx] for s in steps])), np.stack([s.emb for s in steps])
 
-    def targets(self, action: np.ndarray) -> np.ndarray:
-        """The network's action [23] (scaled, policy order) -> targets [23] (rad, driver order)."""
-        return self.schema.unscale(action)[self.inv]
+    @property
+    def chunk(self) -> int:
+        return self.schema.chunk
+
+    def ensembler(self, period_s: float) -> TemporalEnsembler:
+        """A temporal ensemble for this policy's chunks (H = 1: it passes the one target through)."""
+        decay = 0.0 if self.schema.action is None else self.schema.action.ensemble_decay
+        return TemporalEnsembler(period_s, self.chunk, decay)
+
+    def targets(self, action: np.ndarray, q_now: np.ndarray) -> np.ndarray:
+        """The network's output [23 x H] and the joints [23] measured at the tick (rad, driver order)
+        -> the chunk of targets [H, 23] (rad, driver order), row k for k + 1 ticks later."""
+        return self.schema.targets(action, np.asarray(q_now, float)[self.idx])[:, self.inv]
 
     def act(self, steps: list[Step]) -> np.ndarray:
-        """Full window of steps -> targets [23] (rad, driver order); may hold NaN if the network does."""
-        return self.targets(self.runner.act(*self.network_inputs(steps)))
+        """Full window of steps -> the chunk [H, 23] (rad, driver order); may hold NaN if the network does."""
+        return self.targets(self.runner.act(*self.network_inputs(steps)), steps[-1].q)
 
     def restep(self, steps: list[Step], known: dict[int, tuple] | None = None) -> list[Step]:
         """The same steps re-encoded for this policy (``known``: frame seq -> (visual, emb) already done)."""
@@ -184,6 +199,7 @@ class ClosedLoopPolicy:
         self.max_frame_age_s = max_frame_age_s
         self.max_state_age_s = max_state_age_s
         self.history: StepHistory[Step] = StepHistory(policy.schema.history)
+        self.ensemble = policy.ensembler(period_s)
         self.running = False
         self.counts: Counter = Counter()
         self.episode = 0
@@ -196,6 +212,7 @@ class ClosedLoopPolicy:
     def start(self) -> str:
         with self._lock:
             self.history.clear()
+            self.ensemble.clear()
             self._last_frame = None
             self.running = True
             self.episode += 1
@@ -210,6 +227,7 @@ class ClosedLoopPolicy:
         """Clear the history (the next tick starts a padded window), keep running or not."""
         with self._lock:
             self.history.clear()
+            self.ensemble.clear()
             self._last_frame = None
             return f"history cleared; episode {self.episode} {'running' if self.running else 'stopped'}"
 
@@ -253,14 +271,18 @@ class ClosedLoopPolicy:
             self.history.append(Step(np.asarray(q, float), frame, visual, emb))
             action = pol.runner.act(*pol.network_inputs(self.history.window()))
             t4 = time.perf_counter()
-            targets = pol.targets(action)
-            ok = bool(np.all(np.isfinite(targets)))
+            chunk = pol.targets(action, q)
+            ok = bool(np.all(np.isfinite(chunk)))
+            if ok:
+                self.ensemble.add(res.stamp_for, chunk)
+                targets = self.ensemble.target(res.stamp_for)
             t5 = time.perf_counter()
             res.timings.update(preprocess=(t2 - t1) * 1e3, encode=(t3 - t2) * 1e3, trunk=(t4 - t3) * 1e3,
                                post=(t5 - t4) * 1e3, total=(t5 - t0) * 1e3)
             if not ok:
                 return self._skip(res, "nonfinite_action", f"the network returned non-finite targets for "
-                                                           f"{int(np.sum(~np.isfinite(targets)))} joints")
+                                                           f"{int(np.sum(~np.isfinite(chunk)))} of {chunk.size} "
+                                                           f"chunk entries")
             res.q = targets
             self.counts["published"] += 1
             return res
@@ -292,7 +314,7 @@ class ClosedLoopPolicy:
             restepped = policy.restep(window)
             if restepped:
                 targets = policy.act(restepped)
-                if targets.shape != (len(policy.idx),) or not np.all(np.isfinite(targets)):
+                if targets.shape != (policy.chunk, len(policy.idx)) or not np.all(np.isfinite(targets)):
                     raise PolicyError(f"{policy.checkpoint.path}: dry run on the current history gave non-finite "
                                       f"or misshapen targets {np.round(targets, 3).tolist()}")
         except PreprocessError as exc:
@@ -361,6 +383,7 @@ class ClosedLoopPolicy:
                 for s in old:
                     self.history.append(s)
             self.previous, self.policy = self.policy, cand.policy
+            self.ensemble = cand.policy.ensembler(self.period_s)   # the old policy's chunks are not blended in
             self.counts["swaps"] += 1
         cand.done.set()
 

@@ -22,8 +22,8 @@ from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig
 from robot_runtime.twin.rollout import EpisodeOutcome, TwinEpisodeRunner, map_seed_chunks
 
-#: Rollout length per task (s): the scripted demos take 11-20 s.
-DEFAULT_DURATION_S = {"grasp_lift": 16.0, "grasp_drop": 19.0, "grasp_pour": 22.0}
+#: Rollout length per task (s): the scripted demos take 7-10 s (lift), 10-13 s (drop), 20-23 s (pour).
+DEFAULT_DURATION_S = {"grasp_lift": 14.0, "grasp_drop": 17.0, "grasp_pour": 26.0}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -166,38 +166,49 @@ def _jsonable(x):
     return str(x)
 
 
-def target_error(checkpoint, episodes) -> dict:
-    """How far the network's next targets are from the demonstrated ones on recorded episodes,
-    next to how far the demos move in a step: the scale of error closed-loop control has to
-    live with. The window ending at every 5th step of each episode is run through the
-    checkpoint (torch, eval mode) and the action read at its last step, as at deployment.
+def target_error(checkpoint, episodes, every: int = 5) -> dict:
+    """How far the network's targets are from the demonstrated ones on recorded episodes, next to
+    how far the demos move in a step: the scale of error closed-loop control has to live with.
+    The window ending at every ``every``-th step of each episode is run through the checkpoint
+    (torch, eval mode) and its chunk compared with the targets the demo sent (see
+    :func:`policies.bc.open_loop_error`).
 
-    Returns {"target_error_rad": [7] mean |predicted - demonstrated| per arm joint,
-    "hand_target_error_rad": mean over the hand joints, "demo_step_rad": [7] mean |next target -
-    measured| per arm joint, "windows": count}.
+    Returns {"target_error_rad": [7] mean |predicted - demonstrated| of the next target per arm
+    joint, "hand_target_error_rad": its mean over the hand joints, "target_error_by_row_rad": [H]
+    arm error per chunk row, "demo_step_rad": [7] mean |next target - measured| per arm joint,
+    "windows": count}.
     """
-    import torch  # noqa: PLC0415
-
+    from policies.bc import open_loop_error  # noqa: PLC0415
     from policies.checkpoint import load_checkpoint  # noqa: PLC0415
-    from policies.history import window_indices  # noqa: PLC0415
     from robot_runtime.data.dataset import load_for_training  # noqa: PLC0415
 
     ck = load_checkpoint(checkpoint)
-    model, sch = ck.build_model().eval(), ck.schema
-    eps = load_for_training(episodes, visual_spec=sch.visual.to_dict())
-    idx = sch.index_in(D.ALL_JOINTS)
-    inv = np.argsort(idx)
-    err, step = [], []
-    with torch.no_grad():
-        for e in eps:
-            for t in range(0, len(e.q), 5):
-                w = window_indices(t, sch.history)
-                prop = torch.from_numpy(sch.scale(e.q[w][:, idx])).float()[None]
-                emb = model.encode_visual(torch.from_numpy(np.asarray(e.visual[w], np.float32)))[None]
-                a, _ = model.trunk(prop, emb)
-                pred = sch.unscale(a[0, -1].numpy())[inv]
-                err.append(np.abs(pred - e.actions[t]))
-                step.append(np.abs(e.actions[t] - e.q[t]))
-    err, step = np.mean(err, axis=0), np.mean(step, axis=0)
-    return {"target_error_rad": np.round(err[:7], 4).tolist(), "hand_target_error_rad": round(float(err[7:].mean()), 4),
-            "demo_step_rad": np.round(step[:7], 4).tolist(), "windows": int(sum(len(range(0, len(e.q), 5)) for e in eps))}
+    eps = load_for_training(episodes, visual_spec=ck.schema.visual.to_dict())
+    r = open_loop_error(ck.build_model().eval(), ck.schema, eps, D.ALL_JOINTS, every=every)
+    return {"target_error_rad": r["per_joint"][:7], "hand_target_error_rad": round(float(np.mean(r["per_joint"][7:])), 5),
+            "target_error_by_row_rad": r["per_row"], "demo_step_rad": r["demo_step"][:7], "windows": r["windows"]}
+
+
+def replay_commands(cfg: RuntimeConfig, episode_file, visual=None) -> EpisodeOutcome:
+    """Replay the commands an episode recorded through the same twin runner, on the same object
+    placement (its seed), and judge it the same way.
+
+    The rung below learning on the diagnostic ladder: a demo whose own commands fail when
+    replayed puts the fault in execution (the runner, the shield, the physics), not in the policy.
+    """
+    from robot_runtime.data.episode_file import load_episode  # noqa: PLC0415
+    from robot_runtime.perception.preprocess import VisualSpec  # noqa: PLC0415
+
+    ep = load_episode(episode_file, allow_partial=False)
+    seed, task = ep.meta.get("seed"), str(ep.meta.get("task"))
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"{episode_file}: no object placement seed in its metadata; cannot replay it")
+    commands = np.asarray(ep["command"], float)
+    tw = TwinEpisodeRunner(cfg, visual or VisualSpec.from_dict(ep.meta["visual"]))
+    try:
+        def drive(t, q, depth, K):
+            k = int(round(t / tw.period)) + 1
+            return commands[min(k, len(commands) - 1)]
+        return tw.run(task, seed, drive, len(commands) * tw.period, note=f"replay of {Path(episode_file).name}")
+    finally:
+        tw.close()

@@ -34,14 +34,15 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from policies.bc import Episode, TrainConfig, WindowSampler, bc_step, validation_loss
+from policies.action import ActionSpec
+from policies.bc import Episode, TrainConfig, WeightAverage, WindowSampler, bc_step, open_loop_error, validation_loss
 from policies.checkpoint import META_FILE, _sha256, load_checkpoint, save_checkpoint
 from policies.errors import PolicyError
 from policies.hop import HopArchitecture, HopPolicy
@@ -60,10 +61,23 @@ class FinetuneError(PolicyError):
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    """HOP's hyperparameters (:class:`policies.bc.TrainConfig`; batch 64 rather than 256 to suit a
-    CPU) and the job's settings.
+    """The recipe (:class:`policies.bc.TrainConfig`) and the job's settings.
+
+    A job from scratch, or from a base that carries an action representation, trains chunks
+    (:mod:`policies.action`) with the few-shot recipe below; a job from a base without one (the
+    public HOP layout, an imported checkpoint) keeps HOP's representation and recipe (one
+    absolute target, limit scaling, noise 0.1 scaled units), as it always did.
 
     Attributes:
+        representation: 'chunked' (the default for a job from scratch) or 'hop' (HOP's own);
+            a base checkpoint's representation always wins.
+        chunk, arm_mode, hand_mode, ensemble_decay: the action representation of a job from
+            scratch (chunk rows; 'relative' or 'absolute' per group; the temporal ensemble's decay).
+        noise_arm, noise_hand: proprio noise std (rad) per group, for a chunked job.
+        freeze_encoder: with a base, keep its visual encoder fixed (its embeddings are computed
+            once, which makes a step several times cheaper).
+        eval_every: steps between open-loop evaluations on the held-out demos; the weights with
+            the lowest open-loop error (rad) are the ones saved (0: the last weights).
         steps: optimizer steps in all (a resumed job runs up to this).
         val_fraction: share of the episodes held out for validation (at least one when there
             are two or more episodes).
@@ -74,6 +88,20 @@ class FinetuneConfig(TrainConfig):
     """
 
     batch: int = 64
+    lr: float = 3e-4
+    warmup: int = 100
+    cosine: bool = True
+    ema: float = 0.995
+    run: int = 1
+    representation: str = "chunked"
+    chunk: int = 10
+    arm_mode: str = "relative"
+    hand_mode: str = "absolute"
+    ensemble_decay: float = 0.1
+    noise_arm: float = 0.003
+    noise_hand: float = 0.01
+    freeze_encoder: bool = False
+    eval_every: int = 250
     val_fraction: float = 0.2
     save_every: int = 500
     device: str = "auto"
@@ -82,6 +110,10 @@ class FinetuneConfig(TrainConfig):
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{k: getattr(self, k) for k in TrainConfig.__dataclass_fields__})
+
+    def hop_recipe(self) -> "FinetuneConfig":
+        """The same job with HOP's recipe (constant lr 1e-4, no EMA, runs of 8 windows, noise 0.1)."""
+        return replace(self, lr=1e-4, warmup=0, cosine=False, ema=0.0, run=8, proprio_noise=0.1)
 
 
 @dataclass
@@ -171,9 +203,13 @@ class FinetuneJob:
             raise FinetuneError(f"none of the {len(files)} episodes in {episodes} is a complete, successful one "
                                 f"(flag demos with the recorder's stop_episode success=true)")
         self.base = None
+        if self.cfg.representation not in ("chunked", "hop"):
+            raise FinetuneError(f"representation {self.cfg.representation!r}: expected 'chunked' or 'hop'")
         if base is not None:
             self.base = load_checkpoint(base)
             self.arch, self.schema = self.base.arch, self.base.schema
+            if self.schema.action is None and self.cfg.representation == "chunked":
+                self.cfg = self.cfg.hop_recipe()   # a HOP-layout base keeps HOP's representation and recipe
         else:
             visual = metas[used[0]].get("visual")
             if not visual:
@@ -181,16 +217,41 @@ class FinetuneJob:
             spec = VisualSpec.from_dict(visual)
             self.schema = PolicySchema.hop(spec, policy_hz=float(metas[used[0]].get("rate_hz", 20.0)))
             self.arch = HopArchitecture(visual=spec.kind, depth_size=spec.depth.shape,
-                                        num_points=spec.points.num_points)
+                                        num_points=spec.points.num_points,
+                                        chunk=self.cfg.chunk if self.cfg.representation == "chunked" else 1)
         rate = float(metas[used[0]].get("rate_hz", self.schema.policy_hz))
         if abs(rate - self.schema.policy_hz) > 1e-6:
             raise FinetuneError(f"{used[0]}: recorded at {rate:g} Hz, the checkpoint runs at {self.schema.policy_hz:g} Hz")
         train_files, val_files = split_by_episode(used, self.cfg.val_fraction, self.cfg.seed)
         self.train_eps = self._load(train_files)
         self.val_eps = self._load(val_files)
+        if self.base is None and self.cfg.representation == "chunked":
+            self.schema.action = self.fit_action(self.train_eps)
+        elif self.cfg.representation == "hop" and self.base is None:
+            self.cfg = self.cfg.hop_recipe()
         self.episodes = [EpisodeRef(str(f), _sha256(f), len(e.q), "train") for f, e in zip(train_files, self.train_eps)] + \
                         [EpisodeRef(str(f), _sha256(f), len(e.q), "val") for f, e in zip(val_files, self.val_eps)]
         self.skipped = [str(f) for f in files if f not in used]
+        from robot_runtime.data.audit import audit_demos  # noqa: PLC0415
+
+        eps = self.train_eps + self.val_eps
+        #: the demo audit of the episodes used (:mod:`robot_runtime.data.audit`); its warnings name
+        #: the episodes on another IK branch than the rest
+        self.audit = audit_demos([e.q for e in eps], [Path(r.file).name for r in self.episodes], D.ALL_JOINTS,
+                                 max(self.schema.chunk, 10), joints=range(len(D.ARM_JOINTS)))
+
+    def fit_action(self, episodes: list[Episode]) -> ActionSpec:
+        """The action representation of a job from scratch, its statistics from ``episodes``."""
+        c = self.cfg
+        for k in ("arm_mode", "hand_mode"):
+            if getattr(c, k) not in ("absolute", "relative"):
+                raise FinetuneError(f"{k} {getattr(c, k)!r}: expected 'absolute' or 'relative'")
+        if c.chunk < 1:
+            raise FinetuneError(f"chunk {c.chunk}: expected at least 1")
+        idx = self.schema.index_in(D.ALL_JOINTS)
+        return ActionSpec.fit([(e.q[:, idx], e.actions[:, idx]) for e in episodes], c.chunk,
+                              {"arm": c.arm_mode, "hand": c.hand_mode}, {"arm": c.noise_arm, "hand": c.noise_hand},
+                              c.ensemble_decay)
 
     def _load(self, files: list[Path]) -> list[Episode]:
         from robot_runtime.data.dataset import load_for_training  # noqa: PLC0415
@@ -225,9 +286,23 @@ class FinetuneJob:
         torch.manual_seed(cfg.seed)
         model = self.base.build_model() if self.base is not None else HopPolicy(self.arch)
         model.to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        embed = None
+        if cfg.freeze_encoder and self.base is not None:
+            for p in model.tokenizer.parameters():
+                p.requires_grad_(False)
+
+            @torch.no_grad()
+            def frozen_embeddings(frames):
+                out = [model.encode_visual(torch.from_numpy(frames[i:i + 512]).to(device)).cpu().numpy()
+                       for i in range(0, len(frames), 512)]
+                return np.concatenate(out)
+            embed = frozen_embeddings
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
+        ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
         rng = np.random.default_rng(cfg.seed)
         start, losses, vals = 0, [], []
+        best = {"step": 0, "error": float("inf"), "state": None, "history": []}
         self.out.mkdir(parents=True, exist_ok=True)
         state_file = self.out / STATE_FILE
         if self.resume:
@@ -242,11 +317,15 @@ class FinetuneJob:
             rng.bit_generator.state = st["numpy_rng"]
             torch.set_rng_state(st["torch_rng"])
             start, losses, vals = st["step"], st["losses"], st["val"]
+            if ema is not None and st.get("ema") is not None:
+                ema.model.load_state_dict(st["ema"])
+                ema.updates = st.get("ema_updates", start)
+            best = st.get("best", best)
         elif (self.out / META_FILE).exists() or state_file.exists():
             raise FinetuneError(f"{self.out} already holds a checkpoint or a job; pass --resume to continue it "
                                 f"or choose another output folder")
-        train = WindowSampler(self.train_eps, self.schema, D.ALL_JOINTS)
-        val = WindowSampler(self.val_eps, self.schema, D.ALL_JOINTS) if self.val_eps else None
+        train = WindowSampler(self.train_eps, self.schema, D.ALL_JOINTS, embed)
+        val = WindowSampler(self.val_eps, self.schema, D.ALL_JOINTS, embed) if self.val_eps else None
         if start >= cfg.steps:
             raise FinetuneError(f"{state_file}: already trained {start} of {cfg.steps} steps; raise --steps to go on")
         tc = cfg.train_config()
@@ -255,33 +334,50 @@ class FinetuneJob:
         if bar:
             from tqdm import tqdm  # noqa: PLC0415
             pbar = tqdm(total=cfg.steps, initial=start, desc="finetune", unit="step")
+        self._ema = ema
         try:
             model.train()
             for step in range(start, cfg.steps):
-                losses.append(bc_step(model, opt, train, rng, tc, device))
+                losses.append(bc_step(model, opt, train, rng, tc, device, step=step))
+                if ema is not None:
+                    ema.update(model)
                 done = step + 1
+                judged = ema.model if ema is not None else model
                 if pbar is not None:
                     pbar.update(1)
-                    pbar.set_postfix(loss=f"{losses[-1]:.4f}", val=f"{vals[-1][1]:.4f}" if vals else "-")
+                    pbar.set_postfix(loss=f"{losses[-1]:.4f}", val=f"{vals[-1][1]:.4f}" if vals else "-",
+                                     err=f"{best['error']:.4f}" if best["state"] is not None else "-")
                 saving = done % cfg.save_every == 0 or done == cfg.steps
                 if saving and val is not None:
-                    vals.append((done, validation_loss(model, val, device)))
+                    vals.append((done, validation_loss(judged, val, device)))
+                if self.val_eps and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+                    err = open_loop_error(judged, self.schema, self.val_eps, D.ALL_JOINTS, every=4, device=device)
+                    best["history"].append([done, round(err["chunk"], 6), round(err["arm"], 6), round(err["hand"], 6)])
+                    if err["chunk"] < best["error"]:
+                        best.update(step=done, error=err["chunk"],
+                                    state={k: v.detach().cpu().clone() for k, v in judged.state_dict().items()})
                 if progress is not None and (done % 10 == 0 or saving):
                     rate = (done - start) / max(time.monotonic() - t0, 1e-9)
                     progress({"step": done, "steps": cfg.steps, "loss": losses[-1],
                               "val_loss": vals[-1][1] if vals else None, "eta_s": (cfg.steps - done) / rate})
                 if saving and done < cfg.steps:
-                    self._save_interval(model, opt, rng, done, losses, vals, where)
+                    self._save_interval(model, opt, rng, done, losses, vals, where, best)
         finally:
             if pbar is not None:
                 pbar.close()
+        self.best = best
+        if best["state"] is not None:
+            kept = copy.deepcopy(model).cpu()
+            kept.load_state_dict(best["state"])
+        else:
+            kept = ema.model if ema is not None else model
         seconds = time.monotonic() - t0
-        final = self._save_final(model, opt, rng, cfg.steps, losses, vals, where, seconds)
+        final = self._save_final(model, kept, opt, rng, cfg.steps, losses, vals, where, seconds, best)
         return FinetuneResult(final, cfg.steps, float(np.mean(losses[-20:])), vals[-1][1] if vals else None, seconds,
                               self.episodes)
 
     # ------------------------------------------------------------------ saving
-    def provenance(self, step: int, losses, vals, where: str, seconds: float | None = None) -> dict:
+    def provenance(self, step: int, losses, vals, where: str, seconds: float | None = None, best=None) -> dict:
         b = self.base
         return {"source": "policies.finetune: behaviour cloning on recorded episodes",
                 "base": {"path": str(b.path), "name": b.name, "sha256": b.sha256} if b else "scratch",
@@ -290,31 +386,39 @@ class FinetuneJob:
                 "train_loss": float(np.mean(losses[-20:])) if losses else None,
                 "val_loss": vals[-1][1] if vals else None, "val_history": [[s, round(v, 6)] for s, v in vals],
                 "device": where, "train_s": None if seconds is None else round(seconds, 1),
+                "selected": None if not best or best.get("state") is None else
+                {"step": best["step"], "open_loop_error_rad": round(best["error"], 6),
+                 "by": "mean |target error| (rad) over every joint and chunk row on the validation demos"},
+                "open_loop_history": (best or {}).get("history", []),
                 "code_version": code_version()}
 
-    def _state(self, model, opt, rng, step, losses, vals) -> dict:
+    def _state(self, model, opt, rng, step, losses, vals, best=None) -> dict:
+        ema = getattr(self, "_ema", None)
         return {"identity": self._identity(), "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "losses": losses, "val": vals}
+                "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "losses": losses, "val": vals,
+                "ema": None if ema is None else ema.model.state_dict(), "ema_updates": 0 if ema is None else ema.updates,
+                "best": best}
 
     def _write_state(self, state: dict) -> None:
         tmp = self.out / (STATE_FILE + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.out / STATE_FILE)
 
-    def _save_interval(self, model, opt, rng, step, losses, vals, where) -> None:
+    def _save_interval(self, model, opt, rng, step, losses, vals, where, best=None) -> None:
         model.eval()
-        save_checkpoint(self.out / f"step_{step:06d}", self._cpu_copy(model), self.schema,
-                        self.provenance(step, losses, vals, where), onnx=False)
-        self._write_state(self._state(model, opt, rng, step, losses, vals))
+        ema = getattr(self, "_ema", None)
+        save_checkpoint(self.out / f"step_{step:06d}", self._cpu_copy(ema.model if ema is not None else model),
+                        self.schema, self.provenance(step, losses, vals, where), onnx=False)
+        self._write_state(self._state(model, opt, rng, step, losses, vals, best))
         for old in sorted(self.out.glob("step_*"))[:-KEEP_INTERVAL_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
         model.train()
 
-    def _save_final(self, model, opt, rng, step, losses, vals, where, seconds) -> Path:
+    def _save_final(self, model, kept, opt, rng, step, losses, vals, where, seconds, best=None) -> Path:
         model.eval()
-        self._write_state(self._state(model, opt, rng, step, losses, vals))
-        out = save_checkpoint(self.out, self._cpu_copy(model), self.schema,
-                              self.provenance(step, losses, vals, where, seconds))
+        self._write_state(self._state(model, opt, rng, step, losses, vals, best))
+        out = save_checkpoint(self.out, self._cpu_copy(kept), self.schema,
+                              self.provenance(step, losses, vals, where, seconds, best))
         save_loss_plot(self.out / LOSS_PLOT, losses, vals, f"{self.out.name}: {len(self.train_eps)} training episodes, "
                                                           f"{len(self.val_eps)} validation")
         return out

@@ -45,6 +45,7 @@ class HopArchitecture:
     depth_channels: tuple[int, ...] = (16, 32, 64, 64)
     depth_size: tuple[int, int] = (60, 80)   # H, W of the depth input
     num_points: int = 100
+    chunk: int = 1                        # targets predicted per step (the action head is action_dim x chunk)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -65,6 +66,8 @@ class HopArchitecture:
         arch = cls(**d)
         if arch.hidden % arch.heads:
             raise CheckpointError(f"architecture: hidden {arch.hidden} is not a multiple of heads {arch.heads}")
+        if arch.chunk < 1:
+            raise CheckpointError(f"architecture: chunk must be at least 1, got {arch.chunk}")
         if arch.visual not in ("depth", "pointcloud"):
             raise CheckpointError(f"architecture: visual must be 'depth' or 'pointcloud', not {arch.visual!r}")
         return arch
@@ -182,7 +185,7 @@ class HopPolicy(nn.Module):
             self.embed_depth = DepthTokenizer(arch)
         self.embed_ln = nn.LayerNorm(arch.hidden, eps=arch.ln_eps)
         self.transformer = Trunk(arch)
-        self.predict_action = nn.Sequential(nn.Linear(arch.hidden, arch.action_dim))
+        self.predict_action = nn.Sequential(nn.Linear(arch.hidden, arch.action_dim * arch.chunk))
         self.predict_proprio = nn.Sequential(nn.Linear(arch.hidden, arch.proprio_dim))
 
     @property
@@ -201,7 +204,8 @@ class HopPolicy(nn.Module):
         return self.embed_ln(torch.stack([p, v], dim=2).reshape(b, 2 * t, -1))
 
     def trunk(self, proprio: torch.Tensor, visual_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """proprio [B, T, 23] (scaled), visual_emb [B, T, D] -> (actions [B, T, 23], next proprio [B, T, 23])."""
+        """proprio [B, T, 23] (scaled), visual_emb [B, T, D] -> (actions [B, T, 23 x chunk], next proprio [B, T, 23]);
+        a step's actions are its chunk's rows one after the other."""
         x = self.transformer(self._tokens(proprio, visual_emb))
         out_v = x[:, 1::2]
         return self.predict_action(out_v), self.predict_proprio(out_v)
@@ -214,6 +218,6 @@ class HopPolicy(nn.Module):
 
     def act(self, proprio: torch.Tensor, visual_emb: torch.Tensor) -> torch.Tensor:
         """The action for now: the prediction at the last step (the window's last visual token),
-        [B, 23] (scaled). Equal to ``trunk(...)[0][:, -1]``; the last block computes that token only."""
+        [B, 23 x chunk] (normalised). Equal to ``trunk(...)[0][:, -1]``; the last block computes that token only."""
         x = self.transformer(self._tokens(proprio, visual_emb), last_only=True)
         return self.predict_action(x[:, -1])

@@ -143,7 +143,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stage", default="all", choices=["all", "prior", "finetune"])
     ap.add_argument("--work", default="runs/make_twin_checkpoint", help="episodes and rollouts go here")
     ap.add_argument("--prior-episodes", type=int, default=240)
-    ap.add_argument("--prior-steps", type=int, default=5000)
+    ap.add_argument("--prior-steps", type=int, default=4000)
+    ap.add_argument("--prior-batch", type=int, default=32)
     ap.add_argument("--demos", type=int, default=15)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--rollouts", type=int, default=20)
@@ -154,7 +155,8 @@ def main(argv=None) -> int:
     work = Path(a.work)
     t0 = time.monotonic()
     if a.stage in ("all", "prior"):
-        make_prior(cfg, work, a.prior_episodes, a.prior_steps, workers=a.workers, reuse=a.reuse_data)
+        make_prior(cfg, work, a.prior_episodes, a.prior_steps, workers=a.workers, batch=a.prior_batch,
+                   reuse=a.reuse_data)
     if a.stage in ("all", "finetune"):
         make_finetuned(cfg, work, a.demos, a.steps, a.rollouts, workers=a.workers, reuse=a.reuse_data)
     print(f"done in {time.monotonic() - t0:.0f} s")

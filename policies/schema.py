@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from policies.action import ActionSpec
 from policies.errors import SchemaMismatchError
 from robot_runtime import description as D
 from robot_runtime.perception.preprocess import VisualSpec
@@ -60,6 +61,8 @@ class PolicySchema:
         visual: the per-step visual input and its preprocessing.
         history: steps in the policy's context window.
         policy_hz: the rate the policy was trained at.
+        action: the action representation and normalisation (:class:`policies.action.ActionSpec`);
+            None for HOP's own: one absolute target per step, everything scaled by the limits.
     """
 
     joint_names: list[str]
@@ -68,6 +71,7 @@ class PolicySchema:
     visual: VisualSpec = field(default_factory=VisualSpec)
     history: int = 16
     policy_hz: float = 20.0
+    action: ActionSpec | None = None
 
     @classmethod
     def hop(cls, visual: VisualSpec | None = None, fingers=HOP_HAND_FINGERS, history: int = 16,
@@ -91,6 +95,22 @@ class PolicySchema:
         lo, hi = np.asarray(self.lower), np.asarray(self.upper)
         return (np.asarray(a, np.float64) + 1.0) * 0.5 * (hi - lo) + lo
 
+    @property
+    def chunk(self) -> int:
+        """Targets the network predicts per step."""
+        return 1 if self.action is None else int(self.action.chunk)
+
+    def proprio_in(self, q: np.ndarray) -> np.ndarray:
+        """Joints [..., 23] (rad, policy order) -> the network's proprio input (float32)."""
+        return self.scale(q) if self.action is None else self.action.proprio_in(q)
+
+    def targets(self, out: np.ndarray, q_now: np.ndarray) -> np.ndarray:
+        """The network's output for one step [23 x chunk] and the joints [23] measured then (rad,
+        policy order) -> targets [chunk, 23] (rad, policy order); row k is for k + 1 steps later."""
+        if self.action is None:
+            return self.unscale(np.asarray(out).reshape(1, self.dim))
+        return self.action.targets(out, q_now)
+
     def index_in(self, names) -> np.ndarray:
         """For each policy slot, its index in the driver-ordered list ``names``."""
         pos = {n: i for i, n in enumerate(names)}
@@ -98,14 +118,18 @@ class PolicySchema:
 
     # ------------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict:
-        return {"joint_names": list(self.joint_names), "lower": [float(x) for x in self.lower],
-                "upper": [float(x) for x in self.upper], "visual": self.visual.to_dict(),
-                "history": int(self.history), "policy_hz": float(self.policy_hz)}
+        d = {"joint_names": list(self.joint_names), "lower": [float(x) for x in self.lower],
+             "upper": [float(x) for x in self.upper], "visual": self.visual.to_dict(),
+             "history": int(self.history), "policy_hz": float(self.policy_hz)}
+        if self.action is not None:
+            d["action"] = self.action.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "PolicySchema":
+        action = ActionSpec.from_dict(d["action"]) if d.get("action") is not None else None
         return cls(list(d["joint_names"]), [float(x) for x in d["lower"]], [float(x) for x in d["upper"]],
-                   VisualSpec.from_dict(d["visual"]), int(d["history"]), float(d["policy_hz"]))
+                   VisualSpec.from_dict(d["visual"]), int(d["history"]), float(d["policy_hz"]), action)
 
     # ------------------------------------------------------------------ checks
     def check(self, where: str = "schema") -> None:
@@ -123,6 +147,11 @@ class PolicySchema:
             raise SchemaMismatchError(f"{where}: joint names appear twice: {dup}")
         if self.history < 1:
             raise SchemaMismatchError(f"{where}: history must be at least 1, got {self.history}")
+        if self.action is not None:
+            self.action.check(f"{where}: action")
+            if self.action.dim != n:
+                raise SchemaMismatchError(f"{where}: action statistics cover {self.action.dim} joints, the schema "
+                                          f"names {n}")
 
     def check_against_robot(self, live_names, live_limits, policy_hz: float, where: str = "checkpoint") -> None:
         """Check the mapping against the live robot's joints and limits, and the rate.

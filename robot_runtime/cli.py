@@ -232,12 +232,16 @@ def _cmd_finetune(args) -> int:
     from policies.finetune import FinetuneConfig, FinetuneJob, provenance_summary
     from robot_runtime.config import load_config
 
-    cfg = FinetuneConfig(steps=args.steps, batch=args.batch, lr=args.lr, val_fraction=args.val_fraction,
+    extra = {k: v for k, v in (("lr", args.lr), ("chunk", args.chunk), ("eval_every", args.eval_every)) if v is not None}
+    cfg = FinetuneConfig(steps=args.steps, batch=args.batch, val_fraction=args.val_fraction,
                          save_every=args.save_every, seed=args.seed, device=args.device, threads=args.threads,
-                         nice=args.nice)
+                         nice=args.nice, representation=args.representation, freeze_encoder=args.freeze_encoder,
+                         **extra)
     base = None if args.scratch else \
         (args.base or str(load_config(Path(args.config or default_config("sim.yaml"))).policy.checkpoint))
     job = FinetuneJob(args.episodes, args.out, base, cfg, resume=args.resume)
+    for w in job.audit.warnings():
+        print(f"demo audit: warning: {w}", flush=True)
     n_train = sum(e.split == "train" for e in job.episodes)
     print(f"finetuning {'from scratch' if base is None else 'from ' + job.base.name} on {n_train} training and "
           f"{len(job.episodes) - n_train} validation episodes"
@@ -263,7 +267,32 @@ def _cmd_eval(args) -> int:
     rep = evaluate(cfg, args.checkpoint, args.task, args.rollouts, args.seed, out, args.duration or None,
                    args.runner, workers=args.workers)
     print(rep.line())
+    reach = [(r.seed, r.closest_m, r.lift_m) for r in rep.rollouts if r.closest_m is not None]
+    if reach:
+        print("per rollout (seed: closest approach to the object, highest lift): " + ", ".join(
+            f"{s}{'' if r.success else ' (failed)'}: {100 * c:.1f} / {100 * lift:+.1f} cm"
+            for (s, c, lift), r in zip(reach, rep.rollouts)))
     print(f"rollouts saved in {out} (eval.json, one episode file each)")
+    if args.demos:
+        from policies.diagnostics import diagnose, write_json
+
+        d = diagnose(cfg, args.checkpoint, args.task, args.demos, out / "diagnostics",
+                     rollouts=min(args.rollouts, 10), workers=args.workers)
+        ol = d["open_loop"]
+        print("open loop on the demos: next arm target error per joint (rad) "
+              + " ".join(f"{x:.4f}" for x in ol["target_error_rad"]) + "; a demo step "
+              + " ".join(f"{x:.4f}" for x in ol["demo_step_rad"]) + "; arm error by chunk row "
+              + " ".join(f"{x:.4f}" for x in ol["target_error_by_row_rad"]))
+        if "replay" in d:
+            print(f"replay of demo seed {d['replay']['seed']}'s recorded commands: "
+                  f"{'solves the task' if d['replay']['success'] else 'FAILS: the fault is in execution, not learning'}")
+        if "demo_seeds" in d:
+            ds = d["demo_seeds"]
+            print(f"on the demos' own placements: {sum(ds['successes'])}/{ds['rollouts']} (new placements "
+                  f"{rep.successes}/{len(rep.rollouts)})")
+        if d.get("rollout_vs_demo_png"):
+            print(f"a failed rollout against its demo: {d['rollout_vs_demo_png']}")
+        print(f"diagnostics: {write_json(out / 'diagnostics' / 'diagnostics.json', d)}")
     if args.rrd:
         from robot_runtime.viz.replay import log_episode
         from robot_runtime.viz.rerun_log import RolloutLogger
@@ -416,6 +445,18 @@ def _cmd_data(args) -> int:
     if args.action == "recover":
         print(f"wrote {recover_partial(args.path)}")
         return 0
+    if args.action == "audit":
+        from robot_runtime.data.audit import audit_folder
+
+        try:
+            rep = audit_folder(args.path, horizon=args.horizon, successful_only=not args.all)
+        except ValueError as exc:
+            raise RobotRuntimeError(str(exc)) from exc
+        print(rep.table())
+        if args.json:
+            Path(args.json).write_text(json.dumps(rep.to_dict(), indent=1))
+            print(f"wrote {args.json}")
+        return 0 if rep.ok else 1
     if not args.out:
         raise RobotRuntimeError("data export needs an output folder")
     out = dataset.export_lerobot(args.path, args.out, successful_only=args.successful_only)
@@ -510,7 +551,14 @@ def main(argv=None) -> int:
     p.add_argument("--config", help="runtime config (for the default base; default: config/sim.yaml)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 3e-4 chunked, 1e-4 HOP)")
+    p.add_argument("--representation", default="chunked", choices=["chunked", "hop"],
+                   help="from scratch: chunks of arm-relative, hand-absolute targets, normalised by the demos' "
+                        "statistics (chunked), or HOP's one absolute target (hop); a base keeps its own")
+    p.add_argument("--chunk", type=int, help="from scratch, chunked: targets predicted per tick (default 10)")
+    p.add_argument("--freeze-encoder", action="store_true", help="keep the base's visual encoder fixed (faster)")
+    p.add_argument("--eval-every", type=int, help="steps between open-loop checks on the held-out demos; the best "
+                                                  "weights are kept (default 250)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of episodes held out for validation")
     p.add_argument("--save-every", type=int, default=500, help="steps between interval checkpoints")
     p.add_argument("--seed", type=int, default=0)
@@ -533,6 +581,8 @@ def main(argv=None) -> int:
     p.add_argument("--runner", default="onnxruntime", choices=["onnxruntime", "torch"])
     p.add_argument("--workers", type=int, default=1, help="processes running rollouts (each takes about a core)")
     p.add_argument("--rrd", action="store_true", help="also save each rollout as a Rerun .rrd file")
+    p.add_argument("--demos", help="the demos it was trained on: also the open-loop error on them, rollouts on their "
+                                   "placements, a replay of one demo's commands and a failed rollout against its demo")
     p.set_defaults(func=_cmd_eval)
     p = sub.add_parser("calibrate", help="hand-eye calibration of the camera's pose (ArUco on the hand): starts the "
                                          "config's graph with calibration_node and waits for its result")
@@ -552,9 +602,12 @@ def main(argv=None) -> int:
     p.add_argument("--rrd", help="save to this .rrd file instead of spawning a viewer")
     p.add_argument("--connect", help="send to a running viewer at this gRPC url (e.g. rerun+http://host:9876/proxy)")
     p.set_defaults(func=_cmd_replay)
-    p = sub.add_parser("data", help="list, inspect, recover or export recorded episodes")
-    p.add_argument("action", choices=["list", "inspect", "recover", "export"])
-    p.add_argument("path", help="episode folder (list, export), episode file (inspect) or .partial (recover)")
+    p = sub.add_parser("data", help="list, inspect, audit, recover or export recorded episodes")
+    p.add_argument("action", choices=["list", "inspect", "audit", "recover", "export"])
+    p.add_argument("path", help="episode folder (list, audit, export), episode file (inspect) or .partial (recover)")
+    p.add_argument("--horizon", type=int, default=10, help="audit: the chunk horizon (steps) of the motion spread")
+    p.add_argument("--all", action="store_true", help="audit: also the episodes not flagged successful")
+    p.add_argument("--json", help="audit: also write the report to this JSON file")
     p.add_argument("out", nargs="?", help="export: output folder (LeRobotDataset v3 layout)")
     p.add_argument("--successful-only", action="store_true", help="export: only episodes flagged successful")
     p.set_defaults(func=_cmd_data)

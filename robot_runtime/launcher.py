@@ -139,6 +139,12 @@ def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: d
         parts.append("rates " + ", ".join(
             f"{k} {int(twin[k + '_count']) / up:.0f} Hz" for k in ("arm", "hand", "depth") if k + "_count" in twin))
         parts.append(f"task {twin.get('task')} seed {twin.get('seed')}")
+        if "task_object" in twin:
+            lifted = float(twin.get("task_max_lift_m", 0.0))
+            solved = str(twin.get("task_solved")).lower() == "true"
+            parts.append(f"{twin['task_object']} {'lifted' if lifted > 0.02 else 'not lifted'} "
+                         f"(now {100 * float(twin.get('task_lift_m', 0.0)):+.1f} cm, highest {100 * lifted:+.1f} cm), "
+                         f"task {'solved' if solved else 'not solved'}")
     for name, v in sorted((loops or {}).items()):
         if "checkpoint" in v:   # the policy loop
             skipped = sum(int(x) for k, x in v.items() if k.startswith("ticks_") and k not in

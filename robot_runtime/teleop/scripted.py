@@ -46,6 +46,10 @@ TOP_GRASP = ("cube", "can", "ball", "block", "mug")
 #: Where an interaction may carry an object (base frame x, y ranges, m).
 INTERACTION_X = (0.38, 0.62)
 INTERACTION_Y = (-0.22, 0.22)
+#: The canonical flange targets (grasp point, base frame, m) each kind of grasp's IK branch is
+#: solved at once and continued from: over the middle of the table, at a typical approach height.
+CANONICAL_TOP = np.array([0.5, 0.0, 0.17])
+CANONICAL_SIDE = np.array([0.45, 0.0, 0.22])
 #: Lift counted as a success (m above the start height).
 LIFT_SUCCESS_M = 0.08
 #: The bowl's inner radius (m) for the drop check; the pour needs the bottle tilted this much (rad).
@@ -55,6 +59,17 @@ POUR_TILT = math.radians(70.0)
 #: within this distance (m, horizontally) of the bowl's centre.
 BOTTLE_HEIGHT = 0.19
 POUR_RADIUS = 0.1
+
+
+#: Spread (rad, std) of the hand's yaw about :func:`facing_yaw`.
+YAW_NOISE = 0.04
+
+
+def facing_yaw(position) -> float:
+    """The hand's yaw (rad) for an object at ``position`` [3] (m, base frame): fingers pointing away
+    from the robot's base. A function of what the camera sees, not a hidden draw: a demo set whose
+    yaw is drawn at random from a symmetric object's grasp is one a policy can only average."""
+    return float(math.atan2(position[1], position[0]))
 
 
 @dataclass
@@ -119,6 +134,7 @@ class ScriptedExpert:
         self.waypoints: list[Waypoint] = []
         self.duration = 0.0
         self.grasped = ""
+        self._refs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def _flange(self, point, yaw: float, tilt: float = 0.0, tilt_axis=(1.0, 0.0, 0.0),
                 palm: np.ndarray = R_PALM_DOWN) -> np.ndarray:
@@ -130,11 +146,44 @@ class ScriptedExpert:
         T_palm = make_T(R, np.asarray(point, float) - R @ GRASP_POINT_PALM)
         return T_palm @ self.T_mount_inv
 
-    def _ik(self, q, T) -> np.ndarray:
-        q, pos_err, rot_err = solve_ik(self.model, q, D.FLANGE_FRAME, T, np.arange(7), iters=200)
+    def _ik(self, q, T, q_rest=None) -> np.ndarray:
+        q, pos_err, rot_err = solve_ik(self.model, q, D.FLANGE_FRAME, T, np.arange(7), iters=200, q_rest=q_rest)
         if pos_err > 0.01 or rot_err > 0.05:
             raise TeleopError(f"scripted expert: pose out of reach (IK error {pos_err * 1000:.0f} mm, "
                               f"{math.degrees(rot_err):.0f} deg)")
+        return q
+
+    def _reference(self, key: str, point, flange_of) -> tuple[np.ndarray, np.ndarray]:
+        """The branch every plan of one kind starts from: the joints [23] reaching ``flange_of(point, 0)``
+        (a canonical pose over the table's middle, no yaw), solved once, and the point.
+
+        It is solved from the home posture and from the home posture with joint 5 turned by +-pi
+        (from a home with the wrist not yet turned over, the solver falls to +pi or -pi by the sign
+        of the hand's yaw), and the solution nearest the home posture is kept."""
+        if key not in self._refs:
+            found = []
+            for turn in (0.0, math.pi, -math.pi):
+                seed = self.arm_home.copy()
+                seed[4] += turn
+                try:
+                    q = self._ik(np.concatenate([seed, self.hand_open]), flange_of(point, 0.0))
+                except TeleopError:
+                    continue
+                found.append((float(np.abs(q[:7] - self.arm_home).sum()), len(found), q))
+            if not found:
+                raise TeleopError(f"scripted expert: the canonical {key} grasp pose is out of reach")
+            self._refs[key] = (min(found)[2], np.asarray(point, float))
+        return self._refs[key]
+
+    def _ik_on_branch(self, key: str, point, yaw: float, flange_of, canonical, steps: int = 6) -> np.ndarray:
+        """IK for ``flange_of(point, yaw)`` continued from the kind's reference posture: the point and
+        the yaw move from the canonical ones in ``steps`` small steps, each solve warm-started from the
+        last, so every demo of a task lands on one IK branch (no wrap of the +-2 pi joints)."""
+        q, p0 = self._reference(key, canonical, flange_of)
+        p1 = np.asarray(point, float)
+        rest = q
+        for s in np.linspace(0.0, 1.0, steps + 1)[1:]:
+            q = self._ik(q, flange_of(p0 + s * (p1 - p0), s * yaw), q_rest=rest)
         return q
 
     def plan(self, task: str, poses: dict, active, q_now, rng: np.random.Generator) -> list[Waypoint]:
@@ -200,15 +249,14 @@ class ScriptedExpert:
     def _grasp_lift_steps(self, position, obj: str, q_now, rng: np.random.Generator):
         """The top-down reach, grasp and lift of ``obj`` at ``position`` [3] (m): the steps, the
         joints at the lift [23], the lift point (m) and the hand's yaw (rad)."""
-        yaw = rng.uniform(-0.35, 0.35)
         p = np.asarray(position, dtype=float)
+        yaw = facing_yaw(p) + rng.normal(0.0, YAW_NOISE)
         grasp = np.array([p[0], p[1], self.table_z + GRASP_HEIGHT[obj]]) + np.append(rng.normal(0, 0.004, 2), 0)
         above = grasp + [0.0, 0.0, rng.uniform(0.10, 0.18)]
         wobble = (above + grasp) / 2 + np.append(rng.normal(0, 0.01, 2), 0)
         lift = grasp + [0.0, 0.0, rng.uniform(0.15, 0.22)]
         o, c = self.hand_open, HAND_GRASP + rng.normal(0, 0.03, 16)
-        q = np.concatenate([self.arm_home, self.hand_open])
-        q_above = self._ik(q, self._flange(above, yaw))
+        q_above = self._ik_on_branch("top", above, yaw, self._flange, CANONICAL_TOP)
         q_wobble = self._ik(q_above, self._flange(wobble, yaw))
         q_grasp = self._ik(q_wobble, self._flange(grasp, yaw))
         q_lift = self._ik(q_grasp, self._flange(lift, yaw))
@@ -224,7 +272,7 @@ class ScriptedExpert:
         forward), lifted, carried next to the bowl and poured by rolling the wrist about the
         fingers' direction, so that the bottle comes to lie on the upturned palm with its mouth
         over the bowl."""
-        yaw = rng.uniform(-0.3, 0.3)
+        yaw = float(np.clip(facing_yaw(bottle), -0.3, 0.3)) + rng.normal(0.0, YAW_NOISE)
         turn = rot_axis((0, 0, 1), yaw)
         normal, along = turn @ R_PALM_SIDE[:, 0], turn @ R_PALM_SIDE[:, 2]   # palm normal, finger direction
         # fingers pointing a little down, so that the wrist stays clear of the table
@@ -240,8 +288,8 @@ class ScriptedExpert:
         spot = np.array([bowl[0] - mouth[0], bowl[1] - mouth[1], lift[2]]) + np.append(rng.normal(0, 0.01, 2), 0)
         o, c = self.hand_open, HAND_GRASP + rng.normal(0, 0.03, 16)
         side = {"yaw": yaw, "palm": palm}
-        q = np.concatenate([self.arm_home, self.hand_open])
-        q_above = self._ik(q, self._flange(above, **side))
+        q_above = self._ik_on_branch("side", above, yaw, lambda p, y: self._flange(p, yaw=y, palm=palm),
+                                     CANONICAL_SIDE)
         q_beside = self._ik(q_above, self._flange(beside, **side))
         q_grasp = self._ik(q_beside, self._flange(grasp, **side))
         q_lift = self._ik(q_grasp, self._flange(lift, **side))

@@ -35,7 +35,11 @@ from robot_runtime.control.pd import pd_torque
 from robot_runtime.control.safety import ShieldState, shield_step
 from robot_runtime.data.recorder import EpisodeRecorder, RecorderInputs, Stamped
 from robot_runtime.perception.preprocess import VisualPreprocessor, VisualSpec
-from robot_runtime.teleop.scripted import task_success
+from robot_runtime.errors import TeleopError
+from robot_runtime.teleop.scripted import task_objects, task_success
+
+#: The sites whose centre counts as where the hand is, for :attr:`EpisodeOutcome.closest_m`.
+HAND_SITES = ("index_tip", "middle_tip", "ring_tip", "thumb_tip")
 
 #: A driver: (t since the episode began (s), measured q [23] (rad, driver order), depth [H, W]
 #: (m), K [3, 3]) -> the target for the next step [23] (rad, driver order), or None to hold.
@@ -45,7 +49,12 @@ Driver = Callable[[float, np.ndarray, np.ndarray, np.ndarray], "np.ndarray | Non
 @dataclass
 class EpisodeOutcome:
     """One episode: ``success`` from ground truth, its ``steps``, the saved ``file`` (if recorded),
-    how often the driver gave nothing (``holds``) and the shield's interventions by reason."""
+    how often the driver gave nothing (``holds``) and the shield's interventions by reason.
+
+    For the twin's tasks, ``closest_m`` is the closest the hand came to the object to grasp (m, the
+    centre of the four fingertips to the object's frame) and ``lift_m`` the highest the object rose
+    above where it started (m): why a rollout failed, at a glance (never reached it, reached it but
+    did not hold it, held it but did not lift it)."""
 
     task: str
     seed: int
@@ -54,6 +63,8 @@ class EpisodeOutcome:
     file: str = ""
     holds: int = 0
     interventions: dict | None = None
+    closest_m: float | None = None
+    lift_m: float | None = None
 
 
 class TwinEpisodeRunner:
@@ -126,6 +137,11 @@ class TwinEpisodeRunner:
         holds, interventions = 0, {}
         h = cfg.control.hand
         try:
+            obj = task_objects(task, sim.active_objects)[0]
+        except TeleopError:   # not one of the twin's tasks (an interaction): no reach figures
+            obj = None
+        closest, lift = np.inf, -np.inf
+        try:
             for k in range(n_steps):
                 t = k * self.period
                 q = self.measured()
@@ -153,6 +169,11 @@ class TwinEpisodeRunner:
                     sim.set_hand_torque(pd_torque(x[7:], hs.position, hs.velocity, h.kp, h.kd, h.torque_limit))
                     sim.step()
                 cmd = new
+                if obj is not None:
+                    p_obj = np.asarray(sim.object_poses()[obj].position)
+                    hand_at = np.mean([sim.site_position(n) for n in HAND_SITES], axis=0)
+                    closest = min(closest, float(np.linalg.norm(hand_at - p_obj)))
+                    lift = max(lift, float(p_obj[2] - start[obj][0][2]))
         except BaseException:
             if self.recorder is not None and self.recorder.recording:
                 self.recorder.stop(None, discard=True)
@@ -162,7 +183,8 @@ class TwinEpisodeRunner:
         file = ""
         if self.recorder is not None:
             file = str(self.recorder.stop(success, now=time.time()))
-        return EpisodeOutcome(task, int(seed), success, n_steps, file, holds, interventions)
+        return EpisodeOutcome(task, int(seed), success, n_steps, file, holds, interventions,
+                              None if obj is None else round(closest, 4), None if obj is None else round(lift, 4))
 
 
 def make_expert(cfg: RuntimeConfig):

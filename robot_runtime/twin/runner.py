@@ -277,8 +277,30 @@ class TwinRunner:
             **{f"{k}_count": s.count for k, s in self.streams.items() if k != "stats"},
             "task": self.sim.task,
             "seed": self.sim.seed,
+            **{f"task_{k}": v for k, v in self.task_progress().items()},
         }
+
+    def task_progress(self) -> dict:
+        """How the task is going, from ground truth: the object to grasp, how high it is now and
+        at most above where it started (m), and whether the task counts as solved."""
+        from robot_runtime.errors import TeleopError  # noqa: PLC0415
+        from robot_runtime.teleop.scripted import task_objects, task_success  # noqa: PLC0415
+
+        start = getattr(self, "_start_poses", None)
+        if not start:
+            return {}
+        try:
+            obj = task_objects(self.sim.task, self.sim.active_objects)[0]
+        except TeleopError:
+            return {}
+        now = {k: (v.position, v.quaternion) for k, v in self.sim.object_poses().items()}
+        lift = float(now[obj][0][2] - start[obj][0][2])
+        self._max_lift = max(getattr(self, "_max_lift", -np.inf), lift)
+        return {"object": obj, "lift_m": round(lift, 4), "max_lift_m": round(self._max_lift, 4),
+                "solved": bool(task_success(self.sim.task, self.sim.active_objects, start, now))}
 
     def _emit_episode(self) -> None:
         poses = self.sim.object_poses()
+        self._start_poses = {k: (v.position.copy(), v.quaternion.copy()) for k, v in poses.items()}
+        self._max_lift = -np.inf
         self.sink.episode(self.sim.task, self.sim.seed, list(poses), list(self.sim.active_objects))

@@ -1,6 +1,7 @@
 """`robot-runtime sim` on the twin, headless, as `make sim` runs it, and the control CLI."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,9 @@ def test_sim_runs_and_the_control_cli_stops_it():
     assert summary and "all nodes ok" in summary[0] and "twin RTF" in summary[0], out
     rtf = float(summary[0].split("twin RTF ")[1].split()[0])
     assert rtf > 0.9
+    # the line says what happened to the task's object, from the twin's ground truth
+    assert re.search(r"\| (mug|can|ball|block) (lifted|not lifted) \(now [+-]\d+\.\d cm, highest [+-]\d+\.\d cm\), "
+                     r"task (solved|not solved) \|", summary[0]), summary[0]
     for loop, hz in (("arm_controller", 120), ("hand_controller", 300)):
         part = summary[0].split(f"{loop} ")[1]
         assert abs(float(part.split(" Hz")[0]) - hz) < 0.05 * hz and ", stopped," in part.split("|")[0], summary[0]

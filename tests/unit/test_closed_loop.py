@@ -142,7 +142,7 @@ def test_swap_to_a_good_checkpoint_and_roll_back(ckpts):
     assert cl.policy is old
     q_back = cl.tick(1.35, frame(4, 1.30), (1.35, HOME)).q
     # the old network again, on the episode's history re-encoded for it
-    np.testing.assert_allclose(q_back, old.act(cl.history.window()), atol=1e-9)
+    np.testing.assert_allclose(q_back, old.act(cl.history.window())[0], atol=1e-9)
     assert cl.history.steps()[-1].emb.tobytes() == old.encode(frame(4, 1.30))[1].tobytes()
 
 

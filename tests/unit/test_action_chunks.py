@@ -1,0 +1,241 @@
+"""The action representation: chunks, relative targets, normalisation, temporal ensembling, the
+demo audit, and a policy overfit on one twin demo. No ROS."""
+import json
+
+import numpy as np
+import pytest
+
+from policies.action import ActionSpec, TemporalEnsembler
+from policies.checkpoint import FORMAT, FORMAT_ACTION, META_FILE, load_checkpoint
+from policies.closed_loop import ClosedLoopPolicy, Frame, LiveRobot, LoadedPolicy
+from policies.errors import CheckpointError, SchemaMismatchError
+from policies.schema import PolicySchema
+from robot_runtime import description as D
+from robot_runtime.data.audit import audit_demos
+from robot_runtime.perception.preprocess import VisualSpec
+from tests.policy_fixtures import SMALL_DEPTH, depth_checkpoint
+
+HOME = np.array(D.ARM_HOME + D.HAND_HOME)
+LIVE = LiveRobot(tuple(D.ALL_JOINTS), tuple(tuple(x) for x in D.ARM_LIMITS + D.HAND_LIMITS), 20.0)
+K = np.array([[100.0, 0, 40], [0, 100.0, 30], [0, 0, 1]])
+SMALL = {"hidden": 32, "layers": 1, "heads": 2, "inner": 64}
+
+
+def spec(chunk=4, decay=0.3, arm="relative", hand="absolute"):
+    rng = np.random.default_rng(0)
+    return ActionSpec(chunk, {"arm": arm, "hand": hand}, HOME + rng.normal(0, 0.1, 23), rng.uniform(0.1, 0.5, 23),
+                      rng.normal(0, 0.01, (chunk, 23)), rng.uniform(0.01, 0.2, (chunk, 23)), decay)
+
+
+def chunked_checkpoint(folder, action: ActionSpec, seed=0):
+    schema = PolicySchema.hop(VisualSpec("depth", depth=SMALL_DEPTH))
+    schema.action = action
+    return depth_checkpoint(folder, seed=seed, arch_kw={**SMALL, "chunk": action.chunk}, schema=schema, onnx=False)
+
+
+def frame(seq, t):
+    return Frame(np.full((60, 80), 0.8, np.float32), K, t, seq)
+
+
+def test_rows_and_targets_invert_each_other_for_relative_and_absolute_joints():
+    s = spec(chunk=5)
+    rng = np.random.default_rng(1)
+    q = HOME + np.cumsum(rng.normal(0, 0.01, (30, 23)), axis=0)
+    actions = np.vstack([q[1:], q[-1:]])
+    rows = s.rows(q, actions, np.arange(30))
+    assert rows.shape == (30, 5, 23)
+    rel = s.relative_mask()
+    assert rel[:7].all() and not rel[7:].any()
+    np.testing.assert_allclose(rows[3, 2, :7], actions[5, :7] - q[3, :7])   # arm: relative to the tick's joints
+    np.testing.assert_allclose(rows[3, 2, 7:], actions[5, 7:])              # hand: absolute
+    np.testing.assert_allclose(rows[28, 4], actions[29] - np.where(rel, q[28], 0))   # past the end: the last repeats
+    for t in (0, 7, 29):
+        np.testing.assert_allclose(s.targets(s.action_out(rows[t]).ravel(), q[t]),
+                                   actions[np.minimum(t + np.arange(5), 29)], atol=1e-5)
+
+
+def test_fit_floors_the_spread_of_joints_that_do_not_move():
+    q = np.tile(HOME, (40, 1))
+    q[:, 1] += np.linspace(0, 0.5, 40)
+    actions = np.vstack([q[1:], q[-1:]])
+    s = ActionSpec.fit([(q, actions)], 3, {"arm": "relative", "hand": "absolute"})
+    assert s.proprio_std[0] == 0.05 and s.proprio_std[1] > 0.1
+    assert np.all(s.action_std[:, 0] == 0.01) and np.all(s.action_std[:, 10] == 0.05)
+    s2 = ActionSpec.from_dict(json.loads(json.dumps(s.to_dict())))
+    np.testing.assert_allclose(s2.action_std, s.action_std)
+
+
+def test_temporal_ensemble_weighs_chunks_by_age():
+    ens = TemporalEnsembler(0.05, 3, decay=0.5)
+    ens.add(1.0, np.array([[0.0], [10.0], [20.0]]))          # made at t = 0.95, rows for 1.0, 1.05, 1.1
+    ens.add(1.05, np.array([[12.0], [22.0], [32.0]]))
+    w_old, w_new = np.exp(-0.5), 1.0
+    assert ens.target(1.05)[0] == pytest.approx((10 * w_old + 12 * w_new) / (w_old + w_new))
+    assert ens.target(1.2) is None                           # past every chunk
+    ens.add(1.1, np.zeros((3, 1)))
+    ens.add(1.15, np.zeros((3, 1)))                          # the first chunk no longer covers anything new
+    assert len(ens) == 3
+
+
+def test_chunked_execution_with_ensembling_is_exact_on_a_ramp(tmp_path):
+    """A network whose chunks are the exact continuation of a joint ramp: every published target,
+    through normalisation, relative arm targets, the drivers' joint order and the ensemble,
+    is the ramp's value at the time it is stamped for."""
+    s = spec(chunk=6, decay=0.2)
+    pol = LoadedPolicy.load(chunked_checkpoint(tmp_path / "c", s), LIVE, "torch", 1)
+    slope = np.linspace(-0.2, 0.3, 23)          # rad/s per driver joint
+
+    def ramp(t):                                 # joints [..., 23] at time(s) t
+        return HOME + slope * np.asarray(t, float)[..., None]
+
+    class RampRunner:
+        def encode(self, visual):
+            return np.zeros(SMALL["hidden"], np.float32)
+
+        def act(self, proprio, emb):
+            q_now = proprio[-1].astype(np.float64) * s.proprio_std + s.proprio_mean     # policy order
+            t_now = float(np.median((q_now - HOME[pol.idx]) / slope[pol.idx]))
+            rows = ramp(t_now + 0.05 * (1 + np.arange(s.chunk)))[:, pol.idx]
+            return s.action_out(np.where(s.relative_mask(), rows - q_now, rows)).ravel()
+
+    pol.runner = RampRunner()
+    cl = ClosedLoopPolicy(pol, 0.05)
+    cl.start()
+    for k in range(20):
+        t = 2.0 + 0.05 * k
+        r = cl.tick(t, frame(k, t), (t, ramp(t - 2.0)), stamp_for=t + 0.05)
+        np.testing.assert_allclose(r.q, ramp(t - 2.0 + 0.05), atol=1e-5)
+        assert len(cl.ensemble) == min(k + 1, s.chunk)
+
+
+def test_chunks_that_disagree_are_blended_and_a_nonfinite_chunk_is_not_used(tmp_path):
+    s = spec(chunk=3, decay=0.0, arm="absolute")
+    pol = LoadedPolicy.load(chunked_checkpoint(tmp_path / "c", s), LIVE, "torch", 1)
+    outputs = iter([np.zeros(69), np.ones(69), np.full(69, np.nan)])
+    pol.runner.act = lambda proprio, emb: next(outputs)
+    cl = ClosedLoopPolicy(pol, 0.05)
+    cl.start()
+    r1 = cl.tick(1.0, frame(1, 1.0), (1.0, HOME), stamp_for=1.05)
+    r2 = cl.tick(1.05, frame(2, 1.05), (1.05, HOME), stamp_for=1.1)
+    c1 = pol.targets(np.zeros(69), HOME)
+    c2 = pol.targets(np.ones(69), HOME)
+    np.testing.assert_allclose(r1.q, c1[0])
+    np.testing.assert_allclose(r2.q, (c1[1] + c2[0]) / 2)      # decay 0: the plain mean of the overlap
+    r3 = cl.tick(1.1, frame(3, 1.1), (1.1, HOME), stamp_for=1.15)
+    assert r3.skip == "nonfinite_action" and r3.q is None and len(cl.ensemble) == 2
+    cl.start()                                                # a new episode blends nothing old
+    assert len(cl.ensemble) == 0
+
+
+def test_formats_name_the_representation_and_a_mismatch_is_refused(tmp_path):
+    hop = depth_checkpoint(tmp_path / "hop", arch_kw=SMALL, onnx=False)
+    meta = json.loads((hop / META_FILE).read_text())
+    assert meta["format"] == FORMAT and "action" not in meta["schema"]
+    ck = load_checkpoint(hop)
+    assert ck.schema.action is None and ck.schema.chunk == 1
+    chunked = chunked_checkpoint(tmp_path / "chunked", spec())
+    meta = json.loads((chunked / META_FILE).read_text())
+    assert meta["format"] == FORMAT_ACTION and meta["schema"]["action"]["chunk"] == 4
+    assert load_checkpoint(chunked).schema.action.modes == {"arm": "relative", "hand": "absolute"}
+    meta["format"] = FORMAT                                    # an old reader's format with chunks inside
+    (chunked / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="'action' entry"):
+        load_checkpoint(chunked)
+    meta["format"] = FORMAT_ACTION
+    meta["schema"]["action"]["action_std"][0][3] = -1.0
+    (chunked / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(SchemaMismatchError, match="action_std must be positive"):
+        load_checkpoint(chunked)
+
+
+def test_onnx_export_of_a_chunk_head_matches_torch(tmp_path):
+    from policies.runners import OnnxRunner, TorchRunner
+
+    ck = load_checkpoint(chunked_checkpoint(tmp_path / "c", spec(chunk=5)))
+    ort, pt = OnnxRunner(ck, folder=tmp_path / "onnx"), TorchRunner(ck)
+    rng = np.random.default_rng(0)
+    v = rng.uniform(0, 1, SMALL_DEPTH.shape).astype(np.float32)
+    p = rng.normal(0, 1, (16, 23)).astype(np.float32)
+    e = np.repeat(pt.encode(v)[None], 16, 0)
+    out = ort.act(p, e)
+    assert out.shape == (5 * 23,)
+    assert np.abs(out - pt.act(p, e)).max() <= 1e-4
+
+
+def _branches(n_a, n_b, seed=0):
+    rng = np.random.default_rng(seed)
+    eps = []
+    for i in range(n_a + n_b):
+        q = np.tile(HOME, (50, 1)) + np.linspace(0, 1, 50)[:, None] * rng.normal(0, 0.05, 23)
+        q[:, 4] += np.linspace(0, 2.6 if i < n_a else -2.6, 50) + rng.normal(0, 0.05)   # joint 5 turns one way or the other
+        eps.append(q)
+    return eps, [f"ep{i:02d}" for i in range(n_a + n_b)]
+
+
+def test_audit_flags_a_two_branch_demo_set_and_names_the_minority():
+    eps, names = _branches(10, 4)
+    rep = audit_demos(eps, names, D.ALL_JOINTS, joints=range(7))
+    assert not rep.ok and [s.joint for s in rep.splits] == ["joint5"]
+    assert rep.splits[0].minority == names[10:] and rep.splits[0].majority_count == 10
+    assert "ep10" in rep.warnings()[0] and "joint5" in rep.table()
+    one, names1 = _branches(14, 0)
+    assert audit_demos(one, names1, D.ALL_JOINTS, joints=range(7)).ok
+
+
+def test_the_scripted_expert_plans_every_demo_of_a_task_on_one_branch():
+    from robot_runtime.config import config_from_dict
+    from robot_runtime.twin.rollout import make_expert
+    from robot_runtime.twin.sim import TwinSimulation
+
+    cfg = config_from_dict({})
+    sim = TwinSimulation(cfg.twin, cfg.robot)
+    expert = make_expert(cfg)
+    try:
+        for task in ("grasp_lift", "grasp_pour"):
+            plans, names = [], []
+            for seed in range(8):
+                sim.reset(task, seed)
+                poses = {k: (v.position, v.quaternion) for k, v in sim.object_poses().items()}
+                q = np.concatenate([sim.arm_state().position, sim.hand_state().position])
+                wps = expert.plan(task, poses, sim.active_objects, q, np.random.default_rng(seed))
+                plans.append(np.array([np.concatenate([w.arm, w.hand]) for w in wps]))
+                names.append(f"{task}_{seed}")
+            rep = audit_demos(plans, names, D.ALL_JOINTS, horizon=1, joints=range(7))
+            assert rep.ok, rep.warnings()
+            # joint 5 on one branch through the approach and the grasp (it took +pi or -pi by the yaw's sign)
+            assert rep.posture_std[1:4, 4].max() < 0.3, (task, rep.posture_std[:, 4])
+    finally:
+        sim.close()
+
+
+def test_a_policy_overfit_on_one_demo_reproduces_its_targets_well_below_the_demo_step(twin_recording):
+    """The cheapest rung of the diagnostic ladder: one twin demo, a small chunked network, the
+    few-shot recipe. Open loop on that demo, the next-target error must be a small fraction of
+    how far the demo moves in a step (else nothing downstream can work)."""
+    import torch
+
+    from policies.bc import TrainConfig, WeightAverage, WindowSampler, bc_step, open_loop_error
+    from policies.hop import HopArchitecture, HopPolicy
+
+    ep = twin_recording["episode"]
+    schema = PolicySchema.hop(twin_recording["spec"])
+    idx = schema.index_in(D.ALL_JOINTS)
+    schema.action = ActionSpec.fit([(ep.q[:, idx], ep.actions[:, idx])], 5, {"arm": "relative", "hand": "absolute"})
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model = HopPolicy(HopArchitecture(visual="depth", depth_size=SMALL_DEPTH.shape, hidden=64, layers=2, heads=2,
+                                      inner=128, chunk=5))
+    cfg = TrainConfig(steps=300, batch=16, lr=1e-3, weight_decay=0.0, warmup=20, cosine=True, ema=0.9, run=1)
+    sampler = WindowSampler([ep], schema, D.ALL_JOINTS)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = WeightAverage(model, cfg.ema)
+    rng = np.random.default_rng(0)
+    before = open_loop_error(model, schema, [ep], D.ALL_JOINTS, every=1)
+    for step in range(cfg.steps):
+        bc_step(model, opt, sampler, rng, cfg, step=step)
+        ema.update(model)
+    err = open_loop_error(ema.model, schema, [ep], D.ALL_JOINTS, every=1)
+    demo_step = np.mean(err["demo_step"][:7])
+    assert err["arm"] < 0.25 * demo_step, (err["arm"], demo_step)
+    assert err["hand"] < 0.25 * np.mean(before["per_joint"][7:]), (err["hand"], before["per_joint"][7:])
+    assert len(err["per_row"]) == 5 and err["per_row"][-1] < 2 * demo_step
