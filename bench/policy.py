@@ -4,7 +4,8 @@ Part 1, in this process, on depth frames rendered by the twin during a scripted 
 with the shipped checkpoint's weights, one CPU thread each:
 
 - ``onnxruntime``: the runtime's path: preprocess the new frame, encode it once (cached),
-  run the exported 32-token trunk, unscale and reorder;
+  run the exported 32-token trunk, turn its output into targets (the checkpoint's action
+  representation) and reorder;
 - ``torch``: the same steps with the eager torch runner;
 - ``reference``: the usual research deployment: a Hugging Face ``transformers`` GPT-2
   trunk (position table zeroed, weights copied in) in torch eager, re-encoding all 16
@@ -122,17 +123,17 @@ def step_latency(ckpt_path: Path, cfg) -> tuple[dict, dict]:
                 frames = np.stack([visuals[j] if j != i else pre(depth[i], K, 0.05 * i, q[i]) for j in w])
                 t1 = time.perf_counter()
                 t2 = t1
-                a = ref.act(schema.scale(proprio_q), frames)
+                a = ref.act(schema.proprio_in(proprio_q), frames)
             else:
                 r = runners[name]
                 visual = pre(depth[i], K, 0.05 * i, q[i])
                 t1 = time.perf_counter()
                 cache[name][i] = (visual, r.encode(visual))
                 t2 = time.perf_counter()
-                a = r.act(schema.scale(proprio_q), np.stack([cache[name][j][1] for j in w]))
+                a = r.act(schema.proprio_in(proprio_q), np.stack([cache[name][j][1] for j in w]))
                 visuals[i] = visual
             t3 = time.perf_counter()
-            target = schema.unscale(a)[inv]
+            target = schema.targets(a, proprio_q[-1])[:, inv]   # the chunk [H, 23], drivers' order
             ok = np.all(np.isfinite(target))
             t4 = time.perf_counter()
             assert ok

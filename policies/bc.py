@@ -50,7 +50,9 @@ class TrainConfig:
     given in radians per joint group by the representation, and the rest of the recipe applies
     alike: ``warmup`` steps of linear warm-up then a cosine decay to ``lr_min`` (``cosine``), an
     exponential moving average of the weights (``ema``, 0: none) that is what gets evaluated and
-    saved, and ``run`` consecutive windows per draw (1: every window in a batch independent).
+    saved, ``run`` consecutive windows per draw (1: every window in a batch independent), the
+    ``loss`` ('l1' as HOP, or 'mse') and where it is taken (``loss_on``: 'all' window steps as
+    HOP, or the 'last', the one a deployed policy acts on).
     """
 
     steps: int = 2000
@@ -65,15 +67,19 @@ class TrainConfig:
     lr_min: float = 1e-5
     ema: float = 0.0
     run: int = 8
+    loss: str = "l1"
+    loss_on: str = "all"
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of optimizer step ``step`` (0-based)."""
-        if self.warmup and step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
+        """The learning rate of optimizer step ``step`` (0-based). The warm-up is at most a tenth of
+        the job, so a short job still reaches the peak."""
+        warmup = min(self.warmup, max(1, self.steps // 10)) if self.warmup else 0
+        if warmup and step < warmup:
+            return self.lr * (step + 1) / warmup
         if not self.cosine:
             return self.lr
-        span = max(1, self.steps - self.warmup)
-        x = min(1.0, (step - self.warmup) / span)
+        span = max(1, self.steps - warmup)
+        x = min(1.0, (step - warmup) / span)
         return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1.0 + np.cos(np.pi * x))
 
 
@@ -136,12 +142,25 @@ class WindowSampler:
                 torch.from_numpy(np.stack(acts)))
 
 
-def bc_loss(model: HopPolicy, proprio, frames, index, actions, embedded: bool = False) -> torch.Tensor:
-    """Mean L1 between the predicted and the demonstrated (normalised) targets over every window
-    step (and every chunk row). ``embedded``: ``frames`` are already embeddings."""
+def bc_loss(model: HopPolicy, proprio, frames, index, actions, embedded: bool = False, loss: str = "l1",
+            loss_on: str = "all") -> torch.Tensor:
+    """Mean L1 (or squared error, ``loss='mse'``) between the predicted and the demonstrated
+    (normalised) targets, over every window step (``loss_on='all'``) or the last one (``'last'``),
+    and every chunk row. ``embedded``: ``frames`` are already embeddings.
+
+    Measured on one twin demo (a small network, 1000 steps): the next arm target's open-loop
+    error was 0.0052 rad with L1 over every step, 0.0018 with L1 on the last step and 0.0011 with
+    the squared error on the last step, against a demo step of 0.0107 rad: the early steps of a
+    window, with little history, took the fit away from the step the policy acts on.
+    """
+    if loss not in ("l1", "mse") or loss_on not in ("all", "last"):
+        raise PolicyError(f"loss {loss!r} on {loss_on!r}: expected 'l1' or 'mse' on 'all' or 'last'")
     emb = frames if embedded else model.encode_visual(frames)
     pred, _ = model.trunk(proprio, emb[index])
-    return (pred - actions).abs().mean()
+    if loss_on == "last":
+        pred, actions = pred[:, -1], actions[:, -1]
+    d = pred - actions
+    return d.abs().mean() if loss == "l1" else d.pow(2).mean()
 
 
 def bc_step(model: HopPolicy, opt: torch.optim.Optimizer, sampler: WindowSampler, rng: np.random.Generator,
@@ -160,7 +179,7 @@ def bc_step(model: HopPolicy, opt: torch.optim.Optimizer, sampler: WindowSampler
         proprio = proprio + torch.from_numpy(sampler.noise).to(device) * torch.randn_like(proprio)
     elif cfg.proprio_noise > 0:
         proprio = proprio + cfg.proprio_noise * torch.randn_like(proprio)
-    loss = bc_loss(model, proprio, frames, index, actions, sampler.embedded)
+    loss = bc_loss(model, proprio, frames, index, actions, sampler.embedded, cfg.loss, cfg.loss_on)
     if not torch.isfinite(loss):
         raise PolicyError(f"training loss became {loss.item()}")
     opt.zero_grad(set_to_none=True)
@@ -194,16 +213,16 @@ class WeightAverage:
 
 @torch.no_grad()
 def validation_loss(model: HopPolicy, sampler: WindowSampler, device: torch.device | str = "cpu",
-                    batches: int = 8, batch: int = 64) -> float:
-    """Mean L1 (no noise) on a fixed set of windows of ``sampler``'s episodes: the same windows at
-    every call, so the numbers compare across steps."""
+                    batches: int = 8, batch: int = 64, loss: str = "l1", loss_on: str = "all") -> float:
+    """The training loss (no noise) on a fixed set of windows of ``sampler``'s episodes: the same
+    windows at every call, so the numbers compare across steps."""
     was_training = model.training
     model.eval()
     rng = np.random.default_rng(12345)
     total = 0.0
     for _ in range(batches):
         proprio, frames, index, actions = (x.to(device) for x in sampler.batch(rng, batch))
-        total += bc_loss(model, proprio, frames, index, actions, sampler.embedded).item()
+        total += bc_loss(model, proprio, frames, index, actions, sampler.embedded, loss, loss_on).item()
     model.train(was_training)
     return total / batches
 

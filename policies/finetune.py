@@ -1,11 +1,14 @@
 """Finetuning: behaviour cloning on recorded episodes, with checkpoints, resume and provenance.
 
 :class:`FinetuneJob` trains the HOP network on episodes saved by the recorder (or by the
-in-process twin runner) with the HOP recipe (:mod:`policies.bc`): L1 on scaled actions
-over the 16-step window, proprio noise 0.1, AdamW lr 1e-4, weight decay 0.01, gradient
-clip 0.25. It starts from a checkpoint (the project's prior, or an imported HOP
-checkpoint) or from scratch (the architecture then follows the preprocessing the
-episodes were recorded with).
+in-process twin runner). From scratch, or from a base that carries one, it trains the
+chunked action representation (:mod:`policies.action`) with the few-shot recipe of
+:class:`FinetuneConfig`; from a base in the public HOP layout it keeps HOP's representation
+and recipe (L1 on scaled actions over the 16-step window, proprio noise 0.1, AdamW lr 1e-4,
+weight decay 0.01, gradient clip 0.25). A job from scratch takes its architecture from the
+preprocessing the episodes were recorded with, and its normalisation from the training
+episodes. The weights kept are those with the lowest open-loop error on the held-out
+episodes (:func:`policies.bc.open_loop_error`).
 
 Episodes are split into training and validation *by episode*. Every ``save_every`` steps
 and at the end the job writes, under ``out``:
@@ -93,6 +96,8 @@ class FinetuneConfig(TrainConfig):
     cosine: bool = True
     ema: float = 0.995
     run: int = 1
+    loss: str = "mse"
+    loss_on: str = "last"
     representation: str = "chunked"
     chunk: int = 10
     arm_mode: str = "relative"
@@ -112,8 +117,10 @@ class FinetuneConfig(TrainConfig):
         return TrainConfig(**{k: getattr(self, k) for k in TrainConfig.__dataclass_fields__})
 
     def hop_recipe(self) -> "FinetuneConfig":
-        """The same job with HOP's recipe (constant lr 1e-4, no EMA, runs of 8 windows, noise 0.1)."""
-        return replace(self, lr=1e-4, warmup=0, cosine=False, ema=0.0, run=8, proprio_noise=0.1)
+        """The same job with HOP's recipe (L1 over every window step, constant lr 1e-4, no EMA, runs
+        of 8 windows, noise 0.1)."""
+        return replace(self, lr=1e-4, warmup=0, cosine=False, ema=0.0, run=8, proprio_noise=0.1, loss="l1",
+                       loss_on="all")
 
 
 @dataclass
@@ -349,7 +356,7 @@ class FinetuneJob:
                                      err=f"{best['error']:.4f}" if best["state"] is not None else "-")
                 saving = done % cfg.save_every == 0 or done == cfg.steps
                 if saving and val is not None:
-                    vals.append((done, validation_loss(judged, val, device)))
+                    vals.append((done, validation_loss(judged, val, device, loss=cfg.loss, loss_on=cfg.loss_on)))
                 if self.val_eps and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
                     err = open_loop_error(judged, self.schema, self.val_eps, D.ALL_JOINTS, every=4, device=device)
                     best["history"].append([done, round(err["chunk"], 6), round(err["arm"], 6), round(err["hand"], 6)])
@@ -451,7 +458,7 @@ def save_loss_plot(path, losses, vals, title: str = "") -> Path | None:
         ax.plot(v[:, 0], v[:, 1], "o-", color="C3", lw=1.5, label="validation")
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("L1, scaled units")
+    ax.set_ylabel("training loss (normalised units)")
     ax.grid(alpha=0.3)
     ax.legend()
     if title:
@@ -470,8 +477,8 @@ def provenance_summary(path) -> str:
     base = base["name"] if isinstance(base, dict) else base
     n = len(p.get("episodes", []))
     val = p.get("val_loss")
-    return (f"{Path(path).name}: from {base}, {n} episodes, {p.get('step')} steps, train L1 {p.get('train_loss', 0):.4f}"
-            + (f", val L1 {val:.4f}" if val is not None else "") + f", {p.get('device')}, code {p.get('code_version')}")
+    return (f"{Path(path).name}: from {base}, {n} episodes, {p.get('step')} steps, train loss {p.get('train_loss', 0):.4f}"
+            + (f", val loss {val:.4f}" if val is not None else "") + f", {p.get('device')}, code {p.get('code_version')}")
 
 
 class FinetuneSubprocess:

@@ -2,17 +2,20 @@
 task-agnostic interactions, then finetuned on a few demos of one task.
 
     python -m policies.make_twin_checkpoint [--stage all|prior|finetune] [--work DIR]
-        [--prior-episodes 240] [--prior-steps 5000] [--demos 15] [--steps 600] [--rollouts 20]
+        [--prior-episodes 240] [--prior-steps 4000] [--demos 15] [--steps 1500] [--rollouts 20]
 
 1. ``prior`` (HOP's idea: pretrain on many hand-object interactions that belong to no task).
    Records ``--prior-episodes`` scripted interactions on the twin (seeds 100000 ..,
    :func:`robot_runtime.twin.rollout.interaction_episode`: grasp one of the five top-graspable
    objects wherever it lies, carry it somewhere at random, set it down, let go or keep
-   holding), then trains a point-cloud HOP network on them from scratch with the HOP recipe
-   (:class:`policies.finetune.FinetuneJob`, batch 64): ``policies/checkpoints/twin_prior``.
+   holding), then trains a point-cloud HOP network on them from scratch with the few-shot
+   recipe and action representation (:class:`policies.finetune.FinetuneJob`: chunks of
+   arm-relative, hand-absolute targets, normalised by the interactions' statistics; batch 32):
+   ``policies/checkpoints/twin_prior``.
 2. ``finetune`` (the lab's loop). Records ``--demos`` scripted grasp & lift demos (seeds
-   0 .., the task ``config/sim.yaml`` runs) and finetunes the prior on them, exactly what
-   ``robot-runtime finetune DEMOS --base policies/checkpoints/twin_prior`` does:
+   0 .., the task ``config/sim.yaml`` runs) and finetunes the prior on them with its visual
+   encoder frozen, exactly what ``robot-runtime finetune DEMOS --base policies/checkpoints/twin_prior
+   --freeze-encoder --steps 1500`` does:
    ``policies/checkpoints/twin_grasp_lift``, the checkpoint ``make sim`` runs. Then evaluates
    it over ``--rollouts`` new placements (seeds 10000 ..) and stores the result as
    ``eval.json`` in the checkpoint folder.
@@ -90,7 +93,7 @@ def make_prior(cfg: RuntimeConfig, work: Path, episodes: int, steps: int, out: P
                         threads=os.cpu_count() or 1, nice=0)
     result = FinetuneJob(data, _fresh(out), None, fc).run(bar=True)
     _ship(result.checkpoint)
-    print(f"prior: {result.checkpoint}, train L1 {result.train_loss:.4f}, val L1 {result.val_loss:.4f}, "
+    print(f"prior: {result.checkpoint}, train loss {result.train_loss:.4f}, val loss {result.val_loss:.4f}, "
           f"{result.seconds:.0f} s", flush=True)
     return result.checkpoint
 
@@ -102,9 +105,10 @@ def make_finetuned(cfg: RuntimeConfig, work: Path, demos: int, steps: int, rollo
     ``base`` on them into ``out``, evaluate."""
     data = work / f"demos_{task}"
     _record(cfg, task, range(DEMO_SEED0, DEMO_SEED0 + demos), data, workers, reuse)
-    fc = FinetuneConfig(steps=steps, batch=batch, save_every=max(steps // 2, 1), threads=os.cpu_count() or 1, nice=0)
+    fc = FinetuneConfig(steps=steps, batch=batch, save_every=max(steps // 2, 1), threads=os.cpu_count() or 1, nice=0,
+                        freeze_encoder=True)
     result = FinetuneJob(data, _fresh(out), base, fc).run(bar=True)
-    print(f"{task}: {result.checkpoint}, val L1 {result.val_loss:.4f}, {result.seconds:.0f} s", flush=True)
+    print(f"{task}: {result.checkpoint}, val loss {result.val_loss:.4f}, {result.seconds:.0f} s", flush=True)
     if rollouts:
         rep = evaluate(cfg, result.checkpoint, task, rollouts, EVAL_SEED0, work / f"eval_{task}", workers=workers)
         (Path(result.checkpoint) / "eval.json").write_text(json.dumps(
@@ -146,7 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prior-steps", type=int, default=4000)
     ap.add_argument("--prior-batch", type=int, default=32)
     ap.add_argument("--demos", type=int, default=15)
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--rollouts", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2, help="processes recording episodes")
     ap.add_argument("--reuse-data", action="store_true", help="train on the episodes already in --work")

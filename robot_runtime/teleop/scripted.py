@@ -72,6 +72,25 @@ def facing_yaw(position) -> float:
     return float(math.atan2(position[1], position[0]))
 
 
+#: Objects whose faces the hand lines up with, and the angle (rad) their shape repeats after about
+#: the vertical: the fingers close across a box's faces, not over its corners.
+BOX_SYMMETRY = {"cube": math.pi / 2, "block": math.pi}
+#: Which of a box's axes the fingers point along, as an angle (rad) from its x axis.
+BOX_GRASP_AXIS = {"cube": 0.0, "block": 0.0}
+
+
+def grasp_yaw(obj: str, position, quaternion) -> float:
+    """The hand's yaw (rad) for a top grasp of ``obj``: :func:`facing_yaw`, or for a box the direction
+    of its faces nearest to it (the box's yaw from ``quaternion`` wxyz, repeated by its symmetry)."""
+    facing = facing_yaw(position)
+    if obj not in BOX_SYMMETRY:
+        return facing
+    w, x, y, z = (float(v) for v in quaternion)
+    box = math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)) + BOX_GRASP_AXIS[obj]
+    period = BOX_SYMMETRY[obj]
+    return facing + (box - facing + period / 2) % period - period / 2
+
+
 @dataclass
 class Waypoint:
     t: float            # s from the plan's start
@@ -197,7 +216,7 @@ class ScriptedExpert:
             self._set_timed(self._pour_steps(poses[obj][0], poses[container][0], q_now, rng), pace)
             self.grasped = obj
             return self.waypoints
-        steps, q_lift, lift, yaw = self._grasp_lift_steps(poses[obj][0], obj, q_now, rng)
+        steps, q_lift, lift, yaw = self._grasp_lift_steps(poses[obj], obj, q_now, rng)
         c = steps[-1][2]
         if task == "grasp_lift":
             steps.append(("hold", q_lift[:7], c, 1.0))
@@ -227,7 +246,7 @@ class ScriptedExpert:
             raise TeleopError(f"scripted expert: none of {list(active)} can be grasped from above")
         obj = graspable[int(rng.integers(len(graspable)))]
         q_now = np.asarray(q_now, dtype=float)
-        steps, q_lift, lift, yaw = self._grasp_lift_steps(poses[obj][0], obj, q_now, rng)
+        steps, q_lift, lift, yaw = self._grasp_lift_steps(poses[obj], obj, q_now, rng)
         c = steps[-1][2]
         spot = np.array([rng.uniform(*INTERACTION_X), rng.uniform(*INTERACTION_Y), lift[2] + rng.uniform(-0.03, 0.06)])
         q_carry = self._ik(q_lift, self._flange(spot, yaw + rng.uniform(-0.2, 0.2)))
@@ -246,11 +265,11 @@ class ScriptedExpert:
         self.grasped = obj
         return self.waypoints
 
-    def _grasp_lift_steps(self, position, obj: str, q_now, rng: np.random.Generator):
-        """The top-down reach, grasp and lift of ``obj`` at ``position`` [3] (m): the steps, the
-        joints at the lift [23], the lift point (m) and the hand's yaw (rad)."""
-        p = np.asarray(position, dtype=float)
-        yaw = facing_yaw(p) + rng.normal(0.0, YAW_NOISE)
+    def _grasp_lift_steps(self, pose, obj: str, q_now, rng: np.random.Generator):
+        """The top-down reach, grasp and lift of ``obj`` at ``pose`` (position [3] m, quaternion wxyz):
+        the steps, the joints at the lift [23], the lift point (m) and the hand's yaw (rad)."""
+        p = np.asarray(pose[0], dtype=float)
+        yaw = grasp_yaw(obj, p, pose[1]) + rng.normal(0.0, YAW_NOISE)
         grasp = np.array([p[0], p[1], self.table_z + GRASP_HEIGHT[obj]]) + np.append(rng.normal(0, 0.004, 2), 0)
         above = grasp + [0.0, 0.0, rng.uniform(0.10, 0.18)]
         wobble = (above + grasp) / 2 + np.append(rng.normal(0, 0.01, 2), 0)
