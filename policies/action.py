@@ -44,7 +44,8 @@ class ActionSpec:
         modes: {"arm": mode, "hand": mode}, mode in :data:`MODES`.
         proprio_mean, proprio_std: [J] normalisation of the joints fed to the network (rad).
         action_mean, action_std: [H, J] normalisation of the predicted rows (rad).
-        ensemble_decay: the temporal ensemble's weight decay per tick of a chunk's age (1/tick).
+        ensemble_decay: the temporal ensemble's weight decay per tick of a chunk's age (1/tick):
+            positive favours the newest chunk, negative the oldest (as ACT's), 0 weighs all alike.
         proprio_noise: {"arm": rad, "hand": rad}: std of the noise added to the joints in training.
     """
 
@@ -83,8 +84,8 @@ class ActionSpec:
         for name, arr in (("proprio_std", self.proprio_std), ("action_std", self.action_std)):
             if np.any(arr <= 0):
                 raise SchemaMismatchError(f"{where}: {name} must be positive")
-        if not np.isfinite(self.ensemble_decay) or self.ensemble_decay < 0:
-            raise SchemaMismatchError(f"{where}: ensemble_decay must be >= 0, got {self.ensemble_decay}")
+        if not np.isfinite(self.ensemble_decay) or abs(self.ensemble_decay) > 5:
+            raise SchemaMismatchError(f"{where}: ensemble_decay must be finite, within +-5, got {self.ensemble_decay}")
 
     @property
     def dim(self) -> int:

@@ -244,7 +244,8 @@ class FinetuneJob:
         eps = self.train_eps + self.val_eps
         #: the demo audit of the episodes used (:mod:`robot_runtime.data.audit`); its warnings name
         #: the episodes on another IK branch than the rest
-        self.audit = audit_demos([e.q for e in eps], [Path(r.file).name for r in self.episodes], D.ALL_JOINTS,
+        self.audit = audit_demos([e.q for e in eps], [f"{Path(r.file).parent.name}/{Path(r.file).name}"
+                                                      for r in self.episodes], D.ALL_JOINTS,
                                  max(self.schema.chunk, 10), joints=range(len(D.ARM_JOINTS)))
 
     def fit_action(self, episodes: list[Episode]) -> ActionSpec:

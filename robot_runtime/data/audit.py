@@ -154,7 +154,8 @@ def audit_folder(paths, horizon: int = 10, successful_only: bool = True, **kw) -
         if successful_only and ep.meta.get("success") is not True:
             continue
         qs.append(np.asarray(ep["q"], float))
-        names.append(Path(f).name)
+        seed = ep.meta.get("seed")
+        names.append(f"{Path(f).parent.name}/{Path(f).name}" + (f" (seed {seed})" if isinstance(seed, int) else ""))
     if not qs:
         raise ValueError(f"no {'successful ' if successful_only else ''}episodes in {paths}")
     return audit_demos(qs, names, list(D.ALL_JOINTS), horizon, joints=range(len(D.ARM_JOINTS)), **kw)

@@ -61,6 +61,10 @@ BOTTLE_HEIGHT = 0.19
 POUR_RADIUS = 0.1
 
 
+#: How long a task's plan holds its final posture (s): long enough that a policy learns that the
+#: end of the task is to stay there (a policy rolled out past the demos' end otherwise has seen
+#: under two seconds of it, and some let go of the object they had lifted).
+FINAL_HOLD_S = 3.0
 #: Spread (rad, std) of the hand's yaw about :func:`facing_yaw`.
 YAW_NOISE = 0.04
 
@@ -219,13 +223,13 @@ class ScriptedExpert:
         steps, q_lift, lift, yaw = self._grasp_lift_steps(poses[obj], obj, q_now, rng)
         c = steps[-1][2]
         if task == "grasp_lift":
-            steps.append(("hold", q_lift[:7], c, 1.0))
+            steps.append(("hold", q_lift[:7], c, FINAL_HOLD_S))
         else:
             b = np.asarray(poses[container][0], dtype=float)
             spot = np.array([b[0], b[1], lift[2]]) + np.append(rng.normal(0, 0.01, 2), 0)
             q_over = self._ik(q_lift, self._flange(spot, yaw))
             steps += [("carry", q_over[:7], c, 2.0), ("release", q_over[:7], self.hand_open, 0.8),
-                      ("hold", q_over[:7], self.hand_open, 0.8)]
+                      ("hold", q_over[:7], self.hand_open, FINAL_HOLD_S)]
         self._set_timed(steps, pace)
         self.grasped = obj
         return self.waypoints
@@ -317,7 +321,8 @@ class ScriptedExpert:
         return [("start", q_now[:7], q_now[7:], 0.0), ("above", q_above[:7], o, 2.0),
                 ("descend", q_beside[:7], o, 1.0), ("grasp", q_grasp[:7], o, 0.8), ("settle", q_grasp[:7], o, 0.3),
                 ("close", q_grasp[:7], c, 1.0), ("squeeze", q_grasp[:7], c, 0.4), ("lift", q_lift[:7], c, 2.0),
-                ("carry", q_over[:7], c, 2.0), ("pour", q_pour[:7], c, 1.6), ("hold", q_pour[:7], c, 1.0)]
+                ("carry", q_over[:7], c, 2.0), ("pour", q_pour[:7], c, 1.6),
+                ("hold", q_pour[:7], c, FINAL_HOLD_S)]
 
     def _set_timed(self, steps, pace: float) -> None:
         """Waypoints from (label, arm, hand, nominal duration) steps, each segment lasting at least
