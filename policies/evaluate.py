@@ -22,7 +22,7 @@ from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig
 from robot_runtime.twin.rollout import EpisodeOutcome, TwinEpisodeRunner, map_seed_chunks
 
-#: Rollout length per task (s): the scripted demos take 7-10 s (lift), 10-13 s (drop), 20-23 s (pour).
+#: Rollout length per task (s): the scripted demos take about 9-12 s (lift), 12-15 s (drop), 22-25 s (pour).
 DEFAULT_DURATION_S = {"grasp_lift": 14.0, "grasp_drop": 17.0, "grasp_pour": 26.0}
 
 
