@@ -40,7 +40,7 @@ def solve_ik(model: UrdfModel, q0, link: str, target: np.ndarray, joints: np.nda
         dq = J.T @ np.linalg.solve(J @ J.T + damping**2 * np.eye(6), W @ e)
         if rest is not None:
             pull = rest_gain * (rest - q[joints])
-            if done and np.abs(pull).max() < 1e-4:
+            if done and np.abs(pull).max() < 1e-3:
                 break
             dq += pull - np.linalg.pinv(J) @ (J @ pull)
         q[joints] = np.clip(q[joints] + dq, lo, hi)

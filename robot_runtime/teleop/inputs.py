@@ -78,7 +78,7 @@ class ScriptedInput(TeleopInput):
     def __init__(self, cfg, model, robot_cfg, table_z: float = 0.0, max_arm_speed: float = 0.8,
                  max_hand_speed: float = 2.4):
         self.expert = ScriptedExpert(model, robot_cfg.hand_mount.xyz, robot_cfg.hand_mount.rpy, robot_cfg.hand_home,
-                                     robot_cfg.arm_home, table_z, max_arm_speed, max_hand_speed)
+                                     robot_cfg.arm_home, table_z, max_arm_speed, max_hand_speed).prepare()
         self.arm_home = np.asarray(robot_cfg.arm_home, dtype=float)
         self.seed = cfg.seed
         self.episodes = 0

@@ -78,7 +78,7 @@ def facing_yaw(position) -> float:
 
 #: Objects whose faces the hand lines up with, and the angle (rad) their shape repeats after about
 #: the vertical: the fingers close across a box's faces, not over its corners.
-BOX_SYMMETRY = {"cube": math.pi / 2, "block": math.pi}
+BOX_SYMMETRY = {"cube": math.pi / 2, "block": math.pi / 2}
 #: Which of a box's axes the fingers point along, as an angle (rad) from its x axis.
 BOX_GRASP_AXIS = {"cube": 0.0, "block": 0.0}
 
@@ -169,6 +169,18 @@ class ScriptedExpert:
         T_palm = make_T(R, np.asarray(point, float) - R @ GRASP_POINT_PALM)
         return T_palm @ self.T_mount_inv
 
+    def _side_flange(self, point, yaw: float) -> np.ndarray:
+        """The side grasp's flange pose with the fingers tilted down by the middle of the plans' range:
+        the reference of every pour plan's branch, whatever tilt the first plan drew."""
+        return self._flange(point, yaw=yaw, palm=rot_axis(R_PALM_SIDE[:, 0], 0.375) @ R_PALM_SIDE)
+
+    def prepare(self) -> "ScriptedExpert":
+        """Solve both grasp kinds' reference postures now (a plan made later is then quicker: a node
+        plans on its loop's thread)."""
+        self._reference("top", CANONICAL_TOP, self._flange)
+        self._reference("side", CANONICAL_SIDE, self._side_flange)
+        return self
+
     def _ik(self, q, T, q_rest=None) -> np.ndarray:
         q, pos_err, rot_err = solve_ik(self.model, q, D.FLANGE_FRAME, T, np.arange(7), iters=200, q_rest=q_rest)
         if pos_err > 0.01 or rot_err > 0.05:
@@ -198,15 +210,16 @@ class ScriptedExpert:
             self._refs[key] = (min(found)[2], np.asarray(point, float))
         return self._refs[key]
 
-    def _ik_on_branch(self, key: str, point, yaw: float, flange_of, canonical, steps: int = 6) -> np.ndarray:
+    def _ik_on_branch(self, key: str, point, yaw: float, flange_of, canonical, steps: int = 3,
+                      reference_flange_of=None) -> np.ndarray:
         """IK for ``flange_of(point, yaw)`` continued from the kind's reference posture: the point and
         the yaw move from the canonical ones in ``steps`` small steps, each solve warm-started from the
         last, so every demo of a task lands on one IK branch (no wrap of the +-2 pi joints)."""
-        q, p0 = self._reference(key, canonical, flange_of)
+        q, p0 = self._reference(key, canonical, reference_flange_of or flange_of)
         p1 = np.asarray(point, float)
         rest = q
         for s in np.linspace(0.0, 1.0, steps + 1)[1:]:
-            q = self._ik(q, flange_of(p0 + s * (p1 - p0), s * yaw), q_rest=rest)
+            q = self._ik(q, flange_of(p0 + s * (p1 - p0), s * yaw), q_rest=rest if s == 1.0 else None)
         return q
 
     def plan(self, task: str, poses: dict, active, q_now, rng: np.random.Generator) -> list[Waypoint]:
@@ -312,7 +325,7 @@ class ScriptedExpert:
         o, c = self.hand_open, HAND_GRASP + rng.normal(0, 0.03, 16)
         side = {"yaw": yaw, "palm": palm}
         q_above = self._ik_on_branch("side", above, yaw, lambda p, y: self._flange(p, yaw=y, palm=palm),
-                                     CANONICAL_SIDE)
+                                     CANONICAL_SIDE, reference_flange_of=self._side_flange)
         q_beside = self._ik(q_above, self._flange(beside, **side))
         q_grasp = self._ik(q_beside, self._flange(grasp, **side))
         q_lift = self._ik(q_grasp, self._flange(lift, **side))
