@@ -110,6 +110,16 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path, dpi: int) -> Path:
+    """Lay out ``fig``, write it as a PNG at ``path`` (folders made) and close it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_rollout_against_demo(rollout_file, demo_file, path) -> Path | None:
     """The arm joints' commanded targets (solid) and measured positions (dashed) of a rollout and
     of the demo recorded on the same placement, against time, plus the hand's mean flexion. PNG."""
@@ -135,12 +145,7 @@ def plot_rollout_against_demo(rollout_file, demo_file, path) -> Path | None:
     axs[0].legend(fontsize=7)
     fig.suptitle(f"{Path(rollout_file).name} against {Path(demo_file).name} (seed {demo.meta.get('seed')})",
                  fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=80)
 
 
 def plot_success_against_demos(curves: dict, path, rollouts: int | None = None) -> Path | None:
@@ -158,12 +163,7 @@ def plot_success_against_demos(curves: dict, path, rollouts: int | None = None) 
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=90)
 
 
 def write_json(path, data: dict) -> Path:
