@@ -77,6 +77,8 @@ class FinetuneConfig(TrainConfig):
         chunk, arm_mode, hand_mode, ensemble_decay: the action representation of a job from
             scratch (chunk rows; 'relative' or 'absolute' per group; the temporal ensemble's decay).
         noise_arm, noise_hand: proprio noise std (rad) per group, for a chunked job.
+        proprio_steps: from scratch, how many of the window's newest steps show their joints to the
+            network (0: all of them, as HOP; :class:`policies.hop.HopArchitecture`).
         freeze_encoder: with a base, keep its visual encoder fixed (its embeddings are computed
             once, which makes a step several times cheaper).
         eval_every: steps between open-loop evaluations on the held-out demos; the weights with
@@ -105,6 +107,7 @@ class FinetuneConfig(TrainConfig):
     ensemble_decay: float = 0.1
     noise_arm: float = 0.003
     noise_hand: float = 0.01
+    proprio_steps: int = 0
     freeze_encoder: bool = False
     eval_every: int = 250
     val_fraction: float = 0.2
@@ -170,6 +173,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def point_statistics(episodes: list[Episode], floor: float = 0.02) -> dict:
+    """The point-cloud standardisation of a network trained on ``episodes`` (their visual inputs
+    [N, P, 3], m): {"point_center": mean point, "point_scale": per-axis spread, at least ``floor`` m}."""
+    pts = np.concatenate([np.asarray(e.visual, np.float64).reshape(-1, 3) for e in episodes])
+    return {"point_center": tuple(np.round(pts.mean(0), 5).tolist()),
+            "point_scale": tuple(np.round(np.maximum(pts.std(0), floor), 5).tolist())}
+
+
 def split_by_episode(files: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
     """(train, validation) files: whole episodes, chosen by ``seed``; no validation from one episode."""
     if not 0.0 <= val_fraction < 1.0:
@@ -225,7 +236,8 @@ class FinetuneJob:
             self.schema = PolicySchema.hop(spec, policy_hz=float(metas[used[0]].get("rate_hz", 20.0)))
             self.arch = HopArchitecture(visual=spec.kind, depth_size=spec.depth.shape,
                                         num_points=spec.points.num_points,
-                                        chunk=self.cfg.chunk if self.cfg.representation == "chunked" else 1)
+                                        chunk=self.cfg.chunk if self.cfg.representation == "chunked" else 1,
+                                        proprio_steps=self.cfg.proprio_steps)
         rate = float(metas[used[0]].get("rate_hz", self.schema.policy_hz))
         if abs(rate - self.schema.policy_hz) > 1e-6:
             raise FinetuneError(f"{used[0]}: recorded at {rate:g} Hz, the checkpoint runs at {self.schema.policy_hz:g} Hz")
@@ -234,6 +246,8 @@ class FinetuneJob:
         self.val_eps = self._load(val_files)
         if self.base is None and self.cfg.representation == "chunked":
             self.schema.action = self.fit_action(self.train_eps)
+            if self.arch.visual == "pointcloud":
+                self.arch = replace(self.arch, **point_statistics(self.train_eps))
         elif self.cfg.representation == "hop" and self.base is None:
             self.cfg = self.cfg.hop_recipe()
         self.episodes = [EpisodeRef(str(f), _sha256(f), len(e.q), "train") for f, e in zip(train_files, self.train_eps)] + \

@@ -2,7 +2,7 @@
 task-agnostic interactions, then finetuned on a few demos of one task.
 
     python -m policies.make_twin_checkpoint [--stage all|prior|finetune] [--work DIR]
-        [--prior-episodes 240] [--prior-steps 4000] [--demos 15] [--steps 1500] [--rollouts 20]
+        [--prior-episodes 240] [--prior-steps 3000] [--demos 15] [--steps 1500] [--rollouts 20]
 
 1. ``prior`` (HOP's idea: pretrain on many hand-object interactions that belong to no task).
    Records ``--prior-episodes`` scripted interactions on the twin (seeds 100000 ..,
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stage", default="all", choices=["all", "prior", "finetune"])
     ap.add_argument("--work", default="runs/make_twin_checkpoint", help="episodes and rollouts go here")
     ap.add_argument("--prior-episodes", type=int, default=240)
-    ap.add_argument("--prior-steps", type=int, default=4000)
+    ap.add_argument("--prior-steps", type=int, default=3000)
     ap.add_argument("--prior-batch", type=int, default=32)
     ap.add_argument("--demos", type=int, default=15)
     ap.add_argument("--steps", type=int, default=1500)

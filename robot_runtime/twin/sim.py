@@ -133,18 +133,12 @@ class TwinSimulation:
         objs = scene.TASKS[task]
         if task == "grasp_lift":
             objs = (objs[int(rng.integers(len(objs)))],)
-        placed: list[np.ndarray] = []
+        placed = self._placements(rng, [n for n in scene.OBJECTS if n in objs], task)
         for i, name in enumerate(scene.OBJECTS):
             spec = scene.OBJECTS[name]
             qa = self._obj_qadr[name]
             if name in objs:
-                for _ in range(1000):
-                    xy = np.array([rng.uniform(*scene.PLACEMENT_X), rng.uniform(*scene.PLACEMENT_Y)])
-                    if all(np.linalg.norm(xy - p) >= scene.MIN_SEPARATION for p in placed):
-                        break
-                else:  # pragma: no cover - the placement region fits every task's objects
-                    raise TwinError(f"could not place {name} for task {task}")
-                placed.append(xy)
+                xy = placed[name]
                 yaw = rng.uniform(-math.pi, math.pi)
                 pos = [xy[0], xy[1], scene.TABLE_TOP_Z + spec.rest_z + 0.0005]
             else:
@@ -158,6 +152,16 @@ class TwinSimulation:
         mj.mj_forward(self.model, self.data)
         self.task, self.seed, self.active_objects = task, int(seed), tuple(objs)
         return self.object_poses()
+
+    @staticmethod
+    def _placements(rng: np.random.Generator, names: list[str], task: str) -> dict[str, np.ndarray]:
+        """Table spots (x, y, m) for ``names``, at least :data:`scene.MIN_SEPARATION` apart: the whole
+        set is drawn again until it fits (one object: one draw)."""
+        for _ in range(1000):
+            xy = [np.array([rng.uniform(*scene.PLACEMENT_X), rng.uniform(*scene.PLACEMENT_Y)]) for _ in names]
+            if all(np.linalg.norm(a - b) >= scene.MIN_SEPARATION for i, a in enumerate(xy) for b in xy[:i]):
+                return dict(zip(names, xy))
+        raise TwinError(f"could not place {names} {scene.MIN_SEPARATION} m apart for task {task}")  # pragma: no cover
 
     # ------------------------------------------------------------------ commands
     def set_arm_target(self, q) -> None:

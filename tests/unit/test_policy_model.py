@@ -268,3 +268,45 @@ def test_act_equals_the_last_step_of_the_full_trunk():
     p, e = torch.rand(3, 16, 23) * 2 - 1, torch.randn(3, 16, 192)
     with torch.no_grad():
         torch.testing.assert_close(m.act(p, e), m.trunk(p, e)[0][:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_proprio_steps_hides_the_older_postures_only():
+    m = HopPolicy(HopArchitecture(depth_size=(24, 32), hidden=64, layers=2, heads=2, inner=128, proprio_steps=1)).eval()
+    p, e = torch.rand(1, 16, 23), torch.randn(1, 16, 64)
+    older, newest, scene = p.clone(), p.clone(), e.clone()
+    older[0, :15] += 1.0          # the motion so far
+    newest[0, 15] += 0.1          # the posture now
+    scene[0, :15] += torch.randn(15, 64)   # the older frames (a constant shift would vanish in the LayerNorm)
+    a = m.act(p, e)
+    torch.testing.assert_close(m.act(older, e), a)
+    assert not torch.allclose(m.act(newest, e), a)
+    assert not torch.allclose(m.act(p, scene), a)     # the older frames still count
+    full = HopPolicy(HopArchitecture(depth_size=(24, 32), hidden=64, layers=2, heads=2, inner=128)).eval()
+    assert not torch.allclose(full.act(older, e), full.act(p, e))   # HOP's layout sees every posture
+
+
+def test_point_standardisation_travels_in_the_checkpoint_and_the_onnx_export(tmp_path):
+    from policies.finetune import point_statistics   # noqa: PLC0415
+    from policies.bc import Episode   # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    clouds = [rng.normal([0.5, 0.0, 0.03], [0.08, 0.1, 0.005], (40, 100, 3)).astype(np.float32) for _ in range(3)]
+    stats = point_statistics([Episode(np.zeros((40, 23)), np.zeros((40, 23)), c) for c in clouds])
+    np.testing.assert_allclose(stats["point_center"], [0.5, 0.0, 0.03], atol=0.005)
+    np.testing.assert_allclose(stats["point_scale"], [0.08, 0.1, 0.02], atol=0.005)   # z floored at 2 cm
+    torch.manual_seed(0)
+    arch = HopArchitecture(visual="pointcloud", hidden=64, layers=2, heads=2, inner=128, **stats)
+    model = HopPolicy(arch).eval()
+    assert "embed_pc.center" not in model.state_dict()          # HOP's key set
+    spec = VisualSpec("pointcloud", points=PointCloudPreprocess())
+    ck = load_checkpoint(save_checkpoint(tmp_path / "ck", model, PolicySchema.hop(spec), {"source": "test"}))
+    assert ck.arch.point_center == arch.point_center and ck.arch.point_scale == arch.point_scale
+    pts = torch.from_numpy(clouds[0][:2])
+    plain = HopPolicy(HopArchitecture(visual="pointcloud", hidden=64, layers=2, heads=2, inner=128))
+    plain.load_state_dict(model.state_dict())
+    x = (pts - torch.tensor(arch.point_center)) / torch.tensor(arch.point_scale)
+    torch.testing.assert_close(ck.build_model().encode_visual(pts), plain.eval().encode_visual(x))
+    ort, pt = OnnxRunner(ck, folder=tmp_path / "onnx"), TorchRunner(ck)
+    assert np.abs(ort.encode(clouds[1][0]) - pt.encode(clouds[1][0])).max() <= 1e-4
+    with pytest.raises(CheckpointError, match="point_scale"):
+        HopArchitecture.from_dict(arch.to_dict() | {"point_scale": [0.1, 0.0, 0.1]})
