@@ -224,12 +224,14 @@ def test_source_switch_has_no_jump(rig):
     try:
         t_arm = time.time()
         node = "arm_controller_node"
-        assert rig.probe.wait_for(lambda: rig.count_after(rig.commands[node], t_arm + 2.0) > 0, 5.0)
+        # the deadlines are for delivery on a loaded 2-core machine, not for the controller: the
+        # checks below are on what it published
+        assert rig.probe.wait_for(lambda: rig.count_after(rig.commands[node], t_arm + 2.0) > 0, 15.0)
         t_switch = time.time()
         for n in CONTROLLERS:
             res = rig.call(n, "select_teleop")
             assert res.success and "to teleop" in res.message
-        assert rig.probe.wait_for(lambda: rig.count_after(rig.commands[node], t_switch + 2.0) > 0, 5.0)
+        assert rig.probe.wait_for(lambda: rig.count_after(rig.commands[node], t_switch + 2.0) > 0, 15.0)
     finally:
         stop = True
         th.join(2.0)
