@@ -228,6 +228,14 @@ class ScriptedExpert:
             q = self._ik(q, flange_of(p0 + s * (p1 - p0), s * yaw), q_rest=rest if s == 1.0 else None)
         return q
 
+    def _carried_over(self, spot, yaw: float, start) -> tuple[np.ndarray, float]:
+        """The top-grasp joints [23] holding the hand over ``spot`` (m) after a carry from ``start``
+        (m), and the hand's yaw there: it turns with the carry, facing away from the base over the
+        spot as it did over the start, on the approach's IK branch. Keeping the grasp's yaw instead,
+        joint 5 of 4 in 15 drop plans turned over to 3.9-4.3 rad against 1.9-2.5 for the rest."""
+        yaw_over = yaw - facing_yaw(start) + facing_yaw(spot)
+        return self._ik_on_branch("top", spot, yaw_over, self._flange, CANONICAL_TOP), yaw_over
+
     def plan(self, task: str, poses: dict, active, q_now, rng: np.random.Generator) -> list[Waypoint]:
         """Plan from the joints ``q_now`` [23] for ``task`` given ``poses`` {name: (position, quaternion)}."""
         obj, container = task_objects(task, active)
@@ -246,12 +254,7 @@ class ScriptedExpert:
         else:
             b = np.asarray(poses[container][0], dtype=float)
             spot = np.array([b[0], b[1], lift[2]]) + np.append(rng.normal(0, 0.01, 2), 0)
-            # the hand turns with the carry so that it faces away from the base over the bowl as it
-            # did over the object: keeping the grasp's yaw, joint 5 of 4 in 15 drop plans turned
-            # over to 3.9-4.3 rad against 1.9-2.5 for the rest
-            turn = yaw - facing_yaw(np.asarray(poses[obj][0], dtype=float))
-            yaw_over = facing_yaw(spot) + turn
-            q_over = self._ik_on_branch("top", spot, yaw_over, self._flange, CANONICAL_TOP)
+            q_over, yaw_over = self._carried_over(spot, yaw, poses[obj][0])
             # let go a few cm over the rim: from the carry's height the opening fingers flung the
             # cube, or it bounced off the bowl, in 2 of 20 drops
             low = np.array([spot[0], spot[1], self.table_z + GRASP_HEIGHT[obj] + DROP_ABOVE_TABLE])
@@ -281,8 +284,7 @@ class ScriptedExpert:
         steps, q_lift, lift, yaw = self._grasp_lift_steps(poses[obj], obj, q_now, rng)
         c = steps[-1][2]
         spot = np.array([rng.uniform(*INTERACTION_X), rng.uniform(*INTERACTION_Y), lift[2] + rng.uniform(-0.03, 0.06)])
-        turn = yaw - facing_yaw(np.asarray(poses[obj][0], dtype=float)) + rng.uniform(-0.2, 0.2)
-        q_carry = self._ik_on_branch("top", spot, facing_yaw(spot) + turn, self._flange, CANONICAL_TOP)
+        q_carry, _ = self._carried_over(spot, yaw + rng.uniform(-0.2, 0.2), poses[obj][0])
         steps.append(("carry", q_carry[:7], c, 2.0))
         ending = rng.integers(3)
         if ending == 0:       # set it down where it is and let go
