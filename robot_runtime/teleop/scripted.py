@@ -43,6 +43,14 @@ HAND_GRASP = np.array([0.0, 1.2, 1.2, 1.0] * 3 + [1.3, 0.4, 1.0, 1.0])
 GRASP_HEIGHT = {"cube": 0.025, "can": 0.05, "ball": 0.035, "block": 0.035, "mug": 0.045, "bottle": 0.09}
 #: Objects the top-down grasp can take (the bottle is taller than the hand reaches over).
 TOP_GRASP = ("cube", "can", "ball", "block", "mug")
+#: Height of each object's top above the table (m; the bowl's rim), for letting go over it.
+TOP_HEIGHT = {"cube": 0.05, "can": 0.11, "ball": 0.07, "block": 0.07, "mug": 0.09, "bowl": 0.054}
+#: How often an interaction carries its object to the other object on the table rather than to a
+#: random spot, and how far (m) above that object's top the held object's bottom is let go.
+TOWARD_OTHER_P = 0.5
+LET_GO_ABOVE = (0.02, 0.06)
+#: The wrist roll (rad) of a bottle interaction, drawn in this range (the pour rolls 1.75-2.0).
+BOTTLE_ROLL = (0.0, 2.0)
 #: Where an interaction may carry an object (base frame x, y ranges, m).
 INTERACTION_X = (0.38, 0.62)
 INTERACTION_Y = (-0.22, 0.22)
@@ -163,6 +171,7 @@ class ScriptedExpert:
         self.waypoints: list[Waypoint] = []
         self.duration = 0.0
         self.grasped = ""
+        self.carried_to = ""      # the object an interaction carries the grasped one to ("": a random spot)
         self._refs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def _flange(self, point, yaw: float, tilt: float = 0.0, tilt_axis=(1.0, 0.0, 0.0),
@@ -242,6 +251,7 @@ class ScriptedExpert:
         if obj not in poses or (container and container not in poses):
             raise TeleopError(f"scripted expert: no pose for {obj!r}" + (f" or {container!r}" if container else ""))
         q_now = np.asarray(q_now, dtype=float)
+        self.carried_to = container or ""
         pace = rng.uniform(0.85, 1.2)
         if task == "grasp_pour":
             self._set_timed(self._pour_steps(poses[obj][0], poses[container][0], q_now, rng), pace)
@@ -266,37 +276,66 @@ class ScriptedExpert:
         return self.waypoints
 
     def plan_interaction(self, poses: dict, active, q_now, rng: np.random.Generator) -> list[Waypoint]:
-        """A task-agnostic hand-object interaction: grasp one of the ``active`` objects that a
-        top-down grasp can take (chosen by ``rng``), lift it, carry it to a random spot over the
-        table and either set it down there and let go, or let go from above, or keep holding.
+        """A task-agnostic hand-object interaction: grasp one of the ``active`` objects (chosen by
+        ``rng``; from above, or the bottle from the side), lift it and carry it either to a random
+        spot over the table or over the other object on it (:data:`TOWARD_OTHER_P`). A top-grasped
+        object is then set down, let go from above, or kept held; over the other object it is
+        lowered to a few cm above that object's top and let go or held. The bottle is rolled about
+        the fingers by an angle drawn in :data:`BOTTLE_ROLL` and held.
 
-        The interactions know nothing of the tasks' goals (no bowl, no pour): they are the
-        varied reach-grasp-move data a prior is pretrained on before few-shot finetuning.
+        The interactions know nothing of the tasks' goals (which object goes where, or whether it
+        is let go or tilted): they are the varied reach-grasp-move data a prior is pretrained on
+        before few-shot finetuning, with the other object on the table as often a target of the
+        carry as not.
 
         Raises:
-            TeleopError: no active object can be grasped from above, or a pose is out of reach.
+            TeleopError: no active object can be grasped, or a pose is out of reach.
         """
-        graspable = [o for o in active if o in TOP_GRASP and o in poses]
+        graspable = [o for o in active if (o in TOP_GRASP or o == "bottle") and o in poses]
         if not graspable:
-            raise TeleopError(f"scripted expert: none of {list(active)} can be grasped from above")
+            raise TeleopError(f"scripted expert: none of {list(active)} can be grasped")
         obj = graspable[int(rng.integers(len(graspable)))]
+        others = [o for o in active if o != obj and o in TOP_HEIGHT and o in poses]
+        toward = others[int(rng.integers(len(others)))] if others and rng.random() < TOWARD_OTHER_P else None
+        self.carried_to = toward or ""
         q_now = np.asarray(q_now, dtype=float)
+        pace = rng.uniform(0.85, 1.2)
+        random_spot = np.array([rng.uniform(*INTERACTION_X), rng.uniform(*INTERACTION_Y)])
+        target = np.asarray(poses[toward][0], float)[:2] if toward else random_spot
+        if obj == "bottle":
+            self._set_timed(self._pour_steps(poses[obj][0], target, q_now, rng, roll=rng.uniform(*BOTTLE_ROLL)), pace)
+            self.grasped = obj
+            return self.waypoints
         steps, q_lift, lift, yaw = self._grasp_lift_steps(poses[obj], obj, q_now, rng)
         c = steps[-1][2]
-        spot = np.array([rng.uniform(*INTERACTION_X), rng.uniform(*INTERACTION_Y), lift[2] + rng.uniform(-0.03, 0.06)])
-        q_carry, _ = self._carried_over(spot, yaw + rng.uniform(-0.2, 0.2), poses[obj][0])
+        if toward:
+            spot = np.array([target[0], target[1], lift[2]]) + np.append(rng.normal(0, 0.01, 2), 0)
+            q_carry, yaw_over = self._carried_over(spot, yaw, poses[obj][0])
+            low = np.array([spot[0], spot[1], self.table_z + TOP_HEIGHT[toward] + GRASP_HEIGHT[obj]
+                            + rng.uniform(*LET_GO_ABOVE)])
+            q_low = self._ik(q_carry, self._flange(low, yaw_over))
+            steps += [("carry", q_carry[:7], c, 2.0), ("lower", q_low[:7], c, 1.0)]
+            if rng.random() < 2 / 3:
+                steps += [("release", q_low[:7], self.hand_open, 0.8), ("hold", q_low[:7], self.hand_open, 1.0)]
+            else:
+                steps.append(("hold", q_low[:7], c, 1.0))
+            self._set_timed(steps, pace)
+            self.grasped = obj
+            return self.waypoints
+        spot = np.array([target[0], target[1], lift[2] + rng.uniform(-0.03, 0.06)])
+        q_carry, yaw_over = self._carried_over(spot, yaw + rng.uniform(-0.2, 0.2), poses[obj][0])
         steps.append(("carry", q_carry[:7], c, 2.0))
         ending = rng.integers(3)
         if ending == 0:       # set it down where it is and let go
             down = np.array([spot[0], spot[1], self.table_z + GRASP_HEIGHT[obj] + 0.01])
-            q_down = self._ik(q_carry, self._flange(down, yaw))
+            q_down = self._ik(q_carry, self._flange(down, yaw_over))
             steps += [("lower", q_down[:7], c, 1.5), ("release", q_down[:7], self.hand_open, 0.8),
                       ("hold", q_down[:7], self.hand_open, 0.5)]
         elif ending == 1:     # let go from above
             steps += [("release", q_carry[:7], self.hand_open, 0.8), ("hold", q_carry[:7], self.hand_open, 0.8)]
         else:                 # keep holding
             steps.append(("hold", q_carry[:7], c, 1.0))
-        self._set_timed(steps, rng.uniform(0.85, 1.2))
+        self._set_timed(steps, pace)
         self.grasped = obj
         return self.waypoints
 
@@ -321,11 +360,11 @@ class ScriptedExpert:
                  ("close", q_grasp[:7], c, 1.0), ("squeeze", q_grasp[:7], c, 0.4), ("lift", q_lift[:7], c, 2.0)]
         return steps, q_lift, lift, yaw
 
-    def _pour_steps(self, bottle, bowl, q_now, rng: np.random.Generator) -> list[tuple]:
+    def _pour_steps(self, bottle, bowl, q_now, rng: np.random.Generator, roll: float | None = None) -> list[tuple]:
         """Grasp & pour: the bottle is held round its body from the side (palm facing it, fingers
         forward), lifted, carried next to the bowl and poured by rolling the wrist about the
         fingers' direction, so that the bottle comes to lie on the upturned palm with its mouth
-        over the bowl."""
+        over the bowl (``bowl``: its x, y at least, m). ``roll`` (rad) overrides the pour's own draw."""
         noise = rng.normal(0.0, YAW_NOISE)
         yaw = float(np.clip(facing_yaw(bottle), -0.3, 0.3)) + noise
         turn = rot_axis((0, 0, 1), yaw)
@@ -338,7 +377,8 @@ class ScriptedExpert:
         beside = grasp - normal * rng.uniform(0.05, 0.07)          # palm clear of the bottle
         above = beside + [0.0, 0.0, rng.uniform(0.10, 0.16)]
         lift = grasp + [0.0, 0.0, rng.uniform(0.15, 0.20)]
-        roll = rng.uniform(1.75, 2.0)                              # rad: 100-115 degrees
+        pour_roll = rng.uniform(1.75, 2.0)                         # rad: 100-115 degrees
+        roll = pour_roll if roll is None else roll
         # the hand turns with the carry, to face the bowl as it faced the bottle: keeping the grasp's
         # yaw, 2 of 8 plans poured with joint 1 a radian away from the rest
         yaw_over = float(np.clip(facing_yaw(np.asarray(bowl, float)), -0.3, 0.3)) + noise

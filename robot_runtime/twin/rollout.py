@@ -37,6 +37,7 @@ from robot_runtime.data.recorder import EpisodeRecorder, RecorderInputs, Stamped
 from robot_runtime.perception.preprocess import VisualPreprocessor, VisualSpec
 from robot_runtime.errors import TeleopError
 from robot_runtime.teleop.scripted import task_objects, task_success
+from robot_runtime.twin import scene
 
 #: The sites whose centre counts as where the hand is, for :attr:`EpisodeOutcome.closest_m`.
 HAND_SITES = ("index_tip", "middle_tip", "ring_tip", "thumb_tip")
@@ -214,18 +215,27 @@ def expert_episode(runner: TwinEpisodeRunner, expert, task: str, seed: int, sett
 #: The task a task-agnostic interaction episode is recorded under.
 INTERACTION = "interaction"
 #: The twin scenes interactions are played in, by seed: the grasp & lift objects one at a time,
-#: or the cube with the bowl standing by.
-INTERACTION_SCENES = ("grasp_lift", "grasp_drop")
+#: or two objects drawn at random (:data:`robot_runtime.twin.scene.INTERACTION_SCENE`).
+INTERACTION_SCENES = ("grasp_lift", scene.INTERACTION_SCENE, scene.INTERACTION_SCENE)
 #: An interaction succeeded when its object ends this far (m) from where it started.
 INTERACTION_MOVED_M = 0.05
+
+
+def interaction_rng(seed: int) -> np.random.Generator:
+    """The generator of interaction ``seed``'s scene and plan: a stream apart from the one the
+    twin places the objects from (:meth:`TwinSimulation.reset` uses ``default_rng(seed)``)."""
+    return np.random.default_rng([int(seed), 1])
 
 
 def interaction_episode(runner: TwinEpisodeRunner, expert, seed: int, settle_s: float = 0.5) -> EpisodeOutcome:
     """One task-agnostic scripted interaction (:meth:`ScriptedExpert.plan_interaction`): grasp an
     object, move it somewhere at random, let go or hold. Recorded under the task ``interaction``;
     it succeeds when the object was moved (:data:`INTERACTION_MOVED_M`)."""
-    rng = np.random.default_rng(seed)
-    scene = INTERACTION_SCENES[int(rng.integers(len(INTERACTION_SCENES)))]
+    # not default_rng(seed): the twin places the objects from that stream, and the same first
+    # draws here chose the scene and the object to take from the placement's draws (every lift
+    # scene had the can or the ball, no interaction took the cube)
+    rng = interaction_rng(seed)
+    setting = INTERACTION_SCENES[int(rng.integers(len(INTERACTION_SCENES)))]
 
     def plan(start: dict, q: np.ndarray) -> None:
         expert.plan_interaction(start, runner.sim.active_objects, q, rng)
@@ -235,7 +245,7 @@ def interaction_episode(runner: TwinEpisodeRunner, expert, seed: int, settle_s: 
         return bool(np.linalg.norm(np.asarray(end[obj][0]) - np.asarray(start[obj][0])) > INTERACTION_MOVED_M)
 
     return runner.run(INTERACTION, seed, _follow_plan(runner, expert), lambda: expert.duration + settle_s,
-                      note=f"scripted interaction, seed {seed}", on_reset=plan, scene=scene, judge=moved)
+                      note=f"scripted interaction, seed {seed}", on_reset=plan, scene=setting, judge=moved)
 
 
 def record_scripted_demos(cfg: RuntimeConfig, task: str, seeds, out_dir, visual: VisualSpec,

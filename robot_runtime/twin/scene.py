@@ -59,6 +59,32 @@ TASKS: dict[str, tuple[str, ...]] = {
     "grasp_pour": ("bottle", "bowl"),
     "grasp_lift": ("can", "ball", "block", "mug"),
 }
+#: The scene the prior's task-agnostic interactions are played in: no task's objects, but two drawn
+#: per seed, one the hand can take (:data:`INTERACTION_HELD`) and another it may carry it to
+#: (:data:`INTERACTION_OTHER`, any but the first; not the bottle, taller than a carry clears).
+INTERACTION_SCENE = "interaction"
+INTERACTION_HELD = ("cube", "can", "ball", "block", "mug", "bottle")
+INTERACTION_OTHER = ("cube", "bowl", "can", "ball", "block", "mug")
+
+
+def scene_objects(name: str, rng: np.random.Generator) -> tuple[str, ...]:
+    """The objects on the table for the scene ``name`` (a task of :data:`TASKS` or
+    :data:`INTERACTION_SCENE`), drawn with ``rng`` where the scene draws them: grasp & lift takes one
+    of its four objects, the interaction scene an object to hold and another.
+
+    Raises:
+        KeyError: ``name`` is no scene.
+    """
+    if name == INTERACTION_SCENE:
+        held = INTERACTION_HELD[int(rng.integers(len(INTERACTION_HELD)))]
+        others = [o for o in INTERACTION_OTHER if o != held]
+        return held, others[int(rng.integers(len(others)))]
+    objs = TASKS[name]
+    if name == "grasp_lift":
+        return (objs[int(rng.integers(len(objs)))],)
+    return objs
+
+
 #: Where objects rest on the table (x, y ranges in the base frame, m).
 PLACEMENT_X = (0.42, 0.62)
 PLACEMENT_Y = (-0.18, 0.18)

@@ -109,12 +109,14 @@ class TwinSimulation:
     # ------------------------------------------------------------------ episode
     def reset(self, task: str, seed: int) -> dict[str, ObjectPose]:
         """Put the robot at home and place the task's objects from ``seed`` (reproducible).
+        ``task`` may also be :data:`scene.INTERACTION_SCENE` (two objects drawn by the seed).
 
         Raises:
-            TwinError: ``task`` is not one of :data:`scene.TASKS`.
+            TwinError: ``task`` is not one of :data:`scene.TASKS` nor the interaction scene.
         """
-        if task not in scene.TASKS:
-            raise TwinError(f"unknown task {task!r} (one of {', '.join(scene.TASKS)})")
+        if task not in scene.TASKS and task != scene.INTERACTION_SCENE:
+            raise TwinError(f"unknown task {task!r} (one of {', '.join(scene.TASKS)}, "
+                            f"or {scene.INTERACTION_SCENE!r})")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise TwinError(f"seed must be a non-negative integer, got {seed!r}")
         mj = self.mj
@@ -130,9 +132,7 @@ class TwinSimulation:
         self._hand_tau = np.zeros(16)
         self._hand_tau_time = -math.inf
         rng = np.random.default_rng(int(seed))
-        objs = scene.TASKS[task]
-        if task == "grasp_lift":
-            objs = (objs[int(rng.integers(len(objs)))],)
+        objs = scene.scene_objects(task, rng)
         placed = self._placements(rng, [n for n in scene.OBJECTS if n in objs], task)
         for i, name in enumerate(scene.OBJECTS):
             spec = scene.OBJECTS[name]

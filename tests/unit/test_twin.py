@@ -151,3 +151,41 @@ def test_the_scripted_expert_solves_each_task_in_the_physics(sim, task):
                             r.hand_mount.rpy, r.hand_home, r.arm_home)
     solved = [play_in_twin(sim, expert, task, seed, cfg.control.hand) for seed in range(6)]
     assert sum(solved) >= 5, solved
+
+
+def test_interactions_hold_every_object_and_carry_it_to_the_other_one_or_anywhere(sim):
+    """The prior's data: over the seeds every object the hand can take is taken (the scene's and the
+    plan's draws are apart from the placement's: on one stream, no interaction took the cube), and
+    about half the carries end over the other object on the table, a few cm above its top, the
+    rest at spots that are not over it."""
+    from robot_runtime.config import config_from_dict
+    from robot_runtime.teleop.scripted import GRASP_HEIGHT, GRASP_POINT_PALM, TOP_HEIGHT
+    from robot_runtime.transforms import make_T, rpy_to_mat
+    from robot_runtime.twin.rollout import INTERACTION_SCENES, interaction_rng, make_expert
+
+    cfg = config_from_dict({})
+    expert = make_expert(cfg)
+    T_mount = make_T(rpy_to_mat(cfg.robot.hand_mount.rpy), cfg.robot.hand_mount.xyz)
+    held, over, elsewhere = set(), 0, 0
+    for seed in range(100_000, 100_048):
+        rng = interaction_rng(seed)
+        setting = INTERACTION_SCENES[int(rng.integers(len(INTERACTION_SCENES)))]
+        poses = {k: (v.position, v.quaternion) for k, v in sim.reset(setting, seed).items()}
+        q = np.concatenate([sim.arm_state().position, sim.hand_state().position])
+        wps = expert.plan_interaction(poses, sim.active_objects, q, rng)
+        held.add(expert.grasped)
+        others = [o for o in sim.active_objects if o != expert.grasped]
+        if not others or expert.grasped == "bottle":
+            continue
+        T = expert.model.link_pose(np.concatenate([wps[-1].arm, wps[-1].hand]), D.FLANGE_FRAME) @ T_mount
+        point = T[:3, :3] @ GRASP_POINT_PALM + T[:3, 3]
+        off = np.linalg.norm(point[:2] - poses[others[0]][0][:2])
+        if expert.carried_to:
+            over += 1
+            assert expert.carried_to == others[0] and off < 0.04, (seed, off)
+            above = point[2] - GRASP_HEIGHT[expert.grasped] - TOP_HEIGHT[others[0]]
+            assert 0.01 < above < 0.07, (seed, above)
+        else:
+            elsewhere += 1
+    assert held == set(scene.INTERACTION_HELD) | set(scene.TASKS["grasp_lift"]), held
+    assert over >= 5 and elsewhere >= 5, (over, elsewhere)
