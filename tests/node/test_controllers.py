@@ -73,7 +73,7 @@ class Rig:
                         for n in CONTROLLERS for s in ("arm", "estop", "select_policy", "select_teleop")}
         self.teleop_pub = probe.node.create_publisher(JointState, cfg.control.teleop_topic, ros_io.STATE_QOS)
         self.policy_pub = probe.node.create_publisher(JointState, cfg.control.policy_topic, ros_io.STATE_QOS)
-        self.publisher: subprocess.Popen | None = None
+        self.publishers: list[subprocess.Popen] = []
 
     def call(self, node, service):
         return self.probe.call(self.clients[(node, service)], Trigger.Request())
@@ -96,18 +96,24 @@ class Rig:
         assert res.success, res.message
         self.wait_mode(node, "armed")
 
-    def start_publisher(self, speed):
-        home = list(self.cfg.robot.arm_home) + list(self.cfg.robot.hand_home)
-        self.publisher = subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "node" / "ramp_publisher.py"), self.cfg.control.policy_topic,
-             str(speed), "3", *(f"{n}={q}" for n, q in zip(TARGET_JOINTS, home))], cwd=REPO,
-            stdout=open(self.tmp / "publisher.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    def start_publisher(self, speed, topic=None, pose=None, subscribers=3):
+        """A 20 Hz target stream in a process of its own (a thread of this process, which also takes
+        in every controller's 120 and 300 Hz topics, stalled past the watchdog's latch on 2 cores):
+        ``pose`` [23] (default home) plus a ramp of ``speed`` rad/s, on ``topic`` (default the
+        policy's), started once ``subscribers`` readers are matched."""
+        home = list(self.cfg.robot.arm_home) + list(self.cfg.robot.hand_home) if pose is None else list(pose)
+        self.publishers.append(subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "node" / "ramp_publisher.py"), topic or self.cfg.control.policy_topic,
+             str(speed), str(subscribers), *(f"{n}={q}" for n, q in zip(TARGET_JOINTS, home))], cwd=REPO,
+            stdout=open(self.tmp / f"publisher{len(self.publishers)}.log", "w"), stderr=subprocess.STDOUT,
+            start_new_session=True))
 
     def stop_publisher(self, sig=signal.SIGINT):
-        if self.publisher is not None and self.publisher.poll() is None:
-            os.killpg(self.publisher.pid, sig)
-            self.publisher.wait(5)
-        self.publisher = None
+        for p in self.publishers:
+            if p.poll() is None:
+                os.killpg(p.pid, sig)
+                p.wait(5)
+        self.publishers = []
 
     def count_after(self, store, t):
         return sum(1 for m in store if ros_io.from_time_msg(m.header.stamp) > t)
@@ -205,36 +211,31 @@ def test_source_switch_has_no_jump(rig):
     home = np.concatenate([cfg.robot.arm_home, cfg.robot.hand_home])
     offset = np.zeros(23)
     offset[0], offset[3], offset[8] = 0.15, -0.1, 0.15  # inside the limits both ways
-    for n in CONTROLLERS:
-        rig.arm(n)
-    stop = False
-    import threading
-
-    def publish():  # both sources stream all along, toward different poses
-        k = 0
-        t0 = time.time()
-        while not stop:
-            k += 1
-            time.sleep(max(0.0, t0 + k * 0.05 - time.time()))
-            t_for = time.time() + 0.05
-            rig.policy_pub.publish(ros_io.joint_state_msg(TARGET_JOINTS, t_for, home + offset))
-            rig.teleop_pub.publish(ros_io.joint_state_msg(TARGET_JOINTS, t_for, home - offset))
-    th = threading.Thread(target=publish, daemon=True)
-    th.start()
+    teleop_targets: list = []
+    rig.probe.subscribe(JointState, cfg.control.teleop_topic, ros_io.STATE_QOS, teleop_targets)
+    n_policy = len(rig.targets)
+    # both sources stream all along, toward different poses; the controllers are armed once both
+    # streams run (two processes starting up on 2 cores held the sim's joint states back past the
+    # armed controllers' 0.1 s device watchdog)
+    rig.start_publisher(0.0, pose=home + offset)
+    rig.start_publisher(0.0, topic=cfg.control.teleop_topic, pose=home - offset)
     try:
+        assert rig.probe.wait_for(lambda: len(rig.targets) > n_policy and teleop_targets, 30.0), "no targets came"
+        for n in CONTROLLERS:
+            rig.arm(n)
         t_arm = time.time()
         node = "arm_controller_node"
         # the deadlines are for delivery on a loaded 2-core machine, not for the controller: the
         # checks below are on what it published
-        assert rig.probe.wait_for(lambda: rig.count_after(rig.commands[node], t_arm + 2.0) > 0, 15.0)
+        assert rig.probe.wait_for(lambda: rig.count_after(rig.commands[node], t_arm + 2.0) > 0, 15.0), rig.mode(node)
         t_switch = time.time()
         for n in CONTROLLERS:
             res = rig.call(n, "select_teleop")
             assert res.success and "to teleop" in res.message
-        assert rig.probe.wait_for(lambda: rig.count_after(rig.commands[node], t_switch + 2.0) > 0, 15.0)
+        assert rig.probe.wait_for(lambda: rig.count_after(rig.commands[node], t_switch + 2.0) > 0, 15.0), \
+            rig.mode(node)
     finally:
-        stop = True
-        th.join(2.0)
+        rig.stop_publisher()
     for n, sl in (("arm_controller_node", slice(0, 7)), ("hand_controller_node", slice(7, 23))):
         assert rig.mode(n)["source"] == "teleop"
         t, q = stamped([m for m in rig.commands[n] if ros_io.from_time_msg(m.header.stamp) > t_arm])
