@@ -85,7 +85,10 @@ class FinetuneConfig(TrainConfig):
             the lowest open-loop error (rad) are the ones saved (0: the last weights).
         steps: optimizer steps in all (a resumed job runs up to this).
         val_fraction: share of the episodes held out for validation (at least one when there
-            are two or more episodes).
+            are two or more episodes). The default holds out one of 15 demos: every demo held out
+            is one the policy does not learn from, and few-shot policies are short of demos (twin
+            grasp & drop from the prior: 0.15 trained on 12 of 15, 0.30 on all 15), while the
+            open-loop error that picks the weights changed by under 10% after step 250.
         save_every: steps between interval checkpoints.
         device: 'auto' (CUDA when present), 'cpu' or 'cuda'.
         threads: CPU threads (0: one fewer than the machine has).
@@ -110,7 +113,7 @@ class FinetuneConfig(TrainConfig):
     proprio_steps: int = 0
     freeze_encoder: bool = False
     eval_every: int = 250
-    val_fraction: float = 0.2
+    val_fraction: float = 0.05
     save_every: int = 500
     device: str = "auto"
     threads: int = 0

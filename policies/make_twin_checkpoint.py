@@ -2,13 +2,14 @@
 task-agnostic interactions, then finetuned on a few demos of one task.
 
     python -m policies.make_twin_checkpoint [--stage all|prior|finetune] [--work DIR]
-        [--prior-episodes 240] [--prior-steps 3000] [--demos 15] [--steps 1500] [--rollouts 20]
+        [--prior-episodes 300] [--prior-steps 3000] [--demos 15] [--steps 1500] [--rollouts 20]
 
 1. ``prior`` (HOP's idea: pretrain on many hand-object interactions that belong to no task).
    Records ``--prior-episodes`` scripted interactions on the twin (seeds 100000 ..,
-   :func:`robot_runtime.twin.rollout.interaction_episode`: grasp one of the five top-graspable
-   objects wherever it lies, carry it somewhere at random, set it down, let go or keep
-   holding), then trains a point-cloud HOP network on them from scratch with the few-shot
+   :func:`robot_runtime.twin.rollout.interaction_episode`: in a grasp & lift scene or with two
+   objects drawn at random, grasp one (from above, the bottle from the side), carry it to a
+   random spot or over the other object, then set it down, let go, keep holding, or roll the
+   bottle by a random angle), then trains a point-cloud HOP network on them from scratch with the few-shot
    recipe and action representation (:class:`policies.finetune.FinetuneJob`: chunks of
    arm-relative, hand-absolute targets, normalised by the interactions' statistics; batch 32):
    ``policies/checkpoints/twin_prior``.
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(Path(__file__).parents[1] / "config" / "sim.yaml"))
     ap.add_argument("--stage", default="all", choices=["all", "prior", "finetune"])
     ap.add_argument("--work", default="runs/make_twin_checkpoint", help="episodes and rollouts go here")
-    ap.add_argument("--prior-episodes", type=int, default=240)
+    ap.add_argument("--prior-episodes", type=int, default=300)
     ap.add_argument("--prior-steps", type=int, default=3000)
     ap.add_argument("--prior-batch", type=int, default=32)
     ap.add_argument("--demos", type=int, default=15)

@@ -559,7 +559,8 @@ def main(argv=None) -> int:
     p.add_argument("--freeze-encoder", action="store_true", help="keep the base's visual encoder fixed (faster)")
     p.add_argument("--eval-every", type=int, help="steps between open-loop checks on the held-out demos; the best "
                                                   "weights are kept (default 250)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of episodes held out for validation")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="share of episodes held out for validation "
+                                                                   "(at least one; the default: 1 of 15)")
     p.add_argument("--save-every", type=int, default=500, help="steps between interval checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
