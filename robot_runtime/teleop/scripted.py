@@ -245,6 +245,23 @@ class ScriptedExpert:
         yaw_over = yaw - facing_yaw(start) + facing_yaw(spot)
         return self._ik_on_branch("top", spot, yaw_over, self._flange, CANONICAL_TOP), yaw_over
 
+    @staticmethod
+    def _spot_over(position, height: float, rng: np.random.Generator) -> np.ndarray:
+        """Where a carry ends over an object at ``position`` (its x, y at least, m): ``height`` (m)
+        up, a centimetre or so off its centre."""
+        return np.array([position[0], position[1], height]) + np.append(rng.normal(0, 0.01, 2), 0)
+
+    def _carry_and_lower(self, steps: list, spot, yaw: float, start, low_above_table: float) -> np.ndarray:
+        """Append to ``steps`` the carry of the grasped object (hand closed as the last step has it)
+        from ``start`` to ``spot`` (:meth:`_carried_over`) and the lowering straight down until the
+        grasp point is ``low_above_table`` (m) over the table; returns the lowered joints [23]."""
+        c = steps[-1][2]
+        q_over, yaw_over = self._carried_over(spot, yaw, start)
+        low = np.array([spot[0], spot[1], self.table_z + low_above_table])
+        q_low = self._ik(q_over, self._flange(low, yaw_over))
+        steps += [("carry", q_over[:7], c, 2.0), ("lower", q_low[:7], c, 1.0)]
+        return q_low
+
     def plan(self, task: str, poses: dict, active, q_now, rng: np.random.Generator) -> list[Waypoint]:
         """Plan from the joints ``q_now`` [23] for ``task`` given ``poses`` {name: (position, quaternion)}."""
         obj, container = task_objects(task, active)
@@ -262,15 +279,11 @@ class ScriptedExpert:
         if task == "grasp_lift":
             steps.append(("hold", q_lift[:7], c, FINAL_HOLD_S))
         else:
-            b = np.asarray(poses[container][0], dtype=float)
-            spot = np.array([b[0], b[1], lift[2]]) + np.append(rng.normal(0, 0.01, 2), 0)
-            q_over, yaw_over = self._carried_over(spot, yaw, poses[obj][0])
+            spot = self._spot_over(poses[container][0], lift[2], rng)
             # let go a few cm over the rim: from the carry's height the opening fingers flung the
             # cube, or it bounced off the bowl, in 2 of 20 drops
-            low = np.array([spot[0], spot[1], self.table_z + GRASP_HEIGHT[obj] + DROP_ABOVE_TABLE])
-            q_low = self._ik(q_over, self._flange(low, yaw_over))
-            steps += [("carry", q_over[:7], c, 2.0), ("lower", q_low[:7], c, 1.0),
-                      ("release", q_low[:7], self.hand_open, 0.8), ("hold", q_low[:7], self.hand_open, FINAL_HOLD_S)]
+            q_low = self._carry_and_lower(steps, spot, yaw, poses[obj][0], GRASP_HEIGHT[obj] + DROP_ABOVE_TABLE)
+            steps += [("release", q_low[:7], self.hand_open, 0.8), ("hold", q_low[:7], self.hand_open, FINAL_HOLD_S)]
         self._set_timed(steps, pace)
         self.grasped = obj
         return self.waypoints
@@ -309,32 +322,27 @@ class ScriptedExpert:
         steps, q_lift, lift, yaw = self._grasp_lift_steps(poses[obj], obj, q_now, rng)
         c = steps[-1][2]
         if toward:
-            spot = np.array([target[0], target[1], lift[2]]) + np.append(rng.normal(0, 0.01, 2), 0)
-            q_carry, yaw_over = self._carried_over(spot, yaw, poses[obj][0])
-            low = np.array([spot[0], spot[1], self.table_z + TOP_HEIGHT[toward] + GRASP_HEIGHT[obj]
-                            + rng.uniform(*LET_GO_ABOVE)])
-            q_low = self._ik(q_carry, self._flange(low, yaw_over))
-            steps += [("carry", q_carry[:7], c, 2.0), ("lower", q_low[:7], c, 1.0)]
+            spot = self._spot_over(target, lift[2], rng)
+            q_low = self._carry_and_lower(steps, spot, yaw, poses[obj][0],
+                                          TOP_HEIGHT[toward] + GRASP_HEIGHT[obj] + rng.uniform(*LET_GO_ABOVE))
             if rng.random() < 2 / 3:
                 steps += [("release", q_low[:7], self.hand_open, 0.8), ("hold", q_low[:7], self.hand_open, 1.0)]
             else:
                 steps.append(("hold", q_low[:7], c, 1.0))
-            self._set_timed(steps, pace)
-            self.grasped = obj
-            return self.waypoints
-        spot = np.array([target[0], target[1], lift[2] + rng.uniform(-0.03, 0.06)])
-        q_carry, yaw_over = self._carried_over(spot, yaw + rng.uniform(-0.2, 0.2), poses[obj][0])
-        steps.append(("carry", q_carry[:7], c, 2.0))
-        ending = rng.integers(3)
-        if ending == 0:       # set it down where it is and let go
-            down = np.array([spot[0], spot[1], self.table_z + GRASP_HEIGHT[obj] + 0.01])
-            q_down = self._ik(q_carry, self._flange(down, yaw_over))
-            steps += [("lower", q_down[:7], c, 1.5), ("release", q_down[:7], self.hand_open, 0.8),
-                      ("hold", q_down[:7], self.hand_open, 0.5)]
-        elif ending == 1:     # let go from above
-            steps += [("release", q_carry[:7], self.hand_open, 0.8), ("hold", q_carry[:7], self.hand_open, 0.8)]
-        else:                 # keep holding
-            steps.append(("hold", q_carry[:7], c, 1.0))
+        else:
+            spot = np.array([target[0], target[1], lift[2] + rng.uniform(-0.03, 0.06)])
+            q_carry, yaw_over = self._carried_over(spot, yaw + rng.uniform(-0.2, 0.2), poses[obj][0])
+            steps.append(("carry", q_carry[:7], c, 2.0))
+            ending = rng.integers(3)
+            if ending == 0:       # set it down where it is and let go
+                down = np.array([spot[0], spot[1], self.table_z + GRASP_HEIGHT[obj] + 0.01])
+                q_down = self._ik(q_carry, self._flange(down, yaw_over))
+                steps += [("lower", q_down[:7], c, 1.5), ("release", q_down[:7], self.hand_open, 0.8),
+                          ("hold", q_down[:7], self.hand_open, 0.5)]
+            elif ending == 1:     # let go from above
+                steps += [("release", q_carry[:7], self.hand_open, 0.8), ("hold", q_carry[:7], self.hand_open, 0.8)]
+            else:                 # keep holding
+                steps.append(("hold", q_carry[:7], c, 1.0))
         self._set_timed(steps, pace)
         self.grasped = obj
         return self.waypoints

@@ -71,8 +71,6 @@ class Rig:
         probe.subscribe(JointState, cfg.control.policy_topic, ros_io.STATE_QOS, self.targets)
         self.clients = {(n, s): probe.node.create_client(Trigger, f"/{n}/{s}")
                         for n in CONTROLLERS for s in ("arm", "estop", "select_policy", "select_teleop")}
-        self.teleop_pub = probe.node.create_publisher(JointState, cfg.control.teleop_topic, ros_io.STATE_QOS)
-        self.policy_pub = probe.node.create_publisher(JointState, cfg.control.policy_topic, ros_io.STATE_QOS)
         self.publishers: list[subprocess.Popen] = []
 
     def call(self, node, service):
