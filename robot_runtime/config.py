@@ -412,6 +412,7 @@ class TeleopConfig:
     input_timeout_s: float = rng(0.5, 0.05, 10.0)       # no input for this long: disengage (hold)
     arm_controllers: bool = False                       # twin only: select teleop and arm the controllers
     autoengage: bool = False                            # engage as soon as the node is up
+    realtime_priority: int = rng(30, 0, 99)             # SCHED_FIFO of the loop thread (0: do not ask)
 
 
 @dataclass

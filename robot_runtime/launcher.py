@@ -129,7 +129,7 @@ class GraphMonitor:
 def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: dict | None,
                  loops: dict[str, dict] | None = None) -> str:
     """One line: duration, node outcome, the twin's real-time factor and stream rates, and
-    each control loop's rate over the whole run, wake-up lateness p99, overruns, mode and
+    each control loop's rate over the whole run and its ticks, wake-up lateness p99, overruns, mode and
     shield interventions, and the policy loop's actions, ticks without action and missed ticks."""
     parts = [f"ran {elapsed:.1f} s", f"{len(codes)} nodes"]
     parts.append(f"FAILED: {', '.join(died)}" if died else "all nodes ok")
@@ -159,8 +159,8 @@ def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: d
             parts.append(f"teleop {v['input']} {float(v['rate_hz']):.0f} Hz, {v['samples']} samples")
             continue
         shield = sum(int(x) for k, x in v.items() if k.startswith("shield_"))
-        parts.append(f"{name.replace('_node', '')} {float(v['mean_rate_hz']):.0f} Hz, late p99 "
-                     f"{float(v['lateness_p99_ms']):.2f} ms, {v['overruns']} overruns, {v['mode']}, "
+        parts.append(f"{name.replace('_node', '')} {float(v['mean_rate_hz']):.0f} Hz ({v.get('ticks', '?')} ticks), "
+                     f"late p99 {float(v['lateness_p99_ms']):.2f} ms, {v['overruns']} overruns, {v['mode']}, "
                      f"{shield} shield interventions")
     return "robot-runtime: " + " | ".join(parts)
 

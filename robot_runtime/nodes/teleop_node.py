@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from std_srvs.srv import Trigger
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
 from robot_runtime.control.factory import TARGET_JOINTS
-from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, tighten_gil_switching
+from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, request_realtime, tighten_gil_switching
 from robot_runtime.errors import RobotRuntimeError, TeleopError
 from robot_runtime.nodes.controller_arming import CONTROLLERS, TwinControllerArmer
 from robot_runtime.nodes.controller_shell import STATE_TOPICS
@@ -79,6 +80,7 @@ class TeleopNode(Node):
                 client.call_async(Trigger.Request())
             self.armer = TwinControllerArmer(self, wanted=True)
         self.stats = LoopStatistics(self.period)
+        self.sched_info = "starting"
         self.loop_error: BaseException | None = None
         self._next_diag = 0.0
         self._loop = DeadlineLoop(self.tcfg.rate_hz, self._on_deadline, stats=self.stats)
@@ -91,6 +93,9 @@ class TeleopNode(Node):
                                f"{cfg.control.teleop_topic}; engage with /{NAME}/engage")
 
     def _run_loop(self) -> None:
+        # Targets stop reaching the controllers if this loop is starved: on a loaded host their
+        # watchdog latches a stop after control.latch_after_s, as it would for a dead operator.
+        self.sched_info = request_realtime(self.tcfg.realtime_priority)
         tighten_gil_switching()
         try:
             self._loop.run()
@@ -146,7 +151,7 @@ class TeleopNode(Node):
             self._next_diag = now + 1.0
             if self.timing_log and int(now) % 5 == 0:   # also written while running: a killed node keeps it
                 self._save_timing()
-            values = {**self.stats.summary(), **self._status()}
+            values = {**self.stats.summary(), "scheduling": self.sched_info, **self._status()}
             self.pub_diag.publish(ros_io.diagnostics_msg(now, f"{NAME}: loop", "teleop",
                                                          {k: v for k, v in values.items() if not isinstance(v, dict)}))
 
@@ -163,16 +168,21 @@ class TeleopNode(Node):
         self.pub_status.publish(String(data=json.dumps(status)))
 
     def _on_engage(self, request, response):
-        with self._lock:
-            try:
+        # The input prepares (the expert plans) outside the lock: the loop goes on publishing the
+        # held targets, so the controllers' watchdog never sees the stream stop.
+        try:
+            with self._lock:
                 if self.tcfg.input.type == "scripted" and self._objects_t <= self._episode_t:
                     raise TeleopError("waiting for object poses from the twin's new episode")
-                self.input.on_engage(time.time(), self.world)
+                world = replace(self.world, objects=dict(self.world.objects))
+            self.input.prepare(world)
+            with self._lock:
+                self.input.on_engage(time.time(), world)
                 response.message = self.session.engage()
                 response.success = True
                 self._last_sample_t = time.time()
-            except RobotRuntimeError as exc:
-                response.success, response.message = False, str(exc)
+        except RobotRuntimeError as exc:
+            response.success, response.message = False, str(exc)
         self.get_logger().info(f"engage: {response.message}")
         return response
 

@@ -14,12 +14,14 @@ and, on the twin, the objects are doing.
 """
 from __future__ import annotations
 
+import copy
 import math
 import select
 import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,8 +55,12 @@ class TeleopInput(ABC):
     def read(self, now: float, world: WorldView) -> TeleopSample | None:
         """The newest sample not returned before, or None."""
 
+    def prepare(self, world: WorldView) -> None:
+        """Slow work before an engage (a plan): the node calls it outside its loop's lock, so the
+        loop keeps publishing the held targets meanwhile. Nothing :meth:`read` returns changes."""
+
     def on_engage(self, now: float, world: WorldView) -> None:
-        """Called when the operator engages."""
+        """Called when the operator engages (after :meth:`prepare`); keep it quick."""
 
     def status(self) -> dict:
         return {}
@@ -90,15 +96,28 @@ class ScriptedInput(TeleopInput):
         self._active: tuple = ()
         self._retreating = False
         self._rng = np.random.default_rng(self.seed)
+        self._pending: tuple | None = None   # (expert, rng, task, active, start objects) from prepare
+        # IK takes a tenth of a second or more: never on the loop's thread, which would stall the targets
+        self._planner = ThreadPoolExecutor(1, thread_name_prefix="expert-plan")
+        self._retreat: Future | None = None  # the way home being planned
 
-    def on_engage(self, now: float, world: WorldView) -> None:
+    def prepare(self, world: WorldView) -> None:
+        """Plan the next demonstration from ``world`` on a copy of the expert (taking a tenth of a
+        second or more: the loop goes on reading the current plan meanwhile)."""
         if world.q is None or not world.objects or not world.task:
             raise TeleopError("scripted expert: no joint states or object poses yet (is sim_node running?)")
-        self._rng = np.random.default_rng(self.seed + self.episodes)
+        rng = np.random.default_rng(self.seed + self.episodes)
+        expert = copy.copy(self.expert)
+        expert.plan(world.task, world.objects, world.active, world.q, rng)
+        self._pending = (expert, rng, world.task, tuple(world.active), dict(world.objects))
+
+    def on_engage(self, now: float, world: WorldView) -> None:
+        """Start the prepared plan at ``now`` (planning first if :meth:`prepare` was not called)."""
+        if self._pending is None:
+            self.prepare(world)
+        self.expert, self._rng, self._task, self._active, self._start_objects = self._pending
+        self._pending, self._retreat = None, None
         self.episodes += 1
-        self._task, self._active = world.task, tuple(world.active)
-        self._start_objects = dict(world.objects)
-        self.expert.plan(world.task, world.objects, world.active, world.q, self._rng)
         self._t0, self.phase, self.success, self._retreating = now, "start", None, False
 
     def read(self, now: float, world: WorldView) -> TeleopSample | None:
@@ -108,9 +127,13 @@ class ScriptedInput(TeleopInput):
         if phase == "done" and not self._arrived(q, now, world):
             return TeleopSample(now, joints=q)
         if phase == "done" and not self._retreating:
-            self.success = bool(task_success(self._task, self._active, self._start_objects, world.objects))
-            self.phase = "done"
-            self.expert.retreat(q, self.arm_home, self._rng)
+            if self._retreat is None:   # judge now; plan the way home on the planner's thread, holding meanwhile
+                self.success = bool(task_success(self._task, self._active, self._start_objects, world.objects))
+                self.phase = "done"
+                self._retreat = self._planner.submit(self._plan_retreat, q)
+            if not self._retreat.done():
+                return TeleopSample(now, joints=q)
+            self.expert, self._retreat = self._retreat.result(), None
             self._t0, self._retreating = now, True
             return TeleopSample(now, joints=q)
         if phase == "done":
@@ -121,6 +144,11 @@ class ScriptedInput(TeleopInput):
             self.phase = phase
         return TeleopSample(now, joints=q)
 
+    def _plan_retreat(self, q) -> ScriptedExpert:
+        expert = copy.copy(self.expert)
+        expert.retreat(q, self.arm_home, self._rng)
+        return expert
+
     def _arrived(self, q, now: float, world: WorldView) -> bool:
         """Whether the robot has reached the plan's last posture ``q`` (or waited long enough)."""
         late = now - self._t0 - self.expert.duration > self.ARRIVE_TIMEOUT_S
@@ -128,6 +156,9 @@ class ScriptedInput(TeleopInput):
 
     def status(self) -> dict:
         return {"phase": self.phase, "success": self.success, "episodes": self.episodes}
+
+    def close(self) -> None:
+        self._planner.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------------ keypoints

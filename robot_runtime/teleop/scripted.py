@@ -190,8 +190,7 @@ class ScriptedExpert:
         return self._flange(point, yaw=yaw, palm=rot_axis(R_PALM_SIDE[:, 0], 0.375) @ R_PALM_SIDE)
 
     def prepare(self) -> "ScriptedExpert":
-        """Solve both grasp kinds' reference postures now (a plan made later is then quicker: a node
-        plans on its loop's thread)."""
+        """Solve both grasp kinds' reference postures now (a plan made later is then quicker)."""
         self._reference("top", CANONICAL_TOP, self._flange)
         self._reference("side", CANONICAL_SIDE, self._side_flange)
         return self

@@ -348,8 +348,20 @@ class DepthRenderer(_OffscreenRenderer):
     than ``max_depth`` are NaN, as the ZED reports invalid depth.
     """
 
+    #: Facets of the context's round primitives (MuJoCo's defaults: 28 slices, 16 stacks) and its
+    #: multisamples (default 4; the depth read back is the same without). Together they draw a
+    #: 320 x 240 depth frame in 6 ms instead of 13 on a software renderer; the facets move 6 of its
+    #: 51,000 valid pixels by more than a centimetre (edges of the cylinders).
+    SLICES, STACKS, SAMPLES = 16, 8, 0
+
     def __init__(self, model, camera):
-        super().__init__(model, camera.width, camera.height)
+        quality = model.vis.quality
+        kept = quality.numslices, quality.numstacks, quality.offsamples
+        quality.numslices, quality.numstacks, quality.offsamples = self.SLICES, self.STACKS, self.SAMPLES
+        try:   # the context tessellates its primitives when it is made; the model keeps its own
+            super().__init__(model, camera.width, camera.height)
+        finally:
+            quality.numslices, quality.numstacks, quality.offsamples = kept
         self.min_depth, self.max_depth = camera.min_depth, camera.max_depth
         # Read depth as reversed Z (far plane = 0): precise at range with a float buffer.
         self.con.readDepthMap = self.mj.mjtDepthMap.mjDEPTH_ZEROFAR

@@ -409,3 +409,43 @@ def test_the_header_stamp_is_read_from_serialized_messages_without_deserializing
         assert ros_io.header_stamp_of_serialized(serialize_message(msg)) == pytest.approx(t, abs=1e-9)
     with pytest.raises(ValueError, match="not a CDR"):
         ros_io.header_stamp_of_serialized(b"\x07\x07" + bytes(20))
+
+
+def test_scripted_expert_plans_off_the_loop_thread_and_holds_while_it_plans():
+    """The expert's IK (a tenth of a second or more) must never run on the teleop loop's
+    thread: a stalled loop stops the targets and the controllers' watchdog latches a stop."""
+    from robot_runtime.config import RuntimeConfig
+    from robot_runtime.teleop.factory import make_teleop_input
+    from robot_runtime.teleop.inputs import WorldView
+
+    cfg = RuntimeConfig()
+    inp = make_teleop_input(cfg)
+    q0 = np.concatenate([cfg.robot.arm_home, cfg.robot.hand_home])
+    world = WorldView(q=q0, task="grasp_lift", active=("can",),
+                      objects={"can": (np.array([0.5, 0.0, 0.055]), np.array([1.0, 0.0, 0.0, 0.0]))})
+    try:
+        inp.prepare(world)   # plans; what read() returns does not change until the engage
+        assert inp.read(10.0, world) is None and inp.status()["episodes"] == 0
+        inp.on_engage(10.0, world)
+        assert inp.read(10.1, world) is not None and inp.status()["phase"] not in ("idle", "finished")
+        # The way home is planned on the planner's thread; meanwhile the loop holds the last posture.
+        release, planned_on = threading.Event(), []
+        plan_retreat = inp._plan_retreat
+
+        def slow_retreat(q):
+            planned_on.append(threading.get_ident())
+            assert release.wait(10.0)
+            return plan_retreat(q)
+        inp._plan_retreat = slow_retreat
+        end = 10.0 + inp.expert.duration + inp.ARRIVE_TIMEOUT_S + 0.1   # late enough to count as arrived
+        held = [inp.read(end + 0.03 * k, world) for k in range(5)]
+        assert inp.status()["phase"] == "done" and inp.status()["success"] is False   # the can never moved
+        assert all(np.array_equal(s.joints, held[0].joints) for s in held)
+        assert planned_on and planned_on[0] != threading.get_ident()
+        release.set()
+        inp._retreat.result(timeout=10.0)
+        first = inp.read(end + 1.0, world)
+        assert inp.read(end + 1.5, world) is not None and inp.status()["phase"] == "retreat"
+        assert not np.array_equal(inp.read(end + 3.0, world).joints, first.joints)   # on its way home
+    finally:
+        inp.close()
