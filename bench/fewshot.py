@@ -142,14 +142,15 @@ def main(argv=None) -> int:
     m = machine()
     print(f"\nbench.fewshot on {m['cpu']} ({m['cores']} cores), {a.rollouts} rollouts on new placements each")
     print(f"{'run':30s} {'success':>8s} {'95% CI':>11s} {'demos':>6s} {'finetune s':>11s} {'ol err rad':>11s} "
-          f"{'demo seeds':>11s} {'reach cm':>9s} {'lift cm':>8s}")
+          f"{'demo seeds':>11s} {'reach cm':>9s} {'lift cm':>8s} {'end cm':>7s}")
     for name, _, _, _ in runs:
         r = result[name]
         d = r.get("diagnostics", {}).get("demo_seeds")
         print(f"{name:30s} {r['success_rate']:8.2f} {r['ci95'][0]:5.2f}-{r['ci95'][1]:4.2f} {r['demos']:6d} "
               f"{r['finetune_s']:11.1f} {r['open_loop_error_rad']:11.4f} "
               f"{'-' if d is None else format(d['success_rate'], '.2f'):>11s} "
-              f"{100 * (r['closest_m_median'] or np.nan):9.1f} {100 * (r['lift_m_median'] or np.nan):8.1f}")
+              f"{100 * (r['closest_m_median'] or np.nan):9.1f} {100 * (r['lift_m_median'] or np.nan):8.1f} "
+              f"{100 * (r.get('end_m_median') or np.nan):7.1f}")
     for t in ("grasp_lift", "grasp_drop"):
         if f"{t}_5demos_prior_gain" in result:
             print(f"{t}: 5 demos, prior minus scratch: {result[f'{t}_5demos_prior_gain']:+.2f}")

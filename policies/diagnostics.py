@@ -43,12 +43,16 @@ def rollout_summary(rep: EvalReport) -> dict:
     rs = rep.rollouts
     closest = [r.closest_m for r in rs if r.closest_m is not None]
     lift = [r.lift_m for r in rs if r.lift_m is not None]
+    ends = [r.end_m for r in rs if r.end_m is not None]
+    carried = [r.carried_m for r in rs if r.end_m is not None]   # None: never lifted
     lo, hi = rep.interval
     return {"success_rate": rep.rate, "ci95": [round(lo, 3), round(hi, 3)], "rollouts": len(rs),
             "seeds": [r.seed for r in rs], "successes": [bool(r.success) for r in rs],
             "closest_m": closest, "lift_m": lift,
             "closest_m_median": round(float(np.median(closest)), 4) if closest else None,
             "lift_m_median": round(float(np.median(lift)), 4) if lift else None,
+            **({"carried_m": carried, "end_m": ends,
+                "end_m_median": round(float(np.median(ends)), 4)} if ends else {}),
             "eval_s": round(rep.seconds, 1)}
 
 

@@ -267,11 +267,16 @@ def _cmd_eval(args) -> int:
     rep = evaluate(cfg, args.checkpoint, args.task, args.rollouts, args.seed, out, args.duration or None,
                    args.runner, workers=args.workers)
     print(rep.line())
-    reach = [(r.seed, r.closest_m, r.lift_m) for r in rep.rollouts if r.closest_m is not None]
+    def cm(x) -> str:
+        return "-" if x is None else f"{100 * x:.1f}"
+    reach = [r for r in rep.rollouts if r.closest_m is not None]
     if reach:
-        print("per rollout (seed: closest approach to the object, highest lift): " + ", ".join(
-            f"{s}{'' if r.success else ' (failed)'}: {100 * c:.1f} / {100 * lift:+.1f} cm"
-            for (s, c, lift), r in zip(reach, rep.rollouts)))
+        carry = any(r.end_m is not None for r in reach)
+        print("per rollout (seed: closest approach to the object, highest lift"
+              + ("; closest the lifted object came to the container's centre, where it ended" if carry else "")
+              + "): " + ", ".join(
+                  f"{r.seed}{'' if r.success else ' (failed)'}: {cm(r.closest_m)} / {100 * r.lift_m:+.1f}"
+                  + (f"; {cm(r.carried_m)} / {cm(r.end_m)}" if carry else "") + " cm" for r in reach))
     print(f"rollouts saved in {out} (eval.json, one episode file each)")
     if args.demos:
         from policies.diagnostics import diagnose, write_json

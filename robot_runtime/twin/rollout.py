@@ -55,7 +55,12 @@ class EpisodeOutcome:
     For the twin's tasks, ``closest_m`` is the closest the hand came to the object to grasp (m, the
     centre of the four fingertips to the object's frame) and ``lift_m`` the highest the object rose
     above where it started (m): why a rollout failed, at a glance (never reached it, reached it but
-    did not hold it, held it but did not lift it)."""
+    did not hold it, held it but did not lift it).
+
+    For a task with a container (drop, pour), ``carried_m`` is the closest the object came to
+    the container's centre, across the table, while it was lifted (2 cm or more above where it
+    started), and ``end_m`` how far from that centre it ended (m): carried short of the bowl, or
+    carried there and not let go or flung out."""
 
     task: str
     seed: int
@@ -66,6 +71,11 @@ class EpisodeOutcome:
     interventions: dict | None = None
     closest_m: float | None = None
     lift_m: float | None = None
+    carried_m: float | None = None
+    end_m: float | None = None
+
+#: An object this far above where it started counts as lifted, for :attr:`EpisodeOutcome.carried_m` (m).
+LIFTED_M = 0.02
 
 
 class TwinEpisodeRunner:
@@ -138,10 +148,10 @@ class TwinEpisodeRunner:
         holds, interventions = 0, {}
         h = cfg.control.hand
         try:
-            obj = task_objects(task, sim.active_objects)[0]
+            obj, container = task_objects(task, sim.active_objects)
         except TeleopError:   # not one of the twin's tasks (an interaction): no reach figures
-            obj = None
-        closest, lift = np.inf, -np.inf
+            obj = container = None
+        closest, lift, carried = np.inf, -np.inf, np.inf
         try:
             for k in range(n_steps):
                 t = k * self.period
@@ -171,10 +181,13 @@ class TwinEpisodeRunner:
                     sim.step()
                 cmd = new
                 if obj is not None:
-                    p_obj = np.asarray(sim.object_poses()[obj].position)
+                    poses = sim.object_poses()
+                    p_obj = np.asarray(poses[obj].position)
                     hand_at = np.mean([sim.site_position(n) for n in HAND_SITES], axis=0)
                     closest = min(closest, float(np.linalg.norm(hand_at - p_obj)))
                     lift = max(lift, float(p_obj[2] - start[obj][0][2]))
+                    if container is not None and p_obj[2] - start[obj][0][2] >= LIFTED_M:
+                        carried = min(carried, _across(p_obj, poses[container].position))
         except BaseException:
             if self.recorder is not None and self.recorder.recording:
                 self.recorder.stop(None, discard=True)
@@ -184,8 +197,18 @@ class TwinEpisodeRunner:
         file = ""
         if self.recorder is not None:
             file = str(self.recorder.stop(success, now=time.time()))
-        return EpisodeOutcome(task, int(seed), success, n_steps, file, holds, interventions,
-                              None if obj is None else round(closest, 4), None if obj is None else round(lift, 4))
+        figures = {}
+        if obj is not None:
+            figures = {"closest_m": round(closest, 4), "lift_m": round(lift, 4)}
+        if container is not None:
+            figures["carried_m"] = round(carried, 4) if np.isfinite(carried) else None
+            figures["end_m"] = round(_across(end[obj][0], end[container][0]), 4)
+        return EpisodeOutcome(task, int(seed), success, n_steps, file, holds, interventions, **figures)
+
+
+def _across(a, b) -> float:
+    """Distance of two points across the table (m, in the horizontal plane)."""
+    return float(np.linalg.norm(np.asarray(a, float)[:2] - np.asarray(b, float)[:2]))
 
 
 def make_expert(cfg: RuntimeConfig):

@@ -189,3 +189,23 @@ def test_interactions_hold_every_object_and_carry_it_to_the_other_one_or_anywher
             elsewhere += 1
     assert held == set(scene.INTERACTION_HELD) | set(scene.TASKS["grasp_lift"]), held
     assert over >= 5 and elsewhere >= 5, (over, elsewhere)
+
+
+def test_a_drop_reports_how_close_the_carried_cube_came_to_the_bowl_and_where_it_ended():
+    """The rollout figures that tell a carry short of the bowl from a cube not let go over it."""
+    from robot_runtime.config import load_config
+    from robot_runtime.perception.preprocess import PointCloudPreprocess, VisualSpec
+    from robot_runtime.twin.rollout import TwinEpisodeRunner, expert_episode, make_expert
+
+    cfg = load_config(Path(__file__).parents[2] / "config" / "sim.yaml")
+    runner = TwinEpisodeRunner(cfg, VisualSpec("pointcloud", points=PointCloudPreprocess()))
+    try:
+        held = runner.run("grasp_drop", 2, lambda t, q, d, K: q, 0.5)   # holds still: nothing lifted
+        start = runner.sim.object_poses()
+        done = expert_episode(runner, make_expert(cfg), "grasp_drop", 2)
+    finally:
+        runner.close()
+    apart = float(np.linalg.norm(np.asarray(start["cube"].position)[:2] - np.asarray(start["bowl"].position)[:2]))
+    assert held.carried_m is None and held.end_m == pytest.approx(apart, abs=0.005) and apart > 0.1
+    radius = 0.075
+    assert done.success and done.lift_m > 0.05 and done.carried_m < radius and done.end_m < radius, done
