@@ -159,7 +159,7 @@ def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: d
             parts.append(f"teleop {v['input']} {float(v['rate_hz']):.0f} Hz, {v['samples']} samples")
             continue
         shield = sum(int(x) for k, x in v.items() if k.startswith("shield_"))
-        parts.append(f"{name.replace('_node', '')} {float(v['mean_rate_hz']):.0f} Hz ({v.get('ticks', '?')} ticks), "
+        parts.append(f"{name.replace('_node', '')} {float(v['mean_rate_hz']):.0f} Hz ({v['ticks']} ticks), "
                      f"late p99 {float(v['lateness_p99_ms']):.2f} ms, {v['overruns']} overruns, {v['mode']}, "
                      f"{shield} shield interventions")
     return "robot-runtime: " + " | ".join(parts)

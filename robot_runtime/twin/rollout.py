@@ -197,9 +197,7 @@ class TwinEpisodeRunner:
         file = ""
         if self.recorder is not None:
             file = str(self.recorder.stop(success, now=time.time()))
-        figures = {}
-        if obj is not None:
-            figures = {"closest_m": round(closest, 4), "lift_m": round(lift, 4)}
+        figures = {} if obj is None else {"closest_m": round(closest, 4), "lift_m": round(lift, 4)}
         if container is not None:
             figures["carried_m"] = round(carried, 4) if np.isfinite(carried) else None
             figures["end_m"] = round(_across(end[obj][0], end[container][0]), 4)
