@@ -29,7 +29,8 @@ setup(
     packages=find_packages(include=["robot_runtime", "robot_runtime.*", "policies", "policies.*",
                                     "calibration", "calibration.*"]),
     package_data={"robot_runtime": ["description/*.urdf", "description/*.xml"],
-                  "policies": ["checkpoints/*/policy.json", "checkpoints/*/model.safetensors"]},
+                  "policies": ["checkpoints/*/policy.json", "checkpoints/*/model.safetensors",
+                               "checkpoints/*/onnx/*.onnx"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -39,7 +40,8 @@ setup(
          + glob("robot_runtime/description/*.xml")),
     ],
     python_requires=">=3.10",
-    install_requires=["numpy>=1.24", "PyYAML>=6"],
+    # pin: pinocchio, the forward kinematics of the controllers' workspace check.
+    install_requires=["numpy>=1.24", "PyYAML>=6", "pin>=2.7"],
     extras_require={
         # The MuJoCo twin of the lab cell (offscreen rendering with MUJOCO_GL=egl).
         "twin": ["mujoco>=3.2"],

@@ -50,8 +50,11 @@ class PolicyNode(Node):
         self.timing_log = self.declare_parameter("timing_log", "").value
         self.live = LiveRobot(TARGET_JOINTS, D.ALL_LIMITS, cfg.rates.policy_hz, camera_pose_for(cfg))
         self.period = 1.0 / cfg.rates.policy_hz
+        # Exported here if the checkpoint carries no ONNX files: no loop runs yet, and a child at
+        # the lowest priority (as a hot-swap uses) starves on a busy machine (the graph's first
+        # arming waited on it).
         self.policy = ClosedLoopPolicy(
-            LoadedPolicy.load(path, self.live, self.pcfg.runner, self.pcfg.warmup_steps, export_in_subprocess=True), self.period,
+            LoadedPolicy.load(path, self.live, self.pcfg.runner, self.pcfg.warmup_steps), self.period,
             self.pcfg.max_frame_age_s, self.pcfg.max_state_age_s)
         # The loop's own node: polled inputs and the loop's publishers; never spun.
         self.io = rclpy.create_node(f"{NAME}_io", context=self.context, use_global_arguments=False)
