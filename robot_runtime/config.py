@@ -251,7 +251,9 @@ class TwinConfig:
     hand_torque_limit: float = rng(0.7, 0.05, 5.0)
     #: SCHED_FIFO priority of the physics thread (0: do not ask). The twin stands in for the
     #: robot, whose own computers the host's load never slows; sim_teleop.yaml (recording) sets
-    #: 35: above the policy (30) and the recorder (25), below the controllers (40).
+    #: 35: above the teleop loop (30) and the recorder (25), below the controllers (40).
+    #: sim.yaml leaves it at 0: with the physics at real-time priority the policy loop (30,
+    #: 16% of a core) missed deadlines on a loaded 2-core machine.
     realtime_priority: int = rng(0, 0, 99)
     #: An ArUco marker plate on the palm's side, for hand-eye calibration (``robot-runtime
     #: calibrate`` turns it on; the policies are trained without it).
@@ -319,6 +321,11 @@ class ControlConfig:
     device_state_timeout_s: float = rng(0.1, 0.01, 5.0)
     realtime_priority: int = rng(40, 0, 99)
     spin_us: float = rng(100.0, 0.0, 2000.0)
+    #: Measured joint states and sent commands are republished at most this often (Hz; every
+    #: tick of a loop slower than it): the policy and the recorder use 20 Hz, the other
+    #: controller's workspace check a recent pose; the 300 Hz hand republishing every tick to
+    #: each of its four readers cost CPU a loaded 2-core machine does not have.
+    state_publish_hz: float = rng(100.0, 1.0, 1000.0)
     arm: ArmControlConfig = field(default_factory=ArmControlConfig)
     hand: HandControlConfig = field(default_factory=HandControlConfig)
     workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)

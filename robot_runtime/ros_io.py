@@ -5,6 +5,7 @@ diagnostic_msgs), so nothing needs a message-generation build.
 """
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Iterable, Sequence
 
@@ -123,6 +124,44 @@ def joint_state_msg(names: Sequence[str], stamp: float, position=None, velocity=
     return msg
 
 
+class JointStateWriter:
+    """Publishes JointState messages for one fixed list of joints from a loop, reusing one
+    message whose names are set once (building a fresh message with its names costs as much
+    as publishing it; rclpy serializes on ``publish``, so the reuse is safe).
+
+    Args:
+        publisher: an rclpy publisher of JointState.
+        names: the joints, in the order of the values given to :meth:`publish`.
+    """
+
+    def __init__(self, publisher, names: Sequence[str]):
+        self.publisher = publisher
+        self.n = len(names)
+        self._msg = JointState()
+        self._msg.name = list(names)
+
+    def publish(self, stamp: float, position=None, velocity=None, effort=None) -> None:
+        """Publish the values (each [n] or None for an empty field) stamped ``stamp`` (s)."""
+        m = self._msg
+        m.header.stamp = to_time_msg(stamp)
+        m.position = [] if position is None else np.asarray(position, dtype=float).tolist()
+        m.velocity = [] if velocity is None else np.asarray(velocity, dtype=float).tolist()
+        m.effort = [] if effort is None else np.asarray(effort, dtype=float).tolist()
+        self.publisher.publish(m)
+
+
+@functools.lru_cache(maxsize=64)
+def _order_index(msg_names: tuple[str, ...], expected: tuple[str, ...]) -> np.ndarray:
+    """Where each of ``expected`` is in ``msg_names`` (cached: a stream names its joints the same
+    way every message). Raises ValueError when the names are not a permutation of ``expected``."""
+    if sorted(msg_names) != sorted(expected):
+        missing = sorted(set(expected) - set(msg_names))
+        extra = sorted(set(msg_names) - set(expected))
+        raise ValueError(f"joint names do not match: missing {missing}, unexpected {extra}")
+    index = {n: i for i, n in enumerate(msg_names)}
+    return np.array([index[n] for n in expected], dtype=int)
+
+
 def ordered_values(msg_names: Sequence[str], values: Sequence[float], expected: Sequence[str], field: str,
                    allow_unnamed: bool = False) -> np.ndarray:
     """Values of a JointState field reordered to ``expected`` joint names.
@@ -141,12 +180,7 @@ def ordered_values(msg_names: Sequence[str], values: Sequence[float], expected: 
     else:
         if len(msg_names) != len(values):
             raise ValueError(f"JointState has {len(msg_names)} names but {len(values)} {field} values")
-        if sorted(msg_names) != sorted(expected):
-            missing = sorted(set(expected) - set(msg_names))
-            extra = sorted(set(msg_names) - set(expected))
-            raise ValueError(f"joint names do not match: missing {missing}, unexpected {extra}")
-        index = {n: i for i, n in enumerate(msg_names)}
-        out = values[[index[n] for n in expected]]
+        out = values[_order_index(tuple(msg_names), tuple(expected))]
     if not np.all(np.isfinite(out)):
         raise ValueError(f"JointState.{field} has a non-finite value: {out.tolist()}")
     return out

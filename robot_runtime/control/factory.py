@@ -1,37 +1,57 @@
 """Build the arm and hand controllers from a :class:`~robot_runtime.config.RuntimeConfig` (no ROS)."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig
 from robot_runtime.control.controller import ArmServoController, HandPDController, WatchdogTiming
 from robot_runtime.control.safety import JointLimits, Workspace
-from robot_runtime.kinematics import UrdfModel
+from robot_runtime.errors import DescriptionError
 
 #: Every target message names exactly these joints (the policy's 23, in any order).
 TARGET_JOINTS = D.ARM_JOINTS + D.HAND_JOINTS
 
 
 class RobotPoints:
-    """Flange and fingertip positions (m, base frame) by forward kinematics of the whole robot."""
+    """Flange and fingertip positions (m, base frame) by forward kinematics of the whole robot
+    (pinocchio on the robot's URDF: about 5 us a call, against about 60 us for the plain numpy
+    tree walk of :class:`~robot_runtime.kinematics.UrdfModel`, on the hand's 300 Hz loop)."""
 
-    def __init__(self, model: UrdfModel | None = None):
-        self.model = model or UrdfModel.from_file(D.description_path(D.URDF_NAME))
+    def __init__(self, urdf_path=None):
+        import pinocchio as pin  # noqa: PLC0415
+
+        self._pin = pin
+        path = urdf_path or D.description_path(D.URDF_NAME)
+        self.model = pin.buildModelFromXML(open(path).read())
+        self.data = self.model.createData()
         self.tips = tuple(D.FINGERTIP_FRAMES)
-        self._slots = {n: self.model.link_slot(D.FLANGE_FRAME if n == "flange" else n) for n in ("flange",) + self.tips}
+        names = TARGET_JOINTS
+        self._q_index = np.array([self.model.joints[self.model.getJointId(n)].idx_q for n in names])
+        if self.model.nq != len(names) or sorted(self._q_index) != list(range(len(names))):
+            raise DescriptionError(f"{path}: expected one position each for the joints {list(names)}")
+        self._frames = {n: self.model.getFrameId(D.FLANGE_FRAME if n == "flange" else n) for n in ("flange",) + self.tips}
+        self._q = np.zeros(self.model.nq)
+        self._lock = threading.Lock()   # one pinocchio data: calls from two threads take turns
 
-    def _points(self, q: np.ndarray, names) -> dict[str, np.ndarray]:
-        T = self.model.forward_array(q)
-        return {n: T[self._slots[n], :3, 3].copy() for n in names}
+    def _points(self, q_arm: np.ndarray, q_hand: np.ndarray, names) -> dict[str, np.ndarray]:
+        pin = self._pin
+        with self._lock:
+            self._q[self._q_index[:7]] = q_arm
+            self._q[self._q_index[7:]] = q_hand
+            pin.forwardKinematics(self.model, self.data, self._q)
+            return {n: pin.updateFramePlacement(self.model, self.data, self._frames[n]).translation.copy()
+                    for n in names}
 
     def for_arm(self, q_arm: np.ndarray, q_hand: np.ndarray) -> dict[str, np.ndarray]:
         """Flange and fingertips for arm positions [7] with the hand at ``q_hand`` [16]."""
-        return self._points(np.concatenate([q_arm, q_hand]), ("flange",) + self.tips)
+        return self._points(q_arm, q_hand, ("flange",) + self.tips)
 
     def for_hand(self, q_hand: np.ndarray, q_arm: np.ndarray) -> dict[str, np.ndarray]:
         """Fingertips for hand positions [16] with the arm at ``q_arm`` [7]."""
-        return self._points(np.concatenate([q_arm, q_hand]), self.tips)
+        return self._points(q_arm, q_hand, self.tips)
 
 
 def workspace_of(cfg: RuntimeConfig) -> Workspace:

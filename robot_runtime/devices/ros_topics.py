@@ -40,6 +40,7 @@ class _JointTopics:
     def connect(self) -> None:
         self._sub = ros_io.PolledSubscription(self.node, JointState, self.state_topic, ros_io.STATE_QOS)
         self._pub = self.node.create_publisher(JointState, self.command_topic, ros_io.COMMAND_QOS)
+        self._writer = ros_io.JointStateWriter(self._pub, self.names)
 
     def read(self) -> JointSample | None:
         """The newest valid joint state (a malformed message is counted and skipped)."""
@@ -67,7 +68,7 @@ class _JointTopics:
     def publish(self, field: str, values, stamp: float) -> None:
         if self._pub is None:
             raise DeviceError(f"not connected: {self.command_topic}")
-        self._pub.publish(ros_io.joint_state_msg(self.names, stamp, **{field: values}))
+        self._writer.publish(stamp, **{field: values})
 
     def disconnect(self) -> None:
         if self._sub is not None:

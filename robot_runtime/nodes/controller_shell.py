@@ -14,7 +14,8 @@ Topics (``<n>`` is the node name, ``arm_controller_node`` or ``hand_controller_n
 - in: ``control.policy_topic`` / ``control.teleop_topic`` (JointState, 23 named joints,
   stamped for the time each target is for); the other controller's ``/<other>/joint_states``
   (for the workspace check);
-- out, at loop rate: ``/<n>/joint_states`` (measured, stamped at acquisition) and
+- out, every tick up to ``control.state_publish_hz`` (every tick of the 120 Hz arm, every third
+  of the 300 Hz hand): ``/<n>/joint_states`` (measured, stamped at acquisition) and
   ``/<n>/command`` (what was sent: position, velocity, and effort for the hand);
 - ``/<n>/status`` (latched JSON: mode, reason, source, target freshness, faults), on change;
 - ``/diagnostics`` once a second (from the loop thread): loop rate, wake-up lateness p50/p99/max, misses,
@@ -86,8 +87,14 @@ class ControllerNode(Node):
         self.device.connect()
         self.controller = build(cfg, self.device)
         ns = f"/{node_name}"
-        self.pub_state = self.io.create_publisher(JointState, STATE_TOPICS[self.part], ros_io.STATE_QOS)
-        self.pub_command = self.io.create_publisher(JointState, f"{ns}/command", ros_io.STATE_QOS)
+        names = self.controller.joint_names
+        self.pub_state = ros_io.JointStateWriter(
+            self.io.create_publisher(JointState, STATE_TOPICS[self.part], ros_io.STATE_QOS), names)
+        self.pub_command = ros_io.JointStateWriter(
+            self.io.create_publisher(JointState, f"{ns}/command", ros_io.STATE_QOS), names)
+        # republish every k-th tick: at most control.state_publish_hz
+        self.publish_every = max(1, round(self.rate / cfg.control.state_publish_hz))
+        self._ticks = 0
         self.pub_status = self.create_publisher(String, f"{ns}/status", ros_io.LATCHED_QOS)
         self.pub_diag = self.io.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
         topics = {"policy": cfg.control.policy_topic, "teleop": cfg.control.teleop_topic}
@@ -147,13 +154,13 @@ class ControllerNode(Node):
     def _tick(self, now: float) -> None:
         self._take_inputs(now)
         out = self.controller.tick(now)
-        m = self.controller.last_measured
-        if m is not None:
-            self.pub_state.publish(ros_io.joint_state_msg(self.controller.joint_names, m.t, m.position, m.velocity,
-                                                          m.effort))
-        if out.sent:
-            self.pub_command.publish(ros_io.joint_state_msg(self.controller.joint_names, now, out.q, out.v,
-                                                            getattr(out, "torque", None)))
+        self._ticks += 1
+        if self._ticks % self.publish_every == 0:
+            m = self.controller.last_measured
+            if m is not None:
+                self.pub_state.publish(m.t, m.position, m.velocity, m.effort)
+            if out.sent:
+                self.pub_command.publish(now, out.q, out.v, getattr(out, "torque", None))
         self._publish_status()
         if now >= self._next_diag:  # from the loop thread, so the executor thread stays idle
             self._next_diag = now + 1.0

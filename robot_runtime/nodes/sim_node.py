@@ -48,8 +48,10 @@ class SimNode(Node):
         hand = cfg.hand if cfg.hand.type == "twin" else TwinHandConfig()
         cam = cfg.camera if cfg.camera.type == "twin" else TwinCameraConfig()
         self.cam_model = cfg.twin.camera
-        self.pub_arm = self.create_publisher(JointState, arm.state_topic, ros_io.STATE_QOS)
-        self.pub_hand = self.create_publisher(JointState, f"{hand.topic_prefix}/joint_states", ros_io.STATE_QOS)
+        self.pub_arm = ros_io.JointStateWriter(self.create_publisher(JointState, arm.state_topic, ros_io.STATE_QOS),
+                                               D.ARM_JOINTS)
+        self.pub_hand = ros_io.JointStateWriter(
+            self.create_publisher(JointState, f"{hand.topic_prefix}/joint_states", ros_io.STATE_QOS), D.HAND_JOINTS)
         self.pub_depth = self.create_publisher(Image, cam.depth_topic, ros_io.IMAGE_QOS)
         self.pub_info = self.create_publisher(CameraInfo, cam.info_topic, ros_io.IMAGE_QOS)
         if cam.color_hz > 0:
@@ -129,12 +131,10 @@ class SimNode(Node):
 
     # ---------------------------------------------------------------- TwinSink
     def arm_state(self, sample, stamp):
-        self.pub_arm.publish(ros_io.joint_state_msg(D.ARM_JOINTS, stamp, sample.position, sample.velocity,
-                                                    sample.effort))
+        self.pub_arm.publish(stamp, sample.position, sample.velocity, sample.effort)
 
     def hand_state(self, sample, stamp):
-        self.pub_hand.publish(ros_io.joint_state_msg(D.HAND_JOINTS, stamp, sample.position, sample.velocity,
-                                                     sample.effort))
+        self.pub_hand.publish(stamp, sample.position, sample.velocity, sample.effort)
 
     def depth(self, depth, K, stamp):
         self.pub_depth.publish(ros_io.depth_image_msg(depth, stamp, CAMERA_FRAME))

@@ -5,6 +5,7 @@ import pytest
 from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig
 from robot_runtime.control.factory import RobotPoints, workspace_of
+from robot_runtime.kinematics import UrdfModel
 from robot_runtime.control.safety import JointLimits, ShieldState, Workspace, brake, shield_step
 from robot_runtime.control.targets import Freshness, TargetBuffer, TargetRejected, freshness, select_joints
 
@@ -153,6 +154,21 @@ def test_brake_decelerates_at_the_limit_and_never_reverses():
     assert qs[-1][2] == 0.0
 
 
+def test_shield_points_by_pinocchio_match_the_urdf_tree_walk():
+    """The shield's flange and fingertips (pinocchio) are where the plain URDF tree walk puts them."""
+    points, tree = RobotPoints(), UrdfModel.from_file(D.description_path(D.URDF_NAME))
+    rng = np.random.default_rng(0)
+    lim = np.asarray(D.ALL_LIMITS)
+    for _ in range(20):
+        q = rng.uniform(lim[:, 0], lim[:, 1])
+        T = tree.forward(q)
+        got = points.for_arm(q[:7], q[7:])
+        assert set(got) == {"flange", *D.FINGERTIP_FRAMES}
+        for name, p in got.items():
+            assert np.allclose(p, T[D.FLANGE_FRAME if name == "flange" else name][:3, 3], atol=1e-9), name
+        assert set(points.for_hand(q[7:], q[:7])) == set(D.FINGERTIP_FRAMES)
+
+
 def test_workspace_refuses_steps_below_the_table():
     cfg = RuntimeConfig()
     points = RobotPoints()
@@ -166,7 +182,7 @@ def test_workspace_refuses_steps_below_the_table():
     # Lower the table to just under the fingertips: a step that lowers the hand is refused.
     tips_z = min(p[2] for n, p in fn(q).items() if n != "flange")
     ws_low = Workspace(table_z=tips_z - 0.0005, flange_clearance=0.0, fingertip_clearance=0.0)
-    J = points.model.jacobian(np.concatenate([q, hand]), D.FLANGE_FRAME)[:3, :7]
+    J = UrdfModel.from_file(D.description_path(D.URDF_NAME)).jacobian(np.concatenate([q, hand]), D.FLANGE_FRAME)[:3, :7]
     down = -np.linalg.pinv(J) @ np.array([0.0, 0.0, 0.01])
     prev = ShieldState.at_rest(q, fn)
     res = shield_step(lim, prev, q + 0.5 * down, DT, ws_low, fn)
