@@ -29,8 +29,7 @@ setup(
     packages=find_packages(include=["robot_runtime", "robot_runtime.*", "policies", "policies.*",
                                     "calibration", "calibration.*"]),
     package_data={"robot_runtime": ["description/*.urdf", "description/*.xml"],
-                  "policies": ["checkpoints/*/policy.json", "checkpoints/*/model.safetensors",
-                               "checkpoints/*/onnx/*.onnx"]},
+                  "policies": ["checkpoints/*/policy.json", "checkpoints/*/model.safetensors"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

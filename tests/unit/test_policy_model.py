@@ -173,15 +173,6 @@ def test_checkpoint_carries_its_onnx_files_and_others_are_exported_once(tmp_path
     assert any((onnx_cache / "onnx").glob(own.sha256[:16] + "*"))
 
 
-def test_the_shipped_checkpoint_runs_from_its_own_onnx_files(repo):
-    """`make sim`'s checkpoint needs no export on a fresh machine: its files are in the repository,
-    intact and of the exporter's current version (a stale export would be redone at start)."""
-    from policies.runners import EXPORT_VERSION, OPSET
-
-    ck = load_checkpoint(repo / "policies" / "checkpoints" / "twin_grasp_lift")
-    assert ck.onnx_files(OPSET, EXPORT_VERSION) is not None
-
-
 # ----------------------------------------------------------------------------- checkpoint files
 
 def test_checkpoint_round_trip_carries_schema_and_provenance(tmp_path):
