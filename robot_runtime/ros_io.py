@@ -136,7 +136,6 @@ class JointStateWriter:
 
     def __init__(self, publisher, names: Sequence[str]):
         self.publisher = publisher
-        self.n = len(names)
         self._msg = JointState()
         self._msg.name = list(names)
 

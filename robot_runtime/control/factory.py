@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +26,7 @@ class RobotPoints:
 
         self._pin = pin
         path = urdf_path or D.description_path(D.URDF_NAME)
-        self.model = pin.buildModelFromXML(open(path).read())
+        self.model = pin.buildModelFromXML(Path(path).read_text())
         self.data = self.model.createData()
         self.tips = tuple(D.FINGERTIP_FRAMES)
         names = TARGET_JOINTS
@@ -39,8 +40,9 @@ class RobotPoints:
     def _points(self, q_arm: np.ndarray, q_hand: np.ndarray, names) -> dict[str, np.ndarray]:
         pin = self._pin
         with self._lock:
-            self._q[self._q_index[:7]] = q_arm
-            self._q[self._q_index[7:]] = q_hand
+            n_arm = len(D.ARM_JOINTS)
+            self._q[self._q_index[:n_arm]] = q_arm
+            self._q[self._q_index[n_arm:]] = q_hand
             pin.forwardKinematics(self.model, self.data, self._q)
             return {n: pin.updateFramePlacement(self.model, self.data, self._frames[n]).translation.copy()
                     for n in names}

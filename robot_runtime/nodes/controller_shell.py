@@ -94,7 +94,6 @@ class ControllerNode(Node):
             self.io.create_publisher(JointState, f"{ns}/command", ros_io.STATE_QOS), names)
         # republish every k-th tick: at most control.state_publish_hz
         self.publish_every = max(1, round(self.rate / cfg.control.state_publish_hz))
-        self._ticks = 0
         self.pub_status = self.create_publisher(String, f"{ns}/status", ros_io.LATCHED_QOS)
         self.pub_diag = self.io.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
         topics = {"policy": cfg.control.policy_topic, "teleop": cfg.control.teleop_topic}
@@ -154,8 +153,7 @@ class ControllerNode(Node):
     def _tick(self, now: float) -> None:
         self._take_inputs(now)
         out = self.controller.tick(now)
-        self._ticks += 1
-        if self._ticks % self.publish_every == 0:
+        if self.controller.ticks % self.publish_every == 0:
             m = self.controller.last_measured
             if m is not None:
                 self.pub_state.publish(m.t, m.position, m.velocity, m.effort)

@@ -5,9 +5,9 @@ import pytest
 from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig
 from robot_runtime.control.factory import RobotPoints, workspace_of
-from robot_runtime.kinematics import UrdfModel
 from robot_runtime.control.safety import JointLimits, ShieldState, Workspace, brake, shield_step
 from robot_runtime.control.targets import Freshness, TargetBuffer, TargetRejected, freshness, select_joints
+from robot_runtime.kinematics import UrdfModel
 
 DT = 1.0 / 120
 
