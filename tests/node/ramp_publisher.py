@@ -7,7 +7,9 @@ and numpy, so it starts quickly.
 
 Usage: python tests/node/ramp_publisher.py TOPIC SPEED SUBSCRIBERS NAME=HOME ...
 """
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -25,26 +27,31 @@ def main() -> None:
     names = [a.split("=")[0] for a in sys.argv[4:]]
     home = np.array([float(a.split("=")[1]) for a in sys.argv[4:]])
     mask = np.array([n in RAMPED for n in names], float)
+    # SIGINT/SIGTERM set a flag the loop checks (an exception raised at an arbitrary point, inside
+    # a publish, is what the default handler would do)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("ramp_publisher")
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
     pub = node.create_publisher(JointState, topic, qos)
-    while pub.get_subscription_count() < subscribers:
-        time.sleep(0.01)
+    while pub.get_subscription_count() < subscribers and not stop.is_set():
+        stop.wait(0.01)
     period = 0.05
     t0 = time.time()
     k = 0
-    try:
-        while True:
-            k += 1
-            time.sleep(max(0.0, t0 + k * period - time.time()))
-            t_for = time.time() + period
-            msg = JointState(name=names, position=[float(v) for v in home + speed * (t_for - t0) * mask])
-            sec = int(t_for)
-            msg.header.stamp = Time(sec=sec, nanosec=int((t_for - sec) * 1e9))
-            pub.publish(msg)
-    except KeyboardInterrupt:
-        pass
+    while not stop.is_set():
+        k += 1
+        if stop.wait(max(0.0, t0 + k * period - time.time())):
+            break
+        t_for = time.time() + period
+        msg = JointState(name=names, position=[float(v) for v in home + speed * (t_for - t0) * mask])
+        sec = int(t_for)
+        msg.header.stamp = Time(sec=sec, nanosec=int((t_for - sec) * 1e9))
+        pub.publish(msg)
+    node.destroy_node()
+    rclpy.try_shutdown()
 
 
 if __name__ == "__main__":
