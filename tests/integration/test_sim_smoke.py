@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,7 @@ def test_killing_the_launcher_stops_every_node(tmp_path):
     probe.subscribe(String, "/hand_controller_node/status", ros_io.LATCHED_QOS, status)
     sim = subprocess.Popen([sys.executable, "-m", "robot_runtime.cli", "sim", "--config", str(cfg)], cwd=REPO,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nodes: list[int] = []
     try:
         assert probe.wait_for(lambda: status, 30.0)   # the graph is up
         nodes = _children(sim.pid)
@@ -113,3 +115,11 @@ def test_killing_the_launcher_stops_every_node(tmp_path):
         probe.close()
         if sim.poll() is None:
             sim.kill()
+        # a node that outlived the check must not outlive the test: left running (as it once was,
+        # on a loaded run) it publishes into every later test's graph
+        for p in nodes:
+            if _running(p):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
