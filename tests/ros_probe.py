@@ -105,11 +105,13 @@ def start_node(module: str, *ros_args: str, log_path: Path | None = None) -> sub
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop_node(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+def stop_node(proc: subprocess.Popen, timeout: float = 10.0, sig=None) -> int:
+    """Stop a process started in a session of its own: ``sig`` (default SIGINT) to its group, then
+    SIGKILL if it is still running after ``timeout`` s; returns its exit code."""
     import signal
 
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT if sig is None else sig)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:

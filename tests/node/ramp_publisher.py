@@ -40,11 +40,9 @@ def main() -> None:
         stop.wait(0.01)
     period = 0.05
     t0 = time.time()
-    k = 0
-    while not stop.is_set():
+    k = 1
+    while not stop.wait(max(0.0, t0 + k * period - time.time())):
         k += 1
-        if stop.wait(max(0.0, t0 + k * period - time.time())):
-            break
         t_for = time.time() + period
         msg = JointState(name=names, position=[float(v) for v in home + speed * (t_for - t0) * mask])
         sec = int(t_for)

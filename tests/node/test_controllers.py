@@ -108,25 +108,14 @@ class Rig:
             stdout=open(self.tmp / f"publisher{len(self.publishers)}.log", "w"), stderr=subprocess.STDOUT,
             start_new_session=True))
 
-    def stop_publisher(self, sig=signal.SIGINT, timeout_s: float = 5.0) -> list[int]:
-        """End every target stream: ``sig`` to each one's process group, then SIGKILL for one still
-        running after ``timeout_s``. Never raises: a stream left running drives the controllers of
-        every later test (one that ignored SIGINT on a loaded machine once raised here, which skipped
-        the fixture's teardown and left this graph running through the rest of the suite). Returns
-        the pids that had to be killed."""
+    def stop_publisher(self, sig=signal.SIGINT) -> None:
+        """End every target stream (:func:`tests.ros_probe.stop_node`: ``sig``, then SIGKILL after 5 s).
+        Never raises: a stream left running drives the controllers of every later test (one that
+        ignored SIGINT on a loaded machine once raised here, which skipped the fixture's teardown
+        and left this graph running through the rest of the suite)."""
         publishers, self.publishers = self.publishers, []
         for p in publishers:
-            if p.poll() is None:
-                os.killpg(p.pid, sig)
-        killed = []
-        for p in publishers:
-            try:
-                p.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-                killed.append(p.pid)
-        return killed
+            stop_node(p, 5.0, sig)
 
     def count_after(self, store, t):
         return sum(1 for m in store if ros_io.from_time_msg(m.header.stamp) > t)
