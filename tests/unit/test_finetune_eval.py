@@ -186,3 +186,24 @@ def test_target_error_falls_as_the_network_fits_the_demos(demos, tmp_path):
     assert len(a["target_error_rad"]) == 7 and len(a["demo_step_rad"]) == 7 and a["windows"] > 0
     assert np.mean(b["target_error_rad"]) < np.mean(a["target_error_rad"])
     assert a["demo_step_rad"] == b["demo_step_rad"] and min(a["demo_step_rad"]) > 0
+
+
+def test_mirror_trains_on_each_demo_and_its_mirror_image(demos, tmp_path):
+    """``mirror``: the job trains on every training demo and its mirror image, fits the action
+    representation on both (so the mirrored joints' mean posture is the symmetric one), and refuses
+    input that cannot be mirrored."""
+    from robot_runtime.perception.preprocess import PointCloudPreprocess   # noqa: PLC0415
+
+    clouds = tmp_path / "clouds"
+    write_episodes(clouds, n=3, steps=20, spec=VisualSpec("pointcloud", points=PointCloudPreprocess(num_points=32)))
+    job = FinetuneJob(clouds, tmp_path / "ft", None, _cfg(steps=4, mirror=True, eval_every=0))
+    assert len(job.mirrored_eps) == len(job.train_eps) == 2
+    mean = job.schema.action.proprio_mean
+    idx = job.schema.index_in(D.ALL_JOINTS)
+    for name in ("joint1", "joint3", "joint5", "joint7"):        # D.ARM_HOME has them all at 0
+        assert abs(mean[list(idx).index(D.ALL_JOINTS.index(name))]) < 1e-9, name
+    j2 = D.ALL_JOINTS.index("joint2")                                 # not mirrored: the demos' own mean
+    np.testing.assert_allclose(mean[list(idx).index(j2)], np.concatenate([e.q[:, j2] for e in job.train_eps]).mean())
+    assert job.run(bar=False).steps == 4
+    with pytest.raises(FinetuneError, match="mirror: needs point-cloud input"):
+        FinetuneJob(demos, tmp_path / "ft2", None, _cfg(mirror=True))
