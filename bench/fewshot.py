@@ -24,7 +24,12 @@ from the prior about 4, and each 15-demo run 2 more for its diagnostics. ``--run
 (the measured subsets and their times are in the README).
 Recording and evaluation run in ``--workers`` processes; finetuning uses every core.
 
-    python -m bench.fewshot [--demos 15] [--rollouts 20] [--steps 900] [--runs grasp_lift,grasp_drop]
+With ``--mirror`` each task's first demos are replayed mirrored across the base's x-z plane on
+mirrored placements, and a task whose mirrored replays all succeed trains on its demos and their
+mirror images (:func:`policies.bc.mirror_episode`); on the twin that is grasp & drop and grasp &
+lift (top grasps), not grasp & pour (the right hand's side grasp, mirrored, does not hold).
+
+    python -m bench.fewshot [--demos 15] [--rollouts 20] [--steps 900] [--runs grasp_lift,grasp_drop] [--mirror]
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ import numpy as np
 from bench.common import machine, write
 from policies.checkpoint import load_checkpoint
 from policies.diagnostics import diagnose, plot_success_against_demos, rollout_summary
-from policies.evaluate import evaluate
+from policies.evaluate import evaluate, replay_commands
 from policies.finetune import FinetuneConfig, FinetuneJob
 from policies.make_twin_checkpoint import DEMO_SEED0, EVAL_SEED0, PRIOR, load_twin_config
 from robot_runtime.data.audit import audit_folder
@@ -47,6 +52,8 @@ from robot_runtime.twin.rollout import record_scripted_demos_parallel
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("grasp_lift", "grasp_drop", "grasp_pour")
+#: demos of a task replayed mirrored before ``--mirror`` trains on its mirror images
+MIRROR_CHECKS = 3
 
 
 def plan_runs(demos: int, prior: str) -> list[tuple[str, str, int, str | None]]:
@@ -73,6 +80,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--workers", type=int, default=2, help="processes recording demos and running rollouts")
     ap.add_argument("--keep", help="keep demos, checkpoints and rollouts in this folder")
+    ap.add_argument("--mirror", action="store_true",
+                    help="train on each demo and its mirror image (finetune --mirror) for every task whose "
+                         f"first {MIRROR_CHECKS} demos, mirrored, still do the task when replayed")
     a = ap.parse_args(argv)
     cfg = load_twin_config(REPO / "config" / "sim.yaml")
     prior = a.prior
@@ -99,6 +109,12 @@ def main(argv=None) -> int:
         result[f"{task}_demos"] = {"successful": len(ok), "recorded": a.demos, "record_s": round(demos[task]["s"], 1),
                                    "audit_ok": audit.ok, "audit_warnings": audit.warnings(),
                                    "posture_std_rad": audit.to_dict()["posture_std_rad"]}
+        if a.mirror:
+            replays = [replay_commands(cfg, o.file, spec, mirrored=True).success for o in ok[:MIRROR_CHECKS]]
+            demos[task]["mirror"] = bool(replays) and all(replays)
+            result[f"{task}_demos"]["mirrored_replays"] = f"{sum(replays)}/{len(replays)}"
+            print(f"{task}: {sum(replays)}/{len(replays)} mirrored demos do the task on mirrored placements: "
+                  f"{'training on mirror images too' if demos[task]['mirror'] else 'not mirrored'}", flush=True)
         print(f"{task}: {len(ok)}/{a.demos} scripted demos successful ({demos[task]['s']:.0f} s); audit: "
               + ("one branch" if audit.ok else "; ".join(audit.warnings())), flush=True)
     for name, task, n, base in runs:
@@ -113,14 +129,15 @@ def main(argv=None) -> int:
             subset = demos[task]["dir"]
         fc = FinetuneConfig(steps=a.prior_steps if base else a.steps, batch=a.batch,
                             save_every=10 ** 9, device=a.device, threads=os.cpu_count() or 1, nice=0,
-                            freeze_encoder=bool(base))
+                            freeze_encoder=bool(base), mirror=demos[task].get("mirror", False))
         job = FinetuneJob(subset, work / "checkpoints" / name, base, fc)
         ft = job.run(bar=True)
         rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0, work / "rollouts" / name, workers=a.workers)
         r = {**rollout_summary(rep), "demos": min(n, demos[task]["ok"]), "finetune_s": round(ft.seconds, 1),
              "steps": fc.steps, "train_loss": round(ft.train_loss, 4),
              "val_loss": None if ft.val_loss is None else round(ft.val_loss, 4), "base": base or "scratch",
-             "selected_step": job.best["step"], "open_loop_error_rad": round(job.best["error"], 5)}
+             "selected_step": job.best["step"], "open_loop_error_rad": round(job.best["error"], 5),
+             "mirror": fc.mirror}
         if n == a.demos:
             r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,
                                         rollouts=min(10, a.rollouts), workers=a.workers)

@@ -47,36 +47,52 @@ class Episode:
 MIRRORED_JOINTS = ("joint1", "joint3", "joint5", "joint7")
 
 
-def mirror_episode(ep: Episode, driver_names, tolerance: float = 0.05) -> Episode:
-    """``ep`` as it would have been recorded in the cell mirrored across the base's x-z plane
-    (every object at y -> -y): the joints of :data:`MIRRORED_JOINTS` at ``c - q`` (joints and targets
-    alike, so relative targets change sign), the point clouds (base frame) at y -> -y, the hand as it
-    was. ``c`` is twice the multiple of pi nearest the episode's first posture (a wrist at pi stays
-    at pi), so the mirrored demo starts where the demo did.
-
-    The xArm7's forward kinematics are mirror-symmetric so (palm pose mirrored exactly); what the
-    hand does with an object is checked by replaying mirrored demos on mirrored placements (the
-    twin's grasp & drop: 6 of 6 succeed).
+def mirror_joints(q: np.ndarray, start: np.ndarray, driver_names, tolerance: float = 0.05) -> np.ndarray:
+    """Joints or targets ``q`` [..., 23] (rad, ``driver_names`` order) mirrored across the base's
+    x-z plane: the joints of :data:`MIRRORED_JOINTS` at ``c - q``, the rest as they are. ``c`` is
+    twice the multiple of pi nearest the posture ``start`` [23] (a wrist at pi stays at pi), so a
+    motion from ``start`` mirrors into one from ``start``.
 
     Raises:
-        PolicyError: the visual input is not a point cloud, or the episode does not start in a
-            mirror-symmetric posture (a mirrored demo would start where no rollout does).
+        PolicyError: ``start`` is not mirror-symmetric (a mirrored demo would start where no
+            rollout does).
     """
     names = list(driver_names)
     cols = [names.index(n) for n in MIRRORED_JOINTS]
-    vis = np.asarray(ep.visual)
-    if vis.ndim != 3 or vis.shape[-1] != 3:
-        raise PolicyError(f"mirroring needs point clouds [N, P, 3] (base frame), got visual input {vis.shape}")
-    start = ep.q[0, cols]
-    centre = 2.0 * np.pi * np.round(start / np.pi)
-    off = np.abs(start - centre / 2.0)
+    s = np.asarray(start, float)[cols]
+    centre = 2.0 * np.pi * np.round(s / np.pi)
+    off = np.abs(s - centre / 2.0)
     if off.max() > tolerance:
         j = int(np.argmax(off))
         raise PolicyError(f"mirroring needs demos that start mirror-symmetric: {MIRRORED_JOINTS[j]} starts at "
-                          f"{start[j]:.3f} rad, {off[j]:.3f} rad from a multiple of pi")
-    q, a = ep.q.copy(), ep.actions.copy()
-    q[:, cols] = centre - q[:, cols]
-    a[:, cols] = centre - a[:, cols]
+                          f"{s[j]:.3f} rad, {off[j]:.3f} rad from a multiple of pi")
+    out = np.array(q, float, copy=True)
+    out[..., cols] = centre - out[..., cols]
+    return out
+
+
+def mirror_episode(ep: Episode, driver_names, tolerance: float = 0.05) -> Episode:
+    """``ep`` as it would have been recorded in the cell mirrored across the base's x-z plane
+    (every object at y -> -y): joints and targets by :func:`mirror_joints` from the episode's first
+    posture (so relative targets change sign on the mirrored joints), the point clouds (base frame)
+    at y -> -y, the hand as it was.
+
+    The xArm7's forward kinematics are mirror-symmetric so (the palm's pose mirrors exactly). What
+    the hand does with an object need not be: check a task with a mirrored replay
+    (:func:`policies.evaluate.replay_commands`, ``mirrored=True``). On the twin, mirrored demos
+    replayed on mirrored placements succeed for grasp & drop and grasp & lift (6 of 6 each, top
+    grasps) and not for grasp & pour (2 of 6: the right hand's side grasp, mirrored, holds the
+    bottle thumb down).
+
+    Raises:
+        PolicyError: the visual input is not a point cloud, or the episode does not start in a
+            mirror-symmetric posture.
+    """
+    vis = np.asarray(ep.visual)
+    if vis.ndim != 3 or vis.shape[-1] != 3:
+        raise PolicyError(f"mirroring needs point clouds [N, P, 3] (base frame), got visual input {vis.shape}")
+    q = mirror_joints(ep.q, ep.q[0], driver_names, tolerance)
+    a = mirror_joints(ep.actions, ep.q[0], driver_names, tolerance)
     v = np.array(vis, np.float32, copy=True)
     v[..., 1] *= -1.0
     return Episode(q, a, v)

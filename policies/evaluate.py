@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from policies.bc import mirror_joints
 from policies.closed_loop import ClosedLoopPolicy, Frame, LiveRobot, LoadedPolicy
 from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig
@@ -189,12 +190,17 @@ def target_error(checkpoint, episodes, every: int = 5) -> dict:
             "target_error_by_row_rad": r["per_row"], "demo_step_rad": r["demo_step"][:7], "windows": r["windows"]}
 
 
-def replay_commands(cfg: RuntimeConfig, episode_file, visual=None) -> EpisodeOutcome:
+def replay_commands(cfg: RuntimeConfig, episode_file, visual=None, mirrored: bool = False) -> EpisodeOutcome:
     """Replay the commands an episode recorded through the same twin runner, on the same object
     placement (its seed), and judge it the same way.
 
     The rung below learning on the diagnostic ladder: a demo whose own commands fail when
     replayed puts the fault in execution (the runner, the shield, the physics), not in the policy.
+
+    ``mirrored``: the commands mirrored across the base's x-z plane
+    (:func:`policies.bc.mirror_joints`) on the placement mirrored the same way (every object at
+    y -> -y, its yaw negated): whether the demo's mirror image, which ``finetune --mirror`` trains
+    on, does the task too.
     """
     from robot_runtime.data.episode_file import load_episode  # noqa: PLC0415
     from robot_runtime.perception.preprocess import VisualSpec  # noqa: PLC0415
@@ -205,10 +211,17 @@ def replay_commands(cfg: RuntimeConfig, episode_file, visual=None) -> EpisodeOut
         raise ValueError(f"{episode_file}: no object placement seed in its metadata; cannot replay it")
     commands = np.asarray(ep["command"], float)
     tw = TwinEpisodeRunner(cfg, visual or VisualSpec.from_dict(ep.meta["visual"]))
+    on_reset = None
+    if mirrored:
+        commands = mirror_joints(commands, np.asarray(ep["q"], float)[0], D.ALL_JOINTS)
+
+        def on_reset(start, q):
+            tw.sim.mirror_objects()
     try:
         def drive(t, q, depth, K):
             k = int(round(t / tw.period)) + 1
             return commands[min(k, len(commands) - 1)]
-        return tw.run(task, seed, drive, len(commands) * tw.period, note=f"replay of {Path(episode_file).name}")
+        return tw.run(task, seed, drive, len(commands) * tw.period, on_reset=on_reset,
+                      note=f"{'mirrored ' if mirrored else ''}replay of {Path(episode_file).name}")
     finally:
         tw.close()

@@ -153,6 +153,17 @@ class TwinSimulation:
         self.task, self.seed, self.active_objects = task, int(seed), tuple(objs)
         return self.object_poses()
 
+    def mirror_objects(self) -> dict[str, ObjectPose]:
+        """Mirror the placed objects across the base's x-z plane (y -> -y, yaw negated): the cell a
+        mirrored demo is replayed in. Returns the new poses."""
+        for name in self.active_objects:
+            qa = self._obj_qadr[name]
+            self.data.qpos[qa + 1] *= -1.0
+            w, x, y, z = self.data.qpos[qa + 3:qa + 7]
+            self.data.qpos[qa + 3:qa + 7] = [w, -x, y, -z]
+        self.mj.mj_forward(self.model, self.data)
+        return self.object_poses()
+
     @staticmethod
     def _placements(rng: np.random.Generator, names: list[str], task: str) -> dict[str, np.ndarray]:
         """Table spots (x, y, m) for ``names``, at least :data:`scene.MIN_SEPARATION` apart: the whole
