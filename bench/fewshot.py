@@ -28,8 +28,11 @@ With ``--mirror`` each task's first demos are replayed mirrored across the base'
 mirrored placements, and a task whose mirrored replays all succeed trains on its demos and their
 mirror images (:func:`policies.bc.mirror_episode`); on the twin that is grasp & drop and grasp &
 lift (top grasps), not grasp & pour (the right hand's side grasp, mirrored, does not hold).
+With ``--move-others N`` the runs of the tasks with a second object (drop, pour) also train on N
+copies of each demo's approach with that object moved (:mod:`policies.augment`).
 
     python -m bench.fewshot [--demos 15] [--rollouts 20] [--steps 900] [--runs grasp_lift,grasp_drop] [--mirror]
+                            [--move-others 2]
 """
 from __future__ import annotations
 
@@ -52,6 +55,8 @@ from robot_runtime.twin.rollout import record_scripted_demos_parallel
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("grasp_lift", "grasp_drop", "grasp_pour")
+#: the tasks whose scene holds an object besides the one taken (``--move-others`` applies to them)
+TWO_OBJECT_TASKS = ("grasp_drop", "grasp_pour")
 #: demos of a task replayed mirrored before ``--mirror`` trains on its mirror images
 MIRROR_CHECKS = 3
 
@@ -83,6 +88,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mirror", action="store_true",
                     help="train on each demo and its mirror image (finetune --mirror) for every task whose "
                          f"first {MIRROR_CHECKS} demos, mirrored, still do the task when replayed")
+    ap.add_argument("--move-others", type=int, default=0, metavar="N",
+                    help="train on N copies of each demo's approach with the other objects moved "
+                         "(finetune --move-others) for the tasks with a second object")
     a = ap.parse_args(argv)
     cfg = load_twin_config(REPO / "config" / "sim.yaml")
     prior = a.prior
@@ -129,7 +137,8 @@ def main(argv=None) -> int:
             subset = demos[task]["dir"]
         fc = FinetuneConfig(steps=a.prior_steps if base else a.steps, batch=a.batch,
                             save_every=10 ** 9, device=a.device, threads=os.cpu_count() or 1, nice=0,
-                            freeze_encoder=bool(base), mirror=demos[task].get("mirror", False))
+                            freeze_encoder=bool(base), mirror=demos[task].get("mirror", False),
+                            move_others=a.move_others if task in TWO_OBJECT_TASKS else 0)
         job = FinetuneJob(subset, work / "checkpoints" / name, base, fc)
         ft = job.run(bar=True)
         rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0, work / "rollouts" / name, workers=a.workers)
@@ -137,7 +146,7 @@ def main(argv=None) -> int:
              "steps": fc.steps, "train_loss": round(ft.train_loss, 4),
              "val_loss": None if ft.val_loss is None else round(ft.val_loss, 4), "base": base or "scratch",
              "selected_step": job.best["step"], "open_loop_error_rad": round(job.best["error"], 5),
-             "mirror": fc.mirror}
+             "mirror": fc.mirror, "move_others": fc.move_others}
         if n == a.demos:
             r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,
                                         rollouts=min(10, a.rollouts), workers=a.workers)

@@ -33,12 +33,21 @@ class Episode:
     q: np.ndarray
     actions: np.ndarray
     visual: np.ndarray
+    #: training windows end at or before this step (None: at any step); the steps after it only
+    #: give the targets of the chunks made before it
+    train_until: int | None = None
 
     def __post_init__(self):
         n = len(self.q)
         if self.q.ndim != 2 or self.actions.shape != self.q.shape or len(self.visual) != n or n == 0:
             raise PolicyError(f"episode arrays do not fit: q {self.q.shape}, actions {self.actions.shape}, "
                               f"visual {self.visual.shape}")
+
+    @property
+    def window_ends(self) -> range:
+        """The steps a training window may end at."""
+        n = len(self.q)
+        return range(n if self.train_until is None else min(n, self.train_until + 1))
 
 
 #: The arm joints whose angle changes sign when the cell is mirrored across the base's x-z plane
@@ -168,7 +177,7 @@ class WindowSampler:
             self.v = [np.asarray(embed(v), np.float32) for v in self.v]
         #: [J] std of the proprio noise in the network's input units (None: ``cfg.proprio_noise`` applies)
         self.noise = None if spec is None else (spec.noise_std() / spec.proprio_std).astype(np.float32)
-        self.where = np.array([(i, t) for i, e in enumerate(episodes) for t in range(len(e.q))])
+        self.where = np.array([(i, t) for i, e in enumerate(episodes) for t in e.window_ends])
 
     def __len__(self) -> int:
         return len(self.where)

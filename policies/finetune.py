@@ -83,6 +83,10 @@ class FinetuneConfig(TrainConfig):
         mirror: train on every training demo and on its mirror image across the base's x-z plane
             (:func:`policies.bc.mirror_episode`): twice the placements for the same demos. Point
             clouds only, from a mirror-symmetric start posture.
+        move_others: with point clouds, also train on this many copies of each training demo's
+            approach (and its mirror image's) with the objects it does not take moved to where
+            another demo's stood (:func:`policies.augment.approach_with_others_moved`): which object
+            to reach for, taught by the demos' own approaches. 0: off.
         freeze_encoder: with a base, keep its visual encoder fixed (its embeddings are computed
             once, which makes a step several times cheaper).
         eval_every: steps between open-loop evaluations on the held-out demos; the weights with
@@ -116,6 +120,7 @@ class FinetuneConfig(TrainConfig):
     noise_hand: float = 0.01
     proprio_steps: int = 0
     mirror: bool = False
+    move_others: int = 0
     freeze_encoder: bool = False
     eval_every: int = 250
     val_fraction: float = 0.05
@@ -257,6 +262,8 @@ class FinetuneJob:
             if self.schema.visual.kind != "pointcloud":
                 raise FinetuneError(f"mirror: needs point-cloud input, the checkpoint takes {self.schema.visual.kind!r}")
             self.mirrored_eps = [mirror_episode(e, D.ALL_JOINTS) for e in self.train_eps]
+        #: approach copies with the other objects moved (``cfg.move_others``), trained on beside them
+        self.moved_eps = self._moved_copies(self.train_eps + self.mirrored_eps) if self.cfg.move_others else []
         self.val_eps = self._load(val_files)
         if self.base is None and self.cfg.representation == "chunked":
             self.schema.action = self.fit_action(self.train_eps + self.mirrored_eps)
@@ -288,6 +295,27 @@ class FinetuneJob:
         return ActionSpec.fit([(e.q[:, idx], e.actions[:, idx]) for e in episodes], c.chunk,
                               {"arm": c.arm_mode, "hand": c.hand_mode}, {"arm": c.noise_arm, "hand": c.noise_hand},
                               c.ensemble_decay)
+
+    def _moved_copies(self, episodes: list[Episode]) -> list[Episode]:
+        """``cfg.move_others`` approach copies of each of ``episodes`` with the objects not taken
+        moved to where those of another episode stood (:mod:`policies.augment`)."""
+        from policies.augment import approach_with_others_moved, others_centre  # noqa: PLC0415 - scipy
+        from robot_runtime.kinematics import UrdfModel  # noqa: PLC0415
+
+        if self.schema.visual.kind != "pointcloud":
+            raise FinetuneError(f"move_others: needs point-cloud input, the checkpoint takes {self.schema.visual.kind!r}")
+        if self.cfg.move_others < 0:
+            raise FinetuneError(f"move_others {self.cfg.move_others}: expected 0 or more copies")
+        model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
+        hand = range(len(D.ARM_JOINTS), len(D.ALL_JOINTS))
+        try:
+            spots = [c for c in (others_centre(e, model, hand) for e in episodes) if c is not None]
+            rng = np.random.default_rng(self.cfg.seed)
+            box = self.schema.visual.points
+            return [c for e in episodes for c in approach_with_others_moved(
+                e, model, hand, np.array(spots).reshape(-1, 2), self.cfg.move_others, rng, box.box_min, box.box_max)]
+        except PolicyError as e:
+            raise FinetuneError(f"move_others: {e}") from e
 
     def _load(self, files: list[Path]) -> list[Episode]:
         from robot_runtime.data.dataset import load_for_training  # noqa: PLC0415
@@ -360,7 +388,7 @@ class FinetuneJob:
         elif (self.out / META_FILE).exists() or state_file.exists():
             raise FinetuneError(f"{self.out} already holds a checkpoint or a job; pass --resume to continue it "
                                 f"or choose another output folder")
-        train = WindowSampler(self.train_eps + self.mirrored_eps, self.schema, D.ALL_JOINTS, embed)
+        train = WindowSampler(self.train_eps + self.mirrored_eps + self.moved_eps, self.schema, D.ALL_JOINTS, embed)
         val = WindowSampler(self.val_eps, self.schema, D.ALL_JOINTS, embed) if self.val_eps else None
         if start >= cfg.steps:
             raise FinetuneError(f"{state_file}: already trained {start} of {cfg.steps} steps; raise --steps to go on")

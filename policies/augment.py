@@ -1,0 +1,147 @@
+"""Approach copies of a demo with the other objects moved: which object to take, taught.
+
+A demo of a task with two objects (take the cube, drop it in the bowl) shows the approach to
+the object with the other one in one place. Fifteen such demos leave a policy free to place its
+reach by both objects, and on a new placement it reaches between them (the twin's grasp & drop:
+8 of 12 failed rollouts ended 8-15 cm from the cube, toward the bowl). Until the hand closes, what
+the demonstrator does depends on the object taken, not on where the others stand, so the same
+approach with the others elsewhere is a demo too. :func:`approach_with_others_moved` makes such
+copies from the point clouds alone:
+
+1. the grasp step: where the hand's targets have closed half of the way they close in the demo;
+2. the object taken: the cluster of the first frames' clouds (pooled) nearest the fingertips at
+   that step (forward kinematics of the measured joints);
+3. the others: every point farther from that object's centre (horizontally) than its own radius
+   plus a margin; moved, in every frame up to the grasp step, so that their centre lands on a
+   spot drawn from ``spots`` (on the twin: where the other demos' others stood, and their mirror
+   images), clear of the object taken and inside the crop box.
+
+The copy's windows end at the grasp step (:attr:`policies.bc.Episode.train_until`); its targets
+are the demo's own.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from policies.bc import Episode
+from policies.errors import PolicyError
+
+#: The sites whose centre is where the hand takes an object (as the twin's rollouts measure it).
+FINGERTIPS = ("index_tip", "middle_tip", "ring_tip", "thumb_tip")
+
+
+def grasp_step(ep: Episode, hand_cols, fraction: float = 0.5, min_close: float = 0.5) -> int:
+    """The first step at which the hand's targets (columns ``hand_cols``) have moved ``fraction``
+    of their largest total move from the first step (sum over the hand joints, rad).
+
+    Raises:
+        PolicyError: the hand's targets move less than ``min_close`` rad in all: it never closes.
+    """
+    a = np.asarray(ep.actions, float)[:, list(hand_cols)]
+    closed = np.abs(a - a[0]).sum(axis=1)
+    if closed.max() < min_close:
+        raise PolicyError(f"the hand's targets move {closed.max():.2f} rad at most: the demo never closes the hand")
+    return int(np.argmax(closed >= fraction * closed.max()))
+
+
+def clusters(points: np.ndarray, link: float = 0.025) -> np.ndarray:
+    """Labels [P] of ``points`` [P, 3] (m): single-linkage clusters, points closer than ``link`` joined."""
+    pairs = cKDTree(points).query_pairs(link, output_type="ndarray")
+    n = len(points)
+    from scipy.sparse import coo_matrix  # noqa: PLC0415
+
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)) if len(pairs) else \
+        coo_matrix((n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def split_taken(cloud: np.ndarray, hand_at: np.ndarray, margin: float = 0.02, min_share: float = 0.03
+                ) -> tuple[np.ndarray, float, np.ndarray]:
+    """The object taken in a cloud [P, 3] (m, base frame): (its centre [2] (m, x-y), its radius (m,
+    horizontally, plus ``margin``), the mask [P] of the other points), the object being the cluster
+    (of at least ``min_share`` of the points) whose centre is nearest ``hand_at`` [3] (m) horizontally. Dense clouds cluster reliably: pass the
+    points of several frames of a still scene."""
+    labels = clusters(cloud)
+    sizes = np.bincount(labels)
+    objects = np.flatnonzero(sizes >= min_share * len(cloud))   # stray pixels at depth edges are not objects
+    centres = np.array([cloud[labels == k, :2].mean(axis=0) for k in objects])
+    taken = objects[int(np.argmin(np.linalg.norm(centres - hand_at[:2], axis=1)))]
+    own = cloud[labels == taken, :2]
+    centre = own.mean(axis=0)
+    radius = float(np.linalg.norm(own - centre, axis=1).max()) + margin
+    others = np.linalg.norm(cloud[:, :2] - centre, axis=1) > radius
+    return centre, radius, others
+
+
+def fingertip_centre(model, q: np.ndarray) -> np.ndarray:
+    """The centre [3] (m, base frame) of the hand's fingertips at joints ``q`` [23] (rad, driver order)."""
+    poses = model.forward(q)
+    return np.mean([poses[s][:3, 3] for s in FINGERTIPS], axis=0)
+
+
+#: How many of the first frames (the scene still, the hand far) are pooled to find the objects.
+STILL_FRAMES = 20
+
+
+def scene_before_grasp(ep: Episode, model, hand_cols) -> tuple[int, np.ndarray, float, np.ndarray]:
+    """(the grasp step, the object taken's centre [2] (m, x-y) and radius (m), the points [M, 3] of
+    the first frames pooled) for a point-cloud episode."""
+    g = grasp_step(ep, hand_cols)
+    pooled = np.asarray(ep.visual[: max(1, min(g, STILL_FRAMES))], float).reshape(-1, 3)
+    centre, radius, _ = split_taken(pooled, fingertip_centre(model, ep.q[g]))
+    return g, centre, radius, pooled
+
+
+def others_centre(ep: Episode, model, hand_cols) -> np.ndarray | None:
+    """Where the objects not taken stand in ``ep`` before the grasp (their points' centre [2], m,
+    x-y), or None when the cloud holds only the object taken."""
+    _, centre, radius, pooled = scene_before_grasp(ep, model, hand_cols)
+    others = np.linalg.norm(pooled[:, :2] - centre, axis=1) > radius
+    return pooled[others, :2].mean(axis=0) if others.any() else None
+
+
+def approach_with_others_moved(ep: Episode, model, hand_cols, spots: np.ndarray, copies: int,
+                               rng: np.random.Generator, box_min, box_max, clearance: float = 0.03
+                               ) -> list[Episode]:
+    """Up to ``copies`` copies of ``ep``'s approach (windows end at its :func:`grasp_step`) with the
+    points of the objects not taken moved so that their centre lands on one of ``spots`` [S, 2]
+    (m, x-y), a different spot each, drawn at random among those that keep the moved points
+    ``clearance`` (m) clear of the object taken (horizontally) and inside the crop box
+    (``box_min``/``box_max``, x-y used). Fewer copies (none) where fewer spots fit or the cloud holds
+    one object.
+
+    Raises:
+        PolicyError: the visual input is not a point cloud [N, P, 3], or the hand never closes.
+    """
+    vis = np.asarray(ep.visual)
+    if vis.ndim != 3 or vis.shape[-1] != 3:
+        raise PolicyError(f"moving the other objects needs point clouds [N, P, 3] (base frame), got {vis.shape}")
+    g, centre, radius, pooled = scene_before_grasp(ep, model, hand_cols)
+    others0 = np.linalg.norm(pooled[:, :2] - centre, axis=1) > radius
+    if not others0.any():
+        return []
+    pts = pooled[others0, :2]
+    here = pts.mean(axis=0)
+    lo, hi = np.asarray(box_min, float)[:2], np.asarray(box_max, float)[:2]
+    fits = []
+    for s in np.asarray(spots, float).reshape(-1, 2):
+        moved = pts + (s - here)
+        if np.linalg.norm(s - here) < 0.02:
+            continue   # the demo itself
+        if np.linalg.norm(moved - centre, axis=1).min() < radius + clearance:
+            continue
+        if (moved < lo).any() or (moved > hi).any():
+            continue
+        fits.append(s)
+    out = []
+    for k in rng.permutation(len(fits))[:copies]:
+        offset = (fits[k] - here).astype(np.float32)
+        v = np.array(vis[: g + 1], np.float32, copy=True)
+        for t in range(len(v)):
+            away = np.linalg.norm(v[t, :, :2] - centre, axis=1) > radius
+            v[t, away, :2] += offset
+        v = np.concatenate([v, vis[g + 1:].astype(np.float32)])
+        out.append(Episode(ep.q, ep.actions, v, train_until=g))
+    return out

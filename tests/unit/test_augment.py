@@ -1,0 +1,125 @@
+"""Approach copies with the other objects moved (``finetune --move-others``), on a real twin demo."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policies.augment import approach_with_others_moved, grasp_step, others_centre, scene_before_grasp
+from policies.bc import Episode, WindowSampler
+from policies.errors import PolicyError
+from robot_runtime import description as D
+
+HAND = range(len(D.ARM_JOINTS), len(D.ALL_JOINTS))
+
+
+@pytest.fixture(scope="module")
+def drop_demo(tmp_path_factory):
+    """A scripted grasp & drop demo recorded on the twin (seed 2) as a training episode, and where
+    the cube and the bowl stood."""
+    from robot_runtime.config import load_config
+    from robot_runtime.data.dataset import load_for_training
+    from robot_runtime.perception.preprocess import PointCloudPreprocess, VisualSpec
+    from robot_runtime.twin.rollout import TwinEpisodeRunner, record_scripted_demos
+
+    cfg = load_config(Path(__file__).parents[2] / "config" / "sim.yaml")
+    visual = VisualSpec("pointcloud", points=PointCloudPreprocess(robot_margin=0.015))
+    folder = tmp_path_factory.mktemp("drop")
+    demo, *others = record_scripted_demos(cfg, "grasp_drop", [2, 3, 4], folder, visual, progress=False)
+    assert demo.success and all(o.success for o in others)
+    runner = TwinEpisodeRunner(cfg, visual)
+    try:
+        placed = runner.sim.reset("grasp_drop", 2)
+    finally:
+        runner.close()
+    ep = load_for_training([demo.file], visual_spec=visual.to_dict())[0]
+    return ep, {k: np.asarray(placed[k].position) for k in ("cube", "bowl")}, visual, folder
+
+
+def _model():
+    from robot_runtime.kinematics import UrdfModel
+
+    return UrdfModel.from_file(D.description_path(D.URDF_NAME))
+
+
+def test_the_experts_approach_does_not_depend_on_the_bowl():
+    """What makes a moved bowl's approach a demo: with the bowl elsewhere the expert's plan is the
+    same up to the hand closing (the same draws), and differs after it (the carry goes to the bowl)."""
+    from robot_runtime.config import load_config
+    from robot_runtime.twin.rollout import make_expert
+
+    cfg = load_config(Path(__file__).parents[2] / "config" / "sim.yaml")
+    cube = (np.array([0.5, 0.12, 0.025]), np.array([1.0, 0, 0, 0]))
+    plans = []
+    for bowl_y in (-0.15, -0.05):
+        poses = {"cube": cube, "bowl": (np.array([0.5, bowl_y, 0.0]), np.array([1.0, 0, 0, 0]))}
+        expert = make_expert(cfg).prepare()
+        plans.append(expert.plan("grasp_drop", poses, ["cube", "bowl"], np.asarray(cfg.robot.arm_home + cfg.robot.hand_home),
+                                 np.random.default_rng(7)))
+    a, b = plans
+    close = next(i for i, w in enumerate(a) if np.abs(w.hand - a[0].hand).sum() > 0.5)
+    for wa, wb in zip(a[: close + 1], b[: close + 1]):
+        np.testing.assert_array_equal(wa.arm, wb.arm)
+        assert wa.t == wb.t
+    assert any(np.abs(wa.arm - wb.arm).max() > 0.05 for wa, wb in zip(a, b))
+
+
+def test_the_copies_move_the_bowl_and_keep_the_cubes_approach(drop_demo):
+    ep, placed, visual, _ = drop_demo
+    model = _model()
+    g = grasp_step(ep, HAND)
+    _, centre, radius, _ = scene_before_grasp(ep, model, HAND)
+    # the object taken is the cube (its visible surface's centre, a few cm from its frame), the rest the bowl
+    assert np.linalg.norm(centre - placed["cube"][:2]) < 0.03 and radius < 0.08
+    bowl_here = others_centre(ep, model, HAND)
+    assert np.linalg.norm(bowl_here - placed["bowl"][:2]) < 0.04
+    spots = np.array([bowl_here,                                   # the demo itself: skipped
+                      placed["cube"][:2] + [0.0, 0.05],            # on the cube: skipped
+                      [0.45, 0.35], [0.62, placed["cube"][1] - 0.25 * np.sign(placed["cube"][1])],
+                      [0.55, 0.45]])                               # part of the bowl outside the box: skipped
+    p = visual.points
+    copies = approach_with_others_moved(ep, model, HAND, spots, 5, np.random.default_rng(0), p.box_min, p.box_max)
+    assert len(copies) == 2
+    moved_to = set()
+    for c in copies:
+        assert c.train_until == g and g > 20
+        np.testing.assert_array_equal(c.q, ep.q)
+        np.testing.assert_array_equal(c.actions, ep.actions)
+        np.testing.assert_array_equal(c.visual[g + 1:], ep.visual[g + 1:])
+        delta = c.visual[: g + 1] - ep.visual[: g + 1]
+        near = np.linalg.norm(ep.visual[: g + 1, :, :2] - centre, axis=-1) <= radius
+        assert np.all(delta[near] == 0)                             # the cube stays
+        shifts = np.unique(np.round(delta[~near][:, :2], 5), axis=0)
+        assert len(shifts) == 1 and np.all(delta[~near][:, 2] == 0)  # the bowl moves as one, on the table
+        moved_to.add(tuple(np.round(bowl_here + shifts[0], 3)))
+    assert moved_to == {tuple(np.round(s, 3)) for s in spots[2:4]}
+    # the sampler's windows end at the grasp step in a copy
+    from policies.schema import PolicySchema
+
+    sampler = WindowSampler([copies[0]], PolicySchema.hop(visual), D.ALL_JOINTS)
+    assert len(sampler) == g + 1 and sampler.where[:, 1].max() == g
+
+
+def test_a_demo_that_never_closes_the_hand_or_has_no_cloud_is_refused():
+    q = np.zeros((30, 23))
+    still = Episode(q, q.copy(), np.zeros((30, 10, 3), np.float32))
+    with pytest.raises(PolicyError, match="never closes the hand"):
+        grasp_step(still, HAND)
+    with pytest.raises(PolicyError, match="needs point clouds"):
+        approach_with_others_moved(Episode(q, q.copy(), np.zeros((30, 8, 8), np.float32)), None, HAND,
+                                   np.zeros((1, 2)), 1, np.random.default_rng(0), (0, -1, 0), (1, 1, 1))
+
+
+def test_a_finetuning_job_trains_on_the_copies(drop_demo, tmp_path):
+    """``move_others``: the job adds copies of its two training demos (seeds 2-4, one held out) and
+    trains on them. Each demo's one other spot is the other demo's bowl: one demo's bowl fits there,
+    the other's would come within 3 cm of its cube (a 7.5 cm bowl 16 cm from it), so one copy."""
+    from policies.finetune import FinetuneConfig, FinetuneError, FinetuneJob
+
+    _, _, _, folder = drop_demo
+    cfg = dict(steps=2, batch=8, save_every=10, seed=0, threads=1, nice=0, eval_every=0)
+    job = FinetuneJob(folder, tmp_path / "ft", None, FinetuneConfig(move_others=3, **cfg))
+    assert len(job.train_eps) == 2 and len(job.val_eps) == 1 and len(job.moved_eps) == 1
+    assert all(c.train_until is not None and c.train_until < len(c.q) // 2 for c in job.moved_eps)
+    assert job.run(bar=False).steps == 2
+    with pytest.raises(FinetuneError, match="move_others -1"):
+        FinetuneJob(folder, tmp_path / "ft2", None, FinetuneConfig(move_others=-1, **cfg))
