@@ -29,10 +29,11 @@ mirrored placements, and a task whose mirrored replays all succeed trains on its
 mirror images (:func:`policies.bc.mirror_episode`); on the twin that is grasp & drop and grasp &
 lift (top grasps), not grasp & pour (the right hand's side grasp, mirrored, does not hold).
 With ``--move-others N`` the runs of the tasks with a second object (drop, pour) also train on N
-copies of each demo's approach with that object moved (:mod:`policies.augment`).
+copies of each demo's approach with that object moved, and with ``--turn-carry N`` on N copies of
+each demo from its grasp on with the cell turned about joint 1 (:mod:`policies.augment`).
 
     python -m bench.fewshot [--demos 15] [--rollouts 20] [--steps 900] [--runs grasp_lift,grasp_drop] [--mirror]
-                            [--move-others 2]
+                            [--move-others 3] [--turn-carry 2]
 """
 from __future__ import annotations
 
@@ -91,6 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("--move-others", type=int, default=0, metavar="N",
                     help="train on N copies of each demo's approach with the other objects moved "
                          "(finetune --move-others) for the tasks with a second object")
+    ap.add_argument("--turn-carry", type=int, default=0, metavar="N",
+                    help="train on N copies of each demo from its grasp on, the cell turned about joint 1 "
+                         "(finetune --turn-carry), for the tasks with a second object")
     a = ap.parse_args(argv)
     cfg = load_twin_config(REPO / "config" / "sim.yaml")
     prior = a.prior
@@ -138,7 +142,8 @@ def main(argv=None) -> int:
         fc = FinetuneConfig(steps=a.prior_steps if base else a.steps, batch=a.batch,
                             save_every=10 ** 9, device=a.device, threads=os.cpu_count() or 1, nice=0,
                             freeze_encoder=bool(base), mirror=demos[task].get("mirror", False),
-                            move_others=a.move_others if task in TWO_OBJECT_TASKS else 0)
+                            move_others=a.move_others if task in TWO_OBJECT_TASKS else 0,
+                            turn_carry=a.turn_carry if task in TWO_OBJECT_TASKS else 0)
         job = FinetuneJob(subset, work / "checkpoints" / name, base, fc)
         ft = job.run(bar=True)
         rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0, work / "rollouts" / name, workers=a.workers)
@@ -146,7 +151,7 @@ def main(argv=None) -> int:
              "steps": fc.steps, "train_loss": round(ft.train_loss, 4),
              "val_loss": None if ft.val_loss is None else round(ft.val_loss, 4), "base": base or "scratch",
              "selected_step": job.best["step"], "open_loop_error_rad": round(job.best["error"], 5),
-             "mirror": fc.mirror, "move_others": fc.move_others}
+             "mirror": fc.mirror, "move_others": fc.move_others, "turn_carry": fc.turn_carry}
         if n == a.demos:
             r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,
                                         rollouts=min(10, a.rollouts), workers=a.workers)

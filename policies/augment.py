@@ -13,8 +13,8 @@ copies from the point clouds alone:
    that step (forward kinematics of the measured joints);
 3. the others: every point farther from that object's centre (horizontally) than its own radius
    plus a margin; moved, in every frame up to the grasp step, so that their centre lands on a
-   spot drawn from ``spots`` (on the twin: where the other demos' others stood, and their mirror
-   images), clear of the object taken and inside the crop box.
+   spot drawn in the rectangle spanned by where the demos' others stood (and their mirror
+   images'), clear of the object taken and inside the crop box.
 
 The copy's windows end at the grasp step (:attr:`policies.bc.Episode.train_until`); its targets
 are the demo's own.
@@ -103,14 +103,14 @@ def others_centre(ep: Episode, model, hand_cols) -> np.ndarray | None:
 
 
 def approach_with_others_moved(ep: Episode, model, hand_cols, spots: np.ndarray, copies: int,
-                               rng: np.random.Generator, box_min, box_max, clearance: float = 0.03
-                               ) -> list[Episode]:
+                               rng: np.random.Generator, box_min, box_max, clearance: float = 0.03,
+                               tries: int = 50) -> list[Episode]:
     """Up to ``copies`` copies of ``ep``'s approach (windows end at its :func:`grasp_step`) with the
-    points of the objects not taken moved so that their centre lands on one of ``spots`` [S, 2]
-    (m, x-y), a different spot each, drawn at random among those that keep the moved points
-    ``clearance`` (m) clear of the object taken (horizontally) and inside the crop box
-    (``box_min``/``box_max``, x-y used). Fewer copies (none) where fewer spots fit or the cloud holds
-    one object.
+    points of the objects not taken moved so that their centre lands on a spot drawn uniformly in
+    the rectangle spanned by ``spots`` [S, 2] (m, x-y: where the demos' other objects stood), among
+    those that keep the moved points ``clearance`` (m) clear of the object taken (horizontally) and
+    inside the crop box (``box_min``/``box_max``, x-y used), at most ``tries`` draws a copy. Fewer
+    copies where no spot fits, none where the cloud holds one object.
 
     Raises:
         PolicyError: the visual input is not a point cloud [N, P, 3], or the hand never closes.
@@ -120,28 +120,60 @@ def approach_with_others_moved(ep: Episode, model, hand_cols, spots: np.ndarray,
         raise PolicyError(f"moving the other objects needs point clouds [N, P, 3] (base frame), got {vis.shape}")
     g, centre, radius, pooled = scene_before_grasp(ep, model, hand_cols)
     others0 = np.linalg.norm(pooled[:, :2] - centre, axis=1) > radius
-    if not others0.any():
+    spots = np.asarray(spots, float).reshape(-1, 2)
+    if not others0.any() or len(spots) == 0:
         return []
     pts = pooled[others0, :2]
     here = pts.mean(axis=0)
     lo, hi = np.asarray(box_min, float)[:2], np.asarray(box_max, float)[:2]
-    fits = []
-    for s in np.asarray(spots, float).reshape(-1, 2):
+    s_lo, s_hi = spots.min(axis=0), spots.max(axis=0)
+
+    def fits(s) -> bool:
         moved = pts + (s - here)
-        if np.linalg.norm(s - here) < 0.02:
-            continue   # the demo itself
-        if np.linalg.norm(moved - centre, axis=1).min() < radius + clearance:
-            continue
-        if (moved < lo).any() or (moved > hi).any():
-            continue
-        fits.append(s)
+        return bool(np.linalg.norm(moved - centre, axis=1).min() >= radius + clearance
+                    and (moved >= lo).all() and (moved <= hi).all())
+
     out = []
-    for k in rng.permutation(len(fits))[:copies]:
-        offset = (fits[k] - here).astype(np.float32)
+    for _ in range(copies):
+        draws = (rng.uniform(s_lo, s_hi) for _ in range(tries))
+        spot = next((s for s in draws if fits(s)), None)
+        if spot is None:
+            continue
+        offset = (spot - here).astype(np.float32)
         v = np.array(vis[: g + 1], np.float32, copy=True)
         for t in range(len(v)):
             away = np.linalg.norm(v[t, :, :2] - centre, axis=1) > radius
             v[t, away, :2] += offset
         v = np.concatenate([v, vis[g + 1:].astype(np.float32)])
         out.append(Episode(ep.q, ep.actions, v, train_until=g))
+    return out
+
+
+def turned_after_grasp(ep: Episode, hand_cols, joint1: int, angles) -> list[Episode]:
+    """Copies of ``ep`` with the whole cell turned about joint 1's axis (the base's vertical) by each
+    of ``angles`` (rad): joint 1 and its targets (column ``joint1``) plus the angle, the point clouds
+    (base frame) turned, the rest as it was, and training windows from the grasp step on.
+
+    The turn is a symmetry of the arm and of the objects on the table, not of the start: every demo
+    starts from the same home posture, so a turned approach starts where no rollout does. From the
+    grasp on, the object is in the hand and the carry runs from wherever the grasp was to the
+    container: a turned carry is a carry between two other places.
+
+    Raises:
+        PolicyError: the visual input is not a point cloud [N, P, 3], or the hand never closes.
+    """
+    vis = np.asarray(ep.visual)
+    if vis.ndim != 3 or vis.shape[-1] != 3:
+        raise PolicyError(f"turning the cell needs point clouds [N, P, 3] (base frame), got {vis.shape}")
+    g = grasp_step(ep, hand_cols)
+    out = []
+    for a in angles:
+        c, s = np.cos(a), np.sin(a)
+        v = np.array(vis, np.float32, copy=True)
+        x, y = vis[..., 0].astype(float), vis[..., 1].astype(float)
+        v[..., 0], v[..., 1] = c * x - s * y, s * x + c * y
+        q, act = np.array(ep.q, float, copy=True), np.array(ep.actions, float, copy=True)
+        q[:, joint1] += a
+        act[:, joint1] += a
+        out.append(Episode(q, act, v, train_from=g))
     return out

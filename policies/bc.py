@@ -36,6 +36,8 @@ class Episode:
     #: training windows end at or before this step (None: at any step); the steps after it only
     #: give the targets of the chunks made before it
     train_until: int | None = None
+    #: training windows end at or after this step; the steps before it are only history
+    train_from: int = 0
 
     def __post_init__(self):
         n = len(self.q)
@@ -47,7 +49,7 @@ class Episode:
     def window_ends(self) -> range:
         """The steps a training window may end at."""
         n = len(self.q)
-        return range(n if self.train_until is None else min(n, self.train_until + 1))
+        return range(min(self.train_from, n), n if self.train_until is None else min(n, self.train_until + 1))
 
 
 #: The arm joints whose angle changes sign when the cell is mirrored across the base's x-z plane

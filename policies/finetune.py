@@ -87,6 +87,10 @@ class FinetuneConfig(TrainConfig):
             approach (and its mirror image's) with the objects it does not take moved to where
             another demo's stood (:func:`policies.augment.approach_with_others_moved`): which object
             to reach for, taught by the demos' own approaches. 0: off.
+        turn_carry, turn_angle: with point clouds, also train on ``turn_carry`` copies of each
+            training demo (and mirror image) from its grasp on, with the cell turned about joint
+            1's axis by an angle drawn in +-``turn_angle`` rad
+            (:func:`policies.augment.turned_after_grasp`): carries between other places. 0: off.
         freeze_encoder: with a base, keep its visual encoder fixed (its embeddings are computed
             once, which makes a step several times cheaper).
         eval_every: steps between open-loop evaluations on the held-out demos; the weights with
@@ -121,6 +125,8 @@ class FinetuneConfig(TrainConfig):
     proprio_steps: int = 0
     mirror: bool = False
     move_others: int = 0
+    turn_carry: int = 0
+    turn_angle: float = 0.4
     freeze_encoder: bool = False
     eval_every: int = 250
     val_fraction: float = 0.05
@@ -262,8 +268,9 @@ class FinetuneJob:
             if self.schema.visual.kind != "pointcloud":
                 raise FinetuneError(f"mirror: needs point-cloud input, the checkpoint takes {self.schema.visual.kind!r}")
             self.mirrored_eps = [mirror_episode(e, D.ALL_JOINTS) for e in self.train_eps]
-        #: approach copies with the other objects moved (``cfg.move_others``), trained on beside them
-        self.moved_eps = self._moved_copies(self.train_eps + self.mirrored_eps) if self.cfg.move_others else []
+        #: copies of the training demos (and mirror images): approaches with the other objects moved
+        #: (``cfg.move_others``) and carries in the turned cell (``cfg.turn_carry``), trained on beside them
+        self.moved_eps = self._augmented(self.train_eps + self.mirrored_eps)
         self.val_eps = self._load(val_files)
         if self.base is None and self.cfg.representation == "chunked":
             self.schema.action = self.fit_action(self.train_eps + self.mirrored_eps)
@@ -296,26 +303,39 @@ class FinetuneJob:
                               {"arm": c.arm_mode, "hand": c.hand_mode}, {"arm": c.noise_arm, "hand": c.noise_hand},
                               c.ensemble_decay)
 
-    def _moved_copies(self, episodes: list[Episode]) -> list[Episode]:
-        """``cfg.move_others`` approach copies of each of ``episodes`` with the objects not taken
-        moved to where those of another episode stood (:mod:`policies.augment`)."""
-        from policies.augment import approach_with_others_moved, others_centre  # noqa: PLC0415 - scipy
+    def _augmented(self, episodes: list[Episode]) -> list[Episode]:
+        """The copies ``cfg.move_others`` and ``cfg.turn_carry`` ask for, of each of ``episodes``
+        (:mod:`policies.augment`)."""
+        c = self.cfg
+        if not (c.move_others or c.turn_carry):
+            return []
+        from policies.augment import approach_with_others_moved, others_centre, turned_after_grasp  # noqa: PLC0415
         from robot_runtime.kinematics import UrdfModel  # noqa: PLC0415
 
-        if self.schema.visual.kind != "pointcloud":
-            raise FinetuneError(f"move_others: needs point-cloud input, the checkpoint takes {self.schema.visual.kind!r}")
-        if self.cfg.move_others < 0:
-            raise FinetuneError(f"move_others {self.cfg.move_others}: expected 0 or more copies")
+        for key in ("move_others", "turn_carry"):
+            if getattr(c, key) < 0:
+                raise FinetuneError(f"{key} {getattr(c, key)}: expected 0 or more copies")
+            if getattr(c, key) and self.schema.visual.kind != "pointcloud":
+                raise FinetuneError(f"{key}: needs point-cloud input, the checkpoint takes {self.schema.visual.kind!r}")
+        if not 0.0 < c.turn_angle <= np.pi:
+            raise FinetuneError(f"turn_angle {c.turn_angle}: expected an angle in (0, pi] rad")
         model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
         hand = range(len(D.ARM_JOINTS), len(D.ALL_JOINTS))
+        rng = np.random.default_rng(c.seed)
+        out = []
         try:
-            spots = [c for c in (others_centre(e, model, hand) for e in episodes) if c is not None]
-            rng = np.random.default_rng(self.cfg.seed)
-            box = self.schema.visual.points
-            return [c for e in episodes for c in approach_with_others_moved(
-                e, model, hand, np.array(spots).reshape(-1, 2), self.cfg.move_others, rng, box.box_min, box.box_max)]
+            if c.move_others:
+                spots = np.array([s for s in (others_centre(e, model, hand) for e in episodes) if s is not None])
+                box = self.schema.visual.points
+                out += [m for e in episodes for m in approach_with_others_moved(
+                    e, model, hand, spots.reshape(-1, 2), c.move_others, rng, box.box_min, box.box_max)]
+            if c.turn_carry:
+                j1 = D.ALL_JOINTS.index("joint1")
+                out += [t for e in episodes for t in turned_after_grasp(
+                    e, hand, j1, rng.uniform(-c.turn_angle, c.turn_angle, c.turn_carry))]
         except PolicyError as e:
-            raise FinetuneError(f"move_others: {e}") from e
+            raise FinetuneError(f"{'move_others' if c.move_others else 'turn_carry'}: {e}") from e
+        return out
 
     def _load(self, files: list[Path]) -> list[Episode]:
         from robot_runtime.data.dataset import load_for_training  # noqa: PLC0415

@@ -236,7 +236,7 @@ def _cmd_finetune(args) -> int:
     cfg = FinetuneConfig(steps=args.steps, batch=args.batch, val_fraction=args.val_fraction,
                          save_every=args.save_every, seed=args.seed, device=args.device, threads=args.threads,
                          nice=args.nice, representation=args.representation, freeze_encoder=args.freeze_encoder,
-                         mirror=args.mirror, move_others=args.move_others, **extra)
+                         mirror=args.mirror, move_others=args.move_others, turn_carry=args.turn_carry, **extra)
     base = None if args.scratch else \
         (args.base or str(load_config(Path(args.config or default_config("sim.yaml"))).policy.checkpoint))
     job = FinetuneJob(args.episodes, args.out, base, cfg, resume=args.resume)
@@ -567,6 +567,9 @@ def main(argv=None) -> int:
     p.add_argument("--move-others", type=int, default=0, metavar="N",
                    help="also train on N copies of each demo's approach with the objects it does not take moved "
                         "to where another demo's stood (point clouds; teaches which object to reach for)")
+    p.add_argument("--turn-carry", type=int, default=0, metavar="N",
+                   help="also train on N copies of each demo from its grasp on with the cell turned about "
+                        "joint 1's axis by up to 0.4 rad (point clouds; more carries between places)")
     p.add_argument("--eval-every", type=int, help="steps between open-loop checks on the held-out demos; the best "
                                                   "weights are kept (default 250)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of episodes held out for validation "

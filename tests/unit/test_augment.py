@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policies.augment import approach_with_others_moved, grasp_step, others_centre, scene_before_grasp
+from policies.augment import (approach_with_others_moved, fingertip_centre, grasp_step, others_centre,
+                              scene_before_grasp, turned_after_grasp)
 from policies.bc import Episode, WindowSampler
 from policies.errors import PolicyError
 from robot_runtime import description as D
@@ -72,14 +73,12 @@ def test_the_copies_move_the_bowl_and_keep_the_cubes_approach(drop_demo):
     assert np.linalg.norm(centre - placed["cube"][:2]) < 0.03 and radius < 0.08
     bowl_here = others_centre(ep, model, HAND)
     assert np.linalg.norm(bowl_here - placed["bowl"][:2]) < 0.04
-    spots = np.array([bowl_here,                                   # the demo itself: skipped
-                      placed["cube"][:2] + [0.0, 0.05],            # on the cube: skipped
-                      [0.45, 0.35], [0.62, placed["cube"][1] - 0.25 * np.sign(placed["cube"][1])],
-                      [0.55, 0.45]])                               # part of the bowl outside the box: skipped
     p = visual.points
-    copies = approach_with_others_moved(ep, model, HAND, spots, 5, np.random.default_rng(0), p.box_min, p.box_max)
-    assert len(copies) == 2
-    moved_to = set()
+    side = -np.sign(placed["cube"][1])                   # the side of the table away from the cube
+    rect = np.array([[0.40, side * 0.12], [0.62, side * 0.30]])
+    copies = approach_with_others_moved(ep, model, HAND, rect, 5, np.random.default_rng(0), p.box_min, p.box_max)
+    assert len(copies) == 5
+    moved_to = []
     for c in copies:
         assert c.train_until == g and g > 20
         np.testing.assert_array_equal(c.q, ep.q)
@@ -90,8 +89,15 @@ def test_the_copies_move_the_bowl_and_keep_the_cubes_approach(drop_demo):
         assert np.all(delta[near] == 0)                             # the cube stays
         shifts = np.unique(np.round(delta[~near][:, :2], 5), axis=0)
         assert len(shifts) == 1 and np.all(delta[~near][:, 2] == 0)  # the bowl moves as one, on the table
-        moved_to.add(tuple(np.round(bowl_here + shifts[0], 3)))
-    assert moved_to == {tuple(np.round(s, 3)) for s in spots[2:4]}
+        moved_to.append(bowl_here + shifts[0])
+    moved_to = np.array(moved_to)
+    assert np.all(moved_to >= rect.min(axis=0) - 1e-4) and np.all(moved_to <= rect.max(axis=0) + 1e-4)
+    assert len(np.unique(np.round(moved_to, 3), axis=0)) == 5
+    # no room: spots on the cube, or spots that would put part of the bowl outside the crop box
+    on_cube = np.array([centre - 0.02, centre + 0.02])
+    outside = np.array([[0.5, side * 0.47], [0.55, side * 0.49]])
+    for rect in (on_cube, outside):
+        assert approach_with_others_moved(ep, model, HAND, rect, 3, np.random.default_rng(0), p.box_min, p.box_max) == []
     # the sampler's windows end at the grasp step in a copy
     from policies.schema import PolicySchema
 
@@ -110,16 +116,36 @@ def test_a_demo_that_never_closes_the_hand_or_has_no_cloud_is_refused():
 
 
 def test_a_finetuning_job_trains_on_the_copies(drop_demo, tmp_path):
-    """``move_others``: the job adds copies of its two training demos (seeds 2-4, one held out) and
-    trains on them. Each demo's one other spot is the other demo's bowl: one demo's bowl fits there,
-    the other's would come within 3 cm of its cube (a 7.5 cm bowl 16 cm from it), so one copy."""
+    """``move_others``: the job adds 3 copies of each of its two training demos (seeds 2-4, one held
+    out; the bowls moved within the rectangle the two demos' bowls span) and trains on them."""
     from policies.finetune import FinetuneConfig, FinetuneError, FinetuneJob
 
     _, _, _, folder = drop_demo
     cfg = dict(steps=2, batch=8, save_every=10, seed=0, threads=1, nice=0, eval_every=0)
     job = FinetuneJob(folder, tmp_path / "ft", None, FinetuneConfig(move_others=3, **cfg))
-    assert len(job.train_eps) == 2 and len(job.val_eps) == 1 and len(job.moved_eps) == 1
+    assert len(job.train_eps) == 2 and len(job.val_eps) == 1 and len(job.moved_eps) == 6
     assert all(c.train_until is not None and c.train_until < len(c.q) // 2 for c in job.moved_eps)
     assert job.run(bar=False).steps == 2
     with pytest.raises(FinetuneError, match="move_others -1"):
         FinetuneJob(folder, tmp_path / "ft2", None, FinetuneConfig(move_others=-1, **cfg))
+
+
+def test_a_turned_carry_is_the_demos_carry_turned(drop_demo):
+    """``turn_carry``: joint 1 plus the angle turns the whole arm and hand about the base's vertical
+    exactly (the fingertips by forward kinematics), the clouds turn with it, relative arm targets
+    stay, and training windows start at the grasp."""
+    from policies.action import ActionSpec
+
+    ep, _, _, _ = drop_demo
+    model = _model()
+    j1 = D.ALL_JOINTS.index("joint1")
+    g = grasp_step(ep, HAND)
+    (turned,) = turned_after_grasp(ep, HAND, j1, [0.3])
+    R = np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]])
+    for t in (g, len(ep.q) - 1):
+        np.testing.assert_allclose(fingertip_centre(model, turned.q[t]), R @ fingertip_centre(model, ep.q[t]), atol=1e-9)
+    np.testing.assert_allclose(turned.visual[g], ep.visual[g] @ R.T.astype(np.float32), atol=1e-6)
+    assert turned.train_from == g and turned.window_ends == range(g, len(ep.q))
+    spec = ActionSpec.fit([(ep.q, ep.actions)], 10, {"arm": "relative", "hand": "absolute"})
+    t = np.arange(g, len(ep.q))
+    np.testing.assert_allclose(spec.rows(turned.q, turned.actions, t), spec.rows(ep.q, ep.actions, t), atol=1e-12)
