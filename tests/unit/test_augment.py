@@ -116,15 +116,18 @@ def test_a_demo_that_never_closes_the_hand_or_has_no_cloud_is_refused():
 
 
 def test_a_finetuning_job_trains_on_the_copies(drop_demo, tmp_path):
-    """``move_others``: the job adds 3 copies of each of its two training demos (seeds 2-4, one held
-    out; the bowls moved within the rectangle the two demos' bowls span) and trains on them."""
+    """``move_others``, ``turn_carry``: the job adds 3 approach copies (the bowls moved within the
+    rectangle the two demos' bowls span) and 2 turned carries of each of its two training demos
+    (seeds 2-4, one held out) and trains on them."""
     from policies.finetune import FinetuneConfig, FinetuneError, FinetuneJob
 
     _, _, _, folder = drop_demo
     cfg = dict(steps=2, batch=8, save_every=10, seed=0, threads=1, nice=0, eval_every=0)
-    job = FinetuneJob(folder, tmp_path / "ft", None, FinetuneConfig(move_others=3, **cfg))
-    assert len(job.train_eps) == 2 and len(job.val_eps) == 1 and len(job.moved_eps) == 6
-    assert all(c.train_until is not None and c.train_until < len(c.q) // 2 for c in job.moved_eps)
+    job = FinetuneJob(folder, tmp_path / "ft", None, FinetuneConfig(move_others=3, turn_carry=2, **cfg))
+    assert len(job.train_eps) == 2 and len(job.val_eps) == 1 and len(job.moved_eps) == 6 + 4
+    moved, turned = job.moved_eps[:6], job.moved_eps[6:]
+    assert all(c.train_until is not None and c.train_until < len(c.q) // 2 for c in moved)
+    assert all(c.train_from > 0 and c.train_until is None for c in turned)
     assert job.run(bar=False).steps == 2
     with pytest.raises(FinetuneError, match="move_others -1"):
         FinetuneJob(folder, tmp_path / "ft2", None, FinetuneConfig(move_others=-1, **cfg))
@@ -149,3 +152,4 @@ def test_a_turned_carry_is_the_demos_carry_turned(drop_demo):
     spec = ActionSpec.fit([(ep.q, ep.actions)], 10, {"arm": "relative", "hand": "absolute"})
     t = np.arange(g, len(ep.q))
     np.testing.assert_allclose(spec.rows(turned.q, turned.actions, t), spec.rows(ep.q, ep.actions, t), atol=1e-12)
+
