@@ -27,9 +27,8 @@ from scipy.spatial import cKDTree
 
 from policies.bc import Episode
 from policies.errors import PolicyError
+from robot_runtime.description import FINGERTIP_FRAMES
 
-#: The sites whose centre is where the hand takes an object (as the twin's rollouts measure it).
-FINGERTIPS = ("index_tip", "middle_tip", "ring_tip", "thumb_tip")
 
 
 def grasp_step(ep: Episode, hand_cols, fraction: float = 0.5, min_close: float = 0.5) -> int:
@@ -78,7 +77,7 @@ def split_taken(cloud: np.ndarray, hand_at: np.ndarray, margin: float = 0.02, mi
 def fingertip_centre(model, q: np.ndarray) -> np.ndarray:
     """The centre [3] (m, base frame) of the hand's fingertips at joints ``q`` [23] (rad, driver order)."""
     poses = model.forward(q)
-    return np.mean([poses[s][:3, 3] for s in FINGERTIPS], axis=0)
+    return np.mean([poses[s][:3, 3] for s in FINGERTIP_FRAMES], axis=0)
 
 
 #: How many of the first frames (the scene still, the hand far) are pooled to find the objects.

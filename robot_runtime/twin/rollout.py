@@ -40,7 +40,7 @@ from robot_runtime.teleop.scripted import task_objects, task_success
 from robot_runtime.twin import scene
 
 #: The sites whose centre counts as where the hand is, for :attr:`EpisodeOutcome.closest_m`.
-HAND_SITES = ("index_tip", "middle_tip", "ring_tip", "thumb_tip")
+HAND_SITES = D.FINGERTIP_FRAMES
 
 #: A driver: (t since the episode began (s), measured q [23] (rad, driver order), depth [H, W]
 #: (m), K [3, 3]) -> the target for the next step [23] (rad, driver order), or None to hold.
