@@ -84,9 +84,10 @@ class FinetuneConfig(TrainConfig):
             (:func:`policies.bc.mirror_episode`): twice the placements for the same demos. Point
             clouds only, from a mirror-symmetric start posture.
         move_others: with point clouds, also train on this many copies of each training demo's
-            approach (and its mirror image's) with the objects it does not take moved to where
-            another demo's stood (:func:`policies.augment.approach_with_others_moved`): which object
-            to reach for, taught by the demos' own approaches. 0: off.
+            approach (and its mirror image's) with the objects it does not take moved to a spot in
+            the rectangle the demos' other objects span
+            (:func:`policies.augment.approach_with_others_moved`): which object to reach for,
+            taught by the demos' own approaches. 0: off.
         turn_carry, turn_angle: with point clouds, also train on ``turn_carry`` copies of each
             training demo (and mirror image) from its grasp on, with the cell turned about joint
             1's axis by an angle drawn in +-``turn_angle`` rad

@@ -566,7 +566,8 @@ def main(argv=None) -> int:
                                                         "plane (point clouds; demos from a mirror-symmetric start)")
     p.add_argument("--move-others", type=int, default=0, metavar="N",
                    help="also train on N copies of each demo's approach with the objects it does not take moved "
-                        "to where another demo's stood (point clouds; teaches which object to reach for)")
+                        "within the area the demos' other objects span (point clouds; teaches which object "
+                        "to reach for)")
     p.add_argument("--turn-carry", type=int, default=0, metavar="N",
                    help="also train on N copies of each demo from its grasp on with the cell turned about "
                         "joint 1's axis by up to 0.4 rad (point clouds; more carries between places)")
