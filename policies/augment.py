@@ -21,14 +21,16 @@ are the demo's own.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from policies.bc import Episode
+from policies.bc import Episode, point_clouds
 from policies.errors import PolicyError
 from robot_runtime.description import FINGERTIP_FRAMES
-
 
 
 def grasp_step(ep: Episode, hand_cols, fraction: float = 0.5, min_close: float = 0.5) -> int:
@@ -47,12 +49,9 @@ def grasp_step(ep: Episode, hand_cols, fraction: float = 0.5, min_close: float =
 
 def clusters(points: np.ndarray, link: float = 0.025) -> np.ndarray:
     """Labels [P] of ``points`` [P, 3] (m): single-linkage clusters, points closer than ``link`` joined."""
-    pairs = cKDTree(points).query_pairs(link, output_type="ndarray")
+    pairs = cKDTree(points).query_pairs(link, output_type="ndarray").reshape(-1, 2)
     n = len(points)
-    from scipy.sparse import coo_matrix  # noqa: PLC0415
-
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)) if len(pairs) else \
-        coo_matrix((n, n))
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     return connected_components(graph, directed=False)[1]
 
 
@@ -60,8 +59,8 @@ def split_taken(cloud: np.ndarray, hand_at: np.ndarray, margin: float = 0.02, mi
                 ) -> tuple[np.ndarray, float, np.ndarray]:
     """The object taken in a cloud [P, 3] (m, base frame): (its centre [2] (m, x-y), its radius (m,
     horizontally, plus ``margin``), the mask [P] of the other points), the object being the cluster
-    (of at least ``min_share`` of the points) whose centre is nearest ``hand_at`` [3] (m) horizontally. Dense clouds cluster reliably: pass the
-    points of several frames of a still scene."""
+    (of at least ``min_share`` of the points) whose centre is nearest ``hand_at`` [3] (m)
+    horizontally. Dense clouds cluster reliably: pass the points of several frames of a still scene."""
     labels = clusters(cloud)
     sizes = np.bincount(labels)
     objects = np.flatnonzero(sizes >= min_share * len(cloud))   # stray pixels at depth edges are not objects
@@ -84,46 +83,54 @@ def fingertip_centre(model, q: np.ndarray) -> np.ndarray:
 STILL_FRAMES = 20
 
 
-def scene_before_grasp(ep: Episode, model, hand_cols) -> tuple[int, np.ndarray, float, np.ndarray]:
-    """(the grasp step, the object taken's centre [2] (m, x-y) and radius (m), the points [M, 3] of
-    the first frames pooled) for a point-cloud episode."""
-    g = grasp_step(ep, hand_cols)
-    pooled = np.asarray(ep.visual[: max(1, min(g, STILL_FRAMES))], float).reshape(-1, 3)
-    centre, radius, _ = split_taken(pooled, fingertip_centre(model, ep.q[g]))
-    return g, centre, radius, pooled
+class SceneBeforeGrasp(NamedTuple):
+    """A point-cloud demo before its grasp (:func:`scene_before_grasp`)."""
+
+    grasp: int              # the grasp step (:func:`grasp_step`)
+    centre: np.ndarray      # [2] m, x-y: the object taken
+    radius: float           # m, horizontally, with the margin: what lies farther belongs to the others
+    others: np.ndarray      # [M, 2] m, x-y: the other objects' points in the first frames pooled
+
+    @property
+    def others_centre(self) -> np.ndarray | None:
+        """Where the objects not taken stand ([2] m, x-y), or None when the cloud holds only the one taken."""
+        return self.others.mean(axis=0) if len(self.others) else None
 
 
-def others_centre(ep: Episode, model, hand_cols) -> np.ndarray | None:
-    """Where the objects not taken stand in ``ep`` before the grasp (their points' centre [2], m,
-    x-y), or None when the cloud holds only the object taken."""
-    _, centre, radius, pooled = scene_before_grasp(ep, model, hand_cols)
-    others = np.linalg.norm(pooled[:, :2] - centre, axis=1) > radius
-    return pooled[others, :2].mean(axis=0) if others.any() else None
-
-
-def approach_with_others_moved(ep: Episode, model, hand_cols, spots: np.ndarray, copies: int,
-                               rng: np.random.Generator, box_min, box_max, clearance: float = 0.03,
-                               tries: int = 50) -> list[Episode]:
-    """Up to ``copies`` copies of ``ep``'s approach (windows end at its :func:`grasp_step`) with the
-    points of the objects not taken moved so that their centre lands on a spot drawn uniformly in
-    the rectangle spanned by ``spots`` [S, 2] (m, x-y: where the demos' other objects stood), among
-    those that keep the moved points ``clearance`` (m) clear of the object taken (horizontally) and
-    inside the crop box (``box_min``/``box_max``, x-y used), at most ``tries`` draws a copy. Fewer
-    copies where no spot fits, none where the cloud holds one object.
+def scene_before_grasp(ep: Episode, model, hand_cols) -> SceneBeforeGrasp:
+    """The grasp step, the object taken and the others' points, from the first frames of ``ep``
+    pooled and the fingertips at the grasp (``model``: the robot's URDF kinematics).
 
     Raises:
-        PolicyError: the visual input is not a point cloud [N, P, 3], or the hand never closes.
+        PolicyError: the visual input is not point clouds, or the hand never closes.
     """
-    vis = np.asarray(ep.visual)
-    if vis.ndim != 3 or vis.shape[-1] != 3:
-        raise PolicyError(f"moving the other objects needs point clouds [N, P, 3] (base frame), got {vis.shape}")
-    g, centre, radius, pooled = scene_before_grasp(ep, model, hand_cols)
-    others0 = np.linalg.norm(pooled[:, :2] - centre, axis=1) > radius
+    vis = point_clouds(ep, "finding the object taken")
+    g = grasp_step(ep, hand_cols)
+    pooled = np.asarray(vis[: max(1, min(g, STILL_FRAMES))], float).reshape(-1, 3)
+    centre, radius, others = split_taken(pooled, fingertip_centre(model, ep.q[g]))
+    return SceneBeforeGrasp(g, centre, radius, pooled[others, :2])
+
+
+def approach_with_others_moved(ep: Episode, scene: SceneBeforeGrasp, spots: np.ndarray, copies: int,
+                               rng: np.random.Generator, box_min, box_max, clearance: float = 0.03,
+                               tries: int = 50) -> list[Episode]:
+    """Up to ``copies`` copies of ``ep``'s approach (windows end at its grasp step; ``scene``: its
+    :func:`scene_before_grasp`) with the points of the objects not taken moved so that their
+    centre lands on a spot drawn uniformly in the rectangle spanned by ``spots`` [S, 2] (m, x-y:
+    where the demos' other objects stood), among those that keep the moved points ``clearance``
+    (m) clear of the object taken (horizontally) and inside the crop box (``box_min``/``box_max``,
+    x-y used), at most ``tries`` draws a copy. Fewer copies where no spot fits, none where the
+    cloud holds one object.
+
+    Raises:
+        PolicyError: the visual input is not point clouds [N, P, 3].
+    """
+    vis = point_clouds(ep, "moving the other objects")
+    g, centre, radius, pts = scene
     spots = np.asarray(spots, float).reshape(-1, 2)
-    if not others0.any() or len(spots) == 0:
+    here = scene.others_centre
+    if here is None or len(spots) == 0:
         return []
-    pts = pooled[others0, :2]
-    here = pts.mean(axis=0)
     lo, hi = np.asarray(box_min, float)[:2], np.asarray(box_max, float)[:2]
     s_lo, s_hi = spots.min(axis=0), spots.max(axis=0)
 
@@ -138,12 +145,10 @@ def approach_with_others_moved(ep: Episode, model, hand_cols, spots: np.ndarray,
         spot = next((s for s in draws if fits(s)), None)
         if spot is None:
             continue
-        offset = (spot - here).astype(np.float32)
-        v = np.array(vis[: g + 1], np.float32, copy=True)
-        for t in range(len(v)):
-            away = np.linalg.norm(v[t, :, :2] - centre, axis=1) > radius
-            v[t, away, :2] += offset
-        v = np.concatenate([v, vis[g + 1:].astype(np.float32)])
+        v = np.array(vis, np.float32, copy=True)
+        before = v[: g + 1, :, :2]                     # a view: the frames up to the grasp
+        away = np.linalg.norm(before - centre, axis=-1) > radius
+        before[away] += (spot - here).astype(np.float32)
         out.append(Episode(ep.q, ep.actions, v, train_until=g))
     return out
 
@@ -161,9 +166,7 @@ def turned_after_grasp(ep: Episode, hand_cols, joint1: int, angles) -> list[Epis
     Raises:
         PolicyError: the visual input is not a point cloud [N, P, 3], or the hand never closes.
     """
-    vis = np.asarray(ep.visual)
-    if vis.ndim != 3 or vis.shape[-1] != 3:
-        raise PolicyError(f"turning the cell needs point clouds [N, P, 3] (base frame), got {vis.shape}")
+    vis = point_clouds(ep, "turning the cell")
     g = grasp_step(ep, hand_cols)
     out = []
     for a in angles:

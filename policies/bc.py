@@ -52,6 +52,18 @@ class Episode:
         return range(min(self.train_from, n), n if self.train_until is None else min(n, self.train_until + 1))
 
 
+def point_clouds(ep: Episode, what: str) -> np.ndarray:
+    """``ep``'s visual input as point clouds [N, P, 3] (base frame, m).
+
+    Raises:
+        PolicyError: it is not point clouds (``what`` needs them).
+    """
+    vis = np.asarray(ep.visual)
+    if vis.ndim != 3 or vis.shape[-1] != 3:
+        raise PolicyError(f"{what} needs point clouds [N, P, 3] (base frame), got visual input {vis.shape}")
+    return vis
+
+
 #: The arm joints whose angle changes sign when the cell is mirrored across the base's x-z plane
 #: (y -> -y): those about an axis lying in that plane at the zero posture (the xArm7's 1, 3, 5, 7;
 #: 2, 4 and 6 keep their angle).
@@ -99,9 +111,7 @@ def mirror_episode(ep: Episode, driver_names, tolerance: float = 0.05) -> Episod
         PolicyError: the visual input is not a point cloud, or the episode does not start in a
             mirror-symmetric posture.
     """
-    vis = np.asarray(ep.visual)
-    if vis.ndim != 3 or vis.shape[-1] != 3:
-        raise PolicyError(f"mirroring needs point clouds [N, P, 3] (base frame), got visual input {vis.shape}")
+    vis = point_clouds(ep, "mirroring")
     q = mirror_joints(ep.q, ep.q[0], driver_names, tolerance)
     a = mirror_joints(ep.actions, ep.q[0], driver_names, tolerance)
     v = np.array(vis, np.float32, copy=True)

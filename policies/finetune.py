@@ -310,7 +310,7 @@ class FinetuneJob:
         c = self.cfg
         if not (c.move_others or c.turn_carry):
             return []
-        from policies.augment import approach_with_others_moved, others_centre, turned_after_grasp  # noqa: PLC0415
+        from policies.augment import approach_with_others_moved, scene_before_grasp, turned_after_grasp  # noqa: PLC0415
         from robot_runtime.kinematics import UrdfModel  # noqa: PLC0415
 
         for key in ("move_others", "turn_carry"):
@@ -320,22 +320,25 @@ class FinetuneJob:
                 raise FinetuneError(f"{key}: needs point-cloud input, the checkpoint takes {self.schema.visual.kind!r}")
         if not 0.0 < c.turn_angle <= np.pi:
             raise FinetuneError(f"turn_angle {c.turn_angle}: expected an angle in (0, pi] rad")
-        model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
         hand = range(len(D.ARM_JOINTS), len(D.ALL_JOINTS))
         rng = np.random.default_rng(c.seed)
         out = []
+        key = "move_others"
         try:
             if c.move_others:
-                spots = np.array([s for s in (others_centre(e, model, hand) for e in episodes) if s is not None])
+                model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
+                scenes = [scene_before_grasp(e, model, hand) for e in episodes]
+                spots = np.array([s.others_centre for s in scenes if s.others_centre is not None]).reshape(-1, 2)
                 box = self.schema.visual.points
-                out += [m for e in episodes for m in approach_with_others_moved(
-                    e, model, hand, spots.reshape(-1, 2), c.move_others, rng, box.box_min, box.box_max)]
+                out += [m for e, s in zip(episodes, scenes) for m in approach_with_others_moved(
+                    e, s, spots, c.move_others, rng, box.box_min, box.box_max)]
+            key = "turn_carry"
             if c.turn_carry:
                 j1 = D.ALL_JOINTS.index("joint1")
                 out += [t for e in episodes for t in turned_after_grasp(
                     e, hand, j1, rng.uniform(-c.turn_angle, c.turn_angle, c.turn_carry))]
         except PolicyError as e:
-            raise FinetuneError(f"{'move_others' if c.move_others else 'turn_carry'}: {e}") from e
+            raise FinetuneError(f"{key}: {e}") from e
         return out
 
     def _load(self, files: list[Path]) -> list[Episode]:

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policies.augment import (approach_with_others_moved, fingertip_centre, grasp_step, others_centre,
-                              scene_before_grasp, turned_after_grasp)
+from policies.augment import (approach_with_others_moved, fingertip_centre, grasp_step, scene_before_grasp,
+                              turned_after_grasp)
 from policies.bc import Episode, WindowSampler
 from policies.errors import PolicyError
 from robot_runtime import description as D
@@ -68,15 +68,17 @@ def test_the_copies_move_the_bowl_and_keep_the_cubes_approach(drop_demo):
     ep, placed, visual, _ = drop_demo
     model = _model()
     g = grasp_step(ep, HAND)
-    _, centre, radius, _ = scene_before_grasp(ep, model, HAND)
+    scene = scene_before_grasp(ep, model, HAND)
+    centre, radius = scene.centre, scene.radius
+    assert scene.grasp == g
     # the object taken is the cube (its visible surface's centre, a few cm from its frame), the rest the bowl
     assert np.linalg.norm(centre - placed["cube"][:2]) < 0.03 and radius < 0.08
-    bowl_here = others_centre(ep, model, HAND)
+    bowl_here = scene.others_centre
     assert np.linalg.norm(bowl_here - placed["bowl"][:2]) < 0.04
     p = visual.points
     side = -np.sign(placed["cube"][1])                   # the side of the table away from the cube
     rect = np.array([[0.40, side * 0.12], [0.62, side * 0.30]])
-    copies = approach_with_others_moved(ep, model, HAND, rect, 5, np.random.default_rng(0), p.box_min, p.box_max)
+    copies = approach_with_others_moved(ep, scene, rect, 5, np.random.default_rng(0), p.box_min, p.box_max)
     assert len(copies) == 5
     moved_to = []
     for c in copies:
@@ -97,7 +99,7 @@ def test_the_copies_move_the_bowl_and_keep_the_cubes_approach(drop_demo):
     on_cube = np.array([centre - 0.02, centre + 0.02])
     outside = np.array([[0.5, side * 0.47], [0.55, side * 0.49]])
     for rect in (on_cube, outside):
-        assert approach_with_others_moved(ep, model, HAND, rect, 3, np.random.default_rng(0), p.box_min, p.box_max) == []
+        assert approach_with_others_moved(ep, scene, rect, 3, np.random.default_rng(0), p.box_min, p.box_max) == []
     # the sampler's windows end at the grasp step in a copy
     from policies.schema import PolicySchema
 
@@ -110,9 +112,11 @@ def test_a_demo_that_never_closes_the_hand_or_has_no_cloud_is_refused():
     still = Episode(q, q.copy(), np.zeros((30, 10, 3), np.float32))
     with pytest.raises(PolicyError, match="never closes the hand"):
         grasp_step(still, HAND)
+    depth = Episode(q, q.copy(), np.zeros((30, 8, 8), np.float32))
     with pytest.raises(PolicyError, match="needs point clouds"):
-        approach_with_others_moved(Episode(q, q.copy(), np.zeros((30, 8, 8), np.float32)), None, HAND,
-                                   np.zeros((1, 2)), 1, np.random.default_rng(0), (0, -1, 0), (1, 1, 1))
+        scene_before_grasp(depth, None, HAND)
+    with pytest.raises(PolicyError, match="needs point clouds"):
+        turned_after_grasp(depth, HAND, 0, [0.1])
 
 
 def test_a_finetuning_job_trains_on_the_copies(drop_demo, tmp_path):
