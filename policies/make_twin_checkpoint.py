@@ -35,7 +35,7 @@ from pathlib import Path
 
 from policies.evaluate import evaluate
 from policies.finetune import FinetuneConfig, FinetuneJob
-from robot_runtime.config import RuntimeConfig, config_from_dict
+from robot_runtime.config import RuntimeConfig, config_from_dict, parse_yaml
 from robot_runtime.perception.preprocess import PointCloudPreprocess, VisualSpec
 from robot_runtime.twin.rollout import INTERACTION, record_scripted_demos_parallel
 
@@ -59,10 +59,8 @@ def twin_visual(cfg: RuntimeConfig) -> VisualSpec:
 def load_twin_config(path) -> RuntimeConfig:
     """The config file without its policy section's checkpoint: this module makes the checkpoint
     that ``config/sim.yaml`` names, so it must load before that checkpoint exists."""
-    import yaml  # noqa: PLC0415
-
     path = Path(path)
-    data = yaml.safe_load(path.read_text()) or {}
+    data = parse_yaml(path.read_text(), path) or {}
     data["policy"] = {**(data.get("policy") or {}), "enabled": False, "checkpoint": ""}
     return config_from_dict(data, file=str(path), base_dir=path.parent)
 

@@ -523,18 +523,48 @@ def load_config(path: str | Path) -> RuntimeConfig:
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last one silently: a test config once loaded ``latch_after_s`` 4.0 that way)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":   # '<<: *anchor' keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+                seen[key] = seen.get(key, key_node.start_mark.line + 1)
+            except TypeError:   # an unhashable key: the base class reports it
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, file: str | Path) -> object:
+    """``text`` parsed as YAML with keys unique in every mapping.
+
+    Raises:
+        ConfigError: not valid YAML, or a key given twice; names ``file``, the line and column.
+    """
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=str(file)) from exc
+
+
 def _read_yaml(path: Path, chain: tuple) -> dict:
     """A config file's mapping, with ``extends: <file>`` (relative to it) merged underneath."""
     if not path.is_file():
         raise ConfigError("config file not found", file=str(path))
     if path.resolve() in chain:
         raise ConfigError("'extends' loops back to this file", file=str(path), key="extends")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=str(path)) from exc
+    data = parse_yaml(path.read_text(), path)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -58,6 +58,23 @@ def test_bad_yaml_names_line(tmp_path):
         load_config(p)
 
 
+def test_a_key_given_twice_is_an_error_naming_it_and_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys silently; a config must not."""
+    p = write(tmp_path, "control:\n  latch_after_s: 0.25\n  blend_s: 0.5\n  latch_after_s: 4.0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert str(p) in msg and "duplicate key 'latch_after_s'" in msg and "line 4" in msg and "first at line 2" in msg
+    # a file that extends another is checked too, and a YAML merge key may still be overridden
+    base = write(tmp_path, "twin:\n  seed: 1\n  seed: 2\n", "base.yaml")
+    with pytest.raises(ConfigError, match="base.yaml.*duplicate key 'seed'"):
+        load_config(write(tmp_path, f"extends: {base.name}\n", "top.yaml"))
+    ok = write(tmp_path, "x-arm: &arm {blend_s: 0.5}\ncontrol:\n  <<: *arm\n  blend_s: 0.4\n", "merge.yaml")
+    assert yaml.safe_load(ok.read_text())["control"]["blend_s"] == 0.4
+    from robot_runtime.config import parse_yaml
+    assert parse_yaml(ok.read_text(), ok)["control"] == {"blend_s": 0.4}
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.yaml")
