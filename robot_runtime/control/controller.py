@@ -137,10 +137,23 @@ class JointController:
                 self.interventions.add((exc.reason,), str(exc))
                 raise
 
-    def set_context(self, q_other: np.ndarray) -> None:
-        """Latest measured positions of the other device (for the workspace check)."""
+    def set_context(self, q_other: np.ndarray) -> bool:
+        """Latest measured positions of the other device (for the workspace check).
+
+        Values that are not a finite 1-D array (of the length the first context had) are refused,
+        counted under ``context`` and the last good context kept: a NaN there made every
+        fingertip's workspace check pass. Returns whether ``q_other`` was taken."""
+        try:
+            q = np.asarray(q_other, dtype=float)
+        except (TypeError, ValueError):
+            q = np.full(0, np.nan)
         with self._lock:
-            self.context = np.asarray(q_other, dtype=float)
+            if q.ndim != 1 or q.size == 0 or not np.all(np.isfinite(q)) \
+                    or (self.context is not None and q.shape != self.context.shape):
+                self.rejected_targets["context"] += 1
+                return False
+            self.context = q
+            return True
 
     # ------------------------------------------------------------------ life cycle
     def arm(self, now: float) -> str:
@@ -220,6 +233,11 @@ class JointController:
         self.last_measured = measured
         if measured is None:
             return TickOutput(None, None, (), self.mode, None)
+        if not np.all(np.isfinite(measured.position)):
+            bad = [n for n, v in zip(self.joint_names, measured.position) if not np.isfinite(v)]
+            if self.mode is not Mode.STOPPED:
+                self._latch(f"{self.name}: measured joints not finite ({', '.join(bad)})")
+            return TickOutput(None, None, (), self.mode, None)
         if now - measured.t > self.state_timeout_s:
             if self.mode is Mode.ARMED:
                 self._latch(f"{self.name}: joint states stopped ({now - measured.t:.3f} s old, "
@@ -235,6 +253,8 @@ class JointController:
         if self.mode is not Mode.ARMED:
             self._freshness = None
             res = brake(self.limits, self._prev, dt, None, points_fn)
+            if not (np.all(np.isfinite(res.q)) and np.all(np.isfinite(res.v))):
+                return TickOutput(None, None, ("not_finite",), self.mode, None)
             self._prev = res.state
             return TickOutput(res.q, res.v, (), self.mode, None)
         buf = self.buffers[self.source]
@@ -257,6 +277,14 @@ class JointController:
             alpha = min(1.0, (now - self._blend_start) / self.timing.blend_s) if self.timing.blend_s > 0 else 1.0
             q_des = self._blend_from + alpha * (q_src - self._blend_from)
             res = shield_step(self.limits, self._prev, q_des, dt, self.workspace, points_fn)
+        return self._checked(res, fr)
+
+    def _checked(self, res, fr) -> TickOutput:
+        """The shield's result as this tick's output, unless it is not finite: then nothing is sent,
+        the state stays where it was and the controller stops."""
+        if not (np.all(np.isfinite(res.q)) and np.all(np.isfinite(res.v))):
+            self._latch(f"{self.name}: shield output not finite")
+            return TickOutput(None, None, ("not_finite",), self.mode, fr)
         self.interventions.add(res.reasons, res.detail)
         self._prev = res.state
         return TickOutput(res.q, res.v, res.reasons, self.mode, fr)
@@ -389,16 +417,38 @@ class HandPDController(JointController):
         self.velocity = VelocityFilter(velocity_cutoff_hz)
 
     def tick(self, now: float) -> HandTickOutput:
-        measured = self.device.read_state()
+        """Read the hand, compute and send one torque command. A failed read or send latches a stop
+        and is reported as a fault (the loop goes on: the next tick tries again)."""
+        try:
+            measured = self.device.read_state()
+        except DeviceError as exc:
+            measured = None
+            with self._lock:
+                self.faults = [f"hand read failed: {exc}"]
+                if self.mode is not Mode.STOPPED:
+                    self._latch(f"hand read failed: {exc}")
         with self._lock:
             out = self.step(now, measured)
             if out.q is None:
                 if measured is not None:  # state stopped arriving: do not push on stale positions
-                    self.device.send_torque(np.zeros(len(self.joint_names)))
-                return HandTickOutput(None, None, (), out.mode, out.freshness)
+                    self._send(np.zeros(len(self.joint_names)))
+                return HandTickOutput(None, None, out.reasons, out.mode, out.freshness)
             qd = self.velocity.update(measured.t, measured.position)
             tau = pd_torque(out.q, measured.position, qd, self.kp, self.kd, self.torque_limit)
+            if not np.all(np.isfinite(tau)):
+                self._latch("hand: torque not finite")
+                tau = np.zeros(len(self.joint_names))
             if np.any(np.abs(tau) >= self.torque_limit):
                 self.interventions.add(("torque",))
+            sent = self._send(tau)
+            return HandTickOutput(out.q, out.v, out.reasons, self.mode, out.freshness, sent, tau)
+
+    def _send(self, tau: np.ndarray) -> bool:
+        try:
             self.device.send_torque(tau)
-            return HandTickOutput(out.q, out.v, out.reasons, out.mode, out.freshness, True, tau)
+            return True
+        except DeviceError as exc:
+            self.faults = [f"hand send failed: {exc}"]
+            if self.mode is not Mode.STOPPED:
+                self._latch(f"hand send failed: {exc}")
+            return False

@@ -19,6 +19,7 @@ Units: rad, rad/s, rad/s^2, m, m/s, s. Arrays are [n] for the n joints of one de
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -89,7 +90,8 @@ class Workspace:
             clearance = self.flange_clearance if name == "flange" else self.fingertip_clearance
             lo = lo_box.copy()
             lo[2] = max(lo[2], self.table_z + clearance)
-            out[name] = float(max(np.max(lo - p), np.max(p - hi_box), 0.0))
+            # a point that is not finite (from a NaN joint) is nowhere: infinitely outside
+            out[name] = float(max(np.max(lo - p), np.max(p - hi_box), 0.0)) if np.all(np.isfinite(p)) else math.inf
         return out
 
     def violation(self, points: dict[str, np.ndarray]) -> tuple[float, list[str]]:
@@ -210,6 +212,8 @@ def _workspace_filter(ws: Workspace, prev: ShieldState, q: np.ndarray, dt: float
     detail = ""
     points = points_fn(q)
     prev_points = prev.points if prev.points is not None else points_fn(prev.q)
+    if not all(np.all(np.isfinite(p)) for p in points.values()):   # nothing checkable: refuse the step
+        return prev.q.copy(), prev_points, ["workspace"], "fingertip or flange position not finite"
     if "flange" in points and "flange" in prev_points:
         speed = float(np.linalg.norm(points["flange"] - prev_points["flange"])) / dt
         if speed > ws.max_flange_speed:

@@ -174,8 +174,10 @@ class ControllerNode(Node):
                     self.get_logger().warn(f"{source} target rejected ({exc.reason}): {exc}",
                                            throttle_duration_sec=1.0)
         ctx = self.context_sub.take_latest()
-        if ctx is not None:
-            self.controller.set_context(np.asarray(ctx.position, dtype=float))
+        if ctx is not None and not self.controller.set_context(ctx.position):
+            self.get_logger().warn(f"{STATE_TOPICS['hand' if self.part == 'arm' else 'arm']}: joints refused "
+                                   f"(not finite, or another count); the last good ones are kept",
+                                   throttle_duration_sec=1.0)
 
     def _publish_status(self) -> None:
         """Publish the latched status when it changed (from the loop or a service)."""

@@ -428,3 +428,81 @@ def test_arm_rearm_starts_from_where_the_arm_is():
     rig.ctl.arm(rig.now)
     rig.run(1 / 120)
     assert np.abs(rig.arm.sent[-1] - rig.arm.q).max() < 1e-9  # no pull back to the old command
+
+
+# ------------------------------------------------------------------ values that are not finite
+def test_the_other_devices_joints_are_taken_only_when_finite():
+    rig = Rig()
+    good = rig.ctl.context.copy()
+    for bad in (np.full(16, np.nan), np.r_[good[:15], np.inf], good[:7], [[1.0, 2.0]], "x"):
+        assert rig.ctl.set_context(bad) is False
+        assert np.array_equal(rig.ctl.context, good)
+    assert rig.ctl.rejected_targets["context"] == 5
+    assert rig.ctl.set_context(good + 0.01) and np.allclose(rig.ctl.context, good + 0.01)
+
+
+def test_nan_measured_joints_stop_the_arm_and_nothing_is_sent():
+    rig = Rig()
+    rig.run(0.05)
+    rig.ctl.arm(rig.now)
+    rig.run(0.3, lambda t: rig.home)
+    n_sent = len(rig.arm.sent)
+    rig.arm.q[2] = np.nan
+    outs = rig.run(0.1, lambda t: rig.home)
+    assert rig.ctl.mode is Mode.STOPPED and "measured joints not finite (joint3)" in rig.ctl.reason
+    assert len(rig.arm.sent) == n_sent and rig.arm.stops == 1
+    assert all(o.q is None for o in outs)
+
+
+def test_a_shield_output_that_is_not_finite_is_never_sent():
+    """Joint limits that are NaN (a corrupt config that got past its checks, say) make the
+    shield's output NaN: the controller stops instead of sending it. (With the workspace check on,
+    the shield itself refuses such a step; this is the controller's own check behind it.)"""
+    rig = Rig()
+    rig.ctl.workspace = None
+    rig.run(0.05)
+    rig.ctl.arm(rig.now)
+    rig.run(0.2, lambda t: rig.home)
+    n_sent = len(rig.arm.sent)
+    rig.ctl.limits.max_step[:] = np.nan
+    rig.run(0.1, lambda t: rig.home + 0.01)
+    assert rig.ctl.mode is Mode.STOPPED and "shield output not finite" in rig.ctl.reason
+    assert len(rig.arm.sent) == n_sent and all(np.all(np.isfinite(q)) for q in rig.arm.sent)
+
+
+class FailingHand(HandDevice):
+    """A hand whose reads fail from ``fail_from`` on (a dropped CAN bus, say)."""
+
+    def __init__(self, q, clock):
+        self.q, self.clock, self.fail = np.array(q, float), clock, False
+        self.torques: list[np.ndarray] = []
+
+    def connect(self): ...
+    def disconnect(self): ...
+
+    def read_state(self):
+        if self.fail:
+            raise DeviceError("CAN bus: no reply")
+        return JointSample(self.clock(), self.q.copy(), np.zeros(16), np.zeros(16))
+
+    def send_torque(self, tau):
+        self.torques.append(np.array(tau, float))
+
+
+def test_a_failed_hand_read_stops_the_hand_and_the_loop_goes_on():
+    cfg = RuntimeConfig()
+    now = [T0]
+    hand = FailingHand(cfg.robot.hand_home, lambda: now[0])
+    ctl = make_hand_controller(cfg, hand)
+    ctl.set_context(np.array(cfg.robot.arm_home))
+    for _ in range(30):
+        ctl.tick(now[0])
+        now[0] += 1 / 300
+    ctl.arm(now[0])
+    hand.fail = True
+    out = ctl.tick(now[0])        # raised DeviceError out of the loop before
+    assert ctl.mode is Mode.STOPPED and "hand read failed: CAN bus" in ctl.reason
+    assert out.q is None and any("CAN bus" in f for f in ctl.status()["faults"])
+    hand.fail = False
+    now[0] += 1 / 300
+    assert ctl.tick(now[0]).q is not None and np.all(np.isfinite(hand.torques[-1]))

@@ -228,3 +228,20 @@ def test_hand_workspace_uses_the_arm_pose_and_refuses_a_finger_into_the_table():
     assert "workspace" in res.reasons and np.array_equal(res.q, q) and "index_tip" in res.detail
     up = shield_step(lim, ShieldState.at_rest(q, fn), q - down * step, DT, ws, fn)
     assert "workspace" not in up.reasons and up.q[1] != q[1]
+
+
+def test_a_nan_in_the_other_devices_joints_fails_the_workspace_check_instead_of_passing_it():
+    """A NaN hand joint made every fingertip NaN, and NaN compares false with every bound: the
+    workspace and TCP-speed checks passed whatever the arm did."""
+    cfg = RuntimeConfig()
+    points = RobotPoints()
+    lim = JointLimits(tuple(D.ARM_JOINTS), np.asarray(D.ARM_LIMITS)[:, 0], np.asarray(D.ARM_LIMITS)[:, 1], 0.0,
+                      np.full(7, 3.0), np.full(7, 1e6), np.full(7, 1.0))
+    hand = np.array(cfg.robot.hand_home)
+    q = np.array(cfg.robot.arm_home)
+    prev = ShieldState.at_rest(q, lambda x: points.for_arm(x, hand))
+    hand[3] = np.nan
+    fn = lambda x: points.for_arm(x, hand)  # noqa: E731
+    assert workspace_of(cfg).depths(fn(q))["index_tip"] == np.inf
+    res = shield_step(lim, prev, q + 0.01, DT, workspace_of(cfg), fn)
+    assert "workspace" in res.reasons and np.array_equal(res.q, q) and "not finite" in res.detail
