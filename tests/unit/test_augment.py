@@ -89,9 +89,10 @@ def test_the_copies_move_the_bowl_and_keep_the_cubes_approach(drop_demo):
         delta = c.visual[: g + 1] - ep.visual[: g + 1]
         near = np.linalg.norm(ep.visual[: g + 1, :, :2] - centre, axis=-1) <= radius
         assert np.all(delta[near] == 0)                             # the cube stays
-        shifts = np.unique(np.round(delta[~near][:, :2], 5), axis=0)
-        assert len(shifts) == 1 and np.all(delta[~near][:, 2] == 0)  # the bowl moves as one, on the table
-        moved_to.append(bowl_here + shifts[0])
+        shift = delta[~near][:, :2]
+        # the bowl moves as one (float32 points: a shift differs by an ulp or so), on the table
+        assert np.ptp(shift, axis=0).max() < 1e-5 and np.abs(shift).max() > 0.01 and np.all(delta[~near][:, 2] == 0)
+        moved_to.append(bowl_here + shift.mean(axis=0))
     moved_to = np.array(moved_to)
     assert np.all(moved_to >= rect.min(axis=0) - 1e-4) and np.all(moved_to <= rect.max(axis=0) + 1e-4)
     assert len(np.unique(np.round(moved_to, 3), axis=0)) == 5
