@@ -158,7 +158,7 @@ class TrainConfig:
             return self.lr
         span = max(1, self.steps - warmup)
         x = min(1.0, (step - warmup) / span)
-        return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1.0 + np.cos(np.pi * x))
+        return float(self.lr_min + 0.5 * (self.lr - self.lr_min) * (1.0 + np.cos(np.pi * x)))
 
 
 class WindowSampler:

@@ -396,7 +396,11 @@ class FinetuneJob:
         if self.resume:
             if not state_file.is_file():
                 raise FinetuneError(f"{state_file}: nothing to resume (no train state in {self.out})")
-            st = torch.load(state_file, map_location=device, weights_only=False)
+            try:   # tensors and plain values only: a train state is never unpickled as code
+                st = torch.load(state_file, map_location=device, weights_only=True)
+            except Exception as exc:  # noqa: BLE001 (torch raises UnpicklingError, RuntimeError, ...)
+                raise FinetuneError(f"{state_file}: not a train state this version can load safely "
+                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
             if st["identity"] != self._identity():
                 raise FinetuneError(f"{state_file}: saved by a different job (base checkpoint, episodes or "
                                     f"hyperparameters differ); start a new --out or drop --resume")
@@ -482,6 +486,11 @@ class FinetuneJob:
 
     def _state(self, model, opt, rng, step, losses, vals, best=None) -> dict:
         ema = getattr(self, "_ema", None)
+        if best is not None:   # plain floats and ints: the state loads with torch.load(weights_only=True)
+            best = {**best, "step": int(best["step"]), "error": float(best["error"]),
+                    "history": [[int(h[0]), *map(float, h[1:])] for h in best.get("history", [])]}
+        losses = [float(x) for x in losses]
+        vals = [(int(s), float(v)) for s, v in vals]
         return {"identity": self._identity(), "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "losses": losses, "val": vals,
                 "ema": None if ema is None else ema.model.state_dict(), "ema_updates": 0 if ema is None else ema.updates,

@@ -4,6 +4,7 @@ The tiny dataset is made by the recorder itself (EpisodeRecorder), from a smooth
 trajectory and depth images whose content follows it, at a small depth resolution so a
 training step takes milliseconds.
 """
+import os
 import json
 
 import numpy as np
@@ -84,8 +85,8 @@ def test_resume_continues_from_the_saved_step_exactly(demos, tmp_path):
     with pytest.raises(FinetuneError, match="--resume"):
         FinetuneJob(demos, tmp_path / "cut", None, cfg(20)).run(bar=False)
     resumed = FinetuneJob(demos, tmp_path / "cut", None, cfg(20), resume=True).run(bar=False)
-    a = torch.load(tmp_path / "whole" / STATE_FILE, weights_only=False)
-    b = torch.load(tmp_path / "cut" / STATE_FILE, weights_only=False)
+    a = torch.load(tmp_path / "whole" / STATE_FILE, weights_only=True)
+    b = torch.load(tmp_path / "cut" / STATE_FILE, weights_only=True)
     assert b["step"] == 20 and np.allclose(a["losses"], b["losses"])   # steps 11-20 continue the same run
     wa, wb = load_checkpoint(whole.checkpoint).state, load_checkpoint(resumed.checkpoint).state
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
@@ -93,6 +94,25 @@ def test_resume_continues_from_the_saved_step_exactly(demos, tmp_path):
         FinetuneJob(demos, tmp_path / "cut", None, _cfg(steps=30, lr=5e-4), resume=True).run(bar=False)
     with pytest.raises(FinetuneError, match="nothing to resume"):
         FinetuneJob(demos, tmp_path / "new", None, _cfg(), resume=True).run(bar=False)
+
+
+class _RunsCode:
+    """Pickled, it calls a function when unpickled: what torch.load(weights_only=False) would run."""
+
+    def __reduce__(self):
+        return (os.makedirs, (str(_RunsCode.marker),))
+
+
+def test_a_train_state_that_carries_code_is_refused_not_run(demos, tmp_path):
+    """--resume loads the train state in the output folder, which finetune_node's peers can name."""
+    FinetuneJob(demos, tmp_path / "job", None, _cfg(steps=10)).run(bar=False)
+    st = torch.load(tmp_path / "job" / STATE_FILE, weights_only=True)
+    _RunsCode.marker = tmp_path / "ran"
+    st["identity"] = _RunsCode()
+    torch.save(st, tmp_path / "job" / STATE_FILE)
+    with pytest.raises(FinetuneError, match="cannot be loaded safely|can load safely"):
+        FinetuneJob(demos, tmp_path / "job", None, _cfg(steps=20), resume=True).run(bar=False)
+    assert not _RunsCode.marker.exists()
 
 
 def test_provenance_is_complete_and_interval_checkpoints_are_kept(demos, tmp_path):
