@@ -571,6 +571,34 @@ def provenance_summary(path) -> str:
             + (f", val loss {val:.4f}" if val is not None else "") + f", {p.get('device')}, code {p.get('code_version')}")
 
 
+#: What a job's progress lines may change in the status.
+PROGRESS_KEYS = ("step", "steps", "loss", "val_loss", "eta_s")
+
+
+def job_paths(episodes: list[str], out: str, base: str, episode_root: Path, out_root: Path,
+              base_roots: list[Path]) -> tuple[list[str], str, str]:
+    """The paths of a job asked for from outside the process (a ROS parameter any DDS peer can set),
+    checked and resolved: each episode source inside ``episode_root``, ``out`` inside ``out_root``,
+    ``base`` (when given) inside one of ``base_roots``; a relative value is taken from the (first)
+    root. No value can become a command-line option, and no job can read, write, clean or resume
+    outside those folders.
+
+    Raises:
+        FinetuneError: naming the value and the folder(s) it had to be in.
+    """
+    def inside(value: str, roots: list[Path], what: str) -> str:
+        value = str(value).strip()
+        if not value or value.startswith("-") or "\0" in value:
+            raise FinetuneError(f"{what} {value!r}: not a path")
+        roots = [Path(r).resolve() for r in roots]
+        path = (roots[0] / value).resolve()      # an absolute value stays itself
+        if not any(path == r or r in path.parents for r in roots):
+            raise FinetuneError(f"{what} {value!r} resolves to {path}, outside {' and '.join(map(str, roots))}")
+        return str(path)
+    srcs = [inside(e, [episode_root], "episodes") for e in episodes]
+    return srcs, inside(out, [out_root], "out"), inside(base, base_roots, "base") if base else ""
+
+
 class FinetuneSubprocess:
     """A finetuning job run as ``robot-runtime finetune`` in its own process (lower priority, its
     own threads), its progress read from the JSON lines it prints. No ROS: the finetune node
@@ -621,17 +649,22 @@ class FinetuneSubprocess:
 
     def _follow(self, proc: subprocess.Popen) -> None:
         tail: list[str] = []
-        for line in proc.stdout:
+        for line in proc.stdout:   # read to the end whatever a line holds: a full pipe would block the job
             line = line.rstrip()
-            if line.startswith("PROGRESS "):
-                try:
-                    self._update(json.loads(line[len("PROGRESS "):]))
-                except json.JSONDecodeError:
-                    pass
-                continue
-            tail = (tail + [line])[-5:]
-            if line.startswith("wrote "):
-                self._update({"checkpoint": line[len("wrote "):].split(":", 1)[0]})
+            try:
+                if line.startswith("PROGRESS "):
+                    try:
+                        progress = json.loads(line[len("PROGRESS "):])
+                    except json.JSONDecodeError:
+                        progress = None
+                    if isinstance(progress, dict):
+                        self._update({k: v for k, v in progress.items() if k in PROGRESS_KEYS})
+                    continue
+                tail = (tail + [line])[-5:]
+                if line.startswith("wrote "):
+                    self._update({"checkpoint": line[len("wrote "):].split(":", 1)[0]})
+            except Exception as exc:  # noqa: BLE001 (an on_update that failed must not end the reading)
+                tail = (tail + [f"progress not followed: {exc!r}"])[-5:]
         code = proc.wait()
         state = "cancelled" if self._cancelled else ("done" if code == 0 else "failed")
         self._update({"state": state, "exit_code": code, "message": " | ".join(tail)})

@@ -337,6 +337,8 @@ class PolicyConfig:
 
     enabled: bool = False
     checkpoint: OptionalPath = OptionalPath("")   # checkpoint folder (policy.json + model.safetensors)
+    # finetune_node writes its jobs only in here; a job's base is in here or beside `checkpoint`
+    finetune_dir: OutputDir = OutputDir("../runs/checkpoints")
     runner: Literal["onnxruntime", "torch"] = "onnxruntime"
     max_frame_age_s: float = rng(0.1, 0.005, 2.0)    # an older newest depth frame: no action that tick
     max_state_age_s: float = rng(0.1, 0.005, 1.0)    # older joint states: no action that tick

@@ -7,13 +7,18 @@ fewer than the machine has on the CPU), so the control loops keep their cores
 Parameters (read when a job starts): ``episodes`` (episode folders, comma-separated),
 ``out`` (the output checkpoint folder), ``base`` (checkpoint to start from; empty: the
 config's ``policy.checkpoint``), ``steps``, ``promote`` (hot-swap the result into the
-running policy_node when done). Services (std_srvs/Trigger): ``~/start``, ``~/cancel``.
+running policy_node when done). Any DDS peer can set these, so a job starts only when each
+path resolves inside the config's folders (episodes in ``recorder.out_dir``, ``out`` in
+``policy.finetune_dir``, ``base`` there or beside ``policy.checkpoint``) and no value can
+become an option (:func:`policies.finetune.job_paths`). Services (std_srvs/Trigger):
+``~/start``, ``~/cancel``.
 Topic: ``~/progress`` (latched JSON: state, step, steps, loss, val_loss, eta_s, checkpoint,
 message).
 """
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from rclpy.node import Node
 from std_msgs.msg import String
@@ -37,6 +42,10 @@ class FinetuneNode(Node):
         self.declare_parameter("base", str(cfg.policy.checkpoint or ""))
         self.declare_parameter("steps", 2000)
         self.declare_parameter("promote", False)
+        # where a job's paths may lead (parameters any DDS peer can set: policies.finetune.job_paths)
+        self.roots = {"episode_root": Path(cfg.recorder.out_dir), "out_root": Path(cfg.policy.finetune_dir),
+                      "base_roots": [Path(cfg.policy.finetune_dir)]
+                      + ([Path(cfg.policy.checkpoint).parent] if cfg.policy.checkpoint else [])}
         self.pub = self.create_publisher(String, f"/{NAME}/progress", ros_io.LATCHED_QOS)
         self.job = FinetuneSubprocess(self._publish)
         self.create_service(Trigger, f"/{NAME}/start", self._on_start)
@@ -50,10 +59,18 @@ class FinetuneNode(Node):
             log(f"finetuning {status['state']}: {status.get('checkpoint') or ''} {status.get('message', '')}")
 
     def _on_start(self, request, response):
+        from policies.finetune import FinetuneError, job_paths  # noqa: PLC0415
+
         p = lambda name: self.get_parameter(name).value  # noqa: E731
-        episodes = [e.strip() for e in str(p("episodes")).split(",") if e.strip()]
-        return self._answer(response, lambda: self.job.start(episodes, p("out"), p("base"), int(p("steps")),
-                                                              bool(p("promote"))))
+
+        def start():
+            episodes = [e.strip() for e in str(p("episodes")).split(",") if e.strip()]
+            srcs, out, base = job_paths(episodes, str(p("out")), str(p("base")), **self.roots)
+            steps = p("steps")
+            if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 10**7:
+                raise FinetuneError(f"steps {steps!r}: expected an integer in 1..10000000")
+            return self.job.start(srcs, out, base, steps, bool(p("promote")))
+        return self._answer(response, start)
 
     def _on_cancel(self, request, response):
         return self._answer(response, self.job.cancel)

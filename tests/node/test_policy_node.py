@@ -5,6 +5,7 @@ checkpoint the project ships (it arms the controllers on the twin and starts an 
 """
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +34,7 @@ def graph(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("policy")
     data = yaml.safe_load((REPO / "config" / "sim.yaml").read_text())
     data["policy"]["checkpoint"] = str(REPO / "policies" / "checkpoints" / "twin_grasp_lift")
+    data["policy"]["finetune_dir"] = str(tmp / "checkpoints")
     cfg_path = tmp / "policy.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     cfg = load_config(cfg_path)
@@ -189,9 +191,9 @@ def test_finetune_node_trains_and_promotes_its_result_into_the_running_policy_no
     from tests.unit.test_finetune_eval import write_episodes
 
     g = graph
-    demos = g.tmp / "ft_demos"
+    demos = Path(g.cfg.recorder.out_dir) / "ft_demos"
     write_episodes(demos, n=3, steps=30, spec=load_checkpoint(g.cfg.policy.checkpoint).schema.visual)
-    out = g.tmp / "promoted"
+    out = Path(g.cfg.policy.finetune_dir) / "promoted"
     progress = []
     g.probe.subscribe(String, "/finetune_node/progress", ros_io.LATCHED_QOS, progress)
     node = start_node("robot_runtime.nodes.finetune_node", "-p", f"config_file:={g.tmp / 'policy.yaml'}",

@@ -227,3 +227,51 @@ def test_mirror_trains_on_each_demo_and_its_mirror_image(demos, tmp_path):
     assert job.run(bar=False).steps == 4
     with pytest.raises(FinetuneError, match="mirror: needs point-cloud input"):
         FinetuneJob(demos, tmp_path / "ft2", None, _cfg(mirror=True))
+
+
+def test_a_jobs_paths_from_a_peer_stay_inside_the_configured_folders(tmp_path):
+    """finetune_node's parameters: any DDS peer can set them. No value becomes an option
+    (``--resume`` reached torch.load on a file the peer chose) and no path leads out."""
+    from policies.finetune import job_paths
+
+    eps, ck, shipped = tmp_path / "episodes", tmp_path / "runs", tmp_path / "shipped"
+    for d in (eps / "lift", ck, shipped / "prior"):
+        d.mkdir(parents=True)
+    roots = {"episode_root": eps, "out_root": ck, "base_roots": [ck, shipped]}
+    srcs, out, base = job_paths(["lift", str(eps / "lift")], "new", str(shipped / "prior"), **roots)
+    assert srcs == [str(eps / "lift")] * 2 and out == str(ck / "new") and base == str(shipped / "prior")
+    assert job_paths(["lift"], "new", "", **roots)[2] == ""
+    for episodes, out, base, words in (
+            (["--resume"], "new", "", "episodes '--resume': not a path"),
+            (["lift"], "--resume", "", "out '--resume': not a path"),
+            (["../../etc"], "new", "", "outside"),
+            (["lift"], "/tmp", "", "outside"),
+            (["lift"], "../episodes/lift", "", "outside"),
+            (["lift"], "new", "/", "outside"),
+            ([str(eps) + "/../x"], "new", "", "outside")):
+        with pytest.raises(FinetuneError, match=words):
+            job_paths(episodes, out, base, **roots)
+
+
+def test_the_follower_reads_a_job_to_its_end_whatever_its_lines_hold(tmp_path):
+    """A progress line that is JSON but not an object raised in the follower thread, which then
+    stopped reading: the job blocked on a full pipe and the status stayed 'running'."""
+    import sys
+
+    from policies.finetune import FinetuneSubprocess
+
+    script = tmp_path / "job.py"
+    script.write_text("import json\n"
+                      "print('PROGRESS 5'); print('PROGRESS [1, 2]'); print('PROGRESS {bad')\n"
+                      "print('PROGRESS ' + json.dumps({'step': 3, 'steps': 9, 'state': 'done', 'checkpoint': '/x'}))\n"
+                      "print('x' * 100000)\n" * 3)
+    import subprocess
+
+    seen = []
+    job = FinetuneSubprocess(lambda st: seen.append(st))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job._proc = proc
+    job._follow(proc)   # the thread's body, run here to its end
+    assert proc.poll() == 0
+    last = seen[-1]
+    assert last["state"] == "done" and last["step"] == 3 and last.get("checkpoint") is None, last
