@@ -185,14 +185,15 @@ class GridAligner:
 class PartialLogWriter:
     """Appends steps to a :class:`PartialLog` on its own thread, in order.
 
-    The loop only enqueues (microseconds). The first ``OSError`` stops the writing; it is kept
-    in :attr:`error` and the steps after it are not written.
+    The loop only enqueues (microseconds). The first error (an ``OSError`` from a full disk, or
+    any other) stops the writing; it is kept in :attr:`error`, the steps after it are not
+    written, and the thread goes on taking them, so :meth:`drain` and :meth:`close` return.
     """
 
     def __init__(self, log: PartialLog, thread_setup: Callable[[], None] | None = None):
         self.log = log
         self._setup = thread_setup
-        self.error: OSError | None = None
+        self.error: Exception | None = None
         self.written = 0
         self.step_bytes = 0
         self._queue: queue.Queue = queue.Queue()
@@ -237,7 +238,7 @@ class PartialLogWriter:
                     self.log.append(step)
                     self.step_bytes = self.log.bytes - before
                     self.written += 1
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 (a dead writer left stop() waiting forever)
                 self.error = exc
             finally:
                 self._queue.task_done()
@@ -409,7 +410,7 @@ class EpisodeRecorder:
             return "stale_command"
         return ""
 
-    def _abort(self, exc: OSError) -> DiskFullError:
+    def _abort(self, exc: Exception) -> DiskFullError:
         """Stop the episode on a disk error: the steps written so far stay in the ``.partial``."""
         self._writer.close()
         err = self._disk_error(exc)
@@ -417,12 +418,13 @@ class EpisodeRecorder:
         self._log, self._writer = None, None
         return err
 
-    def _disk_error(self, exc: OSError) -> DiskFullError:
+    def _disk_error(self, exc: Exception) -> DiskFullError:
         where = self._log.path if self._log is not None else self.out_dir
         n = self._writer.written if self._writer is not None else len(self._steps)
         kept = f"; the {n} steps written so far stay in {where} (robot-runtime data recover)" \
             if self._log is not None else ""
-        return DiskFullError(f"{where}: writing failed ({exc.strerror or exc}); the episode was stopped{kept}; "
+        why = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+        return DiskFullError(f"{where}: writing failed ({why}); the episode was stopped{kept}; "
                              f"saved episodes are untouched")
 
     def stop(self, success: bool | None, discard: bool = False, now: float | None = None) -> Path | None:

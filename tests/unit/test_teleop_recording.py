@@ -449,3 +449,21 @@ def test_scripted_expert_plans_off_the_loop_thread_and_holds_while_it_plans():
         assert not np.array_equal(inp.read(end + 3.0, world).joints, first.joints)   # on its way home
     finally:
         inp.close()
+
+
+def test_a_step_the_writer_cannot_write_stops_the_writing_without_hanging_stop(tmp_path):
+    """Only OSError was caught: any other error ended the writer thread, and drain() (stop())
+    then waited forever for the steps queued behind it."""
+    from robot_runtime.data.episode_file import PartialLog
+    from robot_runtime.data.recorder import PartialLogWriter
+
+    writer = PartialLogWriter(PartialLog(tmp_path / f"e{PARTIAL_SUFFIX}", {"test": 1}))
+    good = {"q": np.zeros(23, np.float32)}
+    writer.put(good)
+    writer.put({"q": [[1.0, 2.0], [3.0]]})     # ragged: numpy raises ValueError
+    writer.put(good)
+    assert writer.drain(timeout_s=10.0), "the writer stopped taking steps"
+    assert isinstance(writer.error, ValueError) and writer.written == 1
+    writer.close()
+    meta, steps, end = read_partial(tmp_path / f"e{PARTIAL_SUFFIX}")
+    assert meta == {"test": 1} and len(steps) == 1 and end == "clean"
