@@ -537,12 +537,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             try:
                 first = seen.get(key)
-                seen[key] = seen.get(key, key_node.start_mark.line + 1)
             except TypeError:   # an unhashable key: the base class reports it
                 break
             if first is not None:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
 

@@ -65,6 +65,11 @@ class TickOutput:
     sent: bool = False
 
 
+def _finite(res) -> bool:
+    """Whether a shield result's positions and velocities are all finite (what may be sent)."""
+    return bool(np.all(np.isfinite(res.q)) and np.all(np.isfinite(res.v)))
+
+
 class JointController:
     """Sources, watchdog, hand-over blending and the shield for one device.
 
@@ -253,7 +258,7 @@ class JointController:
         if self.mode is not Mode.ARMED:
             self._freshness = None
             res = brake(self.limits, self._prev, dt, None, points_fn)
-            if not (np.all(np.isfinite(res.q)) and np.all(np.isfinite(res.v))):
+            if not _finite(res):
                 return TickOutput(None, None, ("not_finite",), self.mode, None)
             self._prev = res.state
             return TickOutput(res.q, res.v, (), self.mode, None)
@@ -282,7 +287,7 @@ class JointController:
     def _checked(self, res, fr) -> TickOutput:
         """The shield's result as this tick's output, unless it is not finite: then nothing is sent,
         the state stays where it was and the controller stops."""
-        if not (np.all(np.isfinite(res.q)) and np.all(np.isfinite(res.v))):
+        if not _finite(res):
             self._latch(f"{self.name}: shield output not finite")
             return TickOutput(None, None, ("not_finite",), self.mode, fr)
         self.interventions.add(res.reasons, res.detail)

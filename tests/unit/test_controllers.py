@@ -308,11 +308,12 @@ class HeldHand(HandDevice):
         self.sent.append(np.array(tau, float))
 
 
-def hand_rig():
-    """A hand controller on a hand that stays where the test puts it; ``now`` is a mutable clock."""
+def hand_rig(device=None):
+    """A hand controller on a hand that stays where the test puts it (``device``: a HeldHand
+    class, HeldHand by default); ``now`` is a mutable clock."""
     cfg = RuntimeConfig()
     now = [T0]
-    hand = HeldHand(cfg.robot.hand_home, lambda: now[0])
+    hand = (device or HeldHand)(cfg.robot.hand_home, lambda: now[0])
     ctl = make_hand_controller(cfg, hand)
     ctl.set_context(np.array(cfg.robot.arm_home))
     return cfg, now, hand, ctl
@@ -470,31 +471,19 @@ def test_a_shield_output_that_is_not_finite_is_never_sent():
     assert len(rig.arm.sent) == n_sent and all(np.all(np.isfinite(q)) for q in rig.arm.sent)
 
 
-class FailingHand(HandDevice):
-    """A hand whose reads fail from ``fail_from`` on (a dropped CAN bus, say)."""
+class FailingHand(HeldHand):
+    """A held hand whose reads fail while ``fail`` is set (a dropped CAN bus, say)."""
 
-    def __init__(self, q, clock):
-        self.q, self.clock, self.fail = np.array(q, float), clock, False
-        self.torques: list[np.ndarray] = []
-
-    def connect(self): ...
-    def disconnect(self): ...
+    fail = False
 
     def read_state(self):
         if self.fail:
             raise DeviceError("CAN bus: no reply")
-        return JointSample(self.clock(), self.q.copy(), np.zeros(16), np.zeros(16))
-
-    def send_torque(self, tau):
-        self.torques.append(np.array(tau, float))
+        return super().read_state()
 
 
 def test_a_failed_hand_read_stops_the_hand_and_the_loop_goes_on():
-    cfg = RuntimeConfig()
-    now = [T0]
-    hand = FailingHand(cfg.robot.hand_home, lambda: now[0])
-    ctl = make_hand_controller(cfg, hand)
-    ctl.set_context(np.array(cfg.robot.arm_home))
+    cfg, now, hand, ctl = hand_rig(FailingHand)
     for _ in range(30):
         ctl.tick(now[0])
         now[0] += 1 / 300
@@ -505,4 +494,4 @@ def test_a_failed_hand_read_stops_the_hand_and_the_loop_goes_on():
     assert out.q is None and any("CAN bus" in f for f in ctl.status()["faults"])
     hand.fail = False
     now[0] += 1 / 300
-    assert ctl.tick(now[0]).q is not None and np.all(np.isfinite(hand.torques[-1]))
+    assert ctl.tick(now[0]).q is not None and np.all(np.isfinite(hand.sent[-1]))
