@@ -66,8 +66,9 @@ def _fsync_dir(path: Path) -> None:
 class PartialLog:
     """The append-only log of an episode being recorded (``<stem>.partial``).
 
-    Every write goes straight to the file (flushed, not fsynced per step); an ``OSError``
-    (a full disk) propagates to the recorder.
+    Every write goes straight to the file (flushed; :meth:`sync` makes it durable, which the
+    recorder's writer does about once a second and at close); an ``OSError`` (a full disk)
+    propagates to the recorder.
     """
 
     def __init__(self, path: Path, meta: dict):
@@ -85,9 +86,16 @@ class PartialLog:
     def append(self, step: dict) -> None:
         self._write(_npz_bytes(step))
 
+    def sync(self) -> None:
+        """Make what is written durable (fsync): a power cut loses at most what came after."""
+        os.fsync(self._f.fileno())
+
     def close(self) -> None:
         if not self._f.closed:
-            self._f.close()
+            try:
+                self.sync()
+            finally:
+                self._f.close()
 
     def delete(self) -> None:
         self.close()

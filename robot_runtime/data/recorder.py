@@ -41,7 +41,9 @@ from typing import Callable
 
 import numpy as np
 
-from robot_runtime.data.episode_file import FORMAT, PARTIAL_SUFFIX, SUFFIX, PartialLog, stack_steps, write_episode
+from robot_runtime import description as D
+from robot_runtime.data.episode_file import (FORMAT, PARTIAL_SUFFIX, SUFFIX, PartialLog, read_partial, stack_steps,
+                                             write_episode)
 from robot_runtime.errors import DiskFullError, RecordingError
 from robot_runtime.perception.preprocess import VisualPreprocessor
 
@@ -190,18 +192,31 @@ class PartialLogWriter:
     written, and the thread goes on taking them, so :meth:`drain` and :meth:`close` return.
     """
 
-    def __init__(self, log: PartialLog, thread_setup: Callable[[], None] | None = None):
+    #: Steps waiting to be written at most (10 s at 20 Hz): a disk slower than that drops steps
+    #: (counted) rather than filling the robot PC's memory.
+    MAX_QUEUED = 200
+    #: The log is made durable (fsync) at least this often (s).
+    SYNC_EVERY_S = 1.0
+
+    def __init__(self, log: PartialLog, thread_setup: Callable[[], None] | None = None,
+                 max_queued: int = MAX_QUEUED):
         self.log = log
         self._setup = thread_setup
         self.error: Exception | None = None
         self.written = 0
         self.step_bytes = 0
-        self._queue: queue.Queue = queue.Queue()
+        self._next_sync = 0.0
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queued + 1)   # + the closing sentinel
         self._thread = threading.Thread(target=self._run, name="partial-log-writer", daemon=True)
         self._thread.start()
 
-    def put(self, step: dict) -> None:
-        self._queue.put(step)
+    def put(self, step: dict) -> bool:
+        """Queue ``step`` for writing without blocking; False when the queue is full (the disk
+        is behind): the caller counts the step as dropped."""
+        if self._queue.unfinished_tasks >= self._queue.maxsize - 1:
+            return False
+        self._queue.put_nowait(step)
+        return True
 
     @property
     def pending(self) -> int:
@@ -238,6 +253,9 @@ class PartialLogWriter:
                     self.log.append(step)
                     self.step_bytes = self.log.bytes - before
                     self.written += 1
+                    if time.monotonic() >= self._next_sync:
+                        self._next_sync = time.monotonic() + self.SYNC_EVERY_S
+                        self.log.sync()
             except Exception as exc:  # noqa: BLE001 (a dead writer left stop() waiting forever)
                 self.error = exc
             finally:
@@ -288,7 +306,7 @@ class EpisodeRecorder:
         self.writer_setup = writer_setup
         self._log: PartialLog | None = None
         self._writer: PartialLogWriter | None = None
-        self._steps: list[dict] = []
+        self._n_steps = 0   # the steps are kept on disk only (the .partial log), read back at stop
         self._meta: dict = {}
         self._drops: list[tuple[float, str]] = []
         self._last_tick: float | None = None
@@ -332,7 +350,7 @@ class EpisodeRecorder:
         self._meta = {**self.static_meta, "format": FORMAT, "task": task, "operator_note": operator_note,
                       "started": datetime.fromtimestamp(now, timezone.utc).isoformat(), "rate_hz": 1.0 / self.period,
                       "visual": self.visual.spec.to_dict(), "depth_stride": self.depth_stride, **(extra_meta or {})}
-        self._steps, self._drops, self.error, self._last_tick = [], [], "", None
+        self._n_steps, self._drops, self.error, self._last_tick = 0, [], "", None
         self._camera = None
         self._t_start = now
         try:
@@ -349,7 +367,7 @@ class EpisodeRecorder:
         Raises:
             DiskFullError: the disk filled up; the episode is stopped (its steps stay in the log).
         """
-        if not self.recording or len(self._steps) >= self.max_steps:
+        if not self.recording or self._n_steps >= self.max_steps:
             return "not_recording"
         if t_grid < self._t_start:   # an instant from before the start, settled late
             return "before_start"
@@ -390,9 +408,12 @@ class EpisodeRecorder:
                     raise OSError(errno.ENOSPC, f"only {free / 1e6:.0f} MB free (floor {self.min_free / 1e6:.0f} MB)")
         except OSError as exc:
             raise self._abort(exc) from exc
-        self._writer.put(step)
+        if not self._writer.put(step):
+            self._drops.append((t_grid, "writer_behind"))
+            self.total_dropped += 1
+            return "writer_behind"
         self.step_bytes = self._writer.step_bytes or self.step_bytes
-        self._steps.append(step)
+        self._n_steps += 1
         return ""
 
     def _check(self, t: float, i: RecorderInputs) -> str:
@@ -408,6 +429,14 @@ class EpisodeRecorder:
             return "no_command"
         if t - min(i.arm_command.t, i.hand_command.t) > self.max_state_age:
             return "stale_command"
+        # any peer can publish on the joint topics: a step of the wrong size or with NaN is dropped
+        for stream, n, reason in ((i.arm_state, len(D.ARM_JOINTS), "bad_joint_state"),
+                                  (i.hand_state, len(D.HAND_JOINTS), "bad_joint_state"),
+                                  (i.arm_command, len(D.ARM_JOINTS), "bad_command"),
+                                  (i.hand_command, len(D.HAND_JOINTS), "bad_command")):
+            v = np.asarray(stream.value)
+            if v.shape != (n,) or not np.all(np.isfinite(v)):
+                return reason
         return ""
 
     def _abort(self, exc: Exception) -> DiskFullError:
@@ -420,7 +449,7 @@ class EpisodeRecorder:
 
     def _disk_error(self, exc: Exception) -> DiskFullError:
         where = self._log.path if self._log is not None else self.out_dir
-        n = self._writer.written if self._writer is not None else len(self._steps)
+        n = self._writer.written if self._writer is not None else self._n_steps
         kept = f"; the {n} steps written so far stay in {where} (robot-runtime data recover)" \
             if self._log is not None else ""
         why = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
@@ -445,11 +474,11 @@ class EpisodeRecorder:
         writer.drain()
         if writer.error is not None:
             raise self._abort(writer.error)
-        if not self._steps:
+        if not self._n_steps:
             raise RecordingError(f"{log.path.name} has no recorded step (dropped: {self.drop_counts()}); "
                                  f"discard it")
         now = time.time() if now is None else now
-        meta = {**self._meta, "complete": True, "partial": False, "success": success, "steps": len(self._steps),
+        meta = {**self._meta, "complete": True, "partial": False, "success": success, "steps": self._n_steps,
                 "ended": datetime.fromtimestamp(now, timezone.utc).isoformat(),
                 "dropped_steps": len(self._drops), "dropped": self.drop_counts(),
                 "dropped_at": [[round(t, 4), r] for t, r in self._drops[:1000]],
@@ -458,7 +487,12 @@ class EpisodeRecorder:
         writer.close()
         self._log, self._writer = None, None
         try:
-            write_episode(final, stack_steps(self._steps), meta)
+            _, steps, end = read_partial(log.path)
+            if len(steps) != self._n_steps or end != "clean":
+                self.error = (f"{log.path} holds {len(steps)} intact steps of {self._n_steps} ({end}); it is kept: "
+                              f"recover it with `robot-runtime data recover`")
+                raise RecordingError(self.error)
+            write_episode(final, stack_steps(steps), meta)
         except OSError as exc:
             self.error = f"{final}: could not be written ({exc}); the steps stay in {log.path}"
             raise DiskFullError(self.error) from exc
@@ -482,7 +516,7 @@ class EpisodeRecorder:
 
     def status(self) -> dict:
         return {"recording": self.recording, "episode": self._log.path.name if self._log else "",
-                "steps": len(self._steps), "dropped": self.drop_counts(), "total_dropped": self.total_dropped,
+                "steps": self._n_steps, "dropped": self.drop_counts(), "total_dropped": self.total_dropped,
                 "saved": self.saved, "last_saved": str(self.last_saved or ""), "last_success": self.last_success,
                 "error": self.error,
                 "unwritten": self._writer.pending if self._writer is not None else 0,

@@ -214,6 +214,25 @@ def test_recorder_round_trip_drops_and_training_loader(tmp_path):
         dataset.load_for_training(tmp_path / "eps", visual_spec=VisualSpec(kind="pointcloud").to_dict())
 
 
+def test_a_step_with_joints_of_the_wrong_size_or_nan_is_dropped_and_named(tmp_path):
+    """Any DDS peer can publish on the joint topics the recorder reads: such a step is dropped and
+    counted by its reason, and the recording goes on (a 5-joint arm state once raised in the loop)."""
+    rec = _recorder(tmp_path, min_free_mb=1)
+    rng = np.random.default_rng(3)
+    rec.start("grasp_lift", now=100.0)
+    for k, (field, value, reason) in enumerate((
+            ("arm_state", np.zeros(5), "bad_joint_state"), ("hand_state", np.full(16, np.nan), "bad_joint_state"),
+            ("arm_command", np.zeros((7, 1)), "bad_command"), ("hand_command", np.full(23, 0.1), "bad_command"),
+            (None, None, ""))):
+        t = 100.0 + 0.05 * k
+        i = _inputs(t, rng)
+        if field:
+            setattr(i, field, Stamped(getattr(i, field).t, value))
+        assert rec.tick(t, i, t + 0.001) == reason
+    ep = load_episode(rec.stop(True, now=101.0))
+    assert len(ep) == 1 and ep.meta["dropped"] == {"bad_joint_state": 2, "bad_command": 2}
+
+
 RATES = {"depth": 30.0, "arm_state": 120.0, "hand_state": 300.0, "arm_command": 120.0, "hand_command": 300.0}
 
 
@@ -467,3 +486,32 @@ def test_a_step_the_writer_cannot_write_stops_the_writing_without_hanging_stop(t
     writer.close()
     meta, steps, end = read_partial(tmp_path / f"e{PARTIAL_SUFFIX}")
     assert meta == {"test": 1} and len(steps) == 1 and end == "clean"
+
+
+def test_a_writer_behind_the_loop_drops_counted_steps_instead_of_filling_memory(tmp_path):
+    """The writer's queue is bounded: while the disk is behind, a step that does not fit is refused
+    (the recorder counts it as ``writer_behind``), the loop never blocks, and what was queued is
+    written and made durable once the writer catches up."""
+    import threading
+
+    from robot_runtime.data.episode_file import PartialLog
+    from robot_runtime.data.recorder import PartialLogWriter
+
+    class CountingLog(PartialLog):
+        syncs = 0
+
+        def sync(self):
+            CountingLog.syncs += 1
+            super().sync()
+
+    disk = threading.Event()   # the writer thread waits on it before its first write: a stalled disk
+    writer = PartialLogWriter(CountingLog(tmp_path / f"e{PARTIAL_SUFFIX}", {"test": 1}), disk.wait, max_queued=3)
+    step = {"q": np.zeros(23, np.float32)}
+    assert [writer.put(step) for _ in range(5)] == [True, True, True, False, False]
+    disk.set()
+    assert writer.drain(timeout_s=10.0) and writer.written == 3
+    assert writer.put(step) and writer.drain(timeout_s=10.0)
+    writer.close()
+    assert CountingLog.syncs >= 2   # once while writing, once at close
+    meta, steps, end = read_partial(tmp_path / f"e{PARTIAL_SUFFIX}")
+    assert len(steps) == 4 and end == "clean"
