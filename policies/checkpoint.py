@@ -8,7 +8,12 @@
                 its preprocessing, history, policy rate...},
      "provenance": {"created": ISO time, "source": ..., free-form fields},
      "weights": {"file": "model.safetensors", "sha256": hex digest},
-     "onnx": {"opset": 17, "version": export version, "history": 16, "encoder": {"file", "sha256"}, "trunk": {"file", "sha256"}}}
+     "onnx": {"opset": 17, "version": export version, "history": 16, "weights_sha256": the weights' digest,
+              "encoder": {"file", "sha256"}, "trunk": {"file", "sha256"}}}
+
+Every file entry is a path relative to the folder that stays inside it, every digest is
+required, and the ONNX files are used only when made from exactly these weights
+(``weights_sha256``): a ``policy.json`` is input from whoever wrote the folder.
 
 The ONNX files (``onnx/encoder.onnx``, ``onnx/trunk.onnx``) are exported when the
 checkpoint is saved, so loading it, and hot-swapping it into a running policy, needs no
@@ -35,6 +40,7 @@ import torch
 
 from policies.errors import CheckpointError, SchemaMismatchError
 from policies.hop import HopArchitecture, HopPolicy
+from policies.onnx_export import EXPORT_VERSION, OPSET, export_onnx
 from policies.schema import PolicySchema
 from robot_runtime.perception.preprocess import PreprocessError
 
@@ -71,7 +77,8 @@ class Checkpoint:
         """The checkpoint's own exported (encoder, trunk) files when present, intact, and made with
         ``opset`` by export ``version``."""
         o = self.onnx
-        if not o or o.get("opset") != opset or o.get("version") != version or o.get("history") != self.schema.history:
+        if not o or o.get("opset") != opset or o.get("version") != version or o.get("history") != self.schema.history \
+                or o.get("weights_sha256") != self.sha256:
             return None
         paths = []
         for part in ("encoder", "trunk"):
@@ -125,14 +132,13 @@ def save_checkpoint(folder, model: HopPolicy, schema: PolicySchema, provenance: 
         "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights)},
     }
     if onnx:
-        from policies.runners import EXPORT_VERSION, OPSET, export_onnx  # noqa: PLC0415 - runners imports this
-
         ck = Checkpoint(folder, model.arch, schema, {}, meta["weights"]["sha256"])
         out = folder / "onnx"
         for f in ("encoder.onnx", "trunk.onnx"):
             (out / f).unlink(missing_ok=True)
         enc, trunk = export_onnx(ck, out, model)
         meta["onnx"] = {"opset": OPSET, "version": EXPORT_VERSION, "history": schema.history,
+                        "weights_sha256": meta["weights"]["sha256"],
                         "encoder": {"file": f"onnx/{enc.name}", "sha256": _sha256(enc)},
                         "trunk": {"file": f"onnx/{trunk.name}", "sha256": _sha256(trunk)}}
     fd, tmp_meta = tempfile.mkstemp(dir=folder, suffix=".json")
@@ -194,7 +200,7 @@ def load_checkpoint(path) -> Checkpoint:
             raise CheckpointError(f"{meta_path}: missing key {key!r}")
     try:
         arch = HopArchitecture.from_dict(meta["architecture"])
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise CheckpointError(f"{meta_path}: key 'architecture': {exc}") from exc
     except CheckpointError as exc:
         raise CheckpointError(f"{meta_path}: {exc}") from exc
@@ -203,7 +209,7 @@ def load_checkpoint(path) -> Checkpoint:
         schema.check(str(meta_path))
     except KeyError as exc:
         raise CheckpointError(f"{meta_path}: key 'schema.{exc.args[0]}' is missing") from exc
-    except (TypeError, ValueError, PreprocessError) as exc:
+    except (TypeError, ValueError, AttributeError, PreprocessError) as exc:
         raise CheckpointError(f"{meta_path}: key 'schema': {exc}") from exc
     except SchemaMismatchError as exc:
         raise SchemaMismatchError(exc.args[0] if str(exc).startswith(str(meta_path)) else
@@ -212,20 +218,50 @@ def load_checkpoint(path) -> Checkpoint:
         raise CheckpointError(f"{meta_path}: format {meta['format']!r} but the schema "
                               f"{'has' if schema.action is not None else 'has no'} 'action' entry")
     _check_consistent(arch, schema, meta_path)
-    weights = folder / str(meta["weights"].get("file", WEIGHTS_FILE))
+    weights, want = _file_entry(meta["weights"], "weights", folder, meta_path, WEIGHTS_FILE)
+    onnx = meta.get("onnx") or {}
+    if not isinstance(onnx, dict):
+        raise CheckpointError(f"{meta_path}: key 'onnx' must be an object, not {type(onnx).__name__}")
+    for part in ("encoder", "trunk"):
+        if part in onnx:
+            _file_entry(onnx[part], f"onnx.{part}", folder, meta_path)
+    provenance = meta.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise CheckpointError(f"{meta_path}: key 'provenance' must be an object, not {type(provenance).__name__}")
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file not found")
     digest = _sha256(weights)
-    want = meta["weights"].get("sha256")
-    if want and digest != want:
+    if digest != want:
         raise CheckpointError(f"{weights}: corrupt (sha256 {digest[:12]}... but {META_FILE} says {str(want)[:12]}...)")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{weights}: not a readable safetensors file: {exc}") from exc
     check_state_dict(state, arch, str(weights))
-    return Checkpoint(folder, arch, schema, state, digest, dict(meta.get("provenance", {})),
-                      dict(meta.get("onnx") or {}))
+    return Checkpoint(folder, arch, schema, state, digest, dict(provenance), dict(onnx))
+
+
+def _file_entry(entry, key: str, folder: Path, meta_path: Path, default: str | None = None) -> tuple[Path, str]:
+    """(path, sha256) of a ``{"file", "sha256"}`` entry of ``policy.json``. The file must be a
+    relative path that stays inside ``folder`` and the digest 64 hex digits.
+
+    Raises:
+        CheckpointError: naming ``key`` and what is wrong.
+    """
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{meta_path}: key {key!r} must be an object, not {type(entry).__name__}")
+    name = entry.get("file", default)
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{meta_path}: key '{key}.file' must be a file name, not {name!r}")
+    rel = Path(name)
+    root = folder.resolve()
+    if rel.is_absolute() or ".." in rel.parts or root not in (root / rel).resolve().parents:
+        raise CheckpointError(f"{meta_path}: key '{key}.file' {name!r} must stay inside the checkpoint's folder")
+    digest = entry.get("sha256")
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise CheckpointError(f"{meta_path}: key '{key}.sha256' must be the file's sha256 (64 hex digits), "
+                              f"not {digest!r}")
+    return folder / rel, digest
 
 
 def check_state_dict(state: dict, arch: HopArchitecture, where: str) -> None:

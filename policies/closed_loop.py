@@ -114,7 +114,7 @@ class LoadedPolicy:
     def load(cls, path, live: LiveRobot, runner: str = "onnxruntime", warmup_steps: int = 10,
              export_in_subprocess: bool = False, pause=None) -> "LoadedPolicy":
         """Load ``path``, check it against ``live``, build the runner and warm it up
-        (``export_in_subprocess``: see :func:`policies.runners.export_onnx`; ``pause``: called
+        (``export_in_subprocess``: see :func:`policies.onnx_export.export_onnx`; ``pause``: called
         between the steps, to spread the work out).
 
         Raises:
@@ -440,19 +440,18 @@ class CheckpointSwapper:
 
 
 class LatestInputs:
-    """The policy loop's latest-value slots: the newest depth frame (numbered as it arrives,
-    with the newest intrinsics) and each part's newest joint states."""
+    """The policy loop's latest-value slots: the newest depth frame (numbered as it arrives, with
+    the intrinsics it is projected with) and each part's newest joint states."""
 
     def __init__(self):
-        self.K = np.eye(3)
         self.frame: Frame | None = None
         self._seq = 0
         self._joints: dict[str, tuple[float, np.ndarray]] = {}
 
-    def on_depth(self, stamp: float, depth: np.ndarray) -> None:
-        """A depth frame [H, W] (m) acquired at ``stamp`` (s)."""
+    def on_depth(self, stamp: float, depth: np.ndarray, K: np.ndarray) -> None:
+        """A depth frame [H, W] (m) acquired at ``stamp`` (s), with its camera's intrinsics K [3, 3]."""
         self._seq += 1
-        self.frame = Frame(depth, self.K, stamp, self._seq)
+        self.frame = Frame(depth, np.asarray(K, float), stamp, self._seq)
 
     def on_joints(self, part: str, stamp: float, q) -> None:
         """``part``'s ('arm' or 'hand') joints (rad, driver order) acquired at ``stamp`` (s)."""

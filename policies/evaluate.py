@@ -147,7 +147,7 @@ def _rollout_chunk(args) -> tuple[str, list[EpisodeOutcome]]:
 def _rollouts_parallel(cfg, checkpoint, task, seeds, out_dir, duration_s, runner, workers, done):
     if runner == "onnxruntime":   # export once here, not in every worker at the same time
         from policies.checkpoint import load_checkpoint  # noqa: PLC0415
-        from policies.runners import EXPORT_VERSION, OPSET, export_onnx  # noqa: PLC0415
+        from policies.onnx_export import EXPORT_VERSION, OPSET, export_onnx  # noqa: PLC0415
 
         ck = load_checkpoint(checkpoint)
         if ck.onnx_files(OPSET, EXPORT_VERSION) is None:

@@ -4,32 +4,23 @@
 - :meth:`PolicyRunner.act`: the window's proprio [T, 23] (scaled) and embeddings [T, D] ->
   the action for now [23] (scaled). The 32-token trunk is recomputed every step.
 
-ONNX export uses a fixed opset and fixed shapes (batch 1, a full window: the runtime
-pads the window, so nothing is dynamic). A checkpoint carries its exported files (see
-:mod:`policies.checkpoint`); one that does not is exported on load, into a cache keyed by
-the weights' digest, so loading it twice exports once.
+A checkpoint carries its exported ONNX files (see :mod:`policies.checkpoint`); one that does
+not is exported on load (:mod:`policies.onnx_export`), into a cache keyed by the weights'
+digest, so loading it twice exports once.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from policies.checkpoint import Checkpoint
 from policies.errors import PolicyError
 from policies.hop import HopPolicy
+from policies.onnx_export import EXPORT_VERSION, OPSET, export_onnx
 
-OPSET = 17
-#: Bumped whenever the exported graph changes (cached and shipped ONNX files of another
-#: version are exported again).
-EXPORT_VERSION = 2
 RUNNERS = ("onnxruntime", "torch")
 
 
@@ -80,79 +71,6 @@ class TorchRunner(PolicyRunner):
             return self.model.act(p, e)[0].numpy()
 
 
-class _Encoder(nn.Module):
-    def __init__(self, model: HopPolicy):
-        super().__init__()
-        self.model = model
-
-    def forward(self, visual):
-        return self.model.encode_visual(visual)
-
-
-class _Act(nn.Module):
-    def __init__(self, model: HopPolicy):
-        super().__init__()
-        self.model = model
-
-    def forward(self, proprio, emb):
-        return self.model.act(proprio, emb)
-
-
-def cache_dir() -> Path:
-    """Where exported ONNX files are kept: ``$ROBOT_RUNTIME_CACHE`` or ``~/.cache/robot_runtime``."""
-    root = os.environ.get("ROBOT_RUNTIME_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "robot_runtime")
-    return Path(root) / "onnx"
-
-
-def export_folder(checkpoint: Checkpoint) -> Path:
-    """The cache folder of ``checkpoint``'s exported files."""
-    return cache_dir() / f"{checkpoint.sha256[:16]}-T{checkpoint.schema.history}-op{OPSET}-v{EXPORT_VERSION}"
-
-
-def export_onnx(checkpoint: Checkpoint, folder: Path | None = None, model: HopPolicy | None = None,
-                in_subprocess: bool = False) -> tuple[Path, Path]:
-    """Export the encoder and the trunk (fixed shapes, opset :data:`OPSET`); returns their paths.
-
-    Files are written under ``folder`` (default: the cache, keyed by the weights' digest)
-    and reused when present. ``in_subprocess``: export in a child process. The exporter
-    holds the GIL for tens of milliseconds at a time, which would delay a control loop
-    running in this process (a hot-swap exports while the policy loop runs).
-    """
-    folder = Path(folder) if folder else export_folder(checkpoint)
-    enc, act = folder / "encoder.onnx", folder / "trunk.onnx"
-    if enc.is_file() and act.is_file():
-        return enc, act
-    if in_subprocess:
-        proc = subprocess.run([sys.executable, "-m", "policies.runners", str(checkpoint.path), str(folder)],
-                              capture_output=True, text=True, timeout=300, preexec_fn=_lowest_priority)
-        if proc.returncode != 0 or not (enc.is_file() and act.is_file()):
-            raise PolicyError(f"{checkpoint.path}: ONNX export failed: {(proc.stderr or proc.stdout)[-800:]}")
-        return enc, act
-    folder.mkdir(parents=True, exist_ok=True)
-    model = model if model is not None else checkpoint.build_model()
-    t, d = checkpoint.schema.history, checkpoint.arch.hidden
-    visual = torch.zeros((1, *checkpoint.schema.visual.shape))
-    proprio, emb = torch.zeros((1, t, checkpoint.arch.proprio_dim)), torch.zeros((1, t, d))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        for module, args, names, out, path in (
-                (_Encoder(model), (visual,), ["visual"], ["embedding"], enc),
-                (_Act(model), (proprio, emb), ["proprio", "visual_emb"], ["action"], act)):
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.onnx.export(module.eval(), args, str(tmp), opset_version=OPSET, input_names=names,
-                              output_names=out, dynamo=False, do_constant_folding=True)
-            os.replace(tmp, path)
-    return enc, act
-
-
-def _lowest_priority() -> None:
-    """In the export child: run only on otherwise idle CPU, so the robot's processes keep theirs."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        os.nice(19)
-
-
 class OnnxRunner(PolicyRunner):
     """ONNX Runtime on the CPU: one intra-op thread, no spinning (the control loops own the cores)."""
 
@@ -197,19 +115,3 @@ def make_runner(kind: str, checkpoint: Checkpoint, export_in_subprocess: bool = 
     if kind == "onnxruntime":
         return OnnxRunner(checkpoint, model, export_in_subprocess=export_in_subprocess)
     raise PolicyError(f"unknown runner {kind!r} (one of {', '.join(RUNNERS)})")
-
-
-def main(argv=None) -> int:
-    """``python -m policies.runners CHECKPOINT OUT_FOLDER``: export a checkpoint's ONNX files."""
-    from policies.checkpoint import load_checkpoint  # noqa: PLC0415
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m policies.runners CHECKPOINT OUT_FOLDER", file=sys.stderr)
-        return 2
-    export_onnx(load_checkpoint(args[0]), Path(args[1]))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,7 @@
 """The HOP network, its schema and scaling, the public-checkpoint importer, ONNX parity, checkpoints."""
+import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -190,6 +192,11 @@ def _edit_meta(folder, fn):
     (folder / META_FILE).write_text(json.dumps(meta))
 
 
+def _redigest(meta, folder):
+    """The weights' digest in ``meta`` made that of the (edited) file again."""
+    meta["weights"]["sha256"] = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
+
+
 def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nowhere")
@@ -204,7 +211,7 @@ def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
 
     truncated = depth_checkpoint(tmp_path / "truncated")
     (truncated / WEIGHTS_FILE).write_bytes(b"\x00\x01garbage")
-    _edit_meta(truncated, lambda m: m["weights"].pop("sha256"))
+    _edit_meta(truncated, lambda m: _redigest(m, truncated))
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         load_checkpoint(truncated)
 
@@ -226,6 +233,47 @@ def test_checkpoint_errors_name_the_file_and_the_problem(tmp_path):
     assert load_checkpoint(good).sha256
 
 
+def test_policy_json_fields_of_the_wrong_type_or_leaving_the_folder_are_refused(tmp_path):
+    """policy.json is input: every field a loader follows is checked, and a CheckpointError names
+    the key (a string 'weights' entry once raised AttributeError and ended policy_node)."""
+    good = depth_checkpoint(tmp_path / "good")
+    (tmp_path / "outside.safetensors").write_bytes((good / WEIGHTS_FILE).read_bytes())
+    cases = (
+        ("weights_str", lambda m: m.__setitem__("weights", "model.safetensors"), "key 'weights' must be an object"),
+        ("no_digest", lambda m: m["weights"].pop("sha256"), "'weights.sha256' must be"),
+        ("short_digest", lambda m: m["weights"].__setitem__("sha256", "abc"), "'weights.sha256' must be"),
+        ("file_int", lambda m: m["weights"].__setitem__("file", 3), "'weights.file' must be a file name"),
+        ("dotdot", lambda m: m["weights"].__setitem__("file", "../outside.safetensors"), "must stay inside"),
+        ("absolute", lambda m: m["weights"].__setitem__("file", str(tmp_path / "outside.safetensors")),
+         "must stay inside"),
+        ("onnx_abs", lambda m: m.__setitem__("onnx", {"encoder": {"file": "/etc/passwd", "sha256": "0" * 64}}),
+         "'onnx.encoder.file'"),
+        ("onnx_list", lambda m: m.__setitem__("onnx", [1]), "key 'onnx' must be an object"),
+        ("provenance", lambda m: m.__setitem__("provenance", "me"), "key 'provenance' must be an object"),
+        ("arch_list", lambda m: m.__setitem__("architecture", [1, 2]), "architecture"),
+        ("schema_str", lambda m: m.__setitem__("schema", "hop"), "key 'schema'"),
+    )
+    for name, edit, match in cases:
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        _edit_meta(folder, edit)
+        with pytest.raises(CheckpointError, match=match):
+            load_checkpoint(folder)
+    assert load_checkpoint(good).sha256
+
+
+def test_onnx_files_are_used_only_when_made_from_the_verified_weights(tmp_path):
+    from policies.onnx_export import EXPORT_VERSION, OPSET
+
+    folder = depth_checkpoint(tmp_path / "ck")
+    ck = load_checkpoint(folder)
+    assert ck.onnx_files(OPSET, EXPORT_VERSION) is not None          # as saved: made from these weights
+    _edit_meta(folder, lambda m: m["onnx"].__setitem__("weights_sha256", "0" * 64))
+    assert load_checkpoint(folder).onnx_files(OPSET, EXPORT_VERSION) is None   # another network's files
+    _edit_meta(folder, lambda m: m["onnx"].pop("weights_sha256"))
+    assert load_checkpoint(folder).onnx_files(OPSET, EXPORT_VERSION) is None   # unknown origin
+
+
 def test_checkpoint_with_wrong_shapes_or_nan_weights_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -237,7 +285,7 @@ def test_checkpoint_with_wrong_shapes_or_nan_weights_is_refused(tmp_path):
         sd = load_file(str(folder / WEIGHTS_FILE))
         edit(sd)
         save_file(sd, str(folder / WEIGHTS_FILE))
-        _edit_meta(folder, lambda m: m["weights"].pop("sha256"))
+        _edit_meta(folder, lambda m: _redigest(m, folder))
         with pytest.raises(CheckpointError, match=match):
             load_checkpoint(folder)
 
