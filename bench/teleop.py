@@ -170,7 +170,7 @@ def bench_input_to_command(tmp: Path, laps: int = 6) -> tuple[dict, dict]:
     from sensor_msgs.msg import JointState
 
     from robot_runtime import ros_io
-    from robot_runtime.nodes.controller_arming import CONTROLLERS
+    from robot_runtime.interfaces import CONTROLLERS
     from robot_runtime.teleop.collect import write_twin_collect_config
 
     cfg = load_config(REPO / "config" / "sim_teleop.yaml")

@@ -5,8 +5,10 @@ diagnostic_msgs), so nothing needs a message-generation build.
 """
 from __future__ import annotations
 
+import enum
 import functools
 import struct
+from collections import Counter
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -203,16 +205,38 @@ def depth_image_msg(depth: np.ndarray, stamp: float, frame_id: str) -> Image:
     return _image_msg(np.ascontiguousarray(depth, dtype=np.float32), "32FC1", stamp, frame_id)
 
 
+#: Depth encodings :func:`depth_from_msg` reads: numpy dtype, and units per metre.
+DEPTH_ENCODINGS = {"32FC1": ("f4", 1.0), "16UC1": ("u2", 1000.0)}
+#: The largest depth image accepted (pixels a side): a bigger one is a malformed message.
+MAX_IMAGE_SIDE = 8192
+
+
 def depth_from_msg(msg: Image) -> np.ndarray:
-    """[H, W] float32 metres from a 32FC1 Image (``16UC1`` millimetres is converted)."""
+    """[H, W] float32 metres from a 32FC1 Image (``16UC1`` millimetres is converted, 0 becoming NaN).
+
+    Rows may be padded (``step``), and either byte order is read (``is_bigendian``).
+
+    Raises:
+        ValueError: another encoding, a size out of range, or a ``step`` or data length that
+            does not hold ``height`` rows of ``width`` pixels; the message says which.
+    """
+    enc = DEPTH_ENCODINGS.get(msg.encoding)
+    if enc is None:
+        raise ValueError(f"unsupported depth encoding {msg.encoding!r} (expected 32FC1 or 16UC1)")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if not (0 < h <= MAX_IMAGE_SIDE and 0 < w <= MAX_IMAGE_SIDE):
+        raise ValueError(f"depth image of {w}x{h} pixels (each side 1..{MAX_IMAGE_SIDE})")
+    dtype = np.dtype((">" if msg.is_bigendian else "<") + enc[0])
+    if step < w * dtype.itemsize or step % dtype.itemsize:
+        raise ValueError(f"depth image step {step} bytes does not hold a row of {w} {msg.encoding} pixels")
+    if len(msg.data) != step * h:
+        raise ValueError(f"depth image of {len(msg.data)} bytes, expected {h} rows of {step} = {step * h}")
+    raw = np.frombuffer(msg.data, dtype=dtype).reshape(h, step // dtype.itemsize)[:, :w]
     if msg.encoding == "32FC1":
-        return np.frombuffer(msg.data, dtype=np.float32).reshape(msg.height, msg.width)
-    if msg.encoding == "16UC1":
-        mm = np.frombuffer(msg.data, dtype=np.uint16).reshape(msg.height, msg.width)
-        out = mm.astype(np.float32) / 1000.0
-        out[mm == 0] = np.nan
-        return out
-    raise ValueError(f"unsupported depth encoding {msg.encoding!r} (expected 32FC1 or 16UC1)")
+        return raw if raw.dtype.isnative and step == w * 4 else np.ascontiguousarray(raw, dtype=np.float32)
+    out = raw.astype(np.float32) / np.float32(enc[1])
+    out[raw == 0] = np.nan
+    return out
 
 
 def color_image_msg(rgb: np.ndarray, stamp: float, frame_id: str) -> Image:
@@ -252,6 +276,115 @@ def usable_intrinsics(msg: CameraInfo, logger, topic: str) -> np.ndarray | None:
     except ValueError as exc:
         logger.warn(f"{topic}: {exc}", throttle_duration_sec=5.0)
         return None
+
+
+class DepthDrop(str, enum.Enum):
+    """Why :class:`DepthInput` did not hand on a depth frame."""
+
+    NO_INTRINSICS = "no_intrinsics"   # no usable CameraInfo yet: the frame cannot be projected
+    MALFORMED = "malformed"           # wrong encoding, size, step or data length
+
+
+class DepthInput:
+    """A camera's depth stream and its CameraInfo, polled from a loop.
+
+    Frames are handed on decoded (``[H, W]`` float32 metres) with their acquisition stamp (s)
+    and the newest usable intrinsics ``K`` [3, 3]. Until a CameraInfo with usable intrinsics
+    arrives every frame is dropped (no guessed K ever projects a cloud), and a malformed image
+    is skipped; both are counted in :attr:`dropped` and warned about at most every 5 s.
+
+    A loop polls it (:meth:`take_latest`, :meth:`take_all`: the node must never be spun); a node
+    spun by an executor passes ``on_frame`` instead, called with (stamp, depth, K) for each frame
+    handed on.
+
+    Args:
+        node: the node to subscribe on.
+        depth_topic, info_topic: the camera's topics.
+        logger: where the warnings go.
+        depth_qos: the depth subscription's QoS (a recorder keeps a deeper queue).
+        on_frame: for a spun node, the callback of each frame handed on.
+    """
+
+    def __init__(self, node, depth_topic: str, info_topic: str, logger, depth_qos=IMAGE_QOS, on_frame=None):
+        self.depth_topic, self.info_topic, self.logger = depth_topic, info_topic, logger
+        self.K: np.ndarray | None = None
+        self.dropped: Counter = Counter()
+        self.last_drop = ""
+        self.node = node
+        if on_frame is None:
+            self.sub_depth = PolledSubscription(node, Image, depth_topic, depth_qos)
+            self.sub_info = PolledSubscription(node, CameraInfo, info_topic, IMAGE_QOS)
+            self._subs = [self.sub_depth.sub, self.sub_info.sub]
+        else:
+            self._subs = [node.create_subscription(CameraInfo, info_topic, self.on_info, IMAGE_QOS),
+                          node.create_subscription(Image, depth_topic, lambda m: self._deliver(m, on_frame), depth_qos)]
+
+    def destroy(self) -> None:
+        """Unsubscribe (the node stays)."""
+        for sub in self._subs:
+            self.node.destroy_subscription(sub)
+        self._subs = []
+
+    def on_info(self, msg: CameraInfo) -> None:
+        """A CameraInfo: its K is used from now on if usable (else the one before is kept)."""
+        K = usable_intrinsics(msg, self.logger, self.info_topic)
+        if K is not None:
+            self.K = K
+
+    def on_depth(self, msg: Image) -> tuple[float, np.ndarray, np.ndarray] | None:
+        """(stamp s, depth [H, W] m, K [3, 3]) of a depth image, or None when it is dropped."""
+        if self.K is None:
+            return self._drop(DepthDrop.NO_INTRINSICS, f"no usable CameraInfo on {self.info_topic} yet")
+        try:
+            depth = depth_from_msg(msg)
+        except ValueError as exc:
+            return self._drop(DepthDrop.MALFORMED, str(exc))
+        return from_time_msg(msg.header.stamp), depth, self.K
+
+    def _deliver(self, msg: Image, on_frame) -> None:
+        frame = self.on_depth(msg)
+        if frame is not None:
+            on_frame(*frame)
+
+    def _drop(self, why: DepthDrop, detail: str) -> None:
+        self.dropped[why.value] += 1
+        self.last_drop = f"{why.value}: {detail}"
+        self.logger.warn(f"{self.depth_topic}: depth frame dropped ({why.value}): {detail}",
+                         throttle_duration_sec=5.0)
+
+    def _update_K(self) -> None:
+        info = self.sub_info.take_latest()
+        if info is not None:
+            self.on_info(info)
+
+    def take_latest(self) -> tuple[float, np.ndarray, np.ndarray] | None:
+        """(stamp s, depth [H, W] m, K [3, 3]) of the newest waiting frame (older ones are discarded),
+        or None: none waiting, or it was dropped."""
+        self._update_K()
+        msg = self.sub_depth.take_latest()
+        return None if msg is None else self.on_depth(msg)
+
+    def take_all(self, limit: int = 100) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """Every waiting frame, oldest first (at most ``limit``), as :meth:`take_latest` gives one."""
+        self._update_K()
+        out = []
+        for msg in self.sub_depth.take_all(limit):
+            got = self.on_depth(msg)
+            if got is not None:
+                out.append(got)
+        return out
+
+
+def guarded(callback, logger, topic: str):
+    """``callback`` for a subscription to ``topic`` that drops a message it cannot use (it raises
+    ValueError, KeyError, TypeError or AttributeError: bad JSON, a missing field, a wrong type),
+    with a warning at most every 5 s, instead of ending the node: any DDS peer can publish."""
+    def on_message(msg) -> None:
+        try:
+            callback(msg)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warn(f"{topic}: message dropped: {exc!r}", throttle_duration_sec=5.0)
+    return on_message
 
 
 def camera_info_msg(K: np.ndarray, width: int, height: int, stamp: float, frame_id: str) -> CameraInfo:
@@ -305,13 +438,17 @@ def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
     convert call argument") and the node dies with a traceback instead of stopping. With the flag, the node always stops
     the same way: its ``close()`` runs (stops its device, sends a last safe command, saves
     its files) while the ROS context is still valid, and it exits 0.
+
+    A node with ``executor_threads`` above 1 is spun by a multi-threaded executor with that many
+    threads: its callbacks in separate callback groups then run side by side (policy_node's
+    services answer while a hot-swap loads in its parameter callback).
     """
     import signal
     import sys
     import threading
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
     from robot_runtime.errors import RobotRuntimeError
@@ -324,7 +461,8 @@ def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
     try:
         node = node_factory()   # Ctrl-C here still interrupts a slow start (nothing to clean up yet)
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-        executor = SingleThreadedExecutor()
+        threads = int(getattr(node, "executor_threads", 1))
+        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set() and executor.context.ok():
             executor.spin_once(timeout_sec=0.1)

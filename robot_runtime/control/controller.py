@@ -21,7 +21,6 @@ import math
 import threading
 from collections import Counter
 from dataclasses import dataclass, replace
-from enum import Enum
 from typing import Sequence
 
 import numpy as np
@@ -32,14 +31,10 @@ from robot_runtime.control.safety import (InterventionCounter, JointLimits, Poin
 from robot_runtime.control.targets import Freshness, TargetBuffer, TargetRejected, freshness, select_joints
 from robot_runtime.devices.base import ArmDevice, DeviceFault, HandDevice, JointSample
 from robot_runtime.errors import DeviceError
+from robot_runtime.interfaces import ControllerStatus, Mode, StopKind
+
 
 SOURCES = ("policy", "teleop")
-
-
-class Mode(str, Enum):
-    DISARMED = "disarmed"
-    ARMED = "armed"
-    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
@@ -103,6 +98,7 @@ class JointController:
                         for s in SOURCES}
         self.source = source
         self.mode = Mode.DISARMED
+        self.stop_kind = StopKind.NONE
         self.reason = "started disarmed: call the arm service to follow targets"
         self.interventions = InterventionCounter()
         self.rejected_targets: Counter = Counter()
@@ -175,6 +171,7 @@ class JointController:
                 raise DeviceError(f"{self.name}: no joint states of the other device yet; the workspace "
                                   "check needs them")
             self.mode = Mode.ARMED
+            self.stop_kind = StopKind.NONE
             self.reason = ""
             self.faults = []
             if self.RESTART_FROM_MEASURED:
@@ -187,7 +184,7 @@ class JointController:
     def estop(self, reason: str = "e-stop") -> None:
         """Hold at once and latch a stop until re-armed."""
         with self._lock:
-            self._latch(reason)
+            self._latch(StopKind.ESTOP, reason)
             if self._prev is not None:  # hold exactly here, without braking
                 self._prev = self._prev.held()
 
@@ -207,8 +204,9 @@ class JointController:
         self._engaged_at = now
         self._blend_pending = True
 
-    def _latch(self, reason: str) -> None:
+    def _latch(self, kind: StopKind, reason: str) -> None:
         self.mode = Mode.STOPPED
+        self.stop_kind = kind
         self.reason = reason
 
     # ------------------------------------------------------------------ loop
@@ -241,11 +239,11 @@ class JointController:
         if not np.all(np.isfinite(measured.position)):
             bad = [n for n, v in zip(self.joint_names, measured.position) if not np.isfinite(v)]
             if self.mode is not Mode.STOPPED:
-                self._latch(f"{self.name}: measured joints not finite ({', '.join(bad)})")
+                self._latch(StopKind.MEASURED_NOT_FINITE, f"{self.name}: measured joints not finite ({', '.join(bad)})")
             return TickOutput(None, None, (), self.mode, None)
         if now - measured.t > self.state_timeout_s:
             if self.mode is Mode.ARMED:
-                self._latch(f"{self.name}: joint states stopped ({now - measured.t:.3f} s old, "
+                self._latch(StopKind.STATE_STALL, f"{self.name}: joint states stopped ({now - measured.t:.3f} s old, "
                             f"limit {self.state_timeout_s} s)")
             return TickOutput(None, None, (), self.mode, None)
         self._measured_q = measured.position
@@ -268,7 +266,7 @@ class JointController:
                        self.timing.latch_after_s)
         self._freshness = fr
         if fr is Freshness.LATCH:
-            self._latch(f"watchdog: no {self.source} target for {now - newest.received:.3f} s "
+            self._latch(StopKind.WATCHDOG, f"watchdog: no {self.source} target for {now - newest.received:.3f} s "
                         f"(latch after {self.timing.latch_after_s} s)")
             res = brake(self.limits, self._prev, dt, "stale_hold", points_fn)
         elif fr is not Freshness.FRESH:  # waiting for a first target is expected, not an intervention
@@ -288,7 +286,7 @@ class JointController:
         """The shield's result as this tick's output, unless it is not finite: then nothing is sent,
         the state stays where it was and the controller stops."""
         if not _finite(res):
-            self._latch(f"{self.name}: shield output not finite")
+            self._latch(StopKind.SHIELD_NOT_FINITE, f"{self.name}: shield output not finite")
             return TickOutput(None, None, ("not_finite",), self.mode, fr)
         self.interventions.add(res.reasons, res.detail)
         self._prev = res.state
@@ -296,15 +294,16 @@ class JointController:
 
     # ------------------------------------------------------------------ reporting
     def status(self) -> dict:
-        """Mode, reason, source, freshness and faults (for the latched status topic)."""
+        """A :class:`robot_runtime.interfaces.ControllerStatus` as a dict (the latched status topic)."""
         with self._lock:
-            return {"controller": self.name, "mode": self.mode.value, "reason": self.reason, "source": self.source,
-                    "targets": self._freshness.value if self._freshness else "none", "faults": list(self.faults)}
+            return ControllerStatus(self.name, self.mode, self.stop_kind, self.reason, self.source,
+                                    self._freshness.value if self._freshness else "none",
+                                    tuple(self.faults)).to_dict()
 
     def diagnostics(self) -> dict:
         """Counters for /diagnostics: interventions by reason, rejected targets, mode."""
         with self._lock:
-            return {"mode": self.mode.value, "source": self.source, "reason": self.reason,
+            return {"mode": self.mode.value, "stop": self.stop_kind.value, "source": self.source, "reason": self.reason,
                     "targets": self._freshness.value if self._freshness else "none",
                     **self.interventions.as_dict(),
                     "rejected_targets": int(sum(self.rejected_targets.values())),
@@ -336,7 +335,7 @@ class ArmServoController(JointController):
         with self._lock:
             self.faults = [str(f) for f in faults]
             if errors and self.mode is not Mode.STOPPED:
-                self._latch(f"arm fault: {'; '.join(errors)}")
+                self._latch(StopKind.DEVICE_FAULT, f"arm fault: {'; '.join(errors)}")
             out = self.step(now, measured)
             if out.q is not None and out.mode is Mode.ARMED:
                 try:
@@ -344,7 +343,7 @@ class ArmServoController(JointController):
                     self._stopped_device = False
                     out = replace(out, sent=True)
                 except DeviceError as exc:
-                    self._latch(f"arm send failed: {exc}")
+                    self._latch(StopKind.DEVICE_ERROR, f"arm send failed: {exc}")
                     out = replace(out, mode=self.mode)
             if self.mode is Mode.STOPPED and not self._stopped_device:
                 self._stopped_device = True
@@ -431,7 +430,7 @@ class HandPDController(JointController):
             with self._lock:
                 self.faults = [f"hand read failed: {exc}"]
                 if self.mode is not Mode.STOPPED:
-                    self._latch(f"hand read failed: {exc}")
+                    self._latch(StopKind.DEVICE_ERROR, f"hand read failed: {exc}")
         with self._lock:
             out = self.step(now, measured)
             if out.q is None:
@@ -441,7 +440,7 @@ class HandPDController(JointController):
             qd = self.velocity.update(measured.t, measured.position)
             tau = pd_torque(out.q, measured.position, qd, self.kp, self.kd, self.torque_limit)
             if not np.all(np.isfinite(tau)):
-                self._latch("hand: torque not finite")
+                self._latch(StopKind.SHIELD_NOT_FINITE, "hand: torque not finite")
                 tau = np.zeros(len(self.joint_names))
             if np.any(np.abs(tau) >= self.torque_limit):
                 self.interventions.add(("torque",))
@@ -455,5 +454,5 @@ class HandPDController(JointController):
         except DeviceError as exc:
             self.faults = [f"hand send failed: {exc}"]
             if self.mode is not Mode.STOPPED:
-                self._latch(f"hand send failed: {exc}")
+                self._latch(StopKind.DEVICE_ERROR, f"hand send failed: {exc}")
             return False

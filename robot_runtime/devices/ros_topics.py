@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 import numpy as np
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import JointState
 
 from robot_runtime import description as D
 from robot_runtime import ros_io
@@ -141,30 +141,16 @@ class TopicDepthCamera(DepthCamera):
     def __init__(self, cfg, node):
         self.cfg, self.node = cfg, node
         self._frame: DepthFrame | None = None
-        self._K: np.ndarray | None = None
         self._new = threading.Event()
-        self._subs = []
+        self.input: ros_io.DepthInput | None = None
 
     def connect(self) -> None:
-        self._subs = [
-            self.node.create_subscription(CameraInfo, self.cfg.info_topic, self._on_info, ros_io.IMAGE_QOS),
-            self.node.create_subscription(Image, self.cfg.depth_topic, self._on_depth, ros_io.IMAGE_QOS),
-        ]
+        if self.input is None:
+            self.input = ros_io.DepthInput(self.node, self.cfg.depth_topic, self.cfg.info_topic,
+                                           self.node.get_logger(), on_frame=self._on_frame)
 
-    def _on_info(self, msg: CameraInfo) -> None:
-        K = ros_io.usable_intrinsics(msg, self.node.get_logger(), self.cfg.info_topic)
-        if K is not None:
-            self._K = K
-
-    def _on_depth(self, msg: Image) -> None:
-        if self._K is None:
-            return
-        try:
-            depth = ros_io.depth_from_msg(msg)
-        except ValueError as exc:
-            self.node.get_logger().warn(f"{self.cfg.depth_topic}: {exc}", throttle_duration_sec=1.0)
-            return
-        self._frame = DepthFrame(depth, self._K, ros_io.from_time_msg(msg.header.stamp))
+    def _on_frame(self, stamp: float, depth: np.ndarray, K: np.ndarray) -> None:
+        self._frame = DepthFrame(depth, K, stamp)
         self._new.set()
 
     def read(self, timeout_s: float = 0.1) -> DepthFrame | None:
@@ -178,7 +164,7 @@ class TopicDepthCamera(DepthCamera):
         return self._frame
 
     def disconnect(self) -> None:
-        for s in self._subs:
-            self.node.destroy_subscription(s)
-        self._subs = []
+        if self.input is not None:
+            self.input.destroy()
+            self.input = None
 

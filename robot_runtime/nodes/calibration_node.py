@@ -42,8 +42,8 @@ from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
 from robot_runtime.errors import ConfigError
-from robot_runtime.nodes.controller_arming import CONTROLLERS, TwinControllerArmer, is_stall
-from robot_runtime.nodes.controller_shell import STATE_TOPICS
+from robot_runtime.interfaces import CONTROLLERS, STATE_TOPICS, ControllerStatus, Mode
+from robot_runtime.nodes.controller_arming import TwinControllerArmer
 from robot_runtime.transforms import optical_pose_look_at
 
 NAME = "calibration_node"
@@ -80,20 +80,22 @@ class CalibrationNode(Node):
         self.cfg, self.cal = cfg, cfg.calibration
         self.session = LiveCalibration(cfg, camera_guess(cfg) if self.cal.mode == "planned" else None)
         self.t0 = time.monotonic()
-        self._color_K = self._depth_K = None
-        self.controllers: dict[str, dict] = {}
+        self._color_K = None
+        self.controllers: dict[str, ControllerStatus] = {}
         cam = cfg.camera
-        self.create_subscription(CameraInfo, cam.color_info_topic, self._on_color_info, ros_io.IMAGE_QOS)
-        self.create_subscription(Image, cam.color_topic, self._on_color, ros_io.IMAGE_QOS)
-        self.create_subscription(CameraInfo, cam.info_topic, self._on_depth_info, ros_io.IMAGE_QOS)
-        self.create_subscription(Image, cam.depth_topic, self._on_depth, ros_io.IMAGE_QOS)
-        self.create_subscription(JointState, STATE_TOPICS["arm"], self._on_arm, ros_io.STATE_QOS)
-        self.create_subscription(JointState, STATE_TOPICS["hand"], self._on_hand, ros_io.STATE_QOS)
+        log = self.get_logger()
+
+        def subscribe(msg_type, topic, callback, qos):
+            self.create_subscription(msg_type, topic, ros_io.guarded(callback, log, topic), qos)
+        subscribe(CameraInfo, cam.color_info_topic, self._on_color_info, ros_io.IMAGE_QOS)
+        subscribe(Image, cam.color_topic, self._on_color, ros_io.IMAGE_QOS)
+        self.depth = ros_io.DepthInput(self, cam.depth_topic, cam.info_topic, log, on_frame=self._on_depth)
+        subscribe(JointState, STATE_TOPICS["arm"], self._on_arm, ros_io.STATE_QOS)
+        subscribe(JointState, STATE_TOPICS["hand"], self._on_hand, ros_io.STATE_QOS)
         self.reported_serial = ""
-        self.create_subscription(String, "/camera_node/device", self._on_device, ros_io.LATCHED_QOS)
+        subscribe(String, "/camera_node/device", self._on_device, ros_io.LATCHED_QOS)
         for name in CONTROLLERS:
-            self.create_subscription(String, f"/{name}/status", lambda m, n=name: self._on_status(n, m),
-                                     ros_io.LATCHED_QOS)
+            subscribe(String, f"/{name}/status", lambda m, n=name: self._on_status(n, m), ros_io.LATCHED_QOS)
         self.pub_targets = self.create_publisher(JointState, cfg.control.teleop_topic, ros_io.STATE_QOS)
         self.pub_status = self.create_publisher(String, f"/{NAME}/status", ros_io.LATCHED_QOS)
         self.armer = TwinControllerArmer(self, wanted=True) if self.cal.arm_controllers else None
@@ -114,20 +116,13 @@ class CalibrationNode(Node):
         if K is not None:
             self._color_K = K
 
-    def _on_depth_info(self, msg: CameraInfo) -> None:
-        K = ros_io.usable_intrinsics(msg, self.get_logger(), self.cfg.camera.info_topic)
-        if K is not None:
-            self._depth_K = K
-
     def _on_color(self, msg: Image) -> None:
         if self._color_K is not None:
             self.session.on_color(StampedImage(ros_io.color_from_msg(msg), self._color_K,
                                                ros_io.from_time_msg(msg.header.stamp)))
 
-    def _on_depth(self, msg: Image) -> None:
-        if self._depth_K is not None:
-            self.session.on_depth(StampedImage(ros_io.depth_from_msg(msg).copy(), self._depth_K,
-                                               ros_io.from_time_msg(msg.header.stamp)))
+    def _on_depth(self, stamp: float, depth, K) -> None:
+        self.session.on_depth(StampedImage(depth.copy(), K, stamp))
 
     def _on_arm(self, msg: JointState) -> None:
         q = ros_io.ordered_values(msg.name, msg.position, D.ARM_JOINTS, "position")
@@ -140,19 +135,19 @@ class CalibrationNode(Node):
         self.reported_serial = str(json.loads(msg.data).get("serial", ""))
 
     def _on_status(self, name: str, msg: String) -> None:
-        self.controllers[name] = json.loads(msg.data)
+        self.controllers[name] = ControllerStatus.from_json(msg.data)
 
     # ------------------------------------------------------------------ loop
     def _controllers_ready(self) -> bool:
-        return all(self.controllers.get(n, {}).get("mode") == "armed" and
-                   self.controllers[n].get("source") == "teleop" for n in CONTROLLERS)
+        return all(n in self.controllers and self.controllers[n].mode is Mode.ARMED and
+                   self.controllers[n].source == "teleop" for n in CONTROLLERS)
 
     def _tick(self) -> None:
         if self.cal.mode == "planned" and self.session.moves is not None:
             # A stall of the joint-state stream (the watchdog) pauses the run until the controllers
             # are armed again; an e-stop or a device fault ends it.
-            stopped = [f"{n}: {s.get('reason')}" for n, s in self.controllers.items()
-                       if s.get("mode") == "stopped" and not is_stall(s.get("reason", ""))]
+            stopped = [f"{n}: {s.reason}" for n, s in self.controllers.items()
+                       if s.mode is Mode.STOPPED and not s.stop.is_stall]
             if stopped:
                 self._fail(f"a controller stopped during calibration ({'; '.join(stopped)})")
         now = self._now()

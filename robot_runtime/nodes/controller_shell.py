@@ -30,33 +30,25 @@ same tick from a plain rclpy timer, for the benchmark's comparison); ``timing_lo
 """
 from __future__ import annotations
 
-import gc
-import json
-import threading
 import time
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from robot_runtime import ros_io
 from robot_runtime.config import RuntimeConfig, load_config
 from robot_runtime.control.controller import SOURCES, JointController, Mode
 from robot_runtime.control.factory import make_arm_controller, make_hand_controller
-from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, request_realtime, tighten_gil_switching
 from robot_runtime.control.targets import TargetRejected
 from robot_runtime.devices.base import make_device
 from robot_runtime.errors import ConfigError, DeviceError
+from robot_runtime.interfaces import COMMAND_TOPICS, STATE_TOPICS
+from robot_runtime.nodes.loop_node import LoopNode
 
-#: Measured joint states each controller republishes at its loop rate.
-STATE_TOPICS = {"arm": "/arm_controller_node/joint_states", "hand": "/hand_controller_node/joint_states"}
 
 
 #: Per part: its loop rate from the config, and the builder of its plain controller.
@@ -66,13 +58,13 @@ PARTS: dict[str, tuple[Callable[[RuntimeConfig], float], Callable[..., JointCont
 }
 
 
-class ControllerNode(Node):
+class ControllerNode(LoopNode):
     """The controller node for ``part`` ('arm' or 'hand'), named ``<part>_controller_node``."""
 
     def __init__(self, part: str):
         node_name = f"{part}_controller_node"
         super().__init__(node_name)
-        self.part = part
+        self.part = self.hardware_id = part
         rate_of, build = PARTS[part]
         cfg = load_config(self.declare_parameter("config_file", "").value)
         self.scheduling = self.declare_parameter("scheduling", "deadline").value
@@ -80,9 +72,6 @@ class ControllerNode(Node):
             raise ConfigError(f"parameter 'scheduling' must be 'deadline' or 'ros_timer', not {self.scheduling!r}")
         self.timing_log = self.declare_parameter("timing_log", "").value
         self.cfg, self.rate = cfg, rate_of(cfg)
-        # The loop's own node: polled subscriptions and the loop's publishers; never spun.
-        # Without the global arguments, or `-r __node:=...` would give it this node's name.
-        self.io = rclpy.create_node(f"{node_name}_io", context=self.context, use_global_arguments=False)
         self.device = make_device(self.part, getattr(cfg, self.part), node=self.io)
         self.device.connect()
         self.controller = build(cfg, self.device)
@@ -91,54 +80,31 @@ class ControllerNode(Node):
         self.pub_state = ros_io.JointStateWriter(
             self.io.create_publisher(JointState, STATE_TOPICS[self.part], ros_io.STATE_QOS), names)
         self.pub_command = ros_io.JointStateWriter(
-            self.io.create_publisher(JointState, f"{ns}/command", ros_io.STATE_QOS), names)
+            self.io.create_publisher(JointState, COMMAND_TOPICS[self.part], ros_io.STATE_QOS), names)
         # republish every k-th tick: at most control.state_publish_hz
         self.publish_every = max(1, round(self.rate / cfg.control.state_publish_hz))
-        self.pub_status = self.create_publisher(String, f"{ns}/status", ros_io.LATCHED_QOS)
-        self.pub_diag = self.io.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
         topics = {"policy": cfg.control.policy_topic, "teleop": cfg.control.teleop_topic}
         self.targets = {s: ros_io.PolledSubscription(self.io, JointState, topics[s], ros_io.STATE_QOS)
                         for s in SOURCES}
         other = "hand" if self.part == "arm" else "arm"
         self.context_sub = ros_io.PolledSubscription(self.io, JointState, STATE_TOPICS[other], ros_io.STATE_QOS)
-        self._status_lock = threading.Lock()
         self.create_service(Trigger, f"{ns}/arm", self._on_arm)
         self.create_service(Trigger, f"{ns}/estop", self._on_estop)
         for source in SOURCES:
             self.create_service(Trigger, f"{ns}/select_{source}", partial(self._on_select, source))
-        self.stats = LoopStatistics(1.0 / self.rate, keep_all=bool(self.timing_log))
-        self.sched_info = "rclpy timer" if self.scheduling == "ros_timer" else "starting"
-        self._last_status: dict | None = None
-        self.loop_error: BaseException | None = None
-        self._next_diag = 0.0
-        self.create_timer(1.0, self._check_loop)
-        self._loop: DeadlineLoop | None = None
-        self._thread: threading.Thread | None = None
-        if self.scheduling == "deadline":
-            self._loop = DeadlineLoop(self.rate, self._on_deadline, spin_s=cfg.control.spin_us * 1e-6,
-                                      stats=self.stats)
-            self._thread = threading.Thread(target=self._run_loop, name=f"{self.part}-loop", daemon=True)
-            self._thread.start()
-        else:
+        deadline = self.scheduling == "deadline"
+        self.start_loop(self.rate, cfg.control.realtime_priority, cfg.control.spin_us * 1e-6,
+                        "control.realtime_priority", keep_all=bool(self.timing_log), run=deadline)
+        if not deadline:
+            self.sched_info = "rclpy timer"
             self._timer_expected: float | None = None
             self._timer = self.create_timer(1.0 / self.rate, self._on_timer)
         self.get_logger().info(f"{self.part} controller at {self.rate:g} Hz ({self.scheduling}), disarmed; "
                                f"source {self.controller.source}; arm with {ns}/arm")
 
     # ------------------------------------------------------------------ loop
-    def _run_loop(self) -> None:
-        self.sched_info = request_realtime(self.cfg.control.realtime_priority)
-        tighten_gil_switching()
-        gc.collect()
-        gc.freeze()  # start-up objects never need collecting again: shorter GC pauses in the loop
-        try:
-            self._loop.run()
-        except BaseException as exc:  # reported on /diagnostics and the log; the node then exits
-            self.loop_error = exc
-            self.get_logger().fatal(f"{self.part} loop failed: {exc!r}")
-
-    def _on_deadline(self, deadline: float) -> None:
-        self._tick(time.time())
+    def tick(self, now: float, deadline: float) -> None:
+        self._tick(now)
 
     def _on_timer(self) -> None:
         t = time.time()
@@ -148,6 +114,7 @@ class ControllerNode(Node):
             behind = int(late // (1.0 / self.rate))
             self.stats.overruns += max(0, behind)
         self._tick(t)
+        self.after_tick(t)
         self._timer_expected = time.time() + self._timer.time_until_next_call() * 1e-9
 
     def _tick(self, now: float) -> None:
@@ -159,10 +126,7 @@ class ControllerNode(Node):
                 self.pub_state.publish(m.t, m.position, m.velocity, m.effort)
             if out.sent:
                 self.pub_command.publish(now, out.q, out.v, getattr(out, "torque", None))
-        self._publish_status()
-        if now >= self._next_diag:  # from the loop thread, so the executor thread stays idle
-            self._next_diag = now + 1.0
-            self._publish_diagnostics(now)
+        self.publish_status()
 
     def _take_inputs(self, now: float) -> None:
         for source, sub in self.targets.items():
@@ -179,14 +143,10 @@ class ControllerNode(Node):
                                    f"(not finite, or another count); the last good ones are kept",
                                    throttle_duration_sec=1.0)
 
-    def _publish_status(self) -> None:
-        """Publish the latched status when it changed (from the loop or a service)."""
-        status = self.controller.status()
-        with self._status_lock:
-            if status == self._last_status:
-                return
-            self._last_status = status
-        self.pub_status.publish(String(data=json.dumps(status)))
+    def status(self) -> dict:
+        return self.controller.status()
+
+    def on_status_change(self, status: dict) -> None:
         if status["mode"] == Mode.STOPPED.value:
             self.get_logger().warn(f"{self.part} stopped: {status['reason']}")
 
@@ -218,22 +178,13 @@ class ControllerNode(Node):
         self.get_logger().info(response.message)
         return response
 
-    def _check_loop(self) -> None:
-        if self.loop_error is not None:
-            raise SystemExit(f"{self.part} loop failed: {self.loop_error!r}")
-
-    def _publish_diagnostics(self, now: float) -> None:
-        values = {**self.stats.summary(), "scheduling": self.sched_info, **self.controller.diagnostics()}
+    def diagnostics(self, now: float) -> tuple[dict, int, str]:
         mode = self.controller.mode
         level = 0 if mode is Mode.ARMED else (2 if self.controller.faults and mode is Mode.STOPPED else 1)
-        message = self.controller.reason or f"armed, following {self.controller.source}"
-        self.pub_diag.publish(ros_io.diagnostics_msg(now, f"{self.get_name()}: loop", self.part, values,
-                                                     level, message))
+        return self.controller.diagnostics(), level, self.controller.reason or f"armed, following {self.controller.source}"
 
     def close(self) -> None:
-        if self._loop is not None:
-            self._loop.stop()
-            self._thread.join(2.0)
+        self.stop_loop()
         if self.timing_log:
             path = Path(self.timing_log)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,4 +196,4 @@ class ControllerNode(Node):
             self.device.disconnect()
         except DeviceError as exc:
             self.get_logger().error(f"{self.part} shutdown: {exc}")
-        self.io.destroy_node()
+        self.destroy_io()

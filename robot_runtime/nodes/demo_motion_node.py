@@ -29,7 +29,7 @@ from robot_runtime.control.factory import TARGET_JOINTS
 from robot_runtime.errors import ConfigError
 from robot_runtime.kinematics import UrdfModel
 from robot_runtime.nodes.controller_arming import TwinControllerArmer
-from robot_runtime.nodes.controller_shell import STATE_TOPICS
+from robot_runtime.interfaces import STATE_TOPICS
 
 
 class DemoMotionNode(Node):

@@ -12,36 +12,38 @@ Services (std_srvs/Trigger): ``~/start_episode``, ``~/stop_episode``, ``~/reset_
 """
 from __future__ import annotations
 
-import gc
-import json
 import threading
 import time
 
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.node import Node
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import String
+from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
 from calibration.extrinsics import camera_pose_for
 from policies.closed_loop import (CheckpointSwapper, ClosedLoopPolicy, LatestInputs, LiveRobot, LoadedPolicy, TickLog,
                                   TickWindow)
+from policies.errors import PolicyError
 from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
 from robot_runtime.control.factory import TARGET_JOINTS
-from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, request_realtime, tighten_gil_switching
 from robot_runtime.errors import RobotRuntimeError
 from robot_runtime.nodes.controller_arming import TwinControllerArmer
-from robot_runtime.nodes.controller_shell import STATE_TOPICS
+from robot_runtime.interfaces import STATE_TOPICS
+from robot_runtime.nodes.loop_node import LoopNode
 
 NAME = "policy_node"
 
 
-class PolicyNode(Node):
+class PolicyNode(LoopNode):
+    hardware_id = "policy"
+    #: A hot-swap loads in the parameter callback (up to an ONNX export); the services, the
+    #: arming and the loop check are in a callback group of their own, served by a second
+    #: executor thread meanwhile (stop_episode must answer during a swap).
+    executor_threads = 2
+
     def __init__(self):
         super().__init__(NAME)
         cfg = load_config(self.declare_parameter("config_file", "").value)
@@ -56,59 +58,35 @@ class PolicyNode(Node):
         self.policy = ClosedLoopPolicy(
             LoadedPolicy.load(path, self.live, self.pcfg.runner, self.pcfg.warmup_steps), self.period,
             self.pcfg.max_frame_age_s, self.pcfg.max_state_age_s)
-        # The loop's own node: polled inputs and the loop's publishers; never spun.
-        self.io = rclpy.create_node(f"{NAME}_io", context=self.context, use_global_arguments=False)
-        self.sub_depth = ros_io.PolledSubscription(self.io, Image, cfg.camera.depth_topic, ros_io.IMAGE_QOS)
-        self.sub_info = ros_io.PolledSubscription(self.io, CameraInfo, cfg.camera.info_topic, ros_io.IMAGE_QOS)
+        self.depth = ros_io.DepthInput(self.io, cfg.camera.depth_topic, cfg.camera.info_topic, self.get_logger())
         self.sub_joints = {p: ros_io.PolledSubscription(self.io, JointState, t, ros_io.STATE_QOS)
                            for p, t in STATE_TOPICS.items()}
         self.pub_targets = self.io.create_publisher(JointState, cfg.control.policy_topic, ros_io.STATE_QOS)
-        self.pub_diag = self.io.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
-        self.pub_status = self.create_publisher(String, f"/{NAME}/status", ros_io.LATCHED_QOS)
+        group = self.services_group = MutuallyExclusiveCallbackGroup()
         for name, fn in (("start_episode", self.policy.start), ("stop_episode", self.policy.stop),
                          ("reset_episode", self.policy.reset)):
-            self.create_service(Trigger, f"/{NAME}/{name}", lambda req, res, fn=fn, n=name: self._episode(fn, n, res))
-        self.create_service(Trigger, f"/{NAME}/rollback", self._on_rollback)
-        self.armer = TwinControllerArmer(self, wanted=False) if self.pcfg.arm_controllers else None
-        self._internal_set = False
+            self.create_service(Trigger, f"/{NAME}/{name}", lambda req, res, fn=fn, n=name: self._episode(fn, n, res),
+                                callback_group=group)
+        self.create_service(Trigger, f"/{NAME}/rollback", self._on_rollback, callback_group=group)
+        self.armer = TwinControllerArmer(self, wanted=False, callback_group=group) if self.pcfg.arm_controllers \
+            else None
+        self._internal = threading.local()   # set while rollback sets the parameter (on its own thread)
         self.swapper = CheckpointSwapper(self.policy, self.live, self.pcfg.runner, self.pcfg.warmup_steps)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.inputs = LatestInputs()
         self.tick_log = TickLog() if self.timing_log else None
         self.last_skip = ""
-        self.stats = LoopStatistics(self.period)
-        self.loop_error: BaseException | None = None
-        self.sched_info = "starting"
-        self._next_diag = 0.0
         self.window = TickWindow()
-        self._status_lock = threading.Lock()
-        self._last_status = None
         self.policy.ticking = True
-        self._loop = DeadlineLoop(cfg.rates.policy_hz, self._on_deadline, spin_s=cfg.control.spin_us * 1e-6,
-                                  stats=self.stats)
-        self._thread = threading.Thread(target=self._run_loop, name="policy-loop", daemon=True)
-        self._thread.start()
-        self.create_timer(1.0, self._check_loop)
+        self.start_loop(cfg.rates.policy_hz, self.pcfg.realtime_priority, cfg.control.spin_us * 1e-6,
+                        "policy.realtime_priority")
         if self.pcfg.autostart:
             self._episode(self.policy.start, "start_episode", Trigger.Response())
         self.get_logger().info(f"policy {self.policy.policy.name} ({self.pcfg.runner}) at "
                                f"{cfg.rates.policy_hz:g} Hz -> {cfg.control.policy_topic}")
 
     # ------------------------------------------------------------------ loop
-    def _run_loop(self) -> None:
-        self.sched_info = request_realtime(self.pcfg.realtime_priority) if self.pcfg.realtime_priority else \
-            "SCHED_OTHER (policy.realtime_priority 0)"
-        tighten_gil_switching()
-        gc.collect()
-        gc.freeze()
-        try:
-            self._loop.run()
-        except BaseException as exc:  # reported on the log; the node then exits
-            self.loop_error = exc
-            self.get_logger().fatal(f"policy loop failed: {exc!r}")
-
-    def _on_deadline(self, deadline: float) -> None:
-        now = time.time()
+    def tick(self, now: float, deadline: float) -> None:
         self._take_inputs()
         res = self.policy.tick(now, self.inputs.frame, self.inputs.joints(), stamp_for=now + self.period)
         published_t = None
@@ -121,23 +99,15 @@ class PolicyNode(Node):
         if self.tick_log is not None:
             self.tick_log.record(res, published_t)
         self.window.add(res)
-        if now >= self._next_diag:
-            self._next_diag = now + 1.0
-            self._publish_diagnostics(now)
 
     def _take_inputs(self) -> None:
-        info = self.sub_info.take_latest()
-        K = None if info is None else ros_io.usable_intrinsics(info, self.get_logger(), self.sub_info.topic)
-        if K is not None:
-            self.inputs.K = K
-        msg = self.sub_depth.take_latest()
-        if msg is not None:
-            self.inputs.on_depth(ros_io.from_time_msg(msg.header.stamp), ros_io.depth_from_msg(msg))
+        frame = self.depth.take_latest()
+        if frame is not None:
+            self.inputs.on_depth(*frame)
         for part, sub in self.sub_joints.items():
             m = sub.take_latest()
             if m is not None:
                 self.inputs.on_joints(part, ros_io.from_time_msg(m.header.stamp), m.position)
-
     # ------------------------------------------------------------------ services and parameters
     def _episode(self, fn, name: str, response):
         if self.armer is not None and name in ("start_episode", "stop_episode"):
@@ -145,70 +115,60 @@ class PolicyNode(Node):
         response.message = fn()
         response.success = True
         self.get_logger().info(response.message)
-        self._publish_status()
+        self.publish_status()
         return response
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         for p in params:
-            if p.name != "checkpoint" or self._internal_set:
+            if p.name != "checkpoint" or getattr(self._internal, "set", False):
                 continue
             try:
+                if not isinstance(p.value, str) or not p.value:
+                    raise PolicyError(f"parameter 'checkpoint' must be a checkpoint folder, not {p.value!r}")
                 msg = self.swapper.swap(p.value)
-            except RobotRuntimeError as exc:
-                self.get_logger().error(f"hot-swap refused, {self.policy.policy.name} keeps running: {exc}")
-                self._publish_status()
-                return SetParametersResult(successful=False, reason=str(exc))
+            except Exception as exc:  # noqa: BLE001 - whatever a swap raises, the running policy stays
+                why = str(exc) if isinstance(exc, RobotRuntimeError) else f"{type(exc).__name__}: {exc}"
+                self.get_logger().error(f"hot-swap refused, {self.policy.policy.name} keeps running: {why}")
+                self.publish_status()
+                return SetParametersResult(successful=False, reason=why)
             self.get_logger().info(f"hot-swap: {msg}")
-            self._publish_status()
+            self.publish_status()
         return SetParametersResult(successful=True)
 
     def _on_rollback(self, request, response):
         try:
             response.message = self.swapper.rollback()
             response.success = True
-            self._internal_set = True
+            self._internal.set = True
             try:
                 self.set_parameters([Parameter("checkpoint", value=str(self.policy.policy.checkpoint.path))])
             finally:
-                self._internal_set = False
+                self._internal.set = False
         except RobotRuntimeError as exc:
             response.success, response.message = False, str(exc)
         self.get_logger().info(f"rollback: {response.message}")
-        self._publish_status()
+        self.publish_status()
         return response
 
     # ------------------------------------------------------------------ reporting
-    def _status(self) -> dict:
+    def status(self) -> dict:
         return {**self.policy.status(), "runner": self.pcfg.runner, "last_swap": self.swapper.last,
-                "last_skip": self.last_skip, "loop": self.stats.summary()}
+                "last_skip": self.last_skip, "depth_dropped": dict(self.depth.dropped),
+                "loop": self.stats.summary()}
 
-    def _publish_status(self) -> None:
-        status = self._status()
-        key = {k: v for k, v in status.items() if k not in ("loop", "steps", "counts")}
-        with self._status_lock:
-            if key == self._last_status:
-                return
-            self._last_status = key
-        self.pub_status.publish(String(data=json.dumps(status)))
+    def status_key(self, status: dict):
+        return {k: v for k, v in status.items() if k not in ("loop", "steps", "counts", "depth_dropped")}
 
-    def _publish_diagnostics(self, now: float) -> None:
+    def diagnostics(self, now: float) -> tuple[dict, int, str]:
         st = self.policy.status()
-        values = {**self.stats.summary(), **self.window.summary(), "scheduling": self.sched_info, "checkpoint": st["checkpoint"],
-                  "episode": st["episode"], "running": st["running"],
-                  **{f"ticks_{k}": v for k, v in st["counts"].items()}}
-        level = 1 if self.last_skip else 0
-        self.pub_diag.publish(ros_io.diagnostics_msg(now, f"{NAME}: loop", "policy", values, level,
-                                                     self.last_skip or f"running {st['checkpoint']}"))
-        self._publish_status()
-
-    def _check_loop(self) -> None:
-        if self.loop_error is not None:
-            raise SystemExit(f"policy loop failed: {self.loop_error!r}")
+        values = {**self.window.summary(), "checkpoint": st["checkpoint"], "episode": st["episode"],
+                  "running": st["running"], **{f"ticks_{k}": v for k, v in st["counts"].items()},
+                  **{f"depth_dropped_{k}": v for k, v in self.depth.dropped.items()}}
+        return values, 1 if self.last_skip else 0, self.last_skip or f"running {st['checkpoint']}"
 
     def close(self) -> None:
         self.swapper.close()
-        self._loop.stop()
-        self._thread.join(2.0)
+        self.stop_loop()
         if self.tick_log is not None:
             self.tick_log.save(self.timing_log, misses=self.stats.misses, overruns=self.stats.overruns,
                                ticks=self.stats.ticks)

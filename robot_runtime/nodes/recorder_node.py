@@ -23,13 +23,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
-from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import String
+from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool, Trigger
 
 from calibration.extrinsics import calibration_metadata
@@ -37,14 +33,14 @@ from policies.schema import PolicySchema
 from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import config_to_dict, load_config
-from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, request_realtime, tighten_gil_switching
+from robot_runtime.control.loop import request_realtime, tighten_gil_switching
 from robot_runtime.data.recorder import EpisodeRecorder, GridAligner
 from robot_runtime.errors import RecordingError
-from robot_runtime.nodes.controller_shell import STATE_TOPICS
+from robot_runtime.interfaces import COMMAND_TOPICS, STATE_TOPICS
+from robot_runtime.nodes.loop_node import LoopNode
 from robot_runtime.perception.preprocess import VisualPreprocessor
 
 NAME = "recorder_node"
-COMMAND_TOPICS = {"arm": "/arm_controller_node/command", "hand": "/hand_controller_node/command"}
 #: Samples kept per stream, in the DDS queue and in the aligner: about 1 s at each stream's
 #: rate (depth 30 Hz, arm 120 Hz, hand 300 Hz), so a recorder loop stalled that long loses no step.
 HISTORY_DEPTH = {"depth": 32, "arm_state": 128, "arm_command": 128, "hand_state": 320, "hand_command": 320}
@@ -52,10 +48,6 @@ HISTORY_DEPTH = {"depth": 32, "arm_state": 128, "arm_command": 128, "hand_state"
 
 def _decode_positions(raw: bytes) -> np.ndarray:
     return np.asarray(deserialize_message(raw, JointState).position, float)
-
-
-def _decode_depth(raw: bytes) -> np.ndarray:
-    return ros_io.depth_from_msg(deserialize_message(raw, Image))
 
 
 def _history_qos(stream: str) -> QoSProfile:
@@ -72,7 +64,9 @@ def policy_schema(cfg) -> PolicySchema:
     return PolicySchema.hop()
 
 
-class RecorderNode(Node):
+class RecorderNode(LoopNode):
+    hardware_id = "recorder"
+
     def __init__(self):
         super().__init__(NAME)
         cfg = load_config(self.declare_parameter("config_file", "").value)
@@ -93,38 +87,25 @@ class RecorderNode(Node):
                                         self.rcfg.min_free_mb, self.rcfg.max_episode_s,
                                         cfg.policy.max_frame_age_s, cfg.policy.max_state_age_s,
                                         writer_setup=self._writer_setup)
-        self.io = rclpy.create_node(f"{NAME}_io", context=self.context, use_global_arguments=False)
-        self.sub_depth = ros_io.PolledSubscription(self.io, Image, cfg.camera.depth_topic, _history_qos("depth"))
-        self.sub_info = ros_io.PolledSubscription(self.io, CameraInfo, cfg.camera.info_topic, ros_io.IMAGE_QOS)
+        self.depth = ros_io.DepthInput(self.io, cfg.camera.depth_topic, cfg.camera.info_topic, self.get_logger(),
+                                       _history_qos("depth"))
         self.sub_state = {p: ros_io.PolledSubscription(self.io, JointState, t, _history_qos(f"{p}_state"))
                           for p, t in STATE_TOPICS.items()}
         self.sub_cmd = {p: ros_io.PolledSubscription(self.io, JointState, t, _history_qos(f"{p}_command"))
                         for p, t in COMMAND_TOPICS.items()}
-        self.pub_status = self.create_publisher(String, f"/{NAME}/status", ros_io.LATCHED_QOS)
-        self.pub_diag = self.io.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
         self.create_service(Trigger, f"/{NAME}/start_episode", self._on_start)
         self.create_service(SetBool, f"/{NAME}/stop_episode", self._on_stop)
         self.create_service(Trigger, f"/{NAME}/discard_episode", self._on_discard)
         period = 1.0 / cfg.rates.policy_hz
-        self._streams = {"depth": self.sub_depth, **{f"{p}_state": s for p, s in self.sub_state.items()},
+        self._streams = {**{f"{p}_state": s for p, s in self.sub_state.items()},
                          **{f"{p}_command": s for p, s in self.sub_cmd.items()}}
-        decode = {s: _decode_positions for s in self._streams}
-        decode["depth"] = _decode_depth
+        decode = {s: _decode_positions for s in self._streams}   # depth arrives decoded and checked
         self.aligner = GridAligner(period, cfg.policy.max_frame_age_s, HISTORY_DEPTH, decode)
         self._lock = threading.Lock()
-        self._status_lock = threading.Lock()
-        self._last_status = None
-        self.stats = LoopStatistics(1.0 / cfg.rates.policy_hz)
-        self.loop_error: BaseException | None = None
-        self.sched_info = "starting"
-        self._next_diag = 0.0
         self._wall_offset = time.time() - time.monotonic()   # the loop's deadlines are monotonic
-        self._loop = DeadlineLoop(cfg.rates.policy_hz, self._on_deadline, spin_s=cfg.control.spin_us * 1e-6,
-                                  stats=self.stats)
-        self._thread = threading.Thread(target=self._run_loop, name="recorder-loop", daemon=True)
-        self._thread.start()
-        self.create_timer(1.0, self._check_loop)
-        self._publish_status()
+        self.start_loop(cfg.rates.policy_hz, self.rcfg.realtime_priority, cfg.control.spin_us * 1e-6,
+                        "recorder.realtime_priority")
+        self.publish_status()
         self.get_logger().info(f"recording to {out} at {cfg.rates.policy_hz:g} Hz; "
                                f"start with /{NAME}/start_episode")
 
@@ -135,24 +116,15 @@ class RecorderNode(Node):
             request_realtime(self.rcfg.realtime_priority - 1)
         tighten_gil_switching()
 
-    def _run_loop(self) -> None:
-        self.sched_info = request_realtime(self.rcfg.realtime_priority) if self.rcfg.realtime_priority else \
-            "SCHED_OTHER (recorder.realtime_priority 0)"
-        tighten_gil_switching()
-        try:
-            self._loop.run()
-        except BaseException as exc:  # reported on the log; the node then exits
-            self.loop_error = exc
-            self.get_logger().fatal(f"recorder loop failed: {exc!r}")
-
     def _take_inputs(self) -> None:
-        """Every message that arrived, into the aligner's histories by acquisition stamp. They
-        stay serialized: only the few an instant uses are deserialized (``_decode_*``)."""
+        """Every message that arrived, into the aligner's histories by acquisition stamp. Joint
+        streams stay serialized: only the few an instant uses are deserialized (``_decode_*``).
+        Depth frames are checked as they arrive (:class:`robot_runtime.ros_io.DepthInput`): one
+        that cannot be used is dropped and counted, before the aligner ever holds it."""
         a = self.aligner
-        info = self.sub_info.take_latest()
-        K = None if info is None else ros_io.usable_intrinsics(info, self.get_logger(), self.sub_info.topic)
-        if K is not None:
+        for stamp, depth, K in self.depth.take_all(HISTORY_DEPTH["depth"]):
             a.K = K
+            a.add("depth", stamp, depth)
         for stream, sub in self._streams.items():
             for raw in sub.take_serialized_all(HISTORY_DEPTH[stream]):
                 a.add(stream, ros_io.header_stamp_of_serialized(raw), raw)
@@ -165,8 +137,7 @@ class RecorderNode(Node):
             except RecordingError as exc:
                 self.get_logger().error(str(exc))
 
-    def _on_deadline(self, deadline: float) -> None:
-        now = time.time()
+    def tick(self, now: float, deadline: float) -> None:
         if not self._lock.acquire(blocking=False):   # a save is in progress: the next tick catches up
             return
         try:
@@ -175,14 +146,12 @@ class RecorderNode(Node):
             self._record_settled(now)
         finally:
             self._lock.release()
-        if now >= self._next_diag:
-            self._next_diag = now + 1.0
-            st = self.recorder.status()
-            values = {**self.stats.summary(), "scheduling": self.sched_info, "recording": st["recording"],
-                      "steps": st["steps"], "total_dropped": st["total_dropped"], "saved": st["saved"]}
-            self.pub_diag.publish(ros_io.diagnostics_msg(now, f"{NAME}: loop", "recorder", values,
-                                                         2 if st["error"] else 0, st["error"] or "ok"))
-            self._publish_status()
+
+    def diagnostics(self, now: float) -> tuple[dict, int, str]:
+        st = self.recorder.status()
+        values = {"recording": st["recording"], "steps": st["steps"], "total_dropped": st["total_dropped"],
+                  "saved": st["saved"], **{f"depth_dropped_{k}": v for k, v in self.depth.dropped.items()}}
+        return values, 2 if st["error"] else 0, st["error"] or "ok"
 
     # ------------------------------------------------------------------ services
     def _on_start(self, request, response):
@@ -218,28 +187,22 @@ class RecorderNode(Node):
             self.get_logger().info(response.message)
         else:
             self.get_logger().error(response.message)
-        self._publish_status()
+        self.publish_status()
 
-    def _publish_status(self) -> None:
-        status = self.recorder.status()
-        key = {k: v for k, v in status.items() if k not in ("steps", "dropped", "total_dropped")}
-        with self._status_lock:
-            if key == self._last_status and not status["recording"]:
-                return
-            self._last_status = key
-        self.pub_status.publish(String(data=json.dumps(status)))
+    def status(self) -> dict:
+        return {**self.recorder.status(), "depth_dropped": dict(self.depth.dropped)}
 
-    def _check_loop(self) -> None:
-        if self.loop_error is not None:
-            raise SystemExit(f"recorder loop failed: {self.loop_error!r}")
+    def status_key(self, status: dict):
+        if status["recording"]:   # while recording every status goes out (the steps move)
+            return status
+        return {k: v for k, v in status.items() if k not in ("steps", "dropped", "total_dropped", "depth_dropped")}
 
     def close(self) -> None:
-        self._loop.stop()
-        self._thread.join(2.0)
+        self.stop_loop()
         if self.recorder.recording:   # shut down mid-episode: keep the steps in the .partial log
             self.get_logger().warn(f"stopped mid-episode; the steps stay in {self.recorder.status()['episode']}")
             self.recorder.close()
-        self.io.destroy_node()
+        self.destroy_io()
 
 
 def main(args=None) -> int:

@@ -22,10 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
-from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -33,17 +30,20 @@ from std_srvs.srv import Trigger
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
 from robot_runtime.control.factory import TARGET_JOINTS
-from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, request_realtime, tighten_gil_switching
 from robot_runtime.errors import RobotRuntimeError, TeleopError
-from robot_runtime.nodes.controller_arming import CONTROLLERS, TwinControllerArmer
-from robot_runtime.nodes.controller_shell import STATE_TOPICS
+from robot_runtime.interfaces import CONTROLLERS
+from robot_runtime.nodes.controller_arming import TwinControllerArmer
+from robot_runtime.interfaces import STATE_TOPICS
+from robot_runtime.nodes.loop_node import LoopNode
 from robot_runtime.teleop.factory import make_session, make_teleop_input
 from robot_runtime.teleop.inputs import WorldView
 
 NAME = "teleop_node"
 
 
-class TeleopNode(Node):
+class TeleopNode(LoopNode):
+    hardware_id = "teleop"
+
     def __init__(self):
         super().__init__(NAME)
         cfg = load_config(self.declare_parameter("config_file", "").value)
@@ -53,14 +53,12 @@ class TeleopNode(Node):
         self.input = make_teleop_input(cfg, self.session.follower.model)
         self.input.open()
         self.period = 1.0 / self.tcfg.rate_hz
-        self.io = rclpy.create_node(f"{NAME}_io", context=self.context, use_global_arguments=False)
         self.sub_joints = {p: ros_io.PolledSubscription(self.io, JointState, t, ros_io.STATE_QOS)
                            for p, t in STATE_TOPICS.items()}
         self.sub_objects = ros_io.PolledSubscription(self.io, PoseArray, "/twin/object_poses", ros_io.STATE_QOS)
-        self.create_subscription(String, "/twin/episode", self._on_episode, ros_io.LATCHED_QOS)
+        self.create_subscription(String, "/twin/episode", ros_io.guarded(self._on_episode, self.get_logger(),
+                                                                         "/twin/episode"), ros_io.LATCHED_QOS)
         self.pub_targets = self.io.create_publisher(JointState, cfg.control.teleop_topic, ros_io.STATE_QOS)
-        self.pub_diag = self.io.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
-        self.pub_status = self.create_publisher(String, f"/{NAME}/status", ros_io.LATCHED_QOS)
         self.create_service(Trigger, f"/{NAME}/engage", self._on_engage)
         self.create_service(Trigger, f"/{NAME}/disengage", self._on_disengage)
         self.world = WorldView()
@@ -70,7 +68,6 @@ class TeleopNode(Node):
         self._objects_t = 0.0    # stamp of the newest object poses
         self._lock = threading.Lock()
         self._last_sample_t = 0.0
-        self._last_status = None
         self.log: list[tuple[float, float, float]] = []
         self.armer = None
         if self.tcfg.arm_controllers:
@@ -79,35 +76,20 @@ class TeleopNode(Node):
                 client.wait_for_service(timeout_sec=10.0)
                 client.call_async(Trigger.Request())
             self.armer = TwinControllerArmer(self, wanted=True)
-        self.stats = LoopStatistics(self.period)
-        self.sched_info = "starting"
-        self.loop_error: BaseException | None = None
-        self._next_diag = 0.0
-        self._loop = DeadlineLoop(self.tcfg.rate_hz, self._on_deadline, stats=self.stats)
-        self._thread = threading.Thread(target=self._run_loop, name="teleop-loop", daemon=True)
-        self._thread.start()
-        self.create_timer(1.0, self._check_loop)
+        # Targets stop reaching the controllers if this loop is starved: on a loaded host their
+        # watchdog latches a stop after control.latch_after_s, as it would for a dead operator.
+        self.start_loop(self.tcfg.rate_hz, self.tcfg.realtime_priority, priority_key="teleop.realtime_priority")
         if self.tcfg.autoengage:
             self._on_engage(None, Trigger.Response())
         self.get_logger().info(f"teleop input {self.tcfg.input.type} at {self.tcfg.rate_hz:g} Hz -> "
                                f"{cfg.control.teleop_topic}; engage with /{NAME}/engage")
 
-    def _run_loop(self) -> None:
-        # Targets stop reaching the controllers if this loop is starved: on a loaded host their
-        # watchdog latches a stop after control.latch_after_s, as it would for a dead operator.
-        self.sched_info = request_realtime(self.tcfg.realtime_priority)
-        tighten_gil_switching()
-        try:
-            self._loop.run()
-        except BaseException as exc:  # reported on the log; the node then exits
-            self.loop_error = exc
-            self.get_logger().fatal(f"teleop loop failed: {exc!r}")
-
     def _on_episode(self, msg: String) -> None:
         info = json.loads(msg.data)
+        task, active, objects = str(info["task"]), tuple(info["active"]), [str(o) for o in info["objects"]]
         with self._lock:
-            self.world.task, self.world.active = info["task"], tuple(info["active"])
-            self._object_names = list(info["objects"])
+            self.world.task, self.world.active = task, active
+            self._object_names = objects
             self._episode_t = time.time()
 
     def _take_inputs(self) -> None:
@@ -124,8 +106,7 @@ class TeleopNode(Node):
                                       np.array([p.orientation.w, p.orientation.x, p.orientation.y, p.orientation.z]))
                                   for n, p in zip(self._object_names, m.poses)}
 
-    def _on_deadline(self, deadline: float) -> None:
-        now = time.time()
+    def tick(self, now: float, deadline: float) -> None:
         with self._lock:
             self._take_inputs()
             try:
@@ -146,26 +127,19 @@ class TeleopNode(Node):
             self.pub_targets.publish(ros_io.joint_state_msg(TARGET_JOINTS, stamp_for, targets))
             if sample is not None and self.timing_log:
                 self.log.append((sample.t, time.time(), stamp_for))
-        self._publish_status()
-        if now >= self._next_diag:
-            self._next_diag = now + 1.0
-            if self.timing_log and int(now) % 5 == 0:   # also written while running: a killed node keeps it
-                self._save_timing()
-            values = {**self.stats.summary(), "scheduling": self.sched_info, **self._status()}
-            self.pub_diag.publish(ros_io.diagnostics_msg(now, f"{NAME}: loop", "teleop",
-                                                         {k: v for k, v in values.items() if not isinstance(v, dict)}))
+        self.publish_status()
 
-    def _status(self) -> dict:
+    def diagnostics(self, now: float) -> tuple[dict, int, str]:
+        if self.timing_log and int(now) % 5 == 0:   # also written while running: a killed node keeps it
+            self._save_timing()
+        return {k: v for k, v in self.status().items() if not isinstance(v, dict)}, 0, "ok"
+
+    def status(self) -> dict:
         return {**self.session.status(), "input": self.tcfg.input.type, **self.input.status()}
 
-    def _publish_status(self) -> None:
-        status = self._status()
-        key = {k: v for k, v in status.items() if k not in ("samples", "frame", "frames", "detections",
-                                                            "ik_position_error_m", "ik_rotation_error_rad")}
-        if key == self._last_status:
-            return
-        self._last_status = key
-        self.pub_status.publish(String(data=json.dumps(status)))
+    def status_key(self, status: dict):
+        return {k: v for k, v in status.items() if k not in ("samples", "frame", "frames", "detections",
+                                                             "ik_position_error_m", "ik_rotation_error_rad")}
 
     def _on_engage(self, request, response):
         # The input prepares (the expert plans) outside the lock: the loop goes on publishing the
@@ -193,17 +167,12 @@ class TeleopNode(Node):
         self.get_logger().info(response.message)
         return response
 
-    def _check_loop(self) -> None:
-        if self.loop_error is not None:
-            raise SystemExit(f"teleop loop failed: {self.loop_error!r}")
-
     def close(self) -> None:
-        self._loop.stop()
-        self._thread.join(2.0)
+        self.stop_loop()
         self.input.close()
         if self.timing_log:
             self._save_timing()
-        self.io.destroy_node()
+        self.destroy_io()
 
     def _save_timing(self) -> None:
         path = Path(self.timing_log)

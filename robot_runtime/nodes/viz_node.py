@@ -24,14 +24,14 @@ from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
 from calibration.extrinsics import camera_pose_for
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
 from robot_runtime.errors import RobotRuntimeError
-from robot_runtime.nodes.controller_shell import STATE_TOPICS
+from robot_runtime.interfaces import STATE_TOPICS
 from robot_runtime.perception.preprocess import PointCloudPreprocess, VisualPreprocessor, VisualSpec
 from robot_runtime.viz.live import LiveRolloutView
 from robot_runtime.viz.rerun_log import LogThrottle, RolloutLogger
@@ -73,9 +73,8 @@ class VizNode(Node):
                                        throttle=LogThrottle(budget=budget,
                                                             min_every=max(1, round(self.rate / max(heavy_hz, 1e-3)))))
         self.view = LiveRolloutView(self.logger_rr, VisualPreprocessor(display_cloud(cfg), T), T)
-        self._K, self._info_topic = None, cfg.camera.info_topic
-        self.create_subscription(CameraInfo, cfg.camera.info_topic, self._on_info, ros_io.IMAGE_QOS)
-        self.create_subscription(Image, cfg.camera.depth_topic, self._on_depth, ros_io.IMAGE_QOS)
+        self.depth = ros_io.DepthInput(self, cfg.camera.depth_topic, cfg.camera.info_topic, self.get_logger(),
+                                       on_frame=self.view.on_depth)
         for part, topic in STATE_TOPICS.items():
             self.create_subscription(JointState, topic, lambda m, p=part: self.view.on_joints(p, m.position),
                                      ros_io.STATE_QOS)
@@ -91,21 +90,6 @@ class VizNode(Node):
         self.create_timer(1.0 / self.rate, self._on_timer)
         self.create_timer(1.0, self._publish_status)
         self.get_logger().info(f"logging to Rerun ({sink} {target}) at {self.rate:g} Hz")
-
-    def _on_info(self, msg: CameraInfo) -> None:
-        K = ros_io.usable_intrinsics(msg, self.get_logger(), self._info_topic)
-        if K is not None:
-            self._K = K
-
-    def _on_depth(self, msg: Image) -> None:
-        if self._K is None:
-            return
-        try:
-            depth = ros_io.depth_from_msg(msg)
-        except ValueError as exc:
-            self.get_logger().warn(f"depth image: {exc}", throttle_duration_sec=5.0)
-            return
-        self.view.on_depth(ros_io.from_time_msg(msg.header.stamp), depth, self._K)
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for st in msg.status:

@@ -28,7 +28,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from robot_runtime import ros_io
 from robot_runtime.errors import RobotRuntimeError
-from robot_runtime.nodes.controller_arming import CONTROLLERS
+from robot_runtime.interfaces import CONTROLLERS
 
 
 def write_twin_collect_config(folder, config_dir, **sections) -> Path:

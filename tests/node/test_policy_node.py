@@ -5,6 +5,7 @@ checkpoint the project ships (it arms the controllers on the twin and starts an 
 """
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
@@ -64,6 +65,8 @@ class Graph:
         probe.subscribe(String, "/arm_controller_node/status", ros_io.LATCHED_QOS, self.arm_status)
         probe.subscribe(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS, self.diags)
         self.set_client = probe.node.create_client(SetParameters, "/policy_node/set_parameters")
+        self.stop_client = probe.node.create_client(Trigger, "/policy_node/stop_episode")
+        self.start_client = probe.node.create_client(Trigger, "/policy_node/start_episode")
         self.rollback_client = probe.node.create_client(Trigger, "/policy_node/rollback")
 
     def stamps(self, after=0.0):
@@ -146,7 +149,13 @@ def _bad_checkpoints(root, good):
     data = bytearray((corrupt / WEIGHTS_FILE).read_bytes())
     data[len(data) // 3] ^= 0x40
     (corrupt / WEIGHTS_FILE).write_bytes(bytes(data))
-    return [(wrong_names, "joint names do not match"), (nan, "non-finite weights"), (corrupt, "corrupt")]
+    weights_str = root / "weights_str"   # once AttributeError, out of the parameter callback: the node died
+    shutil.copytree(good, weights_str)
+    meta = json.loads((weights_str / META_FILE).read_text())
+    meta["weights"] = WEIGHTS_FILE
+    (weights_str / META_FILE).write_text(json.dumps(meta))
+    return [(wrong_names, "joint names do not match"), (nan, "non-finite weights"), (corrupt, "corrupt"),
+            (weights_str, "key 'weights' must be an object"), (root / "absent", "not found")]
 
 
 def test_hot_swap_good_and_bad_checkpoints_while_running(graph):
@@ -183,6 +192,52 @@ def test_hot_swap_good_and_bad_checkpoints_while_running(graph):
     status = json.loads(g.status[-1].data)
     assert status["previous"].startswith("good@")
     assert (g.tmp / "good" / META_FILE).is_file()
+
+
+def test_services_answer_while_a_hot_swap_exports(graph):
+    """A checkpoint without ONNX files is exported in a child process during the swap (seconds);
+    meanwhile the node's other services answer (the swap once held its only executor thread)."""
+    g = graph
+    ck = load_checkpoint(g.cfg.policy.checkpoint)
+    model = ck.build_model()
+    with torch.no_grad():   # weights no cache has seen: the swap must export
+        for p in model.parameters():
+            p.add_(1e-3 * torch.randn_like(p))
+    fresh = save_checkpoint(g.tmp / "fresh", model, ck.schema, {"source": "test"}, onnx=False)
+    req = SetParameters.Request(parameters=[Parameter("checkpoint", value=str(fresh)).to_parameter_msg()])
+    assert g.set_client.wait_for_service(timeout_sec=10.0)
+    swap = g.set_client.call_async(req)
+    stopped = g.probe.call(g.stop_client, Trigger.Request(), timeout=30.0)
+    assert stopped.success
+    assert not swap.done(), "the stop came back after the swap: the services waited for it"
+    assert g.probe.wait_for(lambda: swap.done(), 120.0)
+    assert swap.result().results[0].successful, swap.result().results[0].reason
+    assert g.probe.call(g.start_client, Trigger.Request(), timeout=30.0).success
+    t0 = g.now()
+    assert g.probe.wait_for(lambda: g.last_stamp() > t0 + 0.5, 10.0)
+    assert g.running_checkpoint().startswith("fresh@")
+    res = g.probe.call(g.rollback_client, Trigger.Request(), timeout=30.0)
+    assert res.success, res.message
+
+
+def test_malformed_depth_from_another_publisher_is_dropped_and_counted(graph):
+    """A second publisher on the depth topic (wrong encoding, too few bytes): the frames are
+    skipped and counted, and the policy keeps publishing (it once ended the node)."""
+    g = graph
+    pub = g.probe.node.create_publisher(Image, g.cfg.camera.depth_topic, ros_io.IMAGE_QOS)
+    rgb = ros_io.color_image_msg(np.zeros((5, 7, 3), np.uint8), 0.0, "camera")
+    short = ros_io.depth_image_msg(np.zeros((8, 8), np.float32), 0.0, "camera")
+    short.data = short.data[:100]
+    before = int(g.policy_diag().get("depth_dropped_malformed", 0))
+    for k in range(60):
+        m = rgb if k % 2 else short
+        m.header.stamp = g.probe.node.get_clock().now().to_msg()
+        pub.publish(m)
+        time.sleep(0.01)   # paced like a camera: the publisher's rate, not a synchronisation
+    g.probe.node.destroy_publisher(pub)
+    assert g.probe.wait_for(lambda: int(g.policy_diag().get("depth_dropped_malformed", 0)) > before, 10.0)
+    t0 = g.now()
+    assert g.probe.wait_for(lambda: g.last_stamp() > t0 + 1.0, 10.0), "the policy stopped publishing"
 
 
 def test_finetune_node_trains_and_promotes_its_result_into_the_running_policy_node(graph):

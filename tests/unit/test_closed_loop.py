@@ -261,9 +261,8 @@ def test_latest_inputs_and_tick_window():
     inp.on_joints("hand", 1.5, np.ones(16))
     t, q = inp.joints()
     assert t == 1.5 and q.shape == (23,) and q[7] == 1.0      # the older stamp, arm then hand
-    inp.K = 2 * np.eye(3)
-    inp.on_depth(3.0, np.zeros((4, 4)))
-    inp.on_depth(3.1, np.ones((4, 4)))
+    inp.on_depth(3.0, np.zeros((4, 4)), np.eye(3))
+    inp.on_depth(3.1, np.ones((4, 4)), 2 * np.eye(3))
     assert inp.frame.seq == 2 and inp.frame.t == 3.1 and inp.frame.K[0, 0] == 2.0
     w = TickWindow()
     for total, age in ((1.0, 10.0), (3.0, 30.0), (2.0, 20.0)):

@@ -4,7 +4,8 @@ import json
 
 from std_msgs.msg import String
 
-from robot_runtime.nodes.controller_arming import CONTROLLERS, TwinControllerArmer
+from robot_runtime.interfaces import CONTROLLERS
+from robot_runtime.nodes.controller_arming import TwinControllerArmer
 
 
 class _Future:
@@ -38,7 +39,7 @@ class _Logger:
     def __init__(self):
         self.lines = []
 
-    def info(self, m):
+    def info(self, m, throttle_duration_sec=None):
         self.lines.append(m)
 
     warn = info
@@ -50,23 +51,24 @@ class _Node:
     def __init__(self):
         self.clients, self.subs, self.timer, self.logger = [], {}, None, _Logger()
 
-    def create_client(self, srv, name):
+    def create_client(self, srv, name, callback_group=None):
         self.clients.append(_Client())
         return self.clients[-1]
 
-    def create_subscription(self, msg, topic, cb, qos):
+    def create_subscription(self, msg, topic, cb, qos, callback_group=None):
         self.subs[topic] = cb
 
-    def create_timer(self, period, cb):
+    def create_timer(self, period, cb, callback_group=None):
         self.timer = cb
 
     def get_logger(self):
         return self.logger
 
 
-def _status(node, i, mode, reason=""):
+def _status(node, i, mode, stop="none", reason=""):
     name = CONTROLLERS[i]
-    node.subs[f"/{name}/status"](String(data=json.dumps({"controller": name, "mode": mode, "reason": reason})))
+    node.subs[f"/{name}/status"](String(data=json.dumps({"controller": name, "mode": mode, "stop": stop,
+                                                         "reason": reason})))
 
 
 def test_a_stall_reported_before_the_arm_answer_is_armed_again():
@@ -76,7 +78,7 @@ def test_a_stall_reported_before_the_arm_answer_is_armed_again():
     assert [len(c.calls) for c in node.clients] == [1, 1]
     for i in range(2):   # the controller armed, then its first joint states were late: stopped; then the answer
         _status(node, i, "armed")
-        _status(node, i, "stopped", "hand: joint states stopped (0.201 s old, limit 0.1 s)")
+        _status(node, i, "stopped", "state_stall", "hand: joint states stopped (0.201 s old, limit 0.1 s)")
         node.clients[i].calls[0].answer()
     assert not armer.all_armed
     node.timer()
@@ -97,6 +99,26 @@ def test_the_answer_before_the_status_marks_armed_and_an_estop_is_left_stopped()
         node.clients[i].calls[0].answer()
         _status(node, i, "armed")
     assert armer.all_armed
-    _status(node, 0, "stopped", "e-stop")
+    _status(node, 0, "stopped", "estop", "e-stop")
     node.timer()
     assert not armer.armed[0] and armer.left_stopped[0] and len(node.clients[0].calls) == 1
+
+
+def test_the_stop_kind_decides_not_the_words_of_the_reason():
+    """A stop is re-armed by its typed kind: a fault whose text mentions the watchdog stays stopped,
+    and a status a peer garbled is dropped without touching the bookkeeping."""
+    node = _Node()
+    armer = TwinControllerArmer(node)
+    node.timer()
+    for i in range(2):
+        node.clients[i].calls[0].answer()
+        _status(node, i, "armed")
+    _status(node, 0, "stopped", "device_fault", "arm fault: C23 watchdog: joint states stopped")
+    _status(node, 1, "stopped", "watchdog", "no target for 1.2 s")
+    node.timer()
+    assert armer.left_stopped == [True, False] and [len(c.calls) for c in node.clients] == [1, 2]
+    node.clients[1].calls[1].answer()
+    _status(node, 1, "armed")
+    for bad in ("{", '{"mode": "flying"}', '["armed"]', '{"mode": "stopped", "stop": "bored"}'):
+        node.subs[f"/{CONTROLLERS[1]}/status"](String(data=bad))
+    assert armer.left_stopped == [True, False] and any("message dropped" in m for m in node.logger.lines)

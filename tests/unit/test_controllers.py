@@ -4,6 +4,7 @@ import pytest
 
 from robot_runtime.config import RuntimeConfig, XArmConfig
 from robot_runtime.control.controller import Mode, VelocityFilter
+from robot_runtime.interfaces import ControllerStatus, StopKind
 from robot_runtime.control.factory import TARGET_JOINTS, make_arm_controller, make_hand_controller
 from robot_runtime.control.loop import DeadlineLoop, LatencySummary, LoopStatistics
 from robot_runtime.control.targets import TargetRejected
@@ -104,6 +105,7 @@ def test_stale_targets_hold_then_latch_and_need_rearm():
     assert sent_steps(rig.arm).max() <= rig.cfg.control.arm.max_step[0] + 1e-12
     rig.run(0.1)
     assert rig.ctl.mode is Mode.STOPPED and "watchdog" in rig.ctl.reason and rig.arm.stops == 1
+    assert rig.ctl.status()["stop"] == "watchdog"
     assert killed_at < rig.now and len(rig.arm.sent) > n_before
     # Fresh targets do not move a stopped controller: re-arming is explicit.
     n = len(rig.arm.sent)
@@ -136,6 +138,7 @@ def test_estop_holds_at_once_and_stops_the_arm():
     rig.run(0.2, lambda t: rig.home + 0.3 * (t - T0))
     assert len(rig.arm.sent) == n and rig.arm.stops == 1
     assert rig.ctl.status()["mode"] == "stopped" and rig.ctl.status()["reason"] == "e-stop service"
+    assert rig.ctl.status()["stop"] == "estop"
 
 
 def test_source_switch_starts_from_the_current_position():
@@ -197,6 +200,7 @@ def test_device_state_stopping_latches():
     rig.arm.clock = lambda: frozen
     rig.run(0.2, lambda t: rig.home)
     assert rig.ctl.mode is Mode.STOPPED and "joint states stopped" in rig.ctl.reason
+    assert rig.ctl.stop_kind is StopKind.STATE_STALL and StopKind.STATE_STALL.is_stall
 
 
 # ------------------------------------------------------------------ xArm
@@ -232,6 +236,7 @@ def test_each_xarm_error_stops_streaming_and_is_named(code):
     assert len(api.targets) == n, "no servo target may follow an error"
     assert rig.ctl.mode is Mode.STOPPED
     assert xarm_error_name(code) in rig.ctl.reason and f"C{code} " in rig.ctl.reason
+    assert rig.ctl.stop_kind is StopKind.DEVICE_FAULT and not rig.ctl.stop_kind.is_stall
     assert api.calls.count("set_state(4)") == 1
 
 
@@ -451,6 +456,7 @@ def test_nan_measured_joints_stop_the_arm_and_nothing_is_sent():
     rig.arm.q[2] = np.nan
     outs = rig.run(0.1, lambda t: rig.home)
     assert rig.ctl.mode is Mode.STOPPED and "measured joints not finite (joint3)" in rig.ctl.reason
+    assert rig.ctl.stop_kind is StopKind.MEASURED_NOT_FINITE
     assert len(rig.arm.sent) == n_sent and rig.arm.stops == 1
     assert all(o.q is None for o in outs)
 
@@ -468,6 +474,7 @@ def test_a_shield_output_that_is_not_finite_is_never_sent():
     rig.ctl.limits.max_step[:] = np.nan
     rig.run(0.1, lambda t: rig.home + 0.01)
     assert rig.ctl.mode is Mode.STOPPED and "shield output not finite" in rig.ctl.reason
+    assert rig.ctl.stop_kind is StopKind.SHIELD_NOT_FINITE
     assert len(rig.arm.sent) == n_sent and all(np.all(np.isfinite(q)) for q in rig.arm.sent)
 
 
@@ -491,7 +498,20 @@ def test_a_failed_hand_read_stops_the_hand_and_the_loop_goes_on():
     hand.fail = True
     out = ctl.tick(now[0])        # raised DeviceError out of the loop before
     assert ctl.mode is Mode.STOPPED and "hand read failed: CAN bus" in ctl.reason
+    assert ctl.stop_kind is StopKind.DEVICE_ERROR
     assert out.q is None and any("CAN bus" in f for f in ctl.status()["faults"])
     hand.fail = False
     now[0] += 1 / 300
     assert ctl.tick(now[0]).q is not None and np.all(np.isfinite(hand.sent[-1]))
+
+
+def test_the_controller_status_round_trips_and_refuses_what_it_cannot_read():
+    st = ControllerStatus("arm", Mode.STOPPED, StopKind.WATCHDOG, "watchdog: no policy target", "policy", "latch",
+                          ("C23 joint limit",))
+    assert ControllerStatus.from_json(st.to_json()) == st
+    old = ControllerStatus.from_dict({"controller": "hand", "mode": "armed"})   # no stop field: none
+    assert old.stop is StopKind.NONE and old.faults == ()
+    for bad, match in (([1], "JSON object"), ({"stop": "estop"}, "no 'mode'"), ({"mode": "flying"}, "flying"),
+                       ({"mode": "stopped", "stop": "tired"}, "tired"), ({"mode": "armed", "faults": "x"}, "faults")):
+        with pytest.raises(ValueError, match=match):
+            ControllerStatus.from_dict(bad)

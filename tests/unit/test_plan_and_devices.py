@@ -109,14 +109,16 @@ def test_topic_camera_refuses_a_camera_info_without_intrinsics():
     node = rclpy.create_node("camera_info_check", context=context)
     try:
         cam = TopicDepthCamera(TwinCameraConfig(), node)
+        cam.connect()
         depth = ros_io.depth_image_msg(np.full((4, 6), 0.5, np.float32), 1.0, "camera")
-        cam._on_info(ros_io.camera_info_msg(np.zeros((3, 3)), 6, 4, 1.0, "camera"))
-        assert cam._K is None
-        cam._on_depth(depth)
+        cam.input.on_info(ros_io.camera_info_msg(np.zeros((3, 3)), 6, 4, 1.0, "camera"))
+        assert cam.input.K is None
+        cam.input._deliver(depth, cam._on_frame)
         assert cam.latest() is None and cam.read(timeout_s=0.0) is None
+        assert cam.input.dropped == {"no_intrinsics": 1}
         K = np.array([[5.0, 0, 3], [0, 5.0, 2], [0, 0, 1]])
-        cam._on_info(ros_io.camera_info_msg(K, 6, 4, 1.0, "camera"))
-        cam._on_depth(depth)
+        cam.input.on_info(ros_io.camera_info_msg(K, 6, 4, 1.0, "camera"))
+        cam.input._deliver(depth, cam._on_frame)
         frame = cam.read(timeout_s=0.0)
         assert frame is not None and np.array_equal(frame.K, K) and frame.depth.shape == (4, 6)
     finally:
