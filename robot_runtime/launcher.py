@@ -1,8 +1,14 @@
 """The native launcher: starts the node plan as processes, supervises them, summarises.
 
 ``ros2 launch`` is not available from PyPI, so here the same plan that the launch files
-use is started as ``python -m <module> --ros-args ...`` processes. A node that dies is
-reported and the rest are shut down cleanly (SIGINT, then SIGTERM, then SIGKILL).
+use is started as ``python -m <module> --ros-args ...`` processes.
+
+When a node dies: an essential one (a controller, the twin; :attr:`NodeSpec.essential`) ends
+the run, and the rest are shut down cleanly (SIGINT, then SIGTERM, then SIGKILL). Any other
+(policy, recorder, teleop, viz, camera, ...) is reported and the graph runs on: the
+controllers' watchdog holds the robot where it is (the hand keeps its grip) until someone
+decides; the run's exit code and summary then say which node died. The launch files do the
+same (``launch_description``).
 """
 from __future__ import annotations
 
@@ -167,8 +173,9 @@ def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: d
 
 def run_graph(plan: list[NodeSpec], duration: float = 0.0, monitor: bool = True, env: dict | None = None,
               until: str = "") -> int:
-    """Run ``plan`` until Ctrl-C, ``duration`` seconds (0 = no limit), a node dies, or the node
-    named ``until`` (a one-shot job such as calibration_node) exits 0.
+    """Run ``plan`` until Ctrl-C, ``duration`` seconds (0 = no limit), an essential node dies, or
+    the node named ``until`` (a one-shot job such as calibration_node) exits. Another node's
+    death is reported at once and the graph runs on (see the module's docstring).
 
     Returns 0 when every node ran to the end (or ``until`` finished its job), 1 when one died.
     """
@@ -179,20 +186,27 @@ def run_graph(plan: list[NodeSpec], duration: float = 0.0, monitor: bool = True,
     print(f"robot-runtime: starting {', '.join(s.name for s in plan)}"
           + (f" for {duration:g} s" if duration else " (Ctrl-C to stop)"), flush=True)
     sup.start()
+    reported: set[str] = set()
     try:
         while not duration or time.monotonic() - t0 < duration:
             dead = sup.dead()
             if any(p.spec.name == until and p.returncode == 0 for p in dead):
                 print(f"robot-runtime: {until} finished; stopping the rest", flush=True)
-                dead = [p for p in dead if p.spec.name != until]
-                for p in dead:
-                    died.append(f"{p.spec.name} (exit {p.returncode})")
+                died += [f"{p.spec.name} (exit {p.returncode})" for p in dead
+                         if p.spec.name != until and p.spec.name not in reported]
                 break
-            if dead:
-                for p in dead:
-                    died.append(f"{p.spec.name} (exit {p.returncode})")
-                    print(f"robot-runtime: {p.spec.name} exited with code {p.returncode} after "
-                          f"{time.monotonic() - p.started:.1f} s; stopping the rest", file=sys.stderr, flush=True)
+            new = [p for p in dead if p.spec.name not in reported]
+            for p in new:
+                reported.add(p.spec.name)
+                died.append(f"{p.spec.name} (exit {p.returncode})")
+                after = f"after {time.monotonic() - p.started:.1f} s"
+                if p.spec.essential or p.spec.name == until:
+                    print(f"robot-runtime: {p.spec.name} exited with code {p.returncode} {after}; stopping the rest",
+                          file=sys.stderr, flush=True)
+                else:
+                    print(f"robot-runtime: {p.spec.name} exited with code {p.returncode} {after}; the controllers "
+                          f"hold the robot and the rest run on (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            if any(p.spec.essential or p.spec.name == until for p in new) or len(dead) == len(sup.procs):
                 break
             time.sleep(0.05)
     except KeyboardInterrupt:

@@ -13,13 +13,18 @@ from robot_runtime.config import RuntimeConfig
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One node of the graph: ROS node name, console-script executable, module for ``python -m``."""
+    """One node of the graph: ROS node name, console-script executable, module for ``python -m``.
+
+    ``essential``: the graph cannot run safely without it (a controller, the twin), so its death
+    ends the run; any other node's death is reported and the controllers keep holding.
+    """
 
     name: str
     executable: str
     module: str
     parameters: dict = field(default_factory=dict)
     remappings: tuple[tuple[str, str], ...] = ()
+    essential: bool = False
 
     def ros_args(self) -> list[str]:
         """``--ros-args`` arguments carrying the parameters and remappings."""
@@ -45,13 +50,13 @@ def node_plan(cfg: RuntimeConfig, config_file: str) -> list[NodeSpec]:
     plan: list[NodeSpec] = []
     if cfg.uses_twin:
         plan.append(NodeSpec("sim_node", "sim_node", "robot_runtime.nodes.sim_node",
-                             {**params, "task": cfg.twin.task, "seed": cfg.twin.seed}))
+                             {**params, "task": cfg.twin.task, "seed": cfg.twin.seed}, essential=True))
     if cfg.camera.type in ("zed", "replay"):
         plan.append(NodeSpec("camera_node", "camera_node", "robot_runtime.nodes.camera_node", dict(params)))
     plan.append(NodeSpec("arm_controller_node", "arm_controller_node", "robot_runtime.nodes.arm_controller_node",
-                         dict(params)))
+                         dict(params), essential=True))
     plan.append(NodeSpec("hand_controller_node", "hand_controller_node", "robot_runtime.nodes.hand_controller_node",
-                         dict(params)))
+                         dict(params), essential=True))
     if cfg.policy.enabled:
         plan.append(NodeSpec("policy_node", "policy_node", "robot_runtime.nodes.policy_node",
                              {**params, "checkpoint": str(cfg.policy.checkpoint)}))
