@@ -22,7 +22,11 @@ COMMAND_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, histor
 #: State streams.
 STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 #: Images: a short queue so a slow reader gets the newest frame.
-IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+#: Best effort, as ROS's sensor-data profile: with a reliable image stream, a reader that died
+#: (kill -9 of policy_node) left the camera's writer waiting on its acknowledgements, and the
+#: depth stream stopped for every other reader for longer than 20 s (bench.faults found it). A
+#: reader of these topics must be best effort too (a reliable one does not match).
+IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
 #: Once-per-change facts (episode info) that late joiners must still get.
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)

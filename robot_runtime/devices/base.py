@@ -52,7 +52,13 @@ class DeviceFault:
 
 
 class ArmDevice(ABC):
-    """A 7-DoF arm taking joint servo targets (rad) in ``joint1..joint7`` order."""
+    """A 7-DoF arm taking joint servo targets (rad) in ``joint1..joint7`` order.
+
+    ``rejected_states`` counts joint states the backend received and refused (malformed, not
+    finite); the controller reports it.
+    """
+
+    rejected_states = 0
 
     @abstractmethod
     def connect(self) -> None:
@@ -86,7 +92,10 @@ class ArmDevice(ABC):
 
 
 class HandDevice(ABC):
-    """A 16-DoF Allegro hand taking joint torques (N m) in the driver's joint order."""
+    """A 16-DoF Allegro hand taking joint torques (N m) in the driver's joint order
+    (``rejected_states``: as :class:`ArmDevice`'s)."""
+
+    rejected_states = 0
 
     @abstractmethod
     def connect(self) -> None: ...

@@ -95,6 +95,10 @@ class TopicArm(ArmDevice):
     def read_state(self) -> JointSample | None:
         return self.io.read()
 
+    @property
+    def rejected_states(self) -> int:
+        return self.io.rejected
+
     def send_servo_target(self, q) -> None:
         self.io.publish("position", q, self.clock())
 
@@ -125,6 +129,10 @@ class TopicHand(HandDevice):
 
     def read_state(self) -> JointSample | None:
         return self.io.read()
+
+    @property
+    def rejected_states(self) -> int:
+        return self.io.rejected
 
     def send_torque(self, tau) -> None:
         self.io.publish("effort", tau, self.clock())

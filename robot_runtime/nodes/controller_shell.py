@@ -181,7 +181,8 @@ class ControllerNode(LoopNode):
     def diagnostics(self, now: float) -> tuple[dict, int, str]:
         mode = self.controller.mode
         level = 0 if mode is Mode.ARMED else (2 if self.controller.faults and mode is Mode.STOPPED else 1)
-        return self.controller.diagnostics(), level, self.controller.reason or f"armed, following {self.controller.source}"
+        values = {**self.controller.diagnostics(), "device_rejected_states": int(self.device.rejected_states)}
+        return values, level, self.controller.reason or f"armed, following {self.controller.source}"
 
     def close(self) -> None:
         self.stop_loop()

@@ -51,7 +51,9 @@ def _decode_positions(raw: bytes) -> np.ndarray:
 
 
 def _history_qos(stream: str) -> QoSProfile:
-    return QoSProfile(depth=HISTORY_DEPTH[stream], reliability=ReliabilityPolicy.RELIABLE,
+    # images are best effort (ros_io.IMAGE_QOS says why); the joint streams reliable
+    reliability = ReliabilityPolicy.BEST_EFFORT if stream == "depth" else ReliabilityPolicy.RELIABLE
+    return QoSProfile(depth=HISTORY_DEPTH[stream], reliability=reliability,
                       history=HistoryPolicy.KEEP_LAST)
 
 
