@@ -86,17 +86,21 @@ def _mark_origin(value: Any, base_dir: Path) -> Any:
 
 
 # --------------------------------------------------------------------------------------
-# Backend registry: one config dataclass per backend, selected by ``type``.
+# Backend registry, the project's one: per family, per ``type``, the backend's config dataclass
+# and the ``module:Class`` that implements it (imported only when that backend is built, so a
+# vendor SDK is imported only when its backend is chosen).
 
 _BACKEND_CONFIGS: dict[str, dict[str, type]] = {"arm": {}, "hand": {}, "camera": {}, "teleop_input": {}}
 
 
-def register_backend_config(family: str, type_name: str):
-    """Class decorator: register ``cls`` as the config of backend ``type_name`` of ``family``."""
+def register_backend_config(family: str, type_name: str, target: str):
+    """Class decorator: register ``cls`` as the config of backend ``type_name`` of ``family``,
+    implemented by ``target`` (``"module:Class"``, built as ``Class(cfg, **deps)``)."""
 
     def deco(cls):
         _BACKEND_CONFIGS[family][type_name] = cls
         cls.TYPE = type_name
+        cls.TARGET = target
         return cls
 
     return deco
@@ -105,6 +109,19 @@ def register_backend_config(family: str, type_name: str):
 def backend_types(family: str) -> list[str]:
     """The registered backend type names of a device family ('arm', 'hand', 'camera')."""
     return sorted(_BACKEND_CONFIGS[family])
+
+
+def backend_target(family: str, type_name: str) -> str:
+    """The ``module:Class`` of backend ``type_name`` of ``family``.
+
+    Raises:
+        ConfigError: no such backend is registered.
+    """
+    try:
+        return _BACKEND_CONFIGS[family][type_name].TARGET
+    except KeyError:
+        raise ConfigError(f"no {family} backend of type {type_name!r} (have {backend_types(family)})",
+                          key=f"{family}.type") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -138,7 +155,7 @@ class RatesConfig:
     hand_hz: float = rng(300.0, 50.0, 1000.0)
 
 
-@register_backend_config("arm", "twin")
+@register_backend_config("arm", "twin", "robot_runtime.devices.ros_topics:TopicArm")
 @dataclass
 class TwinArmConfig:
     """Arm served by sim_node: joint states and servo targets on ROS topics."""
@@ -148,7 +165,7 @@ class TwinArmConfig:
     target_topic: str = "/arm/servo_target"
 
 
-@register_backend_config("arm", "xarm")
+@register_backend_config("arm", "xarm", "robot_runtime.devices.xarm:XArm")
 @dataclass
 class XArmConfig:
     """UFactory xArm7 through xarm-python-sdk (servo mode); ``ip`` is the control box address."""
@@ -158,7 +175,7 @@ class XArmConfig:
     connect_timeout_s: float = rng(5.0, 0.1, 60.0)
 
 
-@register_backend_config("hand", "twin")
+@register_backend_config("hand", "twin", "robot_runtime.devices.ros_topics:TopicHand")
 @dataclass
 class TwinHandConfig:
     """Allegro hand served by sim_node on the allegro_hand_ros topic shapes."""
@@ -167,7 +184,7 @@ class TwinHandConfig:
     topic_prefix: str = "/allegroHand_0"
 
 
-@register_backend_config("hand", "allegro_ros")
+@register_backend_config("hand", "allegro_ros", "robot_runtime.devices.ros_topics:TopicHand")
 @dataclass
 class AllegroRosHandConfig:
     """A running Allegro driver of the allegro_hand_ros family (joint_states in, torque_cmd out)."""
@@ -176,7 +193,7 @@ class AllegroRosHandConfig:
     topic_prefix: str = "/allegroHand_0"
 
 
-@register_backend_config("camera", "twin")
+@register_backend_config("camera", "twin", "robot_runtime.devices.ros_topics:TopicDepthCamera")
 @dataclass
 class TwinCameraConfig:
     """Depth rendered by sim_node (its own ``twin.camera`` section sets the image)."""
@@ -191,7 +208,7 @@ class TwinCameraConfig:
     color_hz: float = rng(0.0, 0.0, 30.0)
 
 
-@register_backend_config("camera", "zed")
+@register_backend_config("camera", "zed", "robot_runtime.devices.zed:ZedCamera")
 @dataclass
 class ZedCameraConfig:
     """Stereolabs ZED 2 through pyzed (ships with the ZED SDK, not on PyPI)."""
@@ -210,7 +227,7 @@ class ZedCameraConfig:
     max_depth: float = rng(3.0, 0.2, 40.0)
 
 
-@register_backend_config("camera", "replay")
+@register_backend_config("camera", "replay", "robot_runtime.devices.replay:ReplayCamera")
 @dataclass
 class ReplayCameraConfig:
     """Recorded depth (``.npz`` with ``depth`` [N,H,W] metres, ``stamps`` [N] s, ``K`` [3,3]) at its timing."""
@@ -349,7 +366,7 @@ class PolicyConfig:
     realtime_priority: int = rng(35, 0, 99)           # SCHED_FIFO priority of the policy loop (0: do not ask)
 
 
-@register_backend_config("teleop_input", "scripted")
+@register_backend_config("teleop_input", "scripted", "robot_runtime.teleop.inputs:ScriptedInput")
 @dataclass
 class ScriptedInputConfig:
     """Twin only: an expert that solves the twin's task from ground-truth object poses."""
@@ -358,7 +375,7 @@ class ScriptedInputConfig:
     seed: int = rng(0, 0, None)          # variation of the first episode; each later one adds 1
 
 
-@register_backend_config("teleop_input", "keypoints")
+@register_backend_config("teleop_input", "keypoints", "robot_runtime.teleop.inputs:KeypointsInput")
 @dataclass
 class KeypointsInputConfig:
     """A file of hand keypoint trajectories (.npz: ``keypoints`` [T, 21, 3] m, ``t`` [T] s), played in time."""
@@ -369,7 +386,7 @@ class KeypointsInputConfig:
     loop: bool = False
 
 
-@register_backend_config("teleop_input", "hand_tracking")
+@register_backend_config("teleop_input", "hand_tracking", "robot_runtime.teleop.inputs:HandTrackingInput")
 @dataclass
 class HandTrackingInputConfig:
     """MediaPipe Hands on a webcam (``source`` a device index such as "0") or a video file."""
@@ -382,7 +399,7 @@ class HandTrackingInputConfig:
     min_detection_confidence: float = rng(0.5, 0.0, 1.0)
 
 
-@register_backend_config("teleop_input", "spacemouse")
+@register_backend_config("teleop_input", "spacemouse", "robot_runtime.teleop.inputs:SpaceMouseInput")
 @dataclass
 class SpaceMouseInputConfig:
     """A 3Dconnexion SpaceMouse (pyspacemouse): wrist velocity; the buttons close and open the hand."""
@@ -393,7 +410,7 @@ class SpaceMouseInputConfig:
     deadzone: float = rng(0.05, 0.0, 0.5)
 
 
-@register_backend_config("teleop_input", "keyboard")
+@register_backend_config("teleop_input", "keyboard", "robot_runtime.teleop.inputs:KeyboardInput")
 @dataclass
 class KeyboardInputConfig:
     """Keys on the terminal: w/s a/d r/f move the wrist, q/e turn it, g/h close/open the hand."""

@@ -1,8 +1,10 @@
-"""One small interface per device family, and a registry of backends chosen by ``type``.
+"""One small interface per device family, and :func:`make_device`, which builds the backend
+a config's ``type`` names.
 
-Backends are registered by module path, so a vendor SDK (pyzed, xarm) is imported only
-when its backend is chosen. The twin and replay backends are registered exactly like
-the real ones.
+Backends are registered once, with their config dataclass, in :mod:`robot_runtime.config`
+(:func:`~robot_runtime.config.register_backend_config`), by module path, so a vendor SDK
+(pyzed, xarm) is imported only when its backend is chosen. The twin and replay backends are
+registered exactly like the real ones.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robot_runtime.errors import ConfigError
+from robot_runtime.config import backend_target
 
 
 @dataclass(frozen=True)
@@ -128,38 +130,11 @@ class DepthCamera(ABC):
     def disconnect(self) -> None: ...
 
 
-_BACKENDS: dict[str, dict[str, str]] = {
-    "arm": {
-        "twin": "robot_runtime.devices.ros_topics:TopicArm",
-        "xarm": "robot_runtime.devices.xarm:XArm",
-    },
-    "hand": {
-        "twin": "robot_runtime.devices.ros_topics:TopicHand",
-        "allegro_ros": "robot_runtime.devices.ros_topics:TopicHand",
-    },
-    "camera": {
-        "twin": "robot_runtime.devices.ros_topics:TopicDepthCamera",
-        "zed": "robot_runtime.devices.zed:ZedCamera",
-        "replay": "robot_runtime.devices.replay:ReplayCamera",
-    },
-}
-
-
-def register_backend(family: str, type_name: str, target: str) -> None:
-    """Register ``module:Class`` as backend ``type_name`` of ``family`` (imported on first use)."""
-    _BACKENDS[family][type_name] = target
-
-
 def make_device(family: str, cfg, **deps):
     """Build the backend for ``cfg.type`` (``deps``: e.g. ``node=`` for topic backends).
 
     Raises:
         ConfigError: no backend of that type is registered.
     """
-    try:
-        target = _BACKENDS[family][cfg.type]
-    except KeyError:
-        raise ConfigError(f"no {family} backend of type {cfg.type!r} (have {sorted(_BACKENDS.get(family, {}))})",
-                          key=f"{family}.type") from None
-    module, cls = target.split(":")
+    module, cls = backend_target(family, cfg.type).split(":")
     return getattr(importlib.import_module(module), cls)(cfg, **deps)

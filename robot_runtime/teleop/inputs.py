@@ -15,6 +15,7 @@ and, on the twin, the objects are doing.
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 import select
 import sys
@@ -456,16 +457,16 @@ class KeyboardInput(TeleopInput):
 
 def make_input(cfg, model=None, robot_cfg=None, table_z: float = 0.0, max_arm_speed: float = 0.8,
                max_hand_speed: float = 2.4) -> TeleopInput:
-    """The backend for ``cfg.type`` (a teleop input config from :mod:`robot_runtime.config`)."""
-    kind = cfg.type
-    if kind == "scripted":
-        return ScriptedInput(cfg, model, robot_cfg, table_z, max_arm_speed, max_hand_speed)
-    if kind == "keypoints":
-        return KeypointsInput(cfg)
-    if kind == "hand_tracking":
-        return HandTrackingInput(cfg)
-    if kind == "spacemouse":
-        return SpaceMouseInput(cfg)
-    if kind == "keyboard":
-        return KeyboardInput(cfg)
-    raise TeleopError(f"unknown teleop input type {kind!r}")
+    """The backend for ``cfg.type`` (a teleop input config from :mod:`robot_runtime.config`, whose
+    registration names the class)."""
+    from robot_runtime.config import backend_target  # noqa: PLC0415
+    from robot_runtime.errors import ConfigError  # noqa: PLC0415
+
+    try:
+        module, name = backend_target("teleop_input", cfg.type).split(":")
+    except ConfigError as exc:
+        raise TeleopError(f"unknown teleop input type {cfg.type!r}: {exc}") from exc
+    cls = getattr(importlib.import_module(module), name)
+    if cls is ScriptedInput:   # the expert plans with the robot and the session's speed limits
+        return cls(cfg, model, robot_cfg, table_z, max_arm_speed, max_hand_speed)
+    return cls(cfg)

@@ -124,3 +124,22 @@ def test_topic_camera_refuses_a_camera_info_without_intrinsics():
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def test_one_registry_names_each_backend_config_and_its_implementation():
+    """Each backend is registered once, with its config dataclass and the class that implements
+    it; make_device and make_input both build from that registration."""
+    import importlib
+
+    from robot_runtime.config import backend_target, backend_types
+    from robot_runtime.devices.base import ArmDevice, DepthCamera, HandDevice
+    from robot_runtime.teleop.inputs import TeleopInput
+
+    bases = {"arm": ArmDevice, "hand": HandDevice, "camera": DepthCamera, "teleop_input": TeleopInput}
+    for family, base in bases.items():
+        assert backend_types(family)
+        for t in backend_types(family):
+            module, name = backend_target(family, t).split(":")
+            assert issubclass(getattr(importlib.import_module(module), name), base), (family, t)
+    with pytest.raises(ConfigError, match="no camera backend of type 'kinect'"):
+        backend_target("camera", "kinect")
