@@ -320,7 +320,6 @@ class Faults:
 
         from robot_runtime import description as D
         from robot_runtime import ros_io
-        from robot_runtime.control.factory import TARGET_JOINTS
 
         expected = "NaN targets refused and counted; the arm's command stays inside its limits"
         pub = self.probe.node.create_publisher(JointState, self.cfg.control.policy_topic, ros_io.STATE_QOS)
@@ -333,7 +332,7 @@ class Faults:
                 bad[2] = np.nan
             else:
                 bad[0] = D.ARM_LIMITS[0][1] + 3.0
-            pub.publish(ros_io.joint_state_msg(TARGET_JOINTS, time.time() + 0.05, bad))
+            pub.publish(ros_io.joint_state_msg(D.ALL_JOINTS, time.time() + 0.05, bad))
             time.sleep(0.02)
         self.probe.node.destroy_publisher(pub)
         self.probe.wait_for(lambda: int(_diag(self.diags, "arm_controller_node: loop").get("rejected_targets", 0))

@@ -1,6 +1,6 @@
 """Hand-eye calibration of the fixed camera's pose in the robot base frame (eye-to-hand).
 
-A marker (:mod:`calibration.marker`) rides on the hand. At each of N arm poses we know the
+A marker (:mod:`robot_runtime.description.marker`) rides on the hand. At each of N arm poses we know the
 marker's link pose in the base frame from forward kinematics of the measured joints
 (``T_base_link``), and we see the marker's four corners in the colour image. Two rigid
 transforms are unknown: the camera in the base frame (``T_base_camera``) and the marker on
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calibration.marker import MarkerSpec, aruco_dictionary
+from robot_runtime.description.marker import MarkerSpec, aruco_dictionary
 from robot_runtime.errors import RobotRuntimeError
 from robot_runtime.transforms import make_T, rot_exp, rot_log
 

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from calibration.handeye import CalibrationError, MarkerSighting, detect_marker
-from calibration.marker import MarkerSpec
+from robot_runtime.description.marker import MarkerSpec
 from robot_runtime.transforms import rot_log
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from calibration.handeye import CalibrationError, HandEyeResult, MarkerSighting, detect_marker, solve_hand_eye
-from calibration.marker import MarkerSpec
+from robot_runtime.description.marker import MarkerSpec
 from calibration.verify import DepthCheck, RobotDepthModel, check_depth, save_check_png
 from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig
@@ -166,7 +166,7 @@ def calibrate_on_twin(cfg: RuntimeConfig, n_poses: int = 15, seed: int = 0, sett
 
 
 def marker_spec(cfg: RuntimeConfig) -> MarkerSpec:
-    """The marker ``calibration.marker`` describes (mounted where :mod:`calibration.marker` says)."""
+    """The marker ``calibration.marker`` describes (mounted where :mod:`robot_runtime.description.marker` says)."""
     m = cfg.calibration.marker
     return MarkerSpec(dictionary=m.dictionary, marker_id=m.id, cell=m.cell)
 

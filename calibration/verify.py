@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robot_runtime.viz.robot_model import RobotPrimitives, VisualGeom
+from robot_runtime.description.geometry import RobotPrimitives, VisualGeom
 
 
 def _surface_points(g: VisualGeom, spacing: float) -> np.ndarray:

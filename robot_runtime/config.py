@@ -468,7 +468,7 @@ class VizConfig:
 
 @dataclass
 class MarkerConfig:
-    """The ArUco marker on the hand (see calibration/marker.py for where it sits on the palm)."""
+    """The ArUco marker on the hand (see robot_runtime/description/marker.py for where it sits on the palm)."""
 
     dictionary: str = "DICT_4X4_50"
     id: int = rng(7, 0, 999)

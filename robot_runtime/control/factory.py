@@ -12,8 +12,6 @@ from robot_runtime.control.controller import ArmServoController, HandPDControlle
 from robot_runtime.control.safety import JointLimits, Workspace
 from robot_runtime.errors import DescriptionError
 
-#: Every target message names exactly these joints (the policy's 23, in any order).
-TARGET_JOINTS = D.ARM_JOINTS + D.HAND_JOINTS
 
 
 class RobotPoints:
@@ -29,7 +27,7 @@ class RobotPoints:
         self.model = pin.buildModelFromXML(Path(path).read_text())
         self.data = self.model.createData()
         self.tips = tuple(D.FINGERTIP_FRAMES)
-        names = TARGET_JOINTS
+        names = D.ALL_JOINTS
         self._q_index = np.array([self.model.joints[self.model.getJointId(n)].idx_q for n in names])
         if self.model.nq != len(names) or sorted(self._q_index) != list(range(len(names))):
             raise DescriptionError(f"{path}: expected one position each for the joints {list(names)}")
@@ -79,7 +77,8 @@ def joint_limits(names, published, section) -> JointLimits:
 
 def make_arm_controller(cfg: RuntimeConfig, device, points: RobotPoints | None = None) -> ArmServoController:
     points = points or RobotPoints()
-    return ArmServoController(device, joint_names=D.ARM_JOINTS, target_names=TARGET_JOINTS, limits=joint_limits(D.ARM_JOINTS, D.ARM_LIMITS, cfg.control.arm),
+    return ArmServoController(device, joint_names=D.ARM_JOINTS, target_names=D.ALL_JOINTS,
+                              limits=joint_limits(D.ARM_JOINTS, D.ARM_LIMITS, cfg.control.arm),
                               timing=timing_of(cfg), period_s=1.0 / cfg.rates.arm_hz, workspace=workspace_of(cfg),
                               points_fn=points.for_arm, source=cfg.control.source,
                               state_timeout_s=cfg.control.device_state_timeout_s)
@@ -90,7 +89,7 @@ def make_hand_controller(cfg: RuntimeConfig, device, points: RobotPoints | None 
     h = cfg.control.hand
     return HandPDController(device, kp=h.kp, kd=h.kd, torque_limit=h.torque_limit,
                             velocity_cutoff_hz=h.velocity_cutoff_hz, joint_names=D.HAND_JOINTS,
-                            target_names=TARGET_JOINTS, limits=joint_limits(D.HAND_JOINTS, D.HAND_LIMITS, h),
+                            target_names=D.ALL_JOINTS, limits=joint_limits(D.HAND_JOINTS, D.HAND_LIMITS, h),
                             timing=timing_of(cfg),
                             period_s=1.0 / cfg.rates.hand_hz, workspace=workspace_of(cfg),
                             points_fn=points.for_hand, source=cfg.control.source,

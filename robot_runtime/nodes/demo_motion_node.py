@@ -25,7 +25,6 @@ from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
 from robot_runtime.control.demo_motion import ReachGraspScript
-from robot_runtime.control.factory import TARGET_JOINTS
 from robot_runtime.errors import ConfigError
 from robot_runtime.kinematics import UrdfModel
 from robot_runtime.nodes.controller_arming import TwinControllerArmer
@@ -87,7 +86,7 @@ class DemoMotionNode(Node):
             self.cycle_start = now
         t_for = now + self.period  # each target is for the next tick
         q_arm, q_hand = self.script.sample(t_for - self.cycle_start)
-        self.pub.publish(ros_io.joint_state_msg(TARGET_JOINTS, t_for, np.concatenate([q_arm, q_hand])))
+        self.pub.publish(ros_io.joint_state_msg(D.ALL_JOINTS, t_for, np.concatenate([q_arm, q_hand])))
         if now - self.cycle_start > self.cfg.demo.cycle_s + 0.5 and self.reset_client.service_is_ready():
             self.cycles += 1
             self.seed += 1

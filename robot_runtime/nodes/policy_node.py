@@ -28,7 +28,6 @@ from policies.errors import PolicyError
 from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
-from robot_runtime.control.factory import TARGET_JOINTS
 from robot_runtime.errors import RobotRuntimeError
 from robot_runtime.nodes.controller_arming import TwinControllerArmer
 from robot_runtime.interfaces import STATE_TOPICS
@@ -50,7 +49,7 @@ class PolicyNode(LoopNode):
         self.cfg, self.pcfg = cfg, cfg.policy
         path = self.declare_parameter("checkpoint", str(cfg.policy.checkpoint)).value
         self.timing_log = self.declare_parameter("timing_log", "").value
-        self.live = LiveRobot(TARGET_JOINTS, D.ALL_LIMITS, cfg.rates.policy_hz, camera_pose_for(cfg))
+        self.live = LiveRobot(D.ALL_JOINTS, D.ALL_LIMITS, cfg.rates.policy_hz, camera_pose_for(cfg))
         self.period = 1.0 / cfg.rates.policy_hz
         # Exported here if the checkpoint carries no ONNX files: no loop runs yet, and a child at
         # the lowest priority (as a hot-swap uses) starves on a busy machine (the graph's first
@@ -91,7 +90,7 @@ class PolicyNode(LoopNode):
         res = self.policy.tick(now, self.inputs.frame, self.inputs.joints(), stamp_for=now + self.period)
         published_t = None
         if res.q is not None:
-            self.pub_targets.publish(ros_io.joint_state_msg(TARGET_JOINTS, res.stamp_for, res.q))
+            self.pub_targets.publish(ros_io.joint_state_msg(D.ALL_JOINTS, res.stamp_for, res.q))
             published_t = time.time()
         elif res.skip != "idle" and res.detail != self.last_skip:
             self.get_logger().warn(f"no action this tick ({res.skip}): {res.detail}", throttle_duration_sec=1.0)

@@ -27,9 +27,9 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
-from robot_runtime.control.factory import TARGET_JOINTS
 from robot_runtime.errors import RobotRuntimeError, TeleopError
 from robot_runtime.interfaces import CONTROLLERS
 from robot_runtime.nodes.controller_arming import TwinControllerArmer
@@ -124,7 +124,7 @@ class TeleopNode(LoopNode):
                 self.get_logger().warn(f"no input for {self.tcfg.input_timeout_s:g} s: disengaged, holding")
         if targets is not None:
             stamp_for = now + self.period
-            self.pub_targets.publish(ros_io.joint_state_msg(TARGET_JOINTS, stamp_for, targets))
+            self.pub_targets.publish(ros_io.joint_state_msg(D.ALL_JOINTS, stamp_for, targets))
             if sample is not None and self.timing_log:
                 self.log.append((sample.t, time.time(), stamp_for))
         self.publish_status()

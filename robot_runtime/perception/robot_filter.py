@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from robot_runtime.viz.robot_model import RobotPrimitives
+from robot_runtime.description.geometry import RobotPrimitives
 
 
 class RobotSelfFilter:

@@ -73,7 +73,7 @@ class TwinSimulation:
         cam = self.cfg.camera
         palm = ""
         if self.cfg.calibration_marker:
-            from calibration.marker import MarkerSpec, marker_geoms_xml  # noqa: PLC0415 - needs OpenCV
+            from robot_runtime.description.marker import MarkerSpec, marker_geoms_xml  # noqa: PLC0415 - needs OpenCV
 
             palm = marker_geoms_xml(MarkerSpec())
         self.xml = scene.scene_xml(

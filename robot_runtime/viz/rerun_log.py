@@ -32,7 +32,7 @@ import numpy as np
 
 from robot_runtime import description as D
 from robot_runtime.errors import RobotRuntimeError
-from robot_runtime.viz.robot_model import RobotPrimitives
+from robot_runtime.description.geometry import RobotPrimitives
 
 SINKS = ("spawn", "connect", "save", "memory")
 DEFAULT_URL = "rerun+http://127.0.0.1:9876/proxy"

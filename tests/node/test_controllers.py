@@ -17,9 +17,9 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
-from robot_runtime.control.factory import TARGET_JOINTS
 from tests.ros_probe import REPO, RosProbe, start_node, stop_node
 
 # Tracking tolerances (rad) for a 0.2 rad/s ramp: 99% of samples within the first, every
@@ -109,7 +109,7 @@ class Rig:
         home = list(self.cfg.robot.arm_home) + list(self.cfg.robot.hand_home) if pose is None else list(pose)
         self.publishers.append(subprocess.Popen(
             [sys.executable, str(REPO / "tests" / "node" / "ramp_publisher.py"), topic or self.cfg.control.policy_topic,
-             str(speed), str(subscribers), *(f"{n}={q}" for n, q in zip(TARGET_JOINTS, home))], cwd=REPO,
+             str(speed), str(subscribers), *(f"{n}={q}" for n, q in zip(D.ALL_JOINTS, home))], cwd=REPO,
             stdout=open(self.tmp / f"publisher{len(self.publishers)}.log", "w"), stderr=subprocess.STDOUT,
             start_new_session=True))
 

@@ -21,9 +21,9 @@ from std_srvs.srv import Trigger
 
 from policies.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from policies.schema import PolicySchema
+from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
-from robot_runtime.control.factory import TARGET_JOINTS
 from tests.ros_probe import REPO, RosProbe, start_node, stop_node
 
 PERIOD = 0.05
@@ -130,7 +130,7 @@ def test_closed_loop_at_20_hz_for_30_s_without_a_missed_tick(graph):
     # ticks are skipped and counted, and must stay rare
     assert n + missing >= 599 and missing <= 6, (n, missing)
     last = g.targets[-1]
-    assert list(last.name) == list(TARGET_JOINTS) and np.all(np.isfinite(last.position))
+    assert list(last.name) == list(D.ALL_JOINTS) and np.all(np.isfinite(last.position))
     # the controllers follow: the policy armed them on the twin
     assert json.loads(g.arm_status[-1].data)["mode"] == "armed"
 

@@ -6,7 +6,7 @@ import yaml
 
 from calibration.extrinsics import calibration_metadata, camera_pose_for, load_camera_pose
 from calibration.handeye import (CalibrationError, MarkerSighting, park_martin, pose_error, solve_hand_eye)
-from calibration.marker import MarkerSpec
+from robot_runtime.description.marker import MarkerSpec
 from robot_runtime.config import config_from_dict, load_config
 from robot_runtime.transforms import make_T, rot_axis, rot_exp
 from tests.ros_probe import REPO, start_node

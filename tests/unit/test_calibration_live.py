@@ -9,7 +9,7 @@ import pytest
 from calibration.handeye import pose_error
 from calibration.live import (JointHistory, LiveCalibration, PlannedMoves, SightingCollector, StampedImage,
                               min_jerk, order_nearest)
-from calibration.marker import MarkerSpec
+from robot_runtime.description.marker import MarkerSpec
 from robot_runtime.config import config_from_dict, load_config
 from robot_runtime.errors import ConfigError
 from robot_runtime.transforms import make_T

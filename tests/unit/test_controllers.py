@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 
+from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig, XArmConfig
 from robot_runtime.control.controller import Mode, VelocityFilter
 from robot_runtime.interfaces import ControllerStatus, StopKind
-from robot_runtime.control.factory import TARGET_JOINTS, make_arm_controller, make_hand_controller
+from robot_runtime.control.factory import make_arm_controller, make_hand_controller
 from robot_runtime.control.loop import DeadlineLoop, LatencySummary, LoopStatistics
 from robot_runtime.control.targets import TargetRejected
 from robot_runtime.devices.base import ArmDevice, HandDevice, JointSample
@@ -51,7 +52,7 @@ class Rig:
         self.home = np.array(self.cfg.robot.arm_home)
 
     def target(self, q_arm, t_for, source="policy"):
-        self.ctl.on_target(source, TARGET_JOINTS, list(q_arm) + list(self.cfg.robot.hand_home), t_for, self.now)
+        self.ctl.on_target(source, D.ALL_JOINTS, list(q_arm) + list(self.cfg.robot.hand_home), t_for, self.now)
 
     def run(self, seconds, target_fn=None, source="policy"):
         """Tick at 120 Hz for ``seconds``; ``target_fn(t)`` -> arm targets published at 20 Hz, stamped +50 ms."""
@@ -173,7 +174,7 @@ def test_bad_targets_are_counted_and_do_not_move_the_arm():
     rig.run(0.05)
     rig.ctl.arm(rig.now)
     with pytest.raises(TargetRejected):
-        rig.ctl.on_target("policy", TARGET_JOINTS, [float("nan")] * 23, rig.now + 0.05, rig.now)
+        rig.ctl.on_target("policy", D.ALL_JOINTS, [float("nan")] * 23, rig.now + 0.05, rig.now)
     with pytest.raises(TargetRejected):
         rig.ctl.on_target("policy", ("a", "b"), [0.0, 0.0], rig.now + 0.05, rig.now)
     d = rig.ctl.diagnostics()

@@ -7,7 +7,7 @@ import pytest
 from robot_runtime import description as D
 from robot_runtime.errors import DescriptionError
 from robot_runtime.kinematics import UrdfModel
-from robot_runtime.viz.robot_model import urdf_visuals
+from robot_runtime.description.geometry import urdf_visuals
 from robot_runtime.viz.rerun_log import LogThrottle
 
 URDF = D.description_path(D.URDF_NAME)

@@ -1,8 +1,9 @@
 """The robot's visual geometry from the URDF: primitives (box, cylinder, sphere) per link.
 
 The kinematics (:class:`robot_runtime.kinematics.UrdfModel`) poses the links; this module
-says what each link looks like, in the link's own frame. The Rerun logger draws it, and the
-calibration check projects it onto the depth image.
+says what each link looks like, in the link's own frame. The Rerun logger draws it, the
+perception's robot filter removes the robot from the cloud with it, and the calibration
+check projects it onto the depth image.
 """
 from __future__ import annotations
 

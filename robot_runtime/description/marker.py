@@ -1,5 +1,7 @@
 """The hand-eye calibration marker: an ArUco marker on a plate on a bracket at the Allegro palm's side.
 
+Part of the cell's description: the twin draws it on the hand and :mod:`calibration` detects it.
+
 On the real hand the plate is printed and taped on; in the twin it is built from geoms
 (a white plate and one black box per black cell), so the colour camera sees the same
 pattern. The marker frame follows OpenCV's convention: origin at the marker's centre, x to
