@@ -24,32 +24,11 @@ from policies.errors import PolicyError
 from policies.history import window_indices
 from policies.hop import HopPolicy
 from policies.schema import PolicySchema
+from robot_runtime.data.dataset import TrainingEpisode
 
 
-@dataclass
-class Episode:
-    """One episode's policy steps (see the module docstring)."""
-
-    q: np.ndarray
-    actions: np.ndarray
-    visual: np.ndarray
-    #: training windows end at or before this step (None: at any step); the steps after it only
-    #: give the targets of the chunks made before it
-    train_until: int | None = None
-    #: training windows end at or after this step; the steps before it are only history
-    train_from: int = 0
-
-    def __post_init__(self):
-        n = len(self.q)
-        if self.q.ndim != 2 or self.actions.shape != self.q.shape or len(self.visual) != n or n == 0:
-            raise PolicyError(f"episode arrays do not fit: q {self.q.shape}, actions {self.actions.shape}, "
-                              f"visual {self.visual.shape}")
-
-    @property
-    def window_ends(self) -> range:
-        """The steps a training window may end at."""
-        n = len(self.q)
-        return range(min(self.train_from, n), n if self.train_until is None else min(n, self.train_until + 1))
+#: The training episode type comes from the data layer, which hands it out.
+Episode = TrainingEpisode
 
 
 def point_clouds(ep: Episode, what: str) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Dataset tools: list and inspect episodes, the finetuning loader, LeRobotDataset v3 export.
 
-The finetuning loader turns recorded episodes into :class:`policies.bc.Episode` objects:
+The finetuning loader turns recorded episodes into :class:`TrainingEpisode` objects (what
+:mod:`policies.bc` trains on):
 ``q`` the measured joints, ``actions[k]`` the command the controllers sent at the next grid
 step (``command[k + 1]``; the last step repeats), ``visual`` the recorded policy input.
 It checks each episode's preprocessing against the checkpoint's, so a demo recorded for
@@ -19,6 +20,33 @@ import numpy as np
 from robot_runtime import description as D
 from robot_runtime.data.episode_file import PARTIAL_SUFFIX, SUFFIX, load_episode, read_meta, read_partial
 from robot_runtime.errors import EpisodeFileError, RecordingError
+
+
+@dataclass
+class TrainingEpisode:
+    """One episode's policy steps: ``q`` [N, 23] measured joints (rad), ``actions`` [N, 23] the
+    targets that followed each step (rad), ``visual`` [N, ...] the recorded policy input."""
+
+    q: np.ndarray
+    actions: np.ndarray
+    visual: np.ndarray
+    #: training windows end at or before this step (None: at any step); the steps after it only
+    #: give the targets of the chunks made before it
+    train_until: int | None = None
+    #: training windows end at or after this step; the steps before it are only history
+    train_from: int = 0
+
+    def __post_init__(self):
+        n = len(self.q)
+        if self.q.ndim != 2 or self.actions.shape != self.q.shape or len(self.visual) != n or n == 0:
+            raise EpisodeFileError(f"episode arrays do not fit: q {self.q.shape}, actions {self.actions.shape}, "
+                                   f"visual {self.visual.shape}")
+
+    @property
+    def window_ends(self) -> range:
+        """The steps a training window may end at."""
+        n = len(self.q)
+        return range(min(self.train_from, n), n if self.train_until is None else min(n, self.train_until + 1))
 
 
 @dataclass
@@ -100,7 +128,7 @@ def inspect_episode(path) -> dict:
 
 def load_for_training(paths, visual_spec: dict | None = None, successful_only: bool = True,
                       joint_names=D.ALL_JOINTS):
-    """Episodes (files or folders) -> list of :class:`policies.bc.Episode` for behaviour cloning.
+    """Episodes (files or folders) -> list of :class:`TrainingEpisode` for behaviour cloning.
 
     Args:
         visual_spec: the checkpoint's ``VisualSpec.to_dict()``; every episode must match it.
@@ -109,8 +137,6 @@ def load_for_training(paths, visual_spec: dict | None = None, successful_only: b
     Raises:
         EpisodeFileError: a file is unreadable, or its preprocessing or joints do not match.
     """
-    from policies.bc import Episode  # noqa: PLC0415 - torch is needed only for training
-
     files = _expand(paths)
     if visual_spec is not None:
         visual_spec = json.loads(json.dumps(visual_spec))   # as stored (tuples become lists)
@@ -124,7 +150,7 @@ def load_for_training(paths, visual_spec: dict | None = None, successful_only: b
         if visual_spec is not None and ep.meta.get("visual") != visual_spec:
             raise EpisodeFileError(f"{f}: recorded with preprocessing {ep.meta.get('visual')}, but the checkpoint "
                                    f"expects {visual_spec}")
-        out.append(Episode(ep["q"].astype(np.float64), next_commands(ep["command"]).astype(np.float64),
+        out.append(TrainingEpisode(ep["q"].astype(np.float64), next_commands(ep["command"]).astype(np.float64),
                            ep["visual"]))
     return out
 
