@@ -20,14 +20,14 @@ import numpy as np
 import yaml
 
 from calibration.handeye import CalibrationError, HandEyeResult, MarkerSighting, detect_marker, solve_hand_eye
-from robot_runtime.description.marker import MarkerSpec
 from calibration.verify import DepthCheck, RobotDepthModel, check_depth, save_check_png
 from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig
-from robot_runtime.control.pd import pd_torque
+from robot_runtime.description.marker import MarkerSpec
 from robot_runtime.ik import solve_ik
 from robot_runtime.kinematics import UrdfModel
 from robot_runtime.transforms import make_T, rot_axis, rpy_to_mat
+from robot_runtime.twin.drive import ShieldedTwinDrive
 
 #: Where the marker is held for the camera (base frame, m).
 POSE_BOX = ((0.3, 0.55), (-0.2, 0.1), (0.18, 0.36))
@@ -137,15 +137,11 @@ def calibrate_on_twin(cfg: RuntimeConfig, n_poses: int = 15, seed: int = 0, sett
         if progress:
             from tqdm import tqdm  # noqa: PLC0415
             bar = tqdm(total=len(targets), desc="calibration poses", unit="pose")
-        hand = cfg.control.hand
         hand_open = np.asarray(r.hand_home, float)
+        drive = ShieldedTwinDrive(sim, cfg, 1.0 / cfg.rates.policy_hz)
         for q_arm in targets:
-            sim.set_arm_target(q_arm)
-            n_steps = int(settle_s / sim.dt)
-            for _ in range(n_steps):
-                hs = sim.hand_state()
-                sim.set_hand_torque(pd_torque(hand_open, hs.position, hs.velocity, hand.kp, hand.kd, hand.torque_limit))
-                sim.step()
+            for _ in range(int(round(settle_s / drive.period))):   # to the pose within the controllers' limits
+                drive.step(np.concatenate([q_arm, hand_open]))
             q = np.concatenate([sim.arm_state().position, sim.hand_state().position])
             corners = detect_marker(sim.render_color(), spec)
             depth = sim.render_depth()

@@ -3,7 +3,8 @@ before any teleoperated demo exists.
 
 Each episode resets the twin with a seed (a new object placement), plans the scripted
 reach-grasp-lift cycle of :mod:`robot_runtime.control.demo_motion` toward the object, and
-drives the twin with it in process (arm servo targets, hand PD torques). At every policy
+drives the twin with it in process through the controllers' shield
+(:class:`robot_runtime.twin.drive.ShieldedTwinDrive`). At every policy
 step it keeps the measured joints, the depth frame rendered at that instant (through the
 one preprocessing path) and the target for the next step.
 """
@@ -15,9 +16,9 @@ from policies.bc import Episode
 from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig
 from robot_runtime.control.demo_motion import ReachGraspScript
-from robot_runtime.control.pd import pd_torque
 from robot_runtime.kinematics import UrdfModel
 from robot_runtime.perception.preprocess import VisualPreprocessor, VisualSpec
+from robot_runtime.twin.drive import ShieldedTwinDrive
 
 
 def scripted_episodes(cfg: RuntimeConfig, seeds, visual: VisualSpec, progress: bool = True,
@@ -31,10 +32,8 @@ def scripted_episodes(cfg: RuntimeConfig, seeds, visual: VisualSpec, progress: b
                               cfg.robot.hand_mount.rpy, cfg.demo.cycle_s, cfg.control.workspace.table_z)
     pre = VisualPreprocessor(visual, sim.camera_pose())
     K = sim.intrinsics()
-    hand = cfg.control.hand
     period = 1.0 / cfg.rates.policy_hz
     n_steps = int(round(cfg.demo.cycle_s / period))
-    per_tick = int(round(period / sim.dt))
     episodes, depths = [], []
     seeds = list(seeds)
     bar = None
@@ -44,6 +43,7 @@ def scripted_episodes(cfg: RuntimeConfig, seeds, visual: VisualSpec, progress: b
     try:
         for seed in seeds:
             poses = sim.reset(cfg.twin.task, int(seed))
+            drive = ShieldedTwinDrive(sim, cfg, period)
             graspable = [n for n in sim.active_objects if n != "bowl"] or list(sim.active_objects)
             script.plan(sim.arm_state().position, poses[graspable[0]].position)
             qs, acts, vis, raw = [], [], [], []
@@ -57,13 +57,7 @@ def scripted_episodes(cfg: RuntimeConfig, seeds, visual: VisualSpec, progress: b
                     raw.append(depth)
                 arm_next, hand_next = script.sample(t + period)
                 acts.append(np.concatenate([arm_next, hand_next]))
-                for _ in range(per_tick):
-                    arm_t, hand_t = script.sample(sim.time)
-                    sim.set_arm_target(arm_t)
-                    hs = sim.hand_state()
-                    sim.set_hand_torque(pd_torque(hand_t, hs.position, hs.velocity, hand.kp, hand.kd,
-                                                  hand.torque_limit))
-                    sim.step()
+                drive.step(acts[-1])
             episodes.append(Episode(np.array(qs), np.array(acts), np.array(vis)))
             if keep_depth:
                 depths.append(np.array(raw))

@@ -24,7 +24,6 @@ import numpy as np
 
 from robot_runtime import description as D
 from robot_runtime.control.demo_motion import min_jerk
-from robot_runtime.control.pd import pd_torque
 from robot_runtime.errors import TeleopError
 from robot_runtime.ik import solve_ik
 from robot_runtime.kinematics import UrdfModel
@@ -449,30 +448,3 @@ class ScriptedExpert:
                 s = min_jerk((t - a.t) / (b.t - a.t))
                 return np.concatenate([a.arm + s * (b.arm - a.arm), a.hand + s * (b.hand - a.hand)]), b.label
         return np.concatenate([wps[0].arm, wps[0].hand]), wps[1].label if len(wps) > 1 else "done"
-
-
-def play_in_twin(sim, expert: ScriptedExpert, task: str, seed: int, hand_gains) -> bool:
-    """Plan one episode and play it on an in-process twin, faster than real time and without ROS:
-    the arm follows the plan's joint targets, the hand gets the controller's PD torques.
-
-    Args:
-        sim: a :class:`robot_runtime.twin.sim.TwinSimulation`.
-        hand_gains: the hand controller's config (``kp``, ``kd``, ``torque_limit``).
-
-    Returns whether the task is solved at the end (:func:`task_success`).
-    """
-    def poses() -> dict:
-        return {k: (v.position, v.quaternion) for k, v in sim.object_poses().items()}
-    sim.reset(task, seed)
-    start = poses()
-    q = np.concatenate([sim.arm_state().position, sim.hand_state().position])
-    expert.plan(task, start, sim.active_objects, q, np.random.default_rng(seed))
-    t0 = sim.time
-    while sim.time - t0 < expert.duration + 0.2:
-        target, _ = expert.sample(sim.time - t0)
-        sim.set_arm_target(target[:7])
-        hand = sim.hand_state()
-        sim.set_hand_torque(pd_torque(target[7:], hand.position, hand.velocity, hand_gains.kp, hand_gains.kd,
-                                      hand_gains.torque_limit))
-        sim.step()
-    return task_success(task, sim.active_objects, start, poses())

@@ -22,7 +22,7 @@ Success is judged at the end from ground-truth object poses
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,14 +30,12 @@ import numpy as np
 
 from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig, config_to_dict
-from robot_runtime.control.factory import joint_limits
-from robot_runtime.control.pd import pd_torque
-from robot_runtime.control.safety import ShieldState, shield_step
 from robot_runtime.data.recorder import EpisodeRecorder, RecorderInputs, Stamped
 from robot_runtime.perception.preprocess import VisualPreprocessor, VisualSpec
 from robot_runtime.errors import TeleopError
 from robot_runtime.teleop.scripted import task_objects, task_success
 from robot_runtime.twin import scene
+from robot_runtime.twin.drive import ShieldedTwinDrive
 
 #: The sites whose centre counts as where the hand is, for :attr:`EpisodeOutcome.closest_m`.
 HAND_SITES = D.FINGERTIP_FRAMES
@@ -94,13 +92,9 @@ class TwinEpisodeRunner:
         self.cfg = cfg
         self.sim = TwinSimulation(cfg.twin, cfg.robot)
         self.period = 1.0 / cfg.rates.policy_hz
-        self.substeps = max(1, int(round(self.period / self.sim.dt)))
+        self.drive = ShieldedTwinDrive(self.sim, cfg, self.period)
         self.K = self.sim.intrinsics()
         T_cam = self.sim.camera_pose()
-        # The controllers' limits hold per controller tick; one policy period spans several.
-        self.limits = {
-            "arm": self._per_period(joint_limits(D.ARM_JOINTS, D.ARM_LIMITS, cfg.control.arm), cfg.rates.arm_hz),
-            "hand": self._per_period(joint_limits(D.HAND_JOINTS, D.HAND_LIMITS, cfg.control.hand), cfg.rates.hand_hz)}
         self.recorder = None
         if out_dir is not None:
             static = {"joint_names": list(D.ALL_JOINTS), "proprio_joint_names": list(D.ALL_JOINTS),
@@ -111,9 +105,6 @@ class TwinEpisodeRunner:
                                             min_free_mb=cfg.recorder.min_free_mb, max_episode_s=cfg.recorder.max_episode_s,
                                             max_frame_age_s=self.period, max_state_age_s=self.period)
 
-    def _per_period(self, limits, rate_hz: float):
-        return replace(limits, max_step=limits.max_step * rate_hz * self.period)
-
     def close(self) -> None:
         self.sim.close()
 
@@ -121,7 +112,7 @@ class TwinEpisodeRunner:
         return {k: (v.position, v.quaternion) for k, v in self.sim.object_poses().items()}
 
     def measured(self) -> np.ndarray:
-        return np.concatenate([self.sim.arm_state().position, self.sim.hand_state().position])
+        return self.drive.measured()
 
     def run(self, task: str, seed: int, driver: Driver, duration_s: "float | Callable[[], float]", note: str = "",
             on_reset: Callable[[dict, np.ndarray], None] | None = None, scene: str | None = None,
@@ -133,20 +124,18 @@ class TwinEpisodeRunner:
         is set up for ``scene`` (default: ``task``); success is ``judge(start_poses, end_poses)``
         (default: the task's own check).
         """
-        sim, cfg = self.sim, self.cfg
+        sim = self.sim
         sim.reset(scene or task, seed)
         start = self.poses()
         q0 = self.measured()
         if on_reset is not None:
             on_reset(start, q0)
-        shield = {"arm": ShieldState.at_rest(q0[:7]), "hand": ShieldState.at_rest(q0[7:])}
-        cmd = q0.copy()
+        self.drive.reset()
         wall0 = time.time()
         if self.recorder is not None:
             self.recorder.start(task, note, {"seed": int(seed), "in_process_twin": True}, now=wall0)
         n_steps = int(round((duration_s() if callable(duration_s) else duration_s) / self.period))
         holds, interventions = 0, {}
-        h = cfg.control.hand
         try:
             obj, container = task_objects(task, sim.active_objects)
         except TeleopError:   # not one of the twin's tasks (an interaction): no reach figures
@@ -157,6 +146,7 @@ class TwinEpisodeRunner:
                 t = k * self.period
                 q = self.measured()
                 depth = sim.render_depth()
+                cmd = self.drive.command
                 if self.recorder is not None:
                     stamp = wall0 + t
                     self.recorder.tick(stamp, RecorderInputs(Stamped(stamp, depth), self.K, Stamped(stamp, q[:7]),
@@ -165,21 +155,9 @@ class TwinEpisodeRunner:
                 target = driver(t, q, depth, self.K)
                 if target is None:
                     holds += 1
-                    target = cmd
-                new = np.empty(23)
-                for part, sl in (("arm", slice(0, 7)), ("hand", slice(7, 23))):
-                    res = shield_step(self.limits[part], shield[part], np.asarray(target, float)[sl], self.period)
-                    shield[part] = res.state
-                    new[sl] = res.q
-                    for r in res.reasons:
-                        interventions[r] = interventions.get(r, 0) + 1
-                for i in range(1, self.substeps + 1):
-                    x = cmd + (new - cmd) * (i / self.substeps)
-                    sim.set_arm_target(x[:7])
-                    hs = sim.hand_state()
-                    sim.set_hand_torque(pd_torque(x[7:], hs.position, hs.velocity, h.kp, h.kd, h.torque_limit))
-                    sim.step()
-                cmd = new
+                    target = self.drive.command
+                for r in self.drive.step(target):
+                    interventions[r] = interventions.get(r, 0) + 1
                 if obj is not None:
                     poses = sim.object_poses()
                     p_obj = np.asarray(poses[obj].position)
@@ -342,3 +320,22 @@ def record_scripted_demos_parallel(cfg: RuntimeConfig, task: str, seeds, out_dir
         if bar is not None:
             bar.close()
     return sorted(out, key=lambda o: o.seed)
+
+
+def play_in_twin(sim, expert, task: str, seed: int, cfg: RuntimeConfig) -> bool:
+    """Plan one episode with the scripted ``expert`` and play it on an in-process twin, faster than
+    real time and without ROS, through :class:`ShieldedTwinDrive` at the policy's rate (the
+    expert's targets for the end of each period, as :func:`scripted_driver` gives them).
+
+    Returns whether the task is solved at the end (:func:`task_success`).
+    """
+    def poses() -> dict:
+        return {k: (v.position, v.quaternion) for k, v in sim.object_poses().items()}
+    sim.reset(task, seed)
+    start = poses()
+    period = 1.0 / cfg.rates.policy_hz
+    drive = ShieldedTwinDrive(sim, cfg, period)
+    expert.plan(task, start, sim.active_objects, drive.measured(), np.random.default_rng(seed))
+    for k in range(int(np.ceil((expert.duration + 0.2) / period))):
+        drive.step(expert.sample((k + 1) * period)[0])
+    return task_success(task, sim.active_objects, start, poses())

@@ -117,7 +117,7 @@ def test_operator_mode_on_the_twin_recovers_the_camera():
     pytest.importorskip("cv2")
     from calibration.extrinsics import camera_pose_for
     from calibration.session import plan_for_robot
-    from robot_runtime.control.pd import pd_torque
+    from robot_runtime.twin.drive import ShieldedTwinDrive
     from robot_runtime.twin.sim import TwinSimulation
 
     cfg = load_config(REPO / "config" / "sim_calibrate.yaml")
@@ -129,28 +129,22 @@ def test_operator_mode_on_the_twin_recovers_the_camera():
         r = cfg.robot
         Kc = sim.color_intrinsics()
         targets = plan_for_robot(cfg, live.model, live.spec, sim.camera_pose(), Kc, (1280, 960), 8, seed=5)
-        hand = cfg.control.hand
+        drive = ShieldedTwinDrive(sim, cfg, 2 * sim.dt)   # joint states at half the physics rate
 
-        def run(seconds, frames_at=()):
-            n = int(round(seconds / sim.dt))
-            for k in range(n):
-                hs = sim.hand_state()
-                sim.set_hand_torque(pd_torque(np.asarray(r.hand_home), hs.position, hs.velocity, hand.kp, hand.kd,
-                                              hand.torque_limit))
-                sim.step()
-                if k % 2 == 0:
-                    live.on_arm(sim.time, sim.arm_state().position)
-                    live.on_hand(sim.hand_state().position)
+        def run(q_arm, seconds, frames_at=()):
+            for k in range(int(round(seconds / drive.period))):
+                drive.step(np.concatenate([q_arm, r.hand_home]))
+                live.on_arm(sim.time, sim.arm_state().position)
+                live.on_hand(sim.hand_state().position)
                 if k in frames_at:
                     live.on_color(StampedImage(sim.render_color(), Kc, sim.time))
                     live.on_depth(StampedImage(sim.render_depth(), sim.intrinsics(), sim.time))
                 live.tick(sim.time)
 
         for q in targets:
-            sim.set_arm_target(q)
-            steps = int(round(3.0 / sim.dt))
-            run(3.0, frames_at=(steps // 8, steps - 10, steps - 5))   # moving, then twice at rest
-        run(0.05)
+            steps = int(round(3.0 / drive.period))
+            run(q, 3.0, frames_at=(steps // 8, steps - 5, steps - 3))   # moving, then twice at rest
+        run(targets[-1], 0.05)
     finally:
         sim.close()
     counts = live.collector.counts

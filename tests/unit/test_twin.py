@@ -143,13 +143,14 @@ def test_the_scripted_expert_solves_each_task_in_the_physics(sim, task):
     tips the bottle's mouth over it, grasp & lift raises the object 8 cm."""
     from robot_runtime.config import load_config
     from robot_runtime.kinematics import UrdfModel
-    from robot_runtime.teleop.scripted import ScriptedExpert, play_in_twin
+    from robot_runtime.teleop.scripted import ScriptedExpert
+    from robot_runtime.twin.rollout import play_in_twin
 
     cfg = load_config(Path(__file__).parents[2] / "config" / "sim.yaml")
     r = cfg.robot
     expert = ScriptedExpert(UrdfModel.from_file(D.description_path(D.URDF_NAME)), r.hand_mount.xyz,
                             r.hand_mount.rpy, r.hand_home, r.arm_home)
-    solved = [play_in_twin(sim, expert, task, seed, cfg.control.hand) for seed in range(6)]
+    solved = [play_in_twin(sim, expert, task, seed, cfg) for seed in range(6)]
     assert sum(solved) >= 5, solved
 
 
@@ -235,3 +236,27 @@ def test_a_mirrored_drop_demo_replayed_on_the_mirrored_placement_does_the_task(t
         np.testing.assert_allclose(m, p * [1, -1, 1], atol=1e-9)
     out = replay_commands(cfg, demo.file, visual, mirrored=True)
     assert out.success and out.lift_m > 0.05 and out.end_m < 0.075, out
+
+
+def test_the_in_process_drive_applies_the_controllers_shield(sim):
+    """Every in-process user of the twin steps through ShieldedTwinDrive: a target 2 rad away on
+    joint 1 and one past joint 2's limit are shielded (the arm moves at most the controllers'
+    speed per period and never past the limit), as the robot's own controllers would do."""
+    from robot_runtime.config import load_config
+    from robot_runtime.twin.drive import ShieldedTwinDrive
+
+    cfg = load_config(Path(__file__).parents[2] / "config" / "sim.yaml")
+    sim.reset("grasp_lift", 0)
+    drive = ShieldedTwinDrive(sim, cfg, 0.05)
+    q0 = drive.measured()
+    far = q0.copy()
+    far[0] += 2.0
+    reasons = drive.step(far)
+    vmax = cfg.control.arm.max_velocity[0]
+    assert reasons and abs(drive.command[0] - q0[0]) <= vmax * 0.05 + 1e-9
+    past = q0.copy()
+    past[1] = D.ARM_LIMITS[1][1] + 1.0
+    for _ in range(60):
+        drive.step(past)
+    assert drive.command[1] <= D.ARM_LIMITS[1][1] and np.all(np.isfinite(drive.measured()))
+    assert drive.measured()[1] <= D.ARM_LIMITS[1][1] + 0.02
