@@ -51,6 +51,7 @@ bench: venv
 	$(PY) -m bench.control
 	$(PY) -m bench.policy
 	$(PY) -m bench.teleop
+	$(PY) -m bench.faults
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench/results

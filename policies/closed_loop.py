@@ -36,6 +36,7 @@ from policies.checkpoint import Checkpoint, load_checkpoint
 from policies.errors import PolicyError
 from policies.history import StepHistory
 from policies.runners import PolicyRunner, make_runner
+from robot_runtime.config import path_inside
 from robot_runtime.perception.preprocess import PreprocessError, VisualPreprocessor
 
 #: Why a tick published nothing.
@@ -408,18 +409,25 @@ class CheckpointSwapper:
     """
 
     def __init__(self, policy: ClosedLoopPolicy, live: LiveRobot, runner: str, warmup_steps: int,
-                 pause=lambda: time.sleep(0.01)):
+                 pause=lambda: time.sleep(0.01), roots=None):
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
         self.policy, self.live, self.runner, self.warmup_steps, self.pause = policy, live, runner, warmup_steps, pause
+        self.roots = [Path(r) for r in roots] if roots else None   # where a swap may load from (None: anywhere)
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-loader")
         self.last = f"loaded {policy.policy.name}"
 
     def swap(self, path) -> str:
         """Load, check, warm up and dry-run ``path``, then swap it in between ticks; returns what
-        happened. Raises PolicyError/CheckpointError (the running policy stays)."""
+        happened. Raises PolicyError/CheckpointError (the running policy stays): also when ``path``
+        lies outside the swapper's ``roots``."""
         t0 = time.monotonic()
         try:
+            if self.roots is not None:
+                try:
+                    path = path_inside(path, self.roots, "checkpoint")
+                except ValueError as exc:
+                    raise PolicyError(str(exc)) from None
             cand = self._loader.submit(self.policy.prepare, path, self.live, self.runner, self.warmup_steps,
                                        export_in_subprocess=True, pause=self.pause).result()
             msg = self.policy.install(cand)

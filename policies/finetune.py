@@ -52,6 +52,7 @@ from policies.errors import PolicyError
 from policies.hop import HopArchitecture, HopPolicy
 from policies.schema import PolicySchema
 from robot_runtime import description as D
+from robot_runtime.config import path_inside
 from robot_runtime.perception.preprocess import VisualSpec
 
 STATE_FILE = "train_state.pt"
@@ -587,14 +588,10 @@ def job_paths(episodes: list[str], out: str, base: str, episode_root: Path, out_
         FinetuneError: naming the value and the folder(s) it had to be in.
     """
     def inside(value: str, roots: list[Path], what: str) -> str:
-        value = str(value).strip()
-        if not value or value.startswith("-") or "\0" in value:
-            raise FinetuneError(f"{what} {value!r}: not a path")
-        roots = [Path(r).resolve() for r in roots]
-        path = (roots[0] / value).resolve()      # an absolute value stays itself
-        if not any(path == r or r in path.parents for r in roots):
-            raise FinetuneError(f"{what} {value!r} resolves to {path}, outside {' and '.join(map(str, roots))}")
-        return str(path)
+        try:
+            return str(path_inside(value, roots, what))
+        except ValueError as exc:
+            raise FinetuneError(str(exc)) from None
     srcs = [inside(e, [episode_root], "episodes") for e in episodes]
     return srcs, inside(out, [out_root], "out"), inside(base, base_roots, "base") if base else ""
 

@@ -62,6 +62,24 @@ class _FromFile(str):
     base_dir: Path
 
 
+def path_inside(value, roots, what: str) -> Path:
+    """``value`` (a path some peer asked for: a ROS parameter or service field) resolved, when it
+    lies inside one of the folders ``roots`` (a relative value is taken from the first). It may
+    not be empty or look like a command-line option.
+
+    Raises:
+        ValueError: naming ``what``, the value and the folders it had to be in.
+    """
+    text = str(value).strip()
+    if not text or text.startswith("-") or "\0" in text:
+        raise ValueError(f"{what} {text!r}: not a path")
+    roots = [Path(r).resolve() for r in roots]
+    path = (roots[0] / text).resolve()      # an absolute value stays itself
+    if not any(path == r or r in path.parents for r in roots):
+        raise ValueError(f"{what} {text!r} resolves to {path}, outside {' and '.join(map(str, roots))}")
+    return path
+
+
 def _plain(value: Any) -> Any:
     """``value`` with :class:`_FromFile` strings turned back into plain ones."""
     if isinstance(value, str):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -70,7 +71,11 @@ class PolicyNode(LoopNode):
         self.armer = TwinControllerArmer(self, wanted=False, callback_group=group) if self.pcfg.arm_controllers \
             else None
         self._internal = threading.local()   # set while rollback sets the parameter (on its own thread)
-        self.swapper = CheckpointSwapper(self.policy, self.live, self.pcfg.runner, self.pcfg.warmup_steps)
+        # A swap loads only from the finetune folder or the configured checkpoint's (the parameter
+        # is any DDS peer's to set).
+        roots = [self.pcfg.finetune_dir] + ([Path(self.pcfg.checkpoint).parent] if self.pcfg.checkpoint else [])
+        self.swapper = CheckpointSwapper(self.policy, self.live, self.pcfg.runner, self.pcfg.warmup_steps,
+                                         roots=roots)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.inputs = LatestInputs()
         self.tick_log = TickLog() if self.timing_log else None

@@ -166,8 +166,12 @@ def test_hot_swap_good_and_bad_checkpoints_while_running(graph):
     with torch.no_grad():   # a slightly different, good network
         for p in model.parameters():
             p.add_(1e-3 * torch.randn_like(p))
-    good = save_checkpoint(g.tmp / "good", model, ck.schema, {"source": "test", "parent": ck.sha256})
-    bad = _bad_checkpoints(g.tmp, shipped)
+    root = Path(g.cfg.policy.finetune_dir)   # where a swap may load from
+    good = save_checkpoint(root / "good", model, ck.schema, {"source": "test", "parent": ck.sha256})
+    bad = _bad_checkpoints(root, shipped)
+    outside = g.tmp / "outside"   # a good checkpoint, but where no swap may load from
+    shutil.copytree(good, outside)
+    bad.append((outside, "outside"))
     # making those checkpoints loaded this machine; start once the graph runs smoothly again
     t_ready = g.now()
     assert g.probe.wait_for(lambda: g.last_stamp() > t_ready + 1.0, 10.0)
@@ -191,7 +195,7 @@ def test_hot_swap_good_and_bad_checkpoints_while_running(graph):
     print(f"swap window: {n} targets published, {missing} ticks skipped for late twin inputs")
     status = json.loads(g.status[-1].data)
     assert status["previous"].startswith("good@")
-    assert (g.tmp / "good" / META_FILE).is_file()
+    assert (root / "good" / META_FILE).is_file()
 
 
 def test_services_answer_while_a_hot_swap_exports(graph):
@@ -203,7 +207,8 @@ def test_services_answer_while_a_hot_swap_exports(graph):
     with torch.no_grad():   # weights no cache has seen: the swap must export
         for p in model.parameters():
             p.add_(1e-3 * torch.randn_like(p))
-    fresh = save_checkpoint(g.tmp / "fresh", model, ck.schema, {"source": "test"}, onnx=False)
+    fresh = save_checkpoint(Path(g.cfg.policy.finetune_dir) / "fresh", model, ck.schema, {"source": "test"},
+                            onnx=False)
     req = SetParameters.Request(parameters=[Parameter("checkpoint", value=str(fresh)).to_parameter_msg()])
     assert g.set_client.wait_for_service(timeout_sec=10.0)
     swap = g.set_client.call_async(req)

@@ -117,3 +117,15 @@ def test_extends_errors_name_the_file_and_key(tmp_path):
     assert "extends" in str(e.value)
     with pytest.raises(ConfigError, match="file not found.*nowhere.yaml"):
         load_config(write(tmp_path, "extends: nowhere.yaml\n", "c.yaml"))
+
+
+def test_a_path_a_peer_asks_for_must_lie_inside_the_configured_folders(tmp_path):
+    from robot_runtime.config import path_inside
+
+    ok = tmp_path / "checkpoints"
+    assert path_inside("run1", [ok], "checkpoint") == (ok / "run1").resolve()
+    assert path_inside(str(tmp_path / "shipped" / "x"), [ok, tmp_path / "shipped"], "checkpoint").name == "x"
+    for value, match in (("../elsewhere", "outside"), ("/etc/passwd", "outside"), ("--resume=/x", "not a path"),
+                         ("", "not a path"), (f"{ok}/../../x", "outside")):
+        with pytest.raises(ValueError, match=match):
+            path_inside(value, [ok], "checkpoint")
