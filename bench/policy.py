@@ -12,7 +12,8 @@ with the shipped checkpoint's weights, one CPU thread each:
   frames of the window every step.
 
 The three run interleaved, step by step, so machine noise hits all alike. The
-reference's actions are checked against ours (parity) before timing.
+reference's actions are checked against ours (parity within ``PARITY_TOL``, 1e-3 rad) over
+the warm-up steps, before any step is timed, and over the run; a difference stops the benchmark.
 
 Part 2, on the twin: the whole graph (sim, controllers, policy_node) runs for
 ``BENCH_TWIN_S`` seconds (default 30); policy_node's timing log gives the age of the
@@ -45,6 +46,8 @@ CONFIG = REPO / "config" / "sim.yaml"
 STEPS = int(os.environ.get("BENCH_POLICY_STEPS", "600"))
 TWIN_S = float(os.environ.get("BENCH_TWIN_S", "30"))
 WARMUP = 20
+#: The most the reference's targets may differ from ours (rad) for the timings to compare like work.
+PARITY_TOL = 1e-3
 STAGES = ("preprocess", "encode", "trunk", "post")
 
 
@@ -143,6 +146,12 @@ def step_latency(ckpt_path: Path, cfg) -> tuple[dict, dict]:
                     times[name][s].append(v * 1e3)
         for name in runners:
             worst[name] = max(worst[name], float(np.abs(outs[name] - outs["reference"]).max()))
+        if i == WARMUP - 1 and max(worst.values()) > PARITY_TOL:   # checked before any step is timed
+            raise SystemExit(f"the reference's actions differ from ours by {max(worst.values()):.2e} rad over the "
+                             f"warm-up steps (tolerance {PARITY_TOL:g}): the comparison would time different work")
+    if max(worst.values()) > PARITY_TOL:
+        raise SystemExit(f"the reference's actions differ from ours by {max(worst.values()):.2e} rad "
+                         f"(tolerance {PARITY_TOL:g})")
     result = {name: {"step": latency(t["step"]), **{s: latency(t[s]) for s in STAGES}}
               for name, t in times.items()}
     return result, worst

@@ -111,11 +111,15 @@ class JointController:
         self._blend_from: np.ndarray | None = None
         self._blend_start = 0.0
         self._freshness: Freshness | None = None
+        self._restart_after: float | None = None   # armed at this time: restart from a state acquired since
         self.last_measured: JointSample | None = None
         self.ticks = 0
         self._tick_done = threading.Condition(self._lock)
 
-    #: On arming, start from the measured position (True) or from the held command (False).
+    #: On arming, start from the measured position (True) or from the held command (False). From
+    #: the measured position means from a joint state acquired at or after the arm request: until
+    #: one arrives nothing is sent (a state read before it may be from before the arm was moved by
+    #: hand, and the first servo target would pull it back at full speed).
     RESTART_FROM_MEASURED = True
 
     # ------------------------------------------------------------------ inputs
@@ -175,7 +179,7 @@ class JointController:
             self.reason = ""
             self.faults = []
             if self.RESTART_FROM_MEASURED:
-                self._prev = ShieldState.at_rest(self._measured_q, self._bound_points())
+                self._restart_after = now
             else:
                 self._prev = self._prev.held()
             self._engage(now)
@@ -250,6 +254,11 @@ class JointController:
         points_fn = self._bound_points()
         if self._prev is None:
             self._prev = ShieldState.at_rest(measured.position, points_fn)
+        if self._restart_after is not None and self.mode is Mode.ARMED:
+            if measured.t < self._restart_after:   # no joint state read since the arm request yet
+                return TickOutput(None, None, ("awaiting_state",), self.mode, None)
+            self._prev = ShieldState.at_rest(measured.position, points_fn)
+            self._restart_after = None
         dt = now - self._prev_t if self._prev_t is not None else self.period_s
         dt = min(max(dt, 1e-4), 0.1)
         self._prev_t = now

@@ -46,8 +46,11 @@ class ReplayCamera(DepthCamera):
         if self._i >= len(self.depth):
             if not self.cfg.loop:
                 return None
+            # the next pass starts one mean frame spacing after the last frame, keeping the pace
+            span = self.stamps[-1] - self.stamps[0]
+            step = span / (len(self.stamps) - 1) if len(self.stamps) > 1 else 0.0
+            self._t0 += span + step
             self._i = 0
-            self._t0 = self.clock()
         due = self._t0 + (self.stamps[self._i] - self.stamps[0])
         wait = due - self.clock()
         if wait > timeout_s:

@@ -19,7 +19,8 @@ def run_cli(*args, timeout=90):
 
 
 def test_sim_runs_and_the_control_cli_stops_it():
-    """`make sim`'s graph: the demo arms both controllers; `robot-runtime control estop` stops them."""
+    """`make sim`'s graph: policy_node arms both controllers on the twin (``policy.arm_controllers``);
+    `robot-runtime control estop` stops them."""
     probe = RosProbe("smoke_probe")
     status = {n: [] for n in ("arm_controller_node", "hand_controller_node")}
     for n, store in status.items():

@@ -31,3 +31,8 @@ def test_camera_node_replays_depth_and_says_which_camera(tmp_path):
     frames = [float(np.nanmean(ros_io.depth_from_msg(m))) for m in images]
     assert set(np.round(frames, 2)) <= {round(0.5 + 0.01 * i, 2) for i in range(10)}   # the recording's frames
     assert np.allclose(ros_io.intrinsics_from_info(infos[-1]), K)
+    # at the recording's pace: each frame stamped when released, 1/30 s after the one before (the
+    # replay loops; a delivery stall on a loaded machine shows as a longer gap, never a shorter one)
+    gaps = np.diff([ros_io.from_time_msg(m.header.stamp) for m in images])
+    gaps = gaps[gaps > 0]   # the wrap of the loop to the first frame
+    assert abs(float(np.median(gaps)) - 1 / 30) < 0.005 and gaps.min() > 1 / 30 - 0.005, gaps

@@ -20,8 +20,6 @@ from robot_runtime.errors import EpisodeFileError
 from robot_runtime.teleop.collect import DemoCollector, write_twin_collect_config
 from tests.ros_probe import REPO, start_node, stop_node
 
-#: Episodes the first test may record to get five successful ones.
-MAX_ATTEMPTS = 6
 NODES = ("sim_node", "arm_controller_node", "hand_controller_node", "teleop_node", "recorder_node")
 
 
@@ -43,16 +41,14 @@ def graph(tmp_path_factory):
 
 
 def test_scripted_expert_records_five_grasp_lift_episodes_without_dropped_steps(graph):
+    """Every one of the five episodes succeeds. This was once loosened to five of up to six (a
+    grasp lost now and then); since the expert plans on one IK branch, seeds 0-4 succeeded 10 of
+    10 here, on an idle 2-core machine and beside two busy-looping processes, so it is strict again:
+    a failure names its seed and the nodes' last log lines."""
     col, procs, tmp = graph
-    # As a lab collects: record until five demos succeed. A failed one (a grasp lost on this
-    # loaded machine now and then) is saved flagged as a failure, and the loader skips it.
-    results = []
-    for seed in range(MAX_ATTEMPTS):
-        results.append(col.episode(seed))
-        if sum(r.success for r in results) == 5:
-            break
+    results = [col.episode(seed) for seed in range(5)]
     logs = " | ".join((tmp / f"{n}.log").read_text()[-400:] for n in NODES)
-    assert sum(r.success for r in results) == 5 and len(results) <= 6, f"{results} {logs}"
+    assert all(r.success for r in results), f"failed seeds {[r.seed for r in results if not r.success]}: {logs}"
     rows = list_episodes(tmp / "episodes")
     assert [r.status for r in rows] == ["ok"] * len(results)
     assert [load_episode(r.file).meta["success"] for r in results] == [r.success for r in results]
@@ -91,8 +87,7 @@ def test_sigkill_mid_episode_keeps_saved_episodes_and_marks_the_partial_one(grap
     os.killpg(procs["recorder_node"].pid, signal.SIGKILL)
     procs["recorder_node"].wait(10)
     rows = list_episodes(tmp / "episodes")
-    saved = [r.status for r in rows].count("ok")
-    assert saved >= 5
+    assert [r.status for r in rows].count("ok") == 5
     partial = [r for r in rows if r.status == "partial"]
     assert len(partial) == 1 and partial[0].steps >= 20, rows
     for r in rows:

@@ -75,7 +75,10 @@ def test_viz_node_keeps_up_and_saves_a_readable_rrd(tmp_path):
         for p in procs:
             stop_node(p)
     assert viz_code == 0, (tmp_path / "viz_node.log").read_text()[-800:]   # stopped cleanly on SIGINT
-    assert rates and float(np.median(rates)) >= 18.0, rates      # keeps up with the 20 Hz policy
+    # Keeps up with the 20 Hz policy in every second of the 8: the slowest reading, leaving out the
+    # first, whose window still covers the viewer's start-up (measured beside two busy-looping
+    # processes: 13.9 Hz for that first window, 19.97 Hz or more for every later one).
+    assert len(rates) > 2 and min(rates[1:]) >= 18.0, rates
     # and the loops kept >= 99% of their deadlines meanwhile, leaving out the worst second.
     # A load the viewer adds lasts as long as it runs and shows in every second; a single
     # machine-wide pause (about 330 ms, seen on the shared 2-core CI machine in both

@@ -6,11 +6,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from calibration.handeye import pose_error
+from calibration.handeye import CalibrationError, pose_error
 from calibration.live import (JointHistory, LiveCalibration, PlannedMoves, SightingCollector, StampedImage,
                               min_jerk, order_nearest)
-from robot_runtime.description.marker import MarkerSpec
 from robot_runtime.config import config_from_dict, load_config
+from robot_runtime.description.marker import MarkerSpec
 from robot_runtime.errors import ConfigError
 from robot_runtime.transforms import make_T
 from tests.ros_probe import REPO
@@ -81,7 +81,7 @@ def test_operator_mode_refuses_repeats_and_counts_unseen_markers():
 def test_intrinsics_that_change_mid_run_are_refused():
     c = _collector([])
     c.add_color(StampedImage(np.zeros((4, 4, 3), np.uint8), K, 0.0))
-    with pytest.raises(Exception, match="intrinsics changed"):
+    with pytest.raises(CalibrationError, match="intrinsics changed"):
         c.add_color(StampedImage(np.zeros((4, 4, 3), np.uint8), K * 1.01, 0.1))
 
 
@@ -203,7 +203,7 @@ def test_calibration_config_mistakes_name_their_key(section, key):
 
 def test_planned_calibration_without_a_camera_guess_says_what_to_give():
     cfg = load_config(REPO / "config" / "sim_calibrate.yaml")
-    with pytest.raises(Exception, match="camera_guess_position"):
+    with pytest.raises(CalibrationError, match="camera_guess_position"):
         LiveCalibration(cfg, None)
 
 
@@ -226,7 +226,7 @@ def test_a_planned_run_that_never_sees_the_marker_says_so():
     cfg = load_config(REPO / "config" / "sim_calibrate.yaml")
     live = LiveCalibration(cfg, np.eye(4))
     live.moves = PlannedMoves([np.zeros(7)] * 3, np.zeros(7))
-    with pytest.raises(Exception, match="seen at 0 of 3 poses .* at least 6. Is the marker"):
+    with pytest.raises(CalibrationError, match="seen at 0 of 3 poses .* at least 6. Is the marker"):
         live.finish()
 
 

@@ -117,16 +117,31 @@ def test_stale_targets_hold_then_latch_and_need_rearm():
     assert rig.ctl.mode is Mode.ARMED and len(rig.arm.sent) > n
 
 
-def test_hold_then_resume_blends_from_where_it_stopped():
-    rig = Rig()
+def blended_resume(cfg):
+    """Hold (targets stale), then targets 0.01 rad away on joint 1 (within one tick's limit, so
+    only the blend can spread the move): joint 1's command offsets (rad) over 0.7 s from the resume."""
+    rig = Rig(cfg)
     rig.run(0.05)
     rig.ctl.arm(rig.now)
     rig.run(0.5, lambda t: rig.home)
     rig.run(0.15)  # stale, held, not yet latched
     assert rig.ctl.mode is Mode.ARMED
-    far = rig.home + np.array([0.3, 0, 0, 0, 0, 0, 0])
-    rig.run(0.05, lambda t: far)
-    assert sent_steps(rig.arm).max() <= rig.cfg.control.arm.max_step[0] + 1e-12
+    n = len(rig.arm.sent)
+    rig.run(0.7, lambda t: rig.home + np.array([0.01, 0, 0, 0, 0, 0, 0]))
+    return np.array(rig.arm.sent[n:])[:, 0] - rig.home[0]
+
+
+def test_hold_then_resume_blends_from_where_it_stopped():
+    """Over control.blend_s (0.5 s) the command moves to the resumed target along the blend: a
+    quarter of a second in it is near halfway, and it arrives at the end. With the blend off it
+    is there at once (the check that each step was within the shield's limit passed either way)."""
+    cfg = RuntimeConfig()
+    offset = blended_resume(cfg)
+    quarter = int(round(0.25 / ARM_DT))
+    assert 0.003 < offset[quarter] < 0.007, offset[:quarter + 1]
+    assert abs(offset[-1] - 0.01) < 1e-6
+    cfg.control.blend_s = 0.0
+    assert abs(blended_resume(cfg)[quarter] - 0.01) < 1e-6   # the same move without the blend
 
 
 def test_estop_holds_at_once_and_stops_the_arm():
@@ -424,17 +439,45 @@ def test_hand_rearm_continues_from_the_held_target():
     assert np.abs(ctl.tick(now[0]).q - held).max() <= cfg.control.hand.max_step[0] + 1e-12
 
 
+class LaggingArm(IdealArm):
+    """An arm whose joints follow the last servo target with a first-order lag (time constant
+    ``tau`` s), as the twin's servo does: where it is can differ from what it was told."""
+
+    def __init__(self, q, clock, tau=0.05):
+        super().__init__(q, clock)
+        self.target, self.tau, self._t = self.q.copy(), tau, clock()
+
+    def read_state(self):
+        t = self.clock()
+        self.q = self.q + (self.target - self.q) * (1.0 - np.exp(-(t - self._t) / self.tau))
+        self._t = t
+        return JointSample(t, self.q.copy(), np.zeros(7), np.zeros(7))
+
+    def send_servo_target(self, q):
+        self.target = np.array(q, float)
+        self.sent.append(self.target.copy())
+
+
 def test_arm_rearm_starts_from_where_the_arm_is():
-    rig = Rig()
+    """Moved by hand while stopped, then re-armed: the first servo target is within one tick's
+    limit of where the arm is now (arm() once restarted from the state of the tick before the
+    request, and the first target pulled the arm back 0.1 rad at full speed)."""
+    clock = [T0]
+    rig = Rig(device=LaggingArm(RuntimeConfig().robot.arm_home, lambda: clock[0]))
+    rig.arm.clock = lambda: rig.now
     rig.run(0.05)
     rig.ctl.arm(rig.now)
     rig.run(0.3, lambda t: rig.home)
     rig.ctl.estop()
     rig.run(0.05)
-    rig.arm.q = rig.arm.q + 0.1  # moved by hand while stopped (e.g. in manual mode)
+    rig.arm.q = rig.arm.q + 0.1   # moved by hand while stopped (e.g. in manual mode)...
+    rig.arm.target = rig.arm.q.copy()   # ...where it now holds
+    n = len(rig.arm.sent)
     rig.ctl.arm(rig.now)
-    rig.run(1 / 120)
-    assert np.abs(rig.arm.sent[-1] - rig.arm.q).max() < 1e-9  # no pull back to the old command
+    rig.run(2 / 120)
+    first = rig.arm.sent[n]
+    per_tick = rig.ctl.limits.max_step
+    assert np.all(np.abs(first - rig.arm.q) <= per_tick + 1e-9), (first - rig.arm.q, per_tick)
 
 
 # ------------------------------------------------------------------ values that are not finite

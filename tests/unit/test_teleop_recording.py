@@ -130,8 +130,11 @@ def test_keypoints_play_in_time_stamped_at_their_own_frame_times(tmp_path, loop)
     inp.open()
     got = [(now, inp.read(now, WorldView())) for now in np.arange(0.0, 1.0, 0.033) + 50.0]
     got = [(now, s.t, int(s.keypoints[0, 0])) for now, s in got if s is not None]
-    # stamped with the frame's time (not the read's), each frame once, never from the future
-    assert all(50.0 + 0.1 * f == pytest.approx(t) or loop for _, t, f in got)
+    # stamped with the frame's time (not the read's), each frame once, never from the future; a
+    # looped file plays again from its start, each pass 0.4 s (4 frames at 10 fps) after the last
+    passes = [round((t - 50.0 - 0.1 * f) / 0.4) for _, t, f in got]
+    assert all(50.0 + 0.1 * f + 0.4 * k == pytest.approx(t) for (_, t, f), k in zip(got, passes))
+    assert set(passes) == ({0, 1, 2} if loop else {0}), passes
     assert all(t <= now + 1e-9 and now - t < 0.1 for now, t, _ in got)
     assert np.all(np.diff([t for _, t, _ in got]) > 0)
     if loop:   # 0.4 s laps: frames come round again with later stamps
