@@ -211,12 +211,12 @@ def replay_commands(cfg: RuntimeConfig, episode_file, visual=None, mirrored: boo
         raise ValueError(f"{episode_file}: no object placement seed in its metadata; cannot replay it")
     commands = np.asarray(ep["command"], float)
     tw = TwinEpisodeRunner(cfg, visual or VisualSpec.from_dict(ep.meta["visual"]))
+    def mirror_the_scene(start, q):
+        tw.sim.mirror_objects()
     on_reset = None
     if mirrored:
         commands = mirror_joints(commands, np.asarray(ep["q"], float)[0], D.ALL_JOINTS)
-
-        def on_reset(start, q):
-            tw.sim.mirror_objects()
+        on_reset = mirror_the_scene
     try:
         def drive(t, q, depth, K):
             k = int(round(t / tw.period)) + 1

@@ -4,7 +4,6 @@ One twin and both controllers run for the whole module; each test arms what it n
 and leaves the controllers stopped or disarmed-safe for the next.
 """
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -3,7 +3,6 @@ rate, does not slow the loops (judged per second, so one machine-wide pause is n
 blamed on it), and saves an .rrd that the Rerun SDK reads back."""
 import json
 
-import numpy as np
 import pytest
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
