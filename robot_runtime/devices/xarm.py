@@ -118,6 +118,9 @@ class XArm(ArmDevice):
         clock: acquisition clock for stamps (s, ROS time).
     """
 
+    #: How long arming waits for the report stream to show the servo mode and a ready state (s).
+    REPORT_WAIT_S = 1.5
+
     def __init__(self, cfg, sdk_factory: Callable[[str], Any] | None = None, clock: Callable[[], float] = time.time,
                  node=None):
         self.cfg = cfg
@@ -170,6 +173,15 @@ class XArm(ArmDevice):
             if code not in (0, None):
                 raise DeviceError(f"xArm {name} failed with {xarm_api_code_name(code)}; "
                                   f"faults: {self._fault_text()}")
+        # The SDK learns the error, the mode and the state from the box's report stream, a few
+        # times a second: wait for a report that shows the new ones (read at once, they were the
+        # old ones: a cleared error still showing, mode 0).
+        def settled() -> bool:
+            return not any(f.error for f in self.faults()) and int(api.mode) == SERVO_MODE \
+                and int(api.state) in (0, 1, 2)
+        deadline = time.monotonic() + self.REPORT_WAIT_S
+        while not settled() and time.monotonic() < deadline:
+            time.sleep(0.01)   # polling the SDK's reported values: it offers no event for them
         errors = [f for f in self.faults() if f.error]
         if errors:
             raise DeviceError(f"xArm still reports {'; '.join(map(str, errors))} after clearing; "

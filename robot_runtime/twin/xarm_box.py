@@ -1,0 +1,230 @@
+"""An emulator of the xArm control box on loopback, for the real ``xarm-python-sdk``.
+
+It speaks the box's private Modbus-TCP protocol on port 502 (a 6-byte header of transaction
+id, protocol id and length, then the register and its parameters; answers carry a state byte
+and the register's data, floats little-endian) and serves the rich report on port 30002 (the
+SDK's default: the state and mode, the joint angles, the error and warning codes; 5 Hz by
+default, a slow rate on purpose, so that nothing may depend on a fast report). Behind it is a kinematic xArm7 that honours the controller's documented servo
+behaviour: in mode 1 (servo) with motion enabled and in state 0 (ready) it runs to the latest
+servo target at no more than ``max_joint_speed``; after an error it drops to mode 0, state 4
+and refuses motion until the error is cleared, motion enabled, the servo mode and the ready
+state set again.
+
+Implemented registers: the version and serial queries, motion enable, state and mode
+(set and get), the error and warning codes (get and clean), servo-j targets and the joint
+states. Any other register is answered with state 0 and zeroed data, and counted
+(:attr:`XArmBox.unhandled`), so a test can tell what the SDK asked that the box did not know.
+
+This is the first part of the emulator: the twin's physics, the faults the real controller
+raises from what it sees (collision, speed, limits, boundary), dropped connections, stalls
+and the benchmark are not here yet.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+
+from robot_runtime import description as D
+
+#: Registers (the SDK's ``XCONF.UxbusReg``).
+GET_VERSION, GET_ROBOT_SN, MOTION_EN, SET_STATE, GET_STATE = 1, 2, 11, 12, 13
+GET_ERROR, CLEAN_ERR, CLEAN_WAR, SET_MODE, MOVE_SERVOJ, GET_JOINT_POS = 15, 16, 17, 19, 29, 42
+CONTROL_PORT, RICH_REPORT_PORT = 502, 30002
+#: The rich report's length (bytes) and the box's rate for it (Hz).
+RICH_REPORT_BYTES, RICH_REPORT_HZ = 587, 5.0
+#: State byte bits of an answer: an error or a warning is active.
+STATE_ERROR, STATE_WARNING = 0x40, 0x20
+VERSION = "7,7,XI1303EMU0001,AC1303EMU0001,v2.5.0"
+SERIAL = "XI1303EMU0001"
+
+
+class XArmBox:
+    """The emulated control box, serving on ``host`` (a loopback address of the caller's).
+
+    Args:
+        host: e.g. ``127.0.0.17``; one address per box (the ports are fixed).
+        q0: the arm's joints at power-on [7] (rad).
+        max_joint_speed: the servo's joint speed cap (rad/s).
+        rate_hz: the box's own control rate.
+    """
+
+    def __init__(self, host: str, q0=D.ARM_HOME, max_joint_speed: float = 3.14, rate_hz: float = 250.0):
+        self.host = host
+        self.q = np.asarray(q0, float).copy()
+        self.v = np.zeros(7)
+        self.target = self.q.copy()
+        self.max_joint_speed, self.period = float(max_joint_speed), 1.0 / rate_hz
+        self.mode, self.state, self.enabled = 0, 4, False
+        self.error_code = self.warn_code = 0
+        self.servo_targets = 0
+        self.unhandled: Counter = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._servers: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> "XArmBox":
+        for port, handler in ((CONTROL_PORT, self._serve_commands), (RICH_REPORT_PORT, self._serve_reports)):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((self.host, port))
+            s.listen(4)
+            s.settimeout(0.2)
+            self._servers.append(s)
+            self._spawn(self._accept, s, handler)
+        self._spawn(self._run_arm)
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        for s in self._servers:
+            s.close()
+        for t in self._threads:
+            t.join(2.0)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _spawn(self, fn, *args) -> None:
+        t = threading.Thread(target=fn, args=args, daemon=True, name=f"xarm-box-{fn.__name__}")
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self, server: socket.socket, handler) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except (socket.timeout, OSError):
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._spawn(handler, conn)
+
+    # ------------------------------------------------------------------ the arm
+    def raise_error(self, code: int) -> None:
+        """The controller reports error ``code``: the arm stops and drops to mode 0, state 4."""
+        with self._lock:
+            self.error_code = int(code)
+            self.mode, self.state = 0, 4
+            self.target = self.q.copy()
+            self.v[:] = 0.0
+
+    def _run_arm(self) -> None:
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                moving = self.mode == 1 and self.state in (0, 1) and self.enabled and not self.error_code
+                if moving:
+                    step = np.clip(self.target - self.q, -self.max_joint_speed * self.period,
+                                   self.max_joint_speed * self.period)
+                    self.q = self.q + step
+                    self.v = step / self.period
+                else:
+                    self.v[:] = 0.0
+            next_t += self.period
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+    def _state_byte(self) -> int:
+        return (STATE_ERROR if self.error_code else 0) | (STATE_WARNING if self.warn_code else 0)
+
+    def _handle(self, reg: int, params: bytes) -> bytes:
+        """The data answering register ``reg`` (the box's state is locked by the caller)."""
+        if reg == GET_VERSION:
+            return VERSION.encode().ljust(40, b"\0")
+        if reg == GET_ROBOT_SN:
+            return SERIAL.encode().ljust(40, b"\0")
+        if reg == MOTION_EN:
+            self.enabled = bool(params[1]) if len(params) > 1 else False
+            return b""
+        if reg == SET_STATE:
+            value = params[0] if params else 0
+            if value == 0 and (self.error_code or not self.enabled):
+                return b""   # refused silently by the box: the state stays; the report shows it
+            self.state = int(value)
+            if self.state in (3, 4):
+                self.target = self.q.copy()
+            return b""
+        if reg == GET_STATE:
+            return bytes([self.state])
+        if reg == SET_MODE:
+            if not self.error_code:
+                self.mode = int(params[0]) if params else 0
+            return b""
+        if reg == GET_ERROR:
+            return bytes([self.error_code, self.warn_code])
+        if reg == CLEAN_ERR:
+            self.error_code = 0
+            return b""
+        if reg == CLEAN_WAR:
+            self.warn_code = 0
+            return b""
+        if reg == MOVE_SERVOJ:
+            q = np.array(struct.unpack("<7f", params[:28]), float)
+            if self.mode == 1 and self.state in (0, 1) and self.enabled and not self.error_code:
+                self.target = q
+                self.state = 1
+                self.servo_targets += 1
+            return b""
+        if reg == GET_JOINT_POS:
+            num = params[0] if params else 1
+            rows = [self.q, self.v, np.zeros(7)][:num & 0x0F]
+            return b"".join(struct.pack("<7f", *r) for r in rows)
+        self.unhandled[reg] += 1
+        return bytes(64)
+
+    # ------------------------------------------------------------------ the sockets
+    def _serve_commands(self, conn: socket.socket) -> None:
+        buf = b""
+        conn.settimeout(0.2)
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    data = conn.recv(4096)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                while len(buf) >= 7:
+                    tid, pid, length = struct.unpack(">HHH", buf[:6])
+                    if len(buf) < 6 + length:
+                        break
+                    reg, params, buf = buf[6], buf[7:6 + length], buf[6 + length:]
+                    with self._lock:
+                        out = self._handle(reg, params)
+                        state = self._state_byte()
+                    try:
+                        conn.sendall(struct.pack(">HHHBB", tid, pid, len(out) + 2, reg, state) + out)
+                    except OSError:
+                        return
+
+    def rich_report(self) -> bytes:
+        """One rich report: the documented prefix filled, the rest zero."""
+        with self._lock:
+            head = struct.pack(">IBH", RICH_REPORT_BYTES, (self.mode << 4) | (self.state & 0x0F),
+                               self.servo_targets & 0xFFFF)
+            body = struct.pack("<7f", *self.q) + bytes(24) + bytes(28) + bytes([0, 0x7F if self.enabled else 0,
+                                                                                  self.error_code, self.warn_code])
+        out = head + body
+        out += bytes(145 - len(out))                       # tcp offset, payload, sensitivities, gravity
+        out += bytes([5, 7, 0, 0, 0, 0])                   # robot type 5 (xArm7), 7 axes, ids
+        return out + bytes(RICH_REPORT_BYTES - len(out))
+
+    def _serve_reports(self, conn: socket.socket) -> None:
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    conn.sendall(self.rich_report())
+                except OSError:
+                    return
+                self._stop.wait(1.0 / RICH_REPORT_HZ)

@@ -1,0 +1,81 @@
+"""The `xarm` backend with the real xarm-python-sdk against the emulated control box on loopback.
+
+Each test serves its own box on an address of its own (the box's ports are fixed), and
+connects only to it.
+"""
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from robot_runtime import description as D
+from robot_runtime.config import XArmConfig
+from robot_runtime.devices.xarm import XArm
+from robot_runtime.errors import DeviceError
+from robot_runtime.twin.xarm_box import XArmBox
+
+
+def _until(predicate, timeout: float) -> bool:
+    """Poll ``predicate`` (the SDK's report-fed values offer no event) until true or ``timeout``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+_ADDRESSES = itertools.count(40)
+
+
+@pytest.fixture
+def box_and_arm():
+    host = f"127.0.0.{next(_ADDRESSES)}"   # a loopback address of its own per test
+    box = XArmBox(host).start()
+    arm = XArm(XArmConfig(ip=host))
+    try:
+        arm.connect()
+        yield box, arm
+    finally:
+        arm.disconnect()
+        box.close()
+
+
+def _stream(arm, q_from, q_to, seconds: float, hz: float = 120.0):
+    """Stream a linear ramp of servo targets at ``hz`` (a rate of the stream, not a wait)."""
+    n = int(seconds * hz)
+    for k in range(1, n + 1):
+        arm.send_servo_target(q_from + (q_to - q_from) * k / n)
+        time.sleep(1.0 / hz)
+
+
+def test_the_real_sdk_connects_arms_and_streams_to_the_box(box_and_arm):
+    box, arm = box_and_arm
+    s = arm.read_state()
+    assert np.allclose(s.position, D.ARM_HOME, atol=1e-6) and arm.api.version.endswith("v2.5.0")
+    assert arm.faults() == []
+    arm.enable()
+    assert int(arm.api.mode) == 1 and box.enabled and box.mode == 1
+    goal = s.position + 0.2
+    _stream(arm, s.position, goal, 1.0)
+    assert _until(lambda: np.allclose(arm.read_state().position, goal, atol=1e-3), 2.0)
+    assert box.servo_targets == 120
+    assert not box.unhandled, f"registers the SDK used that the box does not know: {dict(box.unhandled)}"
+
+
+def test_an_error_is_named_stops_motion_and_needs_an_explicit_rearm(box_and_arm):
+    box, arm = box_and_arm
+    arm.enable()
+    q0 = arm.read_state().position
+    box.raise_error(23)
+    assert _until(lambda: any(f.code == 23 and f.error for f in arm.faults()), 2.0)
+    assert "C23 joint angle over limit" in str(arm.faults()[0])
+    with pytest.raises(DeviceError, match=r"code 1 \(the controller has an uncleared error\).*C23"):
+        arm.send_servo_target(q0 + 0.1)                 # refused, named: the controller latches a stop
+    assert np.allclose(arm.read_state().position, q0, atol=1e-6)
+    assert _until(lambda: int(arm.api.mode) == 0 and int(arm.api.state) == 4, 2.0)
+    arm.enable()                                        # clear, enable, servo mode, ready
+    assert arm.faults() == [] and int(arm.api.mode) == 1
+    _stream(arm, q0, q0 + 0.1, 0.5)
+    assert _until(lambda: np.allclose(arm.read_state().position, q0 + 0.1, atol=1e-3), 2.0)
