@@ -542,7 +542,18 @@ class RuntimeConfig:
     @property
     def uses_twin(self) -> bool:
         """True when any device is served by the twin (then sim_node is part of the graph)."""
-        return "twin" in (self.arm.type, self.hand.type, self.camera.type)
+        return "twin" in (self.arm.type, self.hand.type, self.camera.type) or self.arm_on_emulated_box
+
+    @property
+    def arm_on_emulated_box(self) -> bool:
+        """The arm is an xArm at a loopback address: sim_node's emulated control box, the twin's
+        arm behind it (``config/sim_xarm.yaml``)."""
+        return self.arm.type == "xarm" and str(getattr(self.arm, "ip", "")).startswith("127.")
+
+    @property
+    def robot_on_twin(self) -> bool:
+        """Both arm and hand are the twin's (the arm directly, or behind the emulated xArm box)."""
+        return (self.arm.type == "twin" or self.arm_on_emulated_box) and self.hand.type == "twin"
 
 
 # --------------------------------------------------------------------------------------
@@ -660,7 +671,7 @@ def _check_cross_fields(cfg: RuntimeConfig, file: str) -> None:
                           file=file, key="twin.camera.max_depth")
     if cfg.camera.type == "zed" and cfg.camera.max_depth <= cfg.camera.min_depth:
         raise ConfigError("max_depth must exceed min_depth", file=file, key="camera.max_depth")
-    if cfg.demo.enabled and not (cfg.arm.type == "twin" and cfg.hand.type == "twin"):
+    if cfg.demo.enabled and not cfg.robot_on_twin:
         raise ConfigError("the scripted demo motion runs on the twin only; set demo.enabled: false "
                           "for real hardware", file=file, key="demo.enabled")
     pol = cfg.policy
@@ -669,10 +680,10 @@ def _check_cross_fields(cfg: RuntimeConfig, file: str) -> None:
                           "enable one of them", file=file, key="policy.enabled")
     if pol.enabled and not pol.checkpoint:
         raise ConfigError("the policy is enabled but no checkpoint is given", file=file, key="policy.checkpoint")
-    if pol.arm_controllers and not (cfg.arm.type == "twin" and cfg.hand.type == "twin"):
+    if pol.arm_controllers and not cfg.robot_on_twin:
         raise ConfigError("arming the controllers from the policy node is for the twin only; on the robot "
                           "arming is the operator's action", file=file, key="policy.arm_controllers")
-    twin_only = cfg.arm.type == "twin" and cfg.hand.type == "twin"
+    twin_only = cfg.robot_on_twin
     if cfg.teleop.enabled and cfg.teleop.input.type == "scripted" and not twin_only:
         raise ConfigError("the scripted expert needs the twin's object poses; choose a real input on the robot",
                           file=file, key="teleop.input.type")

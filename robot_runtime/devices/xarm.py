@@ -129,10 +129,27 @@ class XArm(ArmDevice):
         self.api = None
 
     def connect(self) -> None:
-        api = self._factory(self.cfg.ip)
-        if not getattr(api, "connected", False):
-            raise DeviceError(f"xArm at {self.cfg.ip} is not reachable (check the cable and the control box)")
-        self.api = api
+        """Connect, trying again for ``cfg.connect_timeout_s`` (a control box still starting up).
+
+        Raises:
+            DeviceError: not reachable in that time (the SDK's own exception is in the message).
+        """
+        deadline = time.monotonic() + self.cfg.connect_timeout_s
+        while True:
+            try:
+                api = self._factory(self.cfg.ip)
+                why = "" if getattr(api, "connected", False) else "not connected"
+            except DeviceNotAvailableError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the SDK raises a bare Exception when it cannot connect
+                api, why = None, f"{type(exc).__name__}: {exc}"
+            if not why:
+                self.api = api
+                return
+            if time.monotonic() >= deadline:
+                raise DeviceError(f"xArm at {self.cfg.ip} is not reachable after {self.cfg.connect_timeout_s:g} s "
+                                  f"({why}; check the cable and the control box)")
+            time.sleep(0.2)   # the box may still be starting: try again
 
     def _require(self):
         if self.api is None:

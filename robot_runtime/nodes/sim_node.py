@@ -26,7 +26,7 @@ from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import TwinArmConfig, TwinCameraConfig, TwinHandConfig, load_config
 from robot_runtime.control.loop import request_realtime
-from robot_runtime.errors import TwinError
+from robot_runtime.errors import ConfigError, TwinError
 from robot_runtime.twin.scene import TASKS
 from robot_runtime.twin.runner import TwinRunner
 from robot_runtime.twin.sim import TwinSimulation
@@ -71,6 +71,16 @@ class SimNode(Node):
                                  poll_inputs=self._take_commands,
                                  thread_setup=lambda: self._set_scheduling(cfg.twin.realtime_priority),
                                  color_hz=cam.color_hz)
+        self.xarm_box = self.xarm_link = None
+        if cfg.arm.type == "xarm":   # the real SDK talks to an emulated control box, the twin's arm behind it
+            if not str(cfg.arm.ip).startswith("127."):
+                raise ConfigError(f"the twin emulates an xArm control box on a loopback address only, not "
+                                  f"{cfg.arm.ip!r}", key="arm.ip")
+            from robot_runtime.twin.xarm_box import TwinArmLink, XArmBox  # noqa: PLC0415
+
+            self.xarm_link = TwinArmLink(self.runner.command_arm)
+            self.xarm_box = XArmBox(cfg.arm.ip, arm=self.xarm_link).start()
+            self.get_logger().info(f"xArm control box emulated at {cfg.arm.ip} (ports 502, 30002)")
         self.create_service(Trigger, "/twin/reset", self._on_reset)
         self.create_timer(0.5, self._watch_runner)
         self.runner.start()
@@ -132,6 +142,8 @@ class SimNode(Node):
     # ---------------------------------------------------------------- TwinSink
     def arm_state(self, sample, stamp):
         self.pub_arm.publish(stamp, sample.position, sample.velocity, sample.effort)
+        if self.xarm_link is not None:
+            self.xarm_link.on_state(sample.position, sample.velocity)
 
     def hand_state(self, sample, stamp):
         self.pub_hand.publish(stamp, sample.position, sample.velocity, sample.effort)
@@ -165,6 +177,8 @@ class SimNode(Node):
 
     def close(self):
         self.runner.stop()
+        if self.xarm_box is not None:
+            self.xarm_box.close()
         self.io.destroy_node()
 
 

@@ -15,9 +15,10 @@ Implemented registers: the version and serial queries, motion enable, state and 
 states. Any other register is answered with state 0 and zeroed data, and counted
 (:attr:`XArmBox.unhandled`), so a test can tell what the SDK asked that the box did not know.
 
-This is the first part of the emulator: the twin's physics, the faults the real controller
-raises from what it sees (collision, speed, limits, boundary), dropped connections, stalls
-and the benchmark are not here yet.
+By default the arm behind the box is kinematic; ``sim_node`` serves a box whose arm is the
+twin's (:class:`TwinArmLink`) when the config's arm is ``type: xarm`` at a loopback address
+(``config/sim_xarm.yaml``). Not here yet: the faults the real controller raises from what it
+sees (collision, speed, limits, boundary), dropped connections, stalls and the benchmark.
 """
 from __future__ import annotations
 
@@ -43,6 +44,26 @@ VERSION = "7,7,XI1303EMU0001,AC1303EMU0001,v2.5.0"
 SERIAL = "XI1303EMU0001"
 
 
+class TwinArmLink:
+    """The twin's arm behind a box: the box's servo setpoints go to the twin's arm (``command``,
+    a function of q [7]) and its joints are the twin's (:meth:`on_state` is fed the twin's arm
+    states, as sim_node publishes them)."""
+
+    def __init__(self, command):
+        self.command = command
+        self._lock = threading.Lock()
+        self._q: np.ndarray | None = None
+        self._v = np.zeros(7)
+
+    def on_state(self, position, velocity) -> None:
+        with self._lock:
+            self._q, self._v = np.asarray(position, float).copy(), np.asarray(velocity, float).copy()
+
+    def measured(self) -> tuple[np.ndarray, np.ndarray] | None:
+        with self._lock:
+            return None if self._q is None else (self._q.copy(), self._v.copy())
+
+
 class XArmBox:
     """The emulated control box, serving on ``host`` (a loopback address of the caller's).
 
@@ -51,10 +72,13 @@ class XArmBox:
         q0: the arm's joints at power-on [7] (rad).
         max_joint_speed: the servo's joint speed cap (rad/s).
         rate_hz: the box's own control rate.
+        arm: a :class:`TwinArmLink` (the twin's arm) instead of the kinematic one.
     """
 
-    def __init__(self, host: str, q0=D.ARM_HOME, max_joint_speed: float = 3.14, rate_hz: float = 250.0):
+    def __init__(self, host: str, q0=D.ARM_HOME, max_joint_speed: float = 3.14, rate_hz: float = 250.0,
+                 arm: TwinArmLink | None = None):
         self.host = host
+        self.arm = arm
         self.q = np.asarray(q0, float).copy()
         self.v = np.zeros(7)
         self.target = self.q.copy()
@@ -119,16 +143,29 @@ class XArmBox:
 
     def _run_arm(self) -> None:
         next_t = time.monotonic()
+        setpoint = None
         while not self._stop.is_set():
             with self._lock:
+                if self.arm is not None:   # the twin's joints are the arm's
+                    m = self.arm.measured()
+                    if m is not None:
+                        self.q, self.v = m
+                        setpoint = self.q.copy() if setpoint is None else setpoint
                 moving = self.mode == 1 and self.state in (0, 1) and self.enabled and not self.error_code
                 if moving:
-                    step = np.clip(self.target - self.q, -self.max_joint_speed * self.period,
+                    base = self.q if setpoint is None else setpoint
+                    step = np.clip(self.target - base, -self.max_joint_speed * self.period,
                                    self.max_joint_speed * self.period)
-                    self.q = self.q + step
-                    self.v = step / self.period
-                else:
+                    if self.arm is None:
+                        self.q = self.q + step
+                        self.v = step / self.period
+                    else:
+                        setpoint = base + step
+                        self.arm.command(setpoint)
+                elif self.arm is None:
                     self.v[:] = 0.0
+                elif setpoint is not None:
+                    setpoint = self.target.copy()
             next_t += self.period
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 

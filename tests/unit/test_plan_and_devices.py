@@ -143,3 +143,16 @@ def test_one_registry_names_each_backend_config_and_its_implementation():
             assert issubclass(getattr(importlib.import_module(module), name), base), (family, t)
     with pytest.raises(ConfigError, match="no camera backend of type 'kinect'"):
         backend_target("camera", "kinect")
+
+
+def test_an_xarm_at_a_loopback_address_is_the_twin_behind_the_emulated_box(repo):
+    """config/sim_xarm.yaml: the arm is an xArm at 127.0.0.2, so sim_node serves the box (and the
+    twin-only conveniences stay allowed); the lab's robot.yaml xArm is not on the twin."""
+    from robot_runtime.config import load_config
+    from robot_runtime.plan import node_plan
+
+    cfg = load_config(repo / "config" / "sim_xarm.yaml")
+    assert cfg.arm.type == "xarm" and cfg.arm_on_emulated_box and cfg.robot_on_twin
+    assert "sim_node" in [s.name for s in node_plan(cfg, str(repo / "config" / "sim_xarm.yaml"))]
+    robot = load_config(repo / "config" / "robot.yaml")
+    assert not robot.arm_on_emulated_box and not robot.robot_on_twin
