@@ -143,16 +143,20 @@ class XArmBox:
 
     def _run_arm(self) -> None:
         next_t = time.monotonic()
-        setpoint = None
+        setpoint = None   # with the twin's arm: the servo setpoint last sent to it
         while not self._stop.is_set():
             with self._lock:
                 if self.arm is not None:   # the twin's joints are the arm's
                     m = self.arm.measured()
                     if m is not None:
                         self.q, self.v = m
-                        setpoint = self.q.copy() if setpoint is None else setpoint
                 moving = self.mode == 1 and self.state in (0, 1) and self.enabled and not self.error_code
-                if moving:
+                if not moving:
+                    # holding where it is: a servo stream that starts later starts from here
+                    self.target, setpoint = self.q.copy(), None
+                    if self.arm is None:
+                        self.v[:] = 0.0
+                else:
                     base = self.q if setpoint is None else setpoint
                     step = np.clip(self.target - base, -self.max_joint_speed * self.period,
                                    self.max_joint_speed * self.period)
@@ -162,10 +166,6 @@ class XArmBox:
                     else:
                         setpoint = base + step
                         self.arm.command(setpoint)
-                elif self.arm is None:
-                    self.v[:] = 0.0
-                elif setpoint is not None:
-                    setpoint = self.target.copy()
             next_t += self.period
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 

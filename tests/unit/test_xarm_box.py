@@ -79,3 +79,27 @@ def test_an_error_is_named_stops_motion_and_needs_an_explicit_rearm(box_and_arm)
     assert arm.faults() == [] and int(arm.api.mode) == 1
     _stream(arm, q0, q0 + 0.1, 0.5)
     assert _until(lambda: np.allclose(arm.read_state().position, q0 + 0.1, atol=1e-3), 2.0)
+
+
+def test_with_the_twins_arm_behind_it_a_stream_starts_from_where_the_arm_is():
+    """The box holds where the arm is while it does not move: the first servo setpoint it sends
+    the twin's arm is one step from the arm's pose (it once held its power-on target, and the
+    first setpoint of a stream jumped toward that stale pose)."""
+    from robot_runtime.twin.xarm_box import TwinArmLink
+
+    sent = []
+    link = TwinArmLink(lambda q: sent.append(np.array(q)))
+    pose = np.asarray(D.ARM_HOME) + np.array([0.0, -0.35, 0.0, 0.1, 0.0, 0.0, 0.0])   # not where the box began
+    link.on_state(pose, np.zeros(7))
+    host = f"127.0.0.{next(_ADDRESSES)}"
+    with XArmBox(host, arm=link) as box:
+        arm = XArm(XArmConfig(ip=host))
+        arm.connect()
+        try:
+            assert _until(lambda: np.allclose(arm.read_state().position, pose, atol=1e-6), 2.0)
+            arm.enable()
+            arm.send_servo_target(pose + 0.01)
+            assert _until(lambda: len(sent) > 0, 2.0)
+            assert np.abs(sent[0] - pose).max() <= box.max_joint_speed * box.period + 1e-6, sent[0] - pose
+        finally:
+            arm.disconnect()
