@@ -17,8 +17,15 @@ states. Any other register is answered with state 0 and zeroed data, and counted
 
 By default the arm behind the box is kinematic; ``sim_node`` serves a box whose arm is the
 twin's (:class:`TwinArmLink`) when the config's arm is ``type: xarm`` at a loopback address
-(``config/sim_xarm.yaml``). Not here yet: the faults the real controller raises from what it
-sees (collision, speed, limits, boundary), dropped connections, stalls and the benchmark.
+(``config/sim_xarm.yaml``).
+
+Faults, raised as the controller raises them (the error code in the report and in every
+answer's state byte, the arm stopped in mode 0, state 4): C23 for a servo target past a joint
+limit, C60 when the flange would move faster than 1 m/s in servo mode (the servo-mode
+linear speed limit), and on demand :meth:`XArmBox.raise_error` for any code. Injectable: a
+stall of the servo call (``stall_s`` every ``stall_every_s``, as SDK issue 154 reports for
+streams at 60-100 Hz) and :meth:`XArmBox.drop_connections` (the cable pulled). Not here yet:
+C31, C22 and C35 from what the twin's physics sees, and the benchmark.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from collections import Counter
 import numpy as np
 
 from robot_runtime import description as D
+from robot_runtime.kinematics import UrdfModel
 
 #: Registers (the SDK's ``XCONF.UxbusReg``).
 GET_VERSION, GET_ROBOT_SN, MOTION_EN, SET_STATE, GET_STATE = 1, 2, 11, 12, 13
@@ -40,6 +48,8 @@ CONTROL_PORT, RICH_REPORT_PORT = 502, 30002
 RICH_REPORT_BYTES, RICH_REPORT_HZ = 587, 5.0
 #: State byte bits of an answer: an error or a warning is active.
 STATE_ERROR, STATE_WARNING = 0x40, 0x20
+#: The servo mode's linear (TCP) speed limit (m/s); past it the controller raises C60.
+MAX_TCP_SPEED = 1.0
 VERSION = "7,7,XI1303EMU0001,AC1303EMU0001,v2.5.0"
 SERIAL = "XI1303EMU0001"
 
@@ -76,9 +86,14 @@ class XArmBox:
     """
 
     def __init__(self, host: str, q0=D.ARM_HOME, max_joint_speed: float = 3.14, rate_hz: float = 250.0,
-                 arm: TwinArmLink | None = None):
+                 arm: TwinArmLink | None = None, stall_s: float = 0.0, stall_every_s: float = 10.0):
         self.host = host
         self.arm = arm
+        self.stall_s, self.stall_every_s = float(stall_s), float(stall_every_s)
+        self._next_stall = time.monotonic() + self.stall_every_s
+        self.stalls = 0
+        self._model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
+        self._conns: list[socket.socket] = []
         self.q = np.asarray(q0, float).copy()
         self.v = np.zeros(7)
         self.target = self.q.copy()
@@ -130,16 +145,40 @@ class XArmBox:
             except (socket.timeout, OSError):
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._conns.append(conn)
             self._spawn(handler, conn)
+
+    def drop_connections(self) -> None:
+        """The cable pulled: every connection is closed and no new one is taken."""
+        for s in self._servers:
+            s.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
 
     # ------------------------------------------------------------------ the arm
     def raise_error(self, code: int) -> None:
         """The controller reports error ``code``: the arm stops and drops to mode 0, state 4."""
         with self._lock:
-            self.error_code = int(code)
-            self.mode, self.state = 0, 4
-            self.target = self.q.copy()
-            self.v[:] = 0.0
+            self._raise(code)
+
+    def _raise(self, code: int) -> None:
+        self.error_code = int(code)
+        self.mode, self.state = 0, 4
+        self.target = self.q.copy()
+        self.v[:] = 0.0
+
+    def _tcp_speed(self, q_from, q_to) -> float:
+        """The flange's speed (m/s) moving from ``q_from`` to ``q_to`` [7] in one box period."""
+        def flange(q):
+            return self._model.link_pose(np.concatenate([q, np.zeros(16)]), D.FLANGE_FRAME)[:3, 3]
+        return float(np.linalg.norm(flange(q_to) - flange(q_from))) / self.period
 
     def _run_arm(self) -> None:
         next_t = time.monotonic()
@@ -160,7 +199,9 @@ class XArmBox:
                     base = self.q if setpoint is None else setpoint
                     step = np.clip(self.target - base, -self.max_joint_speed * self.period,
                                    self.max_joint_speed * self.period)
-                    if self.arm is None:
+                    if self._tcp_speed(base, base + step) > MAX_TCP_SPEED:
+                        self._raise(60)   # the move is not made
+                    elif self.arm is None:
                         self.q = self.q + step
                         self.v = step / self.period
                     else:
@@ -205,6 +246,10 @@ class XArmBox:
             return b""
         if reg == MOVE_SERVOJ:
             q = np.array(struct.unpack("<7f", params[:28]), float)
+            lo, hi = np.asarray(D.ARM_LIMITS).T
+            if self.mode == 1 and self.enabled and not self.error_code and np.any((q < lo - 1e-4) | (q > hi + 1e-4)):
+                self._raise(23)
+                return b""
             if self.mode == 1 and self.state in (0, 1) and self.enabled and not self.error_code:
                 self.target = q
                 self.state = 1
@@ -237,6 +282,10 @@ class XArmBox:
                     if len(buf) < 6 + length:
                         break
                     reg, params, buf = buf[6], buf[7:6 + length], buf[6 + length:]
+                    if reg == MOVE_SERVOJ and self.stall_s > 0 and time.monotonic() >= self._next_stall:
+                        self.stalls += 1   # the servo call blocks, as SDK issue 154 reports
+                        self._stop.wait(self.stall_s)
+                        self._next_stall = time.monotonic() + self.stall_every_s
                     with self._lock:
                         out = self._handle(reg, params)
                         state = self._state_byte()

@@ -103,3 +103,56 @@ def test_with_the_twins_arm_behind_it_a_stream_starts_from_where_the_arm_is():
             assert np.abs(sent[0] - pose).max() <= box.max_joint_speed * box.period + 1e-6, sent[0] - pose
         finally:
             arm.disconnect()
+
+
+@pytest.mark.parametrize("fault", ["joint_limit", "tcp_speed"])
+def test_the_box_raises_the_controllers_faults_and_the_backend_names_them(box_and_arm, fault):
+    """A servo target past joint 1's limit raises C23; one that would move the flange faster
+    than 1 m/s raises C60 (servo mode's linear speed limit). Either way the arm stops where it
+    is, the next send is refused with the code, and the fault is named from the report."""
+    box, arm = box_and_arm
+    arm.enable()
+    q0 = arm.read_state().position
+    bad = q0.copy()
+    if fault == "joint_limit":
+        bad[0] = D.ARM_LIMITS[0][1] + 0.2
+        code, name = 23, "C23 joint angle over limit"
+    else:
+        bad[0] += 1.0        # joint 1 at the box's full joint speed sweeps the flange well past 1 m/s
+        code, name = 60, "C60 linear (TCP) speed over limit in servo mode"
+    if fault == "joint_limit":   # refused at once: the answer carries the error
+        with pytest.raises(DeviceError, match="code 1"):
+            arm.send_servo_target(bad)
+    else:                        # taken, and the error comes as the box starts to move
+        arm.send_servo_target(bad)
+    assert _until(lambda: any(f.code == code for f in arm.faults()), 2.0), (box.error_code, arm.faults())
+    assert name in str(arm.faults()) and box.mode == 0 and box.state == 4
+    with pytest.raises(DeviceError, match=f"uncleared error.*{name.split()[0]}"):
+        arm.send_servo_target(q0)
+    assert np.abs(arm.read_state().position - q0).max() < 0.05
+
+
+def test_a_pulled_cable_is_a_named_fault(box_and_arm):
+    box, arm = box_and_arm
+    arm.enable()
+    box.drop_connections()
+    assert _until(lambda: any("disconnected" in str(f) and f.error for f in arm.faults()), 5.0), arm.faults()
+
+
+def test_an_injected_servo_stall_blocks_the_call_as_reported_for_the_sdk():
+    host = f"127.0.0.{next(_ADDRESSES)}"
+    with XArmBox(host, stall_s=0.19, stall_every_s=0.5) as box:
+        arm = XArm(XArmConfig(ip=host))
+        arm.connect()
+        try:
+            arm.enable()
+            q = arm.read_state().position
+            took = []
+            for _ in range(120):   # one second at 120 Hz
+                t0 = time.monotonic()
+                arm.send_servo_target(q)
+                took.append(time.monotonic() - t0)
+                time.sleep(max(0.0, 1 / 120 - took[-1]))   # the stream's rate
+            assert box.stalls >= 1 and max(took) >= 0.18 and np.median(took) < 0.01, (box.stalls, max(took))
+        finally:
+            arm.disconnect()
