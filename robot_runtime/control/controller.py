@@ -260,7 +260,10 @@ class JointController:
             self._prev = ShieldState.at_rest(measured.position, points_fn)
             self._restart_after = None
         dt = now - self._prev_t if self._prev_t is not None else self.period_s
-        dt = min(max(dt, 1e-4), 0.1)
+        # The device has one period to carry out this tick's command, however late the tick is:
+        # a tick after a stall that allowed the catch-up of the whole gap sent a step the arm then
+        # ran at up to the per-tick step limit's speed (2.4 rad/s), and an emulated xArm raised C60.
+        dt = min(max(dt, 1e-4), self.period_s)
         self._prev_t = now
         if self.mode is not Mode.ARMED:
             self._freshness = None

@@ -21,8 +21,8 @@ twin's (:class:`TwinArmLink`) when the config's arm is ``type: xarm`` at a loopb
 
 Faults, raised as the controller raises them (the error code in the report and in every
 answer's state byte, the arm stopped in mode 0, state 4): C23 for a servo target past a joint
-limit, C60 when the flange would move faster than 1 m/s in servo mode (the servo-mode
-linear speed limit), and on demand :meth:`XArmBox.raise_error` for any code. Injectable: a
+limit, C60 when the servo targets ask the flange to move faster than 1 m/s (from one target
+to the next over the time between them: the servo mode's linear speed limit), and on demand :meth:`XArmBox.raise_error` for any code. Injectable: a
 stall of the servo call (``stall_s`` every ``stall_every_s``, as SDK issue 154 reports for
 streams at 60-100 Hz) and :meth:`XArmBox.drop_connections` (the cable pulled). Not here yet:
 C31, C22 and C35 from what the twin's physics sees, and the benchmark.
@@ -92,8 +92,13 @@ class XArmBox:
         self.stall_s, self.stall_every_s = float(stall_s), float(stall_every_s)
         self._next_stall = time.monotonic() + self.stall_every_s
         self.stalls = 0
+        #: Per stall: how long (ms) after the servo call blocked the arm stood still (it runs on
+        #: to the last target it was given, then holds).
+        self.stall_to_hold_ms: list[float] = []
+        self._stall_t: float | None = None
         self._model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
         self._conns: list[socket.socket] = []
+        self._last_servo: tuple[np.ndarray, float] | None = None   # the last servo target and when
         self.q = np.asarray(q0, float).copy()
         self.v = np.zeros(7)
         self.target = self.q.copy()
@@ -149,6 +154,11 @@ class XArmBox:
                 self._conns.append(conn)
             self._spawn(handler, conn)
 
+    def inject_stalls(self, stall_s: float, every_s: float) -> None:
+        """From now on, block the servo call for ``stall_s`` (s) once every ``every_s`` (s)."""
+        self.stall_s, self.stall_every_s = float(stall_s), float(every_s)
+        self._next_stall = time.monotonic() + self.stall_every_s
+
     def drop_connections(self) -> None:
         """The cable pulled: every connection is closed and no new one is taken."""
         for s in self._servers:
@@ -169,16 +179,17 @@ class XArmBox:
             self._raise(code)
 
     def _raise(self, code: int) -> None:
+        self._last_servo = None
         self.error_code = int(code)
         self.mode, self.state = 0, 4
         self.target = self.q.copy()
         self.v[:] = 0.0
 
-    def _tcp_speed(self, q_from, q_to) -> float:
-        """The flange's speed (m/s) moving from ``q_from`` to ``q_to`` [7] in one box period."""
+    def _tcp_speed(self, q_from, q_to, dt: float) -> float:
+        """The flange's speed (m/s) moving from ``q_from`` to ``q_to`` [7] in ``dt`` (s)."""
         def flange(q):
             return self._model.link_pose(np.concatenate([q, np.zeros(16)]), D.FLANGE_FRAME)[:3, 3]
-        return float(np.linalg.norm(flange(q_to) - flange(q_from))) / self.period
+        return float(np.linalg.norm(flange(q_to) - flange(q_from))) / dt
 
     def _run_arm(self) -> None:
         next_t = time.monotonic()
@@ -192,21 +203,22 @@ class XArmBox:
                 moving = self.mode == 1 and self.state in (0, 1) and self.enabled and not self.error_code
                 if not moving:
                     # holding where it is: a servo stream that starts later starts from here
-                    self.target, setpoint = self.q.copy(), None
+                    self.target, setpoint, self._last_servo = self.q.copy(), None, None
                     if self.arm is None:
                         self.v[:] = 0.0
                 else:
                     base = self.q if setpoint is None else setpoint
                     step = np.clip(self.target - base, -self.max_joint_speed * self.period,
                                    self.max_joint_speed * self.period)
-                    if self._tcp_speed(base, base + step) > MAX_TCP_SPEED:
-                        self._raise(60)   # the move is not made
-                    elif self.arm is None:
+                    if self.arm is None:
                         self.q = self.q + step
                         self.v = step / self.period
                     else:
                         setpoint = base + step
                         self.arm.command(setpoint)
+                    if self._stall_t is not None and not np.any(step) and \
+                            len(self.stall_to_hold_ms) < self.stalls:   # still, while the call is blocked
+                        self.stall_to_hold_ms.append((time.monotonic() - self._stall_t) * 1e3)
             next_t += self.period
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 
@@ -251,6 +263,14 @@ class XArmBox:
                 self._raise(23)
                 return b""
             if self.mode == 1 and self.state in (0, 1) and self.enabled and not self.error_code:
+                # the commanded flange speed, from the last target over the time between them
+                now = time.monotonic()
+                if self._last_servo is not None:
+                    q_prev, t_prev = self._last_servo
+                    if self._tcp_speed(q_prev, q, max(now - t_prev, self.period)) > MAX_TCP_SPEED:
+                        self._raise(60)
+                        return b""
+                self._last_servo = (q, now)
                 self.target = q
                 self.state = 1
                 self.servo_targets += 1
@@ -284,7 +304,9 @@ class XArmBox:
                     reg, params, buf = buf[6], buf[7:6 + length], buf[6 + length:]
                     if reg == MOVE_SERVOJ and self.stall_s > 0 and time.monotonic() >= self._next_stall:
                         self.stalls += 1   # the servo call blocks, as SDK issue 154 reports
+                        self._stall_t = time.monotonic()
                         self._stop.wait(self.stall_s)
+                        self._stall_t = None
                         self._next_stall = time.monotonic() + self.stall_every_s
                     with self._lock:
                         out = self._handle(reg, params)
