@@ -52,6 +52,7 @@ bench: venv
 	$(PY) -m bench.policy
 	$(PY) -m bench.teleop
 	$(PY) -m bench.faults
+	$(PY) -m bench.xarm
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench/results
