@@ -142,8 +142,8 @@ class SimNode(Node):
     # ---------------------------------------------------------------- TwinSink
     def arm_state(self, sample, stamp):
         self.pub_arm.publish(stamp, sample.position, sample.velocity, sample.effort)
-        if self.xarm_link is not None:
-            self.xarm_link.on_state(sample.position, sample.velocity)
+        if self.xarm_link is not None:   # on the physics thread: the twin's contacts are current
+            self.xarm_link.on_state(sample.position, sample.velocity, self.runner.sim.robot_table_force())
 
     def hand_state(self, sample, stamp):
         self.pub_hand.publish(stamp, sample.position, sample.velocity, sample.effort)

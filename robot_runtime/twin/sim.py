@@ -96,6 +96,9 @@ class TwinSimulation:
         self._obj_qadr = {n: m.jnt_qposadr[m.joint(f"{n}_joint").id] for n in scene.OBJECTS}
         self._obj_dadr = {n: m.jnt_dofadr[m.joint(f"{n}_joint").id] for n in scene.OBJECTS}
         self._cam_id = m.camera("zed").id
+        robot_root = m.body_rootid[m.jnt_bodyid[m.joint(D.ARM_JOINTS[0]).id]]
+        self._robot_geoms = {g for g in range(m.ngeom) if m.body_rootid[m.geom_bodyid[g]] == robot_root}
+        self._table_geom = m.geom("table").id
         self._renderer = None
         self._color_renderer = None
         self._scene = None
@@ -211,6 +214,18 @@ class TwinSimulation:
         self._hand_tau_time = self.data.time
 
     # ------------------------------------------------------------------ physics
+    def robot_table_force(self) -> float:
+        """The normal force (N) the table bears from the robot (arm or hand) at this instant."""
+        mj, m, d = self.mj, self.model, self.data
+        total, f6 = 0.0, np.zeros(6)
+        for i in range(d.ncon):
+            c = d.contact[i]
+            pair = {int(c.geom1), int(c.geom2)}
+            if self._table_geom in pair and pair & self._robot_geoms:
+                mj.mj_contactForce(m, d, i, f6)
+                total += abs(float(f6[0]))
+        return total
+
     @property
     def time(self) -> float:
         """Simulated time since the last reset (s)."""

@@ -22,10 +22,11 @@ twin's (:class:`TwinArmLink`) when the config's arm is ``type: xarm`` at a loopb
 Faults, raised as the controller raises them (the error code in the report and in every
 answer's state byte, the arm stopped in mode 0, state 4): C23 for a servo target past a joint
 limit, C60 when the servo targets ask the flange to move faster than 1 m/s (from one target
-to the next over the time between them: the servo mode's linear speed limit), and on demand :meth:`XArmBox.raise_error` for any code. Injectable: a
+to the next over the time between them: the servo mode's linear speed limit), C31 when the
+twin's arm or hand presses on the table with more than ``COLLISION_FORCE_N``, and on demand :meth:`XArmBox.raise_error` for any code. Injectable: a
 stall of the servo call (``stall_s`` every ``stall_every_s``, as SDK issue 154 reports for
 streams at 60-100 Hz) and :meth:`XArmBox.drop_connections` (the cable pulled). Not here yet:
-C31, C22 and C35 from what the twin's physics sees, and the benchmark.
+C22 and C35.
 """
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ RICH_REPORT_BYTES, RICH_REPORT_HZ = 587, 5.0
 STATE_ERROR, STATE_WARNING = 0x40, 0x20
 #: The servo mode's linear (TCP) speed limit (m/s); past it the controller raises C60.
 MAX_TCP_SPEED = 1.0
+#: The force (N) of the robot on the table past which the box raises C31 (the real controller
+#: judges a collision from its joint currents; this stands for its default sensitivity).
+COLLISION_FORCE_N = 30.0
 VERSION = "7,7,XI1303EMU0001,AC1303EMU0001,v2.5.0"
 SERIAL = "XI1303EMU0001"
 
@@ -64,10 +68,12 @@ class TwinArmLink:
         self._lock = threading.Lock()
         self._q: np.ndarray | None = None
         self._v = np.zeros(7)
+        self.contact_force = 0.0   # N the table bears from the robot, as the twin last saw it
 
-    def on_state(self, position, velocity) -> None:
+    def on_state(self, position, velocity, contact_force: float = 0.0) -> None:
         with self._lock:
             self._q, self._v = np.asarray(position, float).copy(), np.asarray(velocity, float).copy()
+            self.contact_force = float(contact_force)
 
     def measured(self) -> tuple[np.ndarray, np.ndarray] | None:
         with self._lock:
@@ -200,6 +206,8 @@ class XArmBox:
                     m = self.arm.measured()
                     if m is not None:
                         self.q, self.v = m
+                    if self.arm.contact_force > COLLISION_FORCE_N and not self.error_code:
+                        self._raise(31)   # the arm or hand pressed on the table
                 moving = self.mode == 1 and self.state in (0, 1) and self.enabled and not self.error_code
                 if not moving:
                     # holding where it is: a servo stream that starts later starts from here

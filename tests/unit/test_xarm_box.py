@@ -229,3 +229,55 @@ def test_the_arm_controller_rides_through_a_servo_stall_without_a_speed_fault():
             assert box.stalls >= 2 and stats.overruns > 0, (box.stalls, stats.overruns)
         finally:
             arm.disconnect()
+
+
+def test_the_twins_arm_pressed_on_the_table_raises_c31():
+    """With the twin's arm behind the box (stepped here in real time, as sim_node steps it), a
+    servo stream that lowers the arm into the table raises C31, named through the SDK, and the
+    arm stops there."""
+    import threading
+
+    from robot_runtime.config import TwinConfig
+    from robot_runtime.twin.sim import TwinSimulation
+    from robot_runtime.twin.xarm_box import TwinArmLink
+
+    sim = TwinSimulation(TwinConfig())
+    command = [np.asarray(sim.arm_state().position, float)]
+    link = TwinArmLink(lambda q: command.__setitem__(0, np.asarray(q, float)))
+    stop = threading.Event()
+
+    def twin():   # the physics in real time, the arm's states and contacts to the box
+        t0, k = time.monotonic(), 0
+        while not stop.is_set():
+            sim.set_arm_target(command[0])
+            sim.step()
+            k += 1
+            if k % 2 == 0:
+                s = sim.arm_state()
+                link.on_state(s.position, s.velocity, sim.robot_table_force())
+            stop.wait(max(0.0, t0 + k * sim.dt - time.monotonic()))
+    link.on_state(sim.arm_state().position, np.zeros(7))
+    th = threading.Thread(target=twin, daemon=True)
+    th.start()
+    host = f"127.0.0.{next(_ADDRESSES)}"
+    try:
+        with XArmBox(host, arm=link) as box:
+            arm = XArm(XArmConfig(ip=host))
+            arm.connect()
+            try:
+                arm.enable()
+                q0 = arm.read_state().position
+                down = q0.copy()
+                down[1] += 1.2     # the shoulder forward: the hand into the table
+                try:
+                    _stream(arm, q0, down, 3.0)
+                except DeviceError:
+                    pass           # the box refused a send once C31 was raised
+                assert _until(lambda: any(f.code == 31 for f in arm.faults()), 2.0), (box.error_code, arm.faults())
+                assert "C31 collision" in str(arm.faults())
+            finally:
+                arm.disconnect()
+    finally:
+        stop.set()
+        th.join(2.0)
+        sim.close()
