@@ -6,7 +6,8 @@ and the register's data, floats little-endian) and serves the rich report on por
 SDK's default: the state and mode, the joint angles, the error and warning codes; 5 Hz by
 default, a slow rate on purpose, so that nothing may depend on a fast report). Behind it is a kinematic xArm7 that honours the controller's documented servo
 behaviour: in mode 1 (servo) with motion enabled and in state 0 (ready) it runs to the latest
-servo target at no more than ``max_joint_speed``; after an error it drops to mode 0, state 4
+servo target, spread over the time the stream takes per target, at no more than
+``max_joint_speed``; after an error it drops to mode 0, state 4
 and refuses motion until the error is cleared, motion enabled, the servo mode and the ready
 state set again.
 
@@ -23,10 +24,11 @@ Faults, raised as the controller raises them (the error code in the report and i
 answer's state byte, the arm stopped in mode 0, state 4): C23 for a servo target past a joint
 limit, C60 when the servo targets ask the flange to move faster than 1 m/s (from one target
 to the next over the time between them: the servo mode's linear speed limit), C31 when the
-twin's arm or hand presses on the table with more than ``COLLISION_FORCE_N``, and on demand :meth:`XArmBox.raise_error` for any code. Injectable: a
+twin's arm or hand presses on the table with more than ``COLLISION_FORCE_N``, C35 for a
+servo target that takes the flange outside a configured safety boundary, and on demand :meth:`XArmBox.raise_error` for any code. Injectable: a
 stall of the servo call (``stall_s`` every ``stall_every_s``, as SDK issue 154 reports for
 streams at 60-100 Hz) and :meth:`XArmBox.drop_connections` (the cable pulled). Not here yet:
-C22 and C35.
+C22 (self-collision).
 """
 from __future__ import annotations
 
@@ -89,12 +91,18 @@ class XArmBox:
         max_joint_speed: the servo's joint speed cap (rad/s).
         rate_hz: the box's own control rate.
         arm: a :class:`TwinArmLink` (the twin's arm) instead of the kinematic one.
+        stall_s, stall_every_s: an injected stall of the servo call (s; 0: none) and its period (s).
+        boundary: the flange's safety boundary ((min xyz), (max xyz), m); a target outside raises C35.
     """
 
     def __init__(self, host: str, q0=D.ARM_HOME, max_joint_speed: float = 3.14, rate_hz: float = 250.0,
-                 arm: TwinArmLink | None = None, stall_s: float = 0.0, stall_every_s: float = 10.0):
+                 arm: TwinArmLink | None = None, stall_s: float = 0.0, stall_every_s: float = 10.0,
+                 boundary=None):
         self.host = host
         self.arm = arm
+        #: The safety boundary the box is configured with: ((x, y, z) min, (x, y, z) max) of the
+        #: flange in the base frame (m), or None (off, the box's default).
+        self.boundary = None if boundary is None else (np.asarray(boundary[0], float), np.asarray(boundary[1], float))
         self.stall_s, self.stall_every_s = float(stall_s), float(stall_every_s)
         self._next_stall = time.monotonic() + self.stall_every_s
         self.stalls = 0
@@ -105,6 +113,7 @@ class XArmBox:
         self._model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
         self._conns: list[socket.socket] = []
         self._last_servo: tuple[np.ndarray, float] | None = None   # the last servo target and when
+        self._servo_speed = np.full(7, float(max_joint_speed))   # per joint (rad/s), set by the stream
         self.q = np.asarray(q0, float).copy()
         self.v = np.zeros(7)
         self.target = self.q.copy()
@@ -191,11 +200,13 @@ class XArmBox:
         self.target = self.q.copy()
         self.v[:] = 0.0
 
+    def _flange(self, q) -> np.ndarray:
+        """The flange's position [3] (m, base frame) at arm joints ``q`` [7]."""
+        return self._model.link_pose(np.concatenate([q, np.zeros(16)]), D.FLANGE_FRAME)[:3, 3]
+
     def _tcp_speed(self, q_from, q_to, dt: float) -> float:
         """The flange's speed (m/s) moving from ``q_from`` to ``q_to`` [7] in ``dt`` (s)."""
-        def flange(q):
-            return self._model.link_pose(np.concatenate([q, np.zeros(16)]), D.FLANGE_FRAME)[:3, 3]
-        return float(np.linalg.norm(flange(q_to) - flange(q_from))) / dt
+        return float(np.linalg.norm(self._flange(q_to) - self._flange(q_from))) / dt
 
     def _run_arm(self) -> None:
         next_t = time.monotonic()
@@ -212,12 +223,13 @@ class XArmBox:
                 if not moving:
                     # holding where it is: a servo stream that starts later starts from here
                     self.target, setpoint, self._last_servo = self.q.copy(), None, None
+                    self._servo_speed = np.full(7, self.max_joint_speed)
                     if self.arm is None:
                         self.v[:] = 0.0
                 else:
                     base = self.q if setpoint is None else setpoint
-                    step = np.clip(self.target - base, -self.max_joint_speed * self.period,
-                                   self.max_joint_speed * self.period)
+                    speed = np.maximum(self._servo_speed, 1e-3)
+                    step = np.clip(self.target - base, -speed * self.period, speed * self.period)
                     if self.arm is None:
                         self.q = self.q + step
                         self.v = step / self.period
@@ -270,14 +282,23 @@ class XArmBox:
             if self.mode == 1 and self.enabled and not self.error_code and np.any((q < lo - 1e-4) | (q > hi + 1e-4)):
                 self._raise(23)
                 return b""
+            if self.boundary is not None and self.mode == 1 and self.enabled and not self.error_code:
+                p = self._flange(q)
+                if np.any(p < self.boundary[0]) or np.any(p > self.boundary[1]):
+                    self._raise(35)
+                    return b""
             if self.mode == 1 and self.state in (0, 1) and self.enabled and not self.error_code:
                 # the commanded flange speed, from the last target over the time between them
                 now = time.monotonic()
                 if self._last_servo is not None:
                     q_prev, t_prev = self._last_servo
-                    if self._tcp_speed(q_prev, q, max(now - t_prev, self.period)) > MAX_TCP_SPEED:
+                    gap = min(max(now - t_prev, self.period), 0.1)
+                    if self._tcp_speed(q_prev, q, gap) > MAX_TCP_SPEED:
                         self._raise(60)
                         return b""
+                    # the arm moves to the new target over the time the stream takes per target,
+                    # as a servo that interpolates the stream (not at full speed, then waiting)
+                    self._servo_speed = np.minimum(np.abs(q - q_prev) / gap, self.max_joint_speed)
                 self._last_servo = (q, now)
                 self.target = q
                 self.state = 1

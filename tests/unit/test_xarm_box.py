@@ -105,7 +105,7 @@ def test_with_the_twins_arm_behind_it_a_stream_starts_from_where_the_arm_is():
             arm.disconnect()
 
 
-@pytest.mark.parametrize("fault", ["joint_limit", "tcp_speed"])
+@pytest.mark.parametrize("fault", ["joint_limit", "tcp_speed", "boundary"])
 def test_the_box_raises_the_controllers_faults_and_the_backend_names_them(box_and_arm, fault):
     """A servo target past joint 1's limit raises C23; one that asks the flange to move faster
     than 1 m/s from the last target raises C60 (servo mode's linear speed limit). Either way
@@ -118,6 +118,12 @@ def test_the_box_raises_the_controllers_faults_and_the_backend_names_them(box_an
     if fault == "joint_limit":
         bad[0] = D.ARM_LIMITS[0][1] + 0.2
         code, name = 23, "C23 joint angle over limit"
+    elif fault == "boundary":   # a box 5 cm around the flange: joint 1 by 0.3 rad leaves it
+        p = box._flange(q0)
+        box.boundary = (p - 0.05, p + 0.05)
+        bad[0] += 0.3
+        code, name = 35, "C35 safety boundary reached"
+        arm.send_servo_target(q0)
     else:
         arm.send_servo_target(q0)
         bad[0] += 0.3        # 0.3 rad of joint 1 within a few ms: the flange at well over 1 m/s
