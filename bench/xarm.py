@@ -38,6 +38,15 @@ RUN_S = float(os.environ.get("BENCH_XARM_S", "20"))
 STALL_S = float(os.environ.get("BENCH_XARM_STALL_S", "10"))
 
 
+def armed_controller(cfg: RuntimeConfig, arm: XArm):
+    """The arm controller over a connected ``arm``, ticked once (a joint state) and armed."""
+    ctl = make_arm_controller(cfg, arm)
+    ctl.set_context(np.array(cfg.robot.hand_home))
+    ctl.tick(time.time())
+    ctl.arm(time.time())
+    return ctl
+
+
 def run_phase(ctl, cfg, seconds: float) -> tuple[LoopStatistics, list[float]]:
     """Tick the controller at 120 Hz for ``seconds``; returns the loop's statistics and each
     tick's duration (ms)."""
@@ -74,10 +83,7 @@ def main() -> int:
         arm = XArm(XArmConfig(ip=HOST))
         arm.connect()
         try:
-            ctl = make_arm_controller(cfg, arm)
-            ctl.set_context(np.array(cfg.robot.hand_home))
-            ctl.tick(time.time())
-            ctl.arm(time.time())
+            ctl = armed_controller(cfg, arm)
             print(f"streaming at {cfg.rates.arm_hz:g} Hz through the real SDK to the box at {HOST} for {RUN_S:g} s ...",
                   flush=True)
             stats, ticks = run_phase(ctl, cfg, RUN_S)

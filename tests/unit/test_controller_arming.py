@@ -91,13 +91,19 @@ def test_a_stall_reported_before_the_arm_answer_is_armed_again():
     assert [len(c.calls) for c in node.clients] == [2, 2]        # and left alone
 
 
-def test_the_answer_before_the_status_marks_armed_and_an_estop_is_left_stopped():
+def _both_armed():
+    """An armer whose first arm calls were answered and whose controllers reported armed."""
     node = _Node()
     armer = TwinControllerArmer(node)
     node.timer()
     for i in range(2):
         node.clients[i].calls[0].answer()
         _status(node, i, "armed")
+    return node, armer
+
+
+def test_the_answer_before_the_status_marks_armed_and_an_estop_is_left_stopped():
+    node, armer = _both_armed()
     assert armer.all_armed
     _status(node, 0, "stopped", "estop", "e-stop")
     node.timer()
@@ -107,12 +113,7 @@ def test_the_answer_before_the_status_marks_armed_and_an_estop_is_left_stopped()
 def test_the_stop_kind_decides_not_the_words_of_the_reason():
     """A stop is re-armed by its typed kind: a fault whose text mentions the watchdog stays stopped,
     and a status a peer garbled is dropped without touching the bookkeeping."""
-    node = _Node()
-    armer = TwinControllerArmer(node)
-    node.timer()
-    for i in range(2):
-        node.clients[i].calls[0].answer()
-        _status(node, i, "armed")
+    node, armer = _both_armed()
     _status(node, 0, "stopped", "device_fault", "arm fault: C23 watchdog: joint states stopped")
     _status(node, 1, "stopped", "watchdog", "no target for 1.2 s")
     node.timer()

@@ -167,8 +167,8 @@ def test_the_arm_controller_latches_a_box_fault_and_rearms_only_when_asked():
     """ArmServoController over the real SDK: a C31 from the box latches a stop naming it (the
     loop sends nothing more); the controller never re-enables the arm by itself; an explicit
     arm() clears the box, and the stream goes on from where the arm is."""
+    from bench.xarm import armed_controller
     from robot_runtime.config import RuntimeConfig
-    from robot_runtime.control.factory import make_arm_controller
     from robot_runtime.interfaces import Mode, StopKind
 
     host = f"127.0.0.{next(_ADDRESSES)}"
@@ -177,11 +177,7 @@ def test_the_arm_controller_latches_a_box_fault_and_rearms_only_when_asked():
         arm = XArm(XArmConfig(ip=host))
         arm.connect()
         try:
-            ctl = make_arm_controller(cfg, arm)
-            ctl.set_context(np.array(cfg.robot.hand_home))
-            now = time.time()
-            ctl.tick(now)
-            ctl.arm(time.time())
+            ctl = armed_controller(cfg, arm)
             home = arm.read_state().position
 
             def run(seconds, target):
@@ -212,9 +208,8 @@ def test_the_arm_controller_rides_through_a_servo_stall_without_a_speed_fault():
     through a 0.3 s pause of the loop and 190 ms stalls of the servo call: the tick after one
     gives the arm one period's step, not a catch-up of the gap (which the box took as a flange
     faster than 1 m/s: C60), and the controller stays armed."""
-    from bench.xarm import run_phase
+    from bench.xarm import armed_controller, run_phase
     from robot_runtime.config import RuntimeConfig
-    from robot_runtime.control.factory import make_arm_controller
     from robot_runtime.interfaces import Mode
 
     host = f"127.0.0.{next(_ADDRESSES)}"
@@ -223,10 +218,7 @@ def test_the_arm_controller_rides_through_a_servo_stall_without_a_speed_fault():
         arm = XArm(XArmConfig(ip=host))
         arm.connect()
         try:
-            ctl = make_arm_controller(cfg, arm)
-            ctl.set_context(np.array(cfg.robot.hand_home))
-            ctl.tick(time.time())
-            ctl.arm(time.time())
+            ctl = armed_controller(cfg, arm)
             run_phase(ctl, cfg, 1.0)
             time.sleep(0.3)   # the loop paused 0.3 s (what is tested), the target moving on meanwhile
             box.inject_stalls(0.19, 1.0)
