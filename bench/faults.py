@@ -5,8 +5,9 @@ and recorder_node) runs as separate processes over DDS, as ``robot-runtime sim``
 probe node in this process watches its topics and plays the other peer. For each fault the
 table says what is expected, what was observed and what data was lost:
 
-- ``policy_kill9_mid_grasp``: SIGKILL of policy_node once the object is lifted: the arm's
-  command holds within 100 ms and the object is still up 2 s later (the hand keeps its grip).
+- ``policy_kill9_mid_grasp``: SIGKILL of policy_node once the object is lifted: the arm
+  controller holds within 100 ms (its status says so), from then on only brakes, and the object
+  is still up 2 s later (the hand keeps its grip); the depth stream goes on for the others.
 - ``camera_stall``: SIGSTOP of the process serving depth (the twin) for 1.5 s: no target is made
   from a stale frame, nothing non-finite is sent, and the graph runs again after SIGCONT.
 - ``malformed_depth``: a second publisher sends wrong-encoding and short images on the depth
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -198,6 +200,25 @@ def _status(store: list) -> dict:
     return json.loads(store[-1][1].data) if store else {}
 
 
+def _holds(status: dict) -> bool:
+    """Whether a controller status says it no longer follows its source (holding, latched or stopped)."""
+    return status.get("targets") in ("hold", "latch") or status.get("mode") != "armed"
+
+
+def _brakes_after(cmds: list, t_hold: float) -> tuple[bool, float]:
+    """Whether the commands [(stamp s, q [n] rad)] from ``t_hold`` on only slow down, per joint, and
+    how long after ``t_hold`` (ms) the last one that moved was."""
+    after = [(t, q) for t, q in cmds if t >= t_hold]
+    if len(after) < 3:
+        return False, math.inf
+    t = np.array([a[0] for a in after])
+    q = np.array([a[1] for a in after])
+    speed = np.abs(np.diff(q, axis=0)) / np.diff(t)[:, None]
+    braking = bool(np.all(np.diff(speed, axis=0) <= 1e-6))
+    moved = np.flatnonzero(np.abs(np.diff(q, axis=0)).max(axis=1) > 1e-5)
+    return braking, (1e3 * (t[moved[-1] + 1] - t_hold) if moved.size else 0.0)
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -247,8 +268,9 @@ class Faults:
 
     # -------------------------------------------------------------------------------------- faults
     def policy_kill9_mid_grasp(self) -> FaultResult:
-        expected = ("arm command holds <= 100 ms after SIGKILL; object still lifted 2 s later; the camera stream "
-                    "goes on for the other readers")
+        expected = ("the arm controller holds <= 100 ms after SIGKILL, then only brakes (its speed never rises and "
+                    "it stands still within one brake from top speed); object still lifted 2 s later; the camera "
+                    "stream goes on for the other readers at >= half its rate")
         if not self.probe.wait_for(lambda: float(self.twin().get("task_lift_m", 0)) > 0.03, 90.0):
             return FaultResult("policy_kill9_mid_grasp", expected, False,
                                f"the policy never lifted the object (twin: {self.twin().get('task_lift_m')})")
@@ -261,17 +283,22 @@ class Faults:
         self.probe.wait_for(lambda: time.time() > t_kill + 2.0, 3.0)
         with self.probe.lock:
             cmds = [(ros_io_stamp(m), np.asarray(m.position)) for _, m in self.arm_cmd]
-        after = [(t, q) for t, q in cmds if t >= t_kill - 0.2]
-        moving = [t for (t, q), (_, q0) in zip(after[1:], after[:-1]) if np.abs(q - q0).max() > 1e-5]
-        hold_ms = max(0.0, (max(moving) - t_kill) * 1e3) if moving else 0.0
+            holds = [t for t, m in self.arm_status if t >= t_kill and _holds(json.loads(m.data))]
+        t_hold = min(holds) if holds else math.inf
+        hold_ms = (t_hold - t_kill) * 1e3
+        braking, still_ms = _brakes_after(cmds, t_hold)
+        arm = self.cfg.control.arm
+        brake_ms = 1e3 * max(v / a for v, a in zip(arm.max_velocity, arm.max_acceleration)) + 1e3 / self.cfg.rates.arm_hz
         lift = float(self.twin().get("task_lift_m", 0))
         arm_mode = _status(self.arm_status).get("mode")
         with self.probe.lock:
             depth_hz = sum(1 for t, _ in self.depth if t >= t_kill + 0.5) / (time.time() - t_kill - 0.5)
-        ok = hold_ms <= 100.0 and lift > 0.02 and not self.graph.alive("policy_node") and depth_hz > 0.5 * depth_before
-        obs = (f"arm command still for good {hold_ms:.0f} ms after the kill; object at {100 * lift0:.1f} cm, "
-               f"{100 * lift:.1f} cm 2 s later; arm {arm_mode}; depth at {depth_hz:.0f} Hz after the kill, "
-               f"{depth_before:.0f} Hz before")
+        ok = (hold_ms <= 100.0 and braking and still_ms <= brake_ms and lift > 0.02
+              and not self.graph.alive("policy_node") and depth_hz > 0.5 * depth_before)
+        obs = (f"holding {hold_ms:.0f} ms after the kill, then {'only braking' if braking else 'NOT only braking'}, "
+               f"still {still_ms:.0f} ms later (a brake from top speed takes {brake_ms:.0f} ms); object at "
+               f"{100 * lift0:.1f} cm, {100 * lift:.1f} cm 2 s later; arm {arm_mode}; depth at {depth_hz:.0f} Hz "
+               f"after the kill, {depth_before:.0f} Hz before")
         self.graph.start("policy_node")   # the next faults need a policy
         if not self.targets_flow(60.0):
             ok, obs = False, obs + f"; the restarted policy_node never published: {self.graph.log_tail('policy_node')}"

@@ -23,6 +23,8 @@ FRAME = "camera_depth_optical_frame"
 
 
 class CameraNode(Node):
+    publishes_images = True   # depth (and colour): a large shared-memory segment (ros_io.image_publisher_transport)
+
     def __init__(self):
         super().__init__("camera_node")
         cfg = load_config(self.declare_parameter("config_file", "").value)

@@ -36,6 +36,8 @@ BASE_FRAME = "link_base"
 
 
 class SimNode(Node):
+    publishes_images = True   # depth (and colour): a large shared-memory segment (ros_io.image_publisher_transport)
+
     def __init__(self):
         super().__init__("sim_node")
         path = self.declare_parameter("config_file", "").value

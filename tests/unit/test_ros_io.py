@@ -86,3 +86,49 @@ def test_guarded_callback_drops_what_it_cannot_use(node):
     assert seen == ["armed"]
     with pytest.raises(ZeroDivisionError):   # a bug of the callback's own is not hidden
         ros_io.guarded(lambda m: 1 / 0, node.get_logger(), "/x")(None)
+
+
+_SEGMENT_PROBE = """
+import os, sys
+from robot_runtime import ros_io
+before = set(os.listdir('/dev/shm'))
+if sys.argv[1] == 'images':
+    ros_io.image_publisher_transport()
+import rclpy
+rclpy.init()
+node = rclpy.create_node('segment_probe')
+new = [f for f in set(os.listdir('/dev/shm')) - before if f.startswith('fastrtps_') and '_' not in f[9:]]
+print(max((os.path.getsize('/dev/shm/' + f) for f in new), default=0))
+node.destroy_node()
+rclpy.shutdown()
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_an_image_publisher_gets_a_shared_memory_segment_that_holds_several_frames(tmp_path):
+    """Fast DDS reads the written profile: the participant's segment is 32 MiB, not 512 KiB."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ros_io._PROFILE_VARS}
+    env["TMPDIR"] = str(tmp_path)
+    sizes = {}
+    for kind in ("images", "plain"):
+        out = subprocess.run([sys.executable, "-c", _SEGMENT_PROBE, kind], env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        sizes[kind] = int(out.stdout.split()[-1])
+    assert sizes["images"] >= ros_io.IMAGE_SHM_SEGMENT_BYTES > 8 * sizes["plain"] > 0, sizes
+    assert list(tmp_path.glob("robot_runtime_fastdds_*.xml")), "the profile file was not written"
+
+
+def test_image_publisher_transport_leaves_a_users_profile_or_another_rmw_alone(monkeypatch, tmp_path):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/etc/lab_profile.xml")
+    monkeypatch.delenv("FASTRTPS_DEFAULT_PROFILES_FILE", raising=False)
+    assert ros_io.image_publisher_transport() is None
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE")
+    monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
+    assert ros_io.image_publisher_transport() is None
+    assert "FASTRTPS_DEFAULT_PROFILES_FILE" not in __import__("os").environ
