@@ -585,7 +585,7 @@ def main(argv=None) -> int:
     p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines instead of a bar")
     p.add_argument("--timeout", type=float, default=60.0, help="promote: seconds to wait for policy_node")
     p.set_defaults(func=_cmd_finetune)
-    p = sub.add_parser("eval", help="rollouts of a checkpoint on the twin: success rate with a 95% interval")
+    p = sub.add_parser("eval", help="rollouts of a checkpoint on the twin: success rate with a 95%% interval")
     p.add_argument("checkpoint")
     p.add_argument("--task", default="grasp_lift", choices=["grasp_drop", "grasp_pour", "grasp_lift"])
     p.add_argument("--rollouts", type=int, default=20)

@@ -358,3 +358,22 @@ def test_point_standardisation_travels_in_the_checkpoint_and_the_onnx_export(tmp
     assert np.abs(ort.encode(clouds[1][0]) - pt.encode(clouds[1][0])).max() <= 1e-4
     with pytest.raises(CheckpointError, match="point_scale"):
         HopArchitecture.from_dict(arch.to_dict() | {"point_scale": [0.1, 0.0, 0.1]})
+
+
+def test_every_cli_help_page_prints(capsys):
+    """``robot-runtime --help`` and each command's help render (a bare % in a help string once
+    made the top-level help raise TypeError)."""
+    import re
+
+    from robot_runtime.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    top = capsys.readouterr().out
+    commands = re.search(r"\{([a-z_,-]+)\}", top).group(1).split(",")
+    assert {"sim", "eval"} <= set(commands) and "95% interval" in top, top
+    for c in commands:
+        with pytest.raises(SystemExit) as done:
+            main([c, "--help"])
+        assert done.value.code == 0, c
