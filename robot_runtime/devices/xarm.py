@@ -113,8 +113,7 @@ class XArm(ArmDevice):
 
     Args:
         cfg: :class:`~robot_runtime.config.XArmConfig`.
-        sdk_factory: builds the SDK object from an IP (the real ``XArmAPI`` by default;
-            tests pass a stand-in with the same methods and attributes).
+        sdk_factory: builds the SDK object from an IP (the real ``XArmAPI`` by default).
         clock: acquisition clock for stamps (s, ROS time).
     """
 
@@ -207,7 +206,15 @@ class XArm(ArmDevice):
             raise DeviceError(f"xArm is in mode {api.mode}, state {api.state} after enabling "
                               f"(expected mode {SERVO_MODE}, a ready state)")
 
-    def _fault_text(self) -> str:
+    def _fault_text(self, refresh: bool = False) -> str:
+        """The faults, named. ``refresh`` asks the controller for its codes first: the SDK learns
+        them from the report, a few times a second, so right after an answer that carried the
+        error bit they are not known yet (the message then said "faults: none reported")."""
+        if refresh and self.api is not None:
+            try:
+                self.api.get_err_warn_code()
+            except Exception:   # noqa: BLE001 - the SDK raises bare exceptions; the send's code is reported anyway
+                pass
         return "; ".join(map(str, self.faults())) or "none reported"
 
     def send_servo_target(self, q) -> None:
@@ -220,7 +227,7 @@ class XArm(ArmDevice):
         code = api.set_servo_angle_j([float(v) for v in q], is_radian=True)
         if code not in (0, 2):  # 2: an uncleared warning; the target was still taken
             raise DeviceError(f"xArm set_servo_angle_j failed with {xarm_api_code_name(code)}; "
-                              f"faults: {self._fault_text()}")
+                              f"faults: {self._fault_text(refresh=True)}")
 
     def stop(self) -> None:
         if self.api is not None:

@@ -25,10 +25,12 @@ answer's state byte, the arm stopped in mode 0, state 4): C23 for a servo target
 limit, C60 when the servo targets ask the flange to move faster than 1 m/s (from one target
 to the next over the time between them: the servo mode's linear speed limit), C31 when the
 twin's arm or hand presses on the table with more than ``COLLISION_FORCE_N``, C35 for a
-servo target that takes the flange outside a configured safety boundary, and on demand :meth:`XArmBox.raise_error` for any code. Injectable: a
-stall of the servo call (``stall_s`` every ``stall_every_s``, as SDK issue 154 reports for
-streams at 60-100 Hz) and :meth:`XArmBox.drop_connections` (the cable pulled). Not here yet:
-C22 (self-collision).
+servo target that takes the flange outside a configured safety boundary, C22 for a servo
+target that puts the wrist, hand or fingers into the base or upper arm (checked on the target,
+before motion, as the controller checks its own link model; :func:`self_collision`), and on
+demand :meth:`XArmBox.raise_error` for any code. Injectable: a stall of the servo call
+(``stall_s`` every ``stall_every_s``, as SDK issue 154 reports for streams at 60-100 Hz) and
+:meth:`XArmBox.drop_connections` (the cable pulled).
 """
 from __future__ import annotations
 
@@ -51,11 +53,69 @@ CONTROL_PORT, RICH_REPORT_PORT = 502, 30002
 RICH_REPORT_BYTES, RICH_REPORT_HZ = 587, 5.0
 #: State byte bits of an answer: an error or a warning is active.
 STATE_ERROR, STATE_WARNING = 0x40, 0x20
+#: The answer's "not ready to move" bit (the SDK turns a motion command's answer with it into code 9).
+STATE_NOT_READY = 0x10
 #: The servo mode's linear (TCP) speed limit (m/s); past it the controller raises C60.
 MAX_TCP_SPEED = 1.0
 #: The force (N) of the robot on the table past which the box raises C31 (the real controller
 #: judges a collision from its joint currents; this stands for its default sensitivity).
 COLLISION_FORCE_N = 30.0
+
+#: The self-collision model: capsules (radius m) between frames of the robot description.
+#: Each part of ``SELF_COLLISION_PAIRS``' first group is checked against each of its second.
+CAPSULES: dict[str, tuple[str, str, float]] = {
+    "base": ("link_base", "link2", 0.075),
+    "upper_arm": ("link2", "link4", 0.06),
+    "forearm": ("link4", "link5", 0.05),
+    "wrist": ("link6", "flange", 0.05),
+    "hand": ("flange", "palm", 0.06),
+    "index": ("palm", "index_tip", 0.025),
+    "middle": ("palm", "middle_tip", 0.025),
+    "ring": ("palm", "ring_tip", 0.025),
+    "thumb": ("palm", "thumb_tip", 0.025),
+}
+SELF_COLLISION_PAIRS = ((("wrist", "hand", "index", "middle", "ring", "thumb"), ("base", "upper_arm")),
+                        (("forearm",), ("base",)))
+
+
+def _segment_distance(p0, p1, q0, q1) -> float:
+    """Shortest distance (m) between the segments p0-p1 and q0-q1 (each a point [3])."""
+    d1, d2, r = p1 - p0, q1 - q0, p0 - q0
+    a, e, f = float(d1 @ d1), float(d2 @ d2), float(d2 @ r)
+    if a < 1e-12 and e < 1e-12:
+        return float(np.linalg.norm(r))
+    if a < 1e-12:
+        s, t = 0.0, min(max(f / e, 0.0), 1.0)
+    else:
+        c = float(d1 @ r)
+        if e < 1e-12:
+            s, t = min(max(-c / a, 0.0), 1.0), 0.0
+        else:
+            b = float(d1 @ d2)
+            den = a * e - b * b
+            s = min(max((b * f - c * e) / den, 0.0), 1.0) if den > 1e-12 else 0.0
+            t = (b * s + f) / e
+            if t < 0.0:
+                s, t = min(max(-c / a, 0.0), 1.0), 0.0
+            elif t > 1.0:
+                s, t = min(max((b - c) / a, 0.0), 1.0), 1.0
+    return float(np.linalg.norm((p0 + d1 * s) - (q0 + d2 * t)))
+
+
+def self_collision(model: UrdfModel, q_arm, q_hand=None) -> tuple[str, str, float] | None:
+    """The first pair of :data:`CAPSULES` that touch at arm joints ``q_arm`` [7] (rad) and hand
+    joints ``q_hand`` [16] (zeros by default), with their clearance (m, negative: overlap), or None."""
+    hand = np.zeros(16) if q_hand is None else np.asarray(q_hand, float)
+    frames = model.forward(np.concatenate([np.asarray(q_arm, float), hand]))
+    seg = {n: (frames[a][:3, 3], frames[b][:3, 3], r) for n, (a, b, r) in CAPSULES.items()}
+    for moving, fixed in SELF_COLLISION_PAIRS:
+        for m in moving:
+            for f in fixed:
+                (p0, p1, r1), (q0, q1, r2) = seg[m], seg[f]
+                gap = _segment_distance(p0, p1, q0, q1) - r1 - r2
+                if gap < 0.0:
+                    return m, f, gap
+    return None
 VERSION = "7,7,XI1303EMU0001,AC1303EMU0001,v2.5.0"
 SERIAL = "XI1303EMU0001"
 
@@ -120,6 +180,8 @@ class XArmBox:
         self.max_joint_speed, self.period = float(max_joint_speed), 1.0 / rate_hz
         self.mode, self.state, self.enabled = 0, 4, False
         self.error_code = self.warn_code = 0
+        self._persistent_error = 0
+        self.stop_requests = 0      # set_state(4) calls: the client stopping the arm
         self.servo_targets = 0
         self.unhandled: Counter = Counter()
         self._lock = threading.Lock()
@@ -188,10 +250,18 @@ class XArmBox:
             c.close()
 
     # ------------------------------------------------------------------ the arm
-    def raise_error(self, code: int) -> None:
-        """The controller reports error ``code``: the arm stops and drops to mode 0, state 4."""
+    def raise_error(self, code: int, persists: bool = False) -> None:
+        """The controller reports error ``code``: the arm stops and drops to mode 0, state 4.
+        With ``persists`` the cause remains (an arm still outside its boundary, say): clearing the
+        error leaves it raised until :meth:`remove_cause`."""
         with self._lock:
             self._raise(code)
+            self._persistent_error = int(code) if persists else 0
+
+    def remove_cause(self) -> None:
+        """The cause of a persisting error is gone: the next clear clears it."""
+        with self._lock:
+            self._persistent_error = 0
 
     def _raise(self, code: int) -> None:
         self._last_servo = None
@@ -243,7 +313,9 @@ class XArmBox:
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 
     def _state_byte(self) -> int:
-        return (STATE_ERROR if self.error_code else 0) | (STATE_WARNING if self.warn_code else 0)
+        not_ready = self.state in (4, 5) or not self.enabled
+        return ((STATE_ERROR if self.error_code else 0) | (STATE_WARNING if self.warn_code else 0)
+                | (STATE_NOT_READY if not_ready else 0))
 
     def _handle(self, reg: int, params: bytes) -> bytes:
         """The data answering register ``reg`` (the box's state is locked by the caller)."""
@@ -259,6 +331,8 @@ class XArmBox:
             if value == 0 and (self.error_code or not self.enabled):
                 return b""   # refused silently by the box: the state stays; the report shows it
             self.state = int(value)
+            if self.state == 4:
+                self.stop_requests += 1
             if self.state in (3, 4):
                 self.target = self.q.copy()
             return b""
@@ -271,7 +345,7 @@ class XArmBox:
         if reg == GET_ERROR:
             return bytes([self.error_code, self.warn_code])
         if reg == CLEAN_ERR:
-            self.error_code = 0
+            self.error_code = self._persistent_error
             return b""
         if reg == CLEAN_WAR:
             self.warn_code = 0
@@ -281,6 +355,9 @@ class XArmBox:
             lo, hi = np.asarray(D.ARM_LIMITS).T
             if self.mode == 1 and self.enabled and not self.error_code and np.any((q < lo - 1e-4) | (q > hi + 1e-4)):
                 self._raise(23)
+                return b""
+            if self.mode == 1 and self.enabled and not self.error_code and self_collision(self._model, q):
+                self._raise(22)
                 return b""
             if self.boundary is not None and self.mode == 1 and self.enabled and not self.error_code:
                 p = self._flange(q)

@@ -3,16 +3,15 @@ import numpy as np
 import pytest
 
 from robot_runtime import description as D
-from robot_runtime.config import RuntimeConfig, XArmConfig
+from robot_runtime.config import RuntimeConfig
 from robot_runtime.control.controller import Mode, VelocityFilter
 from robot_runtime.interfaces import ControllerStatus, StopKind
 from robot_runtime.control.factory import make_arm_controller, make_hand_controller
 from robot_runtime.control.loop import DeadlineLoop, LatencySummary, LoopStatistics
 from robot_runtime.control.targets import TargetRejected
 from robot_runtime.devices.base import ArmDevice, HandDevice, JointSample
-from robot_runtime.devices.xarm import XARM_ERRORS, XArm, xarm_error_name
+from robot_runtime.devices.xarm import xarm_error_name
 from robot_runtime.errors import DeviceError
-from tests.xarm_standin import StandInXArmAPI
 
 ARM_DT = 1.0 / 120
 T0 = 1000.0
@@ -220,42 +219,7 @@ def test_device_state_stopping_latches():
 
 
 # ------------------------------------------------------------------ xArm
-def xarm_rig():
-    api = StandInXArmAPI()
-    dev = XArm(XArmConfig(), sdk_factory=lambda ip: api)
-    dev.connect()
-    rig = Rig(device=dev)
-    dev.clock = lambda: rig.now
-    return rig, api
-
-
-def test_xarm_arming_runs_the_enable_sequence_then_streams_servo_j():
-    rig, api = xarm_rig()
-    rig.run(0.05)
-    assert "set_servo_angle_j" not in api.calls  # disarmed: nothing streamed
-    rig.ctl.arm(rig.now)
-    seq = [c for c in api.calls if c != "get_joint_states"]
-    assert seq == ["clean_error", "clean_warn", "motion_enable", "set_mode(1)", "set_state(0)"]
-    rig.run(0.5, lambda t: rig.home + 0.05)
-    assert len(api.targets) >= 55 and np.allclose(api.targets[-1], rig.home + 0.05, atol=1e-3)
-
-
-@pytest.mark.parametrize("code", sorted(XARM_ERRORS))
-def test_each_xarm_error_stops_streaming_and_is_named(code):
-    rig, api = xarm_rig()
-    rig.run(0.02)
-    rig.ctl.arm(rig.now)
-    rig.run(0.2, lambda t: rig.home)
-    api.raise_error(code)
-    n = len(api.targets)
-    rig.run(0.2, lambda t: rig.home + 0.05)
-    assert len(api.targets) == n, "no servo target may follow an error"
-    assert rig.ctl.mode is Mode.STOPPED
-    assert xarm_error_name(code) in rig.ctl.reason and f"C{code} " in rig.ctl.reason
-    assert rig.ctl.stop_kind is StopKind.DEVICE_FAULT and not rig.ctl.stop_kind.is_stall
-    assert api.calls.count("set_state(4)") == 1
-
-
+# (the xarm backend and the controller over the real SDK: tests/unit/test_xarm_box.py)
 def test_named_codes_from_the_issue():
     assert xarm_error_name(22) == "C22 self-collision"
     assert xarm_error_name(23) == "C23 joint angle over limit"
@@ -263,63 +227,6 @@ def test_named_codes_from_the_issue():
     assert xarm_error_name(31) == "C31 collision or abnormal current"
     assert xarm_error_name(35) == "C35 safety boundary reached"
     assert xarm_error_name(999).startswith("C999 unknown")
-
-
-def test_xarm_fault_is_never_cleared_silently():
-    rig, api = xarm_rig()
-    rig.run(0.02)
-    rig.ctl.arm(rig.now)
-    api.raise_error(31)
-    rig.run(0.1, lambda t: rig.home)
-    api.error_code = 0  # the controller's report clears, but nobody re-armed
-    rig.run(0.5, lambda t: rig.home)
-    assert rig.ctl.mode is Mode.STOPPED and "clean_error" not in api.calls[-20:]
-    n = len(api.targets)
-    rig.ctl.arm(rig.now)  # the explicit operator action
-    rig.run(0.2, lambda t: rig.home)
-    assert rig.ctl.mode is Mode.ARMED and len(api.targets) > n
-
-
-def test_xarm_rearm_refused_while_the_cause_persists():
-    rig, api = xarm_rig()
-    rig.run(0.02)
-    api.raise_error(35, sticky=True)
-    rig.run(0.05)
-    with pytest.raises(DeviceError, match="C35 safety boundary reached"):
-        rig.ctl.arm(rig.now)
-    assert rig.ctl.mode is Mode.STOPPED
-
-
-def test_xarm_warning_is_reported_but_does_not_stop():
-    rig, api = xarm_rig()
-    rig.run(0.02)
-    rig.ctl.arm(rig.now)
-    api.warn_code = 11
-    rig.run(0.2, lambda t: rig.home)
-    assert rig.ctl.mode is Mode.ARMED and rig.ctl.faults == ["W11 controller command buffer full"]
-
-
-def test_xarm_send_refused_latches_with_the_code():
-    rig, api = xarm_rig()
-    rig.run(0.02)
-    rig.ctl.arm(rig.now)
-    api.mode = 0  # e.g. someone switched mode from the teach pendant
-    rig.run(0.1, lambda t: rig.home)
-    assert rig.ctl.mode is Mode.STOPPED and "code 9 (not ready to move)" in rig.ctl.reason
-
-
-def test_xarm_unreachable_is_a_clear_error_after_trying_again():
-    tries = []
-
-    def refuse(ip):
-        tries.append(ip)
-        if len(tries) % 2:
-            raise Exception("connect socket failed")   # what the SDK raises
-        return StandInXArmAPI(ip, connected=False)
-    with pytest.raises(DeviceError, match=r"10.0.0.2 is not reachable after 0.5 s \((Exception: connect socket "
-                                          r"failed|not connected)"):
-        XArm(XArmConfig(ip="10.0.0.2", connect_timeout_s=0.5), sdk_factory=refuse).connect()
-    assert len(tries) >= 2   # tried again while the box could still be starting
 
 
 # ------------------------------------------------------------------ hand

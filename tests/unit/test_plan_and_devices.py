@@ -1,13 +1,11 @@
 import numpy as np
 import pytest
 
-from robot_runtime.config import ReplayCameraConfig, XArmConfig, ZedCameraConfig, load_config
+from robot_runtime.config import ReplayCameraConfig, ZedCameraConfig, load_config
 from robot_runtime.devices.base import make_device
 from robot_runtime.devices.replay import ReplayCamera, save_depth_recording
-from robot_runtime.devices.xarm import XArm
 from robot_runtime.errors import ConfigError, DeviceError, DeviceNotAvailableError
 from robot_runtime.plan import node_plan
-from tests.xarm_standin import StandInXArmAPI
 
 
 def test_sim_plan(repo):
@@ -51,17 +49,6 @@ def test_zed_without_sdk_says_where_it_comes_from():
     cam = make_device("camera", ZedCameraConfig())
     with pytest.raises(DeviceNotAvailableError, match="ZED SDK"):
         cam.connect()
-
-
-def test_xarm_connects_and_reads_state():
-    arm = XArm(XArmConfig(ip="10.0.0.1"), sdk_factory=StandInXArmAPI, clock=lambda: 42.0)
-    arm.connect()
-    s = arm.read_state()
-    assert s.t == 42.0 and np.allclose(s.position, arm.api.angles)
-    assert arm.faults() == []
-    arm.api.raise_error(22)
-    assert [str(f) for f in arm.faults()] == ["C22 self-collision"] and arm.faults()[0].error
-    assert arm.read_state() is not None  # state stays readable while the controller has an error
 
 
 def test_replay_plays_at_recorded_timing(tmp_path):

@@ -105,12 +105,12 @@ def test_with_the_twins_arm_behind_it_a_stream_starts_from_where_the_arm_is():
             arm.disconnect()
 
 
-@pytest.mark.parametrize("fault", ["joint_limit", "tcp_speed", "boundary"])
+@pytest.mark.parametrize("fault", ["joint_limit", "tcp_speed", "boundary", "self_collision"])
 def test_the_box_raises_the_controllers_faults_and_the_backend_names_them(box_and_arm, fault):
     """A servo target past joint 1's limit raises C23; one that asks the flange to move faster
     than 1 m/s from the last target raises C60 (servo mode's linear speed limit). Either way
     the send is refused with the code, the arm stops where it is, and the fault is named from
-    the report."""
+    the report. Joint 4 near its lower limit folds the forearm down onto the base: C22."""
     box, arm = box_and_arm
     arm.enable()
     q0 = arm.read_state().position
@@ -124,6 +124,9 @@ def test_the_box_raises_the_controllers_faults_and_the_backend_names_them(box_an
         bad[0] += 0.3
         code, name = 35, "C35 safety boundary reached"
         arm.send_servo_target(q0)
+    elif fault == "self_collision":
+        bad[3] = D.ARM_LIMITS[3][0] + 0.01
+        code, name = 22, "C22 self-collision"
     else:
         arm.send_servo_target(q0)
         bad[0] += 0.3        # 0.3 rad of joint 1 within a few ms: the flange at well over 1 m/s
@@ -193,7 +196,7 @@ def test_the_arm_controller_latches_a_box_fault_and_rearms_only_when_asked():
             sent = box.servo_targets
             run(1.0, home + 0.1)
             assert ctl.mode is Mode.STOPPED and ctl.stop_kind in (StopKind.DEVICE_FAULT, StopKind.DEVICE_ERROR)
-            assert "C31" in ctl.reason or "uncleared error" in ctl.reason, ctl.reason
+            assert "C31 collision" in ctl.reason, ctl.reason
             assert box.servo_targets == sent and box.error_code == 31     # nothing sent, nothing cleared
             ctl.arm(time.time())                                         # the operator's decision
             assert box.error_code == 0 and box.mode == 1
@@ -279,3 +282,133 @@ def test_the_twins_arm_pressed_on_the_table_raises_c31():
         stop.set()
         th.join(2.0)
         sim.close()
+
+
+# ------------------------------------------------------------ the arm controller through the SDK
+@pytest.fixture
+def controller_on_box():
+    """An armed ArmServoController over the real SDK and a box of its own, and ``run(seconds,
+    target)``, which streams the policy's target and ticks the controller at 120 Hz."""
+    from bench.xarm import armed_controller
+    from robot_runtime.config import RuntimeConfig
+
+    host = f"127.0.0.{next(_ADDRESSES)}"
+    box = XArmBox(host).start()
+    cfg = RuntimeConfig()
+    arm = XArm(XArmConfig(ip=host))
+    try:
+        arm.connect()
+        ctl = armed_controller(cfg, arm)
+        home = arm.read_state().position
+
+        def run(seconds, target=None):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                t = time.time()
+                q = home if target is None else target
+                ctl.on_target("policy", D.ALL_JOINTS, list(q) + list(cfg.robot.hand_home), t + 0.05, t)
+                ctl.tick(t)
+                time.sleep(1 / 120)   # the loop's rate
+        yield box, ctl, home, run
+    finally:
+        arm.disconnect()
+        box.close()
+
+
+@pytest.mark.parametrize("code", [22, 23, 24, 31, 35, 60])
+def test_each_named_error_stops_the_stream_and_the_arm(controller_on_box, code):
+    from robot_runtime.devices.xarm import xarm_error_name
+    from robot_runtime.interfaces import Mode, StopKind
+
+    box, ctl, home, run = controller_on_box
+    run(0.2)
+    assert ctl.mode is Mode.ARMED and box.servo_targets > 5
+    box.raise_error(code)
+    run(0.4, home + 0.05)
+    sent = box.servo_targets
+    run(0.2, home + 0.05)
+    assert box.servo_targets == sent, "no servo target may follow an error"
+    assert ctl.mode is Mode.STOPPED and ctl.stop_kind in (StopKind.DEVICE_FAULT, StopKind.DEVICE_ERROR)
+    assert xarm_error_name(code) in ctl.reason or f"C{code} " in ctl.reason, ctl.reason
+    assert box.stop_requests >= 1 and box.error_code == code   # the arm told to stop, the error left for the operator
+
+
+def test_rearming_is_refused_while_the_cause_persists(controller_on_box):
+    from robot_runtime.interfaces import Mode
+
+    box, ctl, home, run = controller_on_box
+    box.raise_error(35, persists=True)
+    run(0.3)
+    assert ctl.mode is Mode.STOPPED
+    with pytest.raises(DeviceError, match="C35 safety boundary reached"):
+        ctl.arm(time.time())
+    assert ctl.mode is Mode.STOPPED and box.mode == 0
+    box.remove_cause()
+    ctl.arm(time.time())
+    run(0.3, home + 0.02)
+    assert ctl.mode is Mode.ARMED and box.error_code == 0
+
+
+def test_a_warning_is_reported_and_the_stream_goes_on(controller_on_box):
+    from robot_runtime.interfaces import Mode
+
+    box, ctl, home, run = controller_on_box
+    with box._lock:
+        box.warn_code = 11
+    run(0.5, home + 0.02)
+    assert ctl.mode is Mode.ARMED and ctl.faults == ["W11 controller command buffer full"], (ctl.mode, ctl.faults)
+    sent = box.servo_targets
+    run(0.2, home + 0.03)
+    assert box.servo_targets > sent
+
+
+def test_an_arm_stopped_from_the_pendant_is_a_named_stop(controller_on_box):
+    """Someone stops the arm outside this program (state 4): the next servo answer says "not
+    ready", the SDK returns code 9, and the controller latches a stop that names it."""
+    from robot_runtime.interfaces import Mode
+
+    box, ctl, home, run = controller_on_box
+    run(0.2)
+    with box._lock:
+        box.state = 4
+    run(0.2, home + 0.02)
+    assert ctl.mode is Mode.STOPPED and "code 9 (not ready to move)" in ctl.reason, ctl.reason
+
+
+def test_an_unreachable_box_is_a_clear_error_and_one_that_comes_up_late_is_reached():
+    import threading
+
+    host = f"127.0.0.{next(_ADDRESSES)}"
+    with pytest.raises(DeviceError, match=rf"{host} is not reachable after 0.5 s"):
+        XArm(XArmConfig(ip=host, connect_timeout_s=0.5)).connect()
+    box = XArmBox(host)
+    later = threading.Timer(0.4, box.start)   # the box still booting when the first tries fail
+    later.start()
+    arm = XArm(XArmConfig(ip=host, connect_timeout_s=10.0))
+    try:
+        arm.connect()
+        assert np.allclose(arm.read_state().position, D.ARM_HOME, atol=1e-6)
+    finally:
+        later.join()
+        arm.disconnect()
+        box.close()
+
+
+def test_the_self_collision_model_folds_only_where_the_arm_meets_itself():
+    """The home pose and the arm stretched forward are clear; the forearm folded down onto the
+    base and the hand turned back into the upper arm are not (the names say which parts)."""
+    from robot_runtime.kinematics import UrdfModel
+    from robot_runtime.twin.xarm_box import _segment_distance, self_collision
+
+    assert _segment_distance(np.zeros(3), np.array([1.0, 0, 0]), np.array([0.5, 1, 0]), np.array([0.5, 2, 0])) == 1.0
+    assert _segment_distance(np.zeros(3), np.array([1.0, 0, 0]), np.array([0.5, -1, 1]), np.array([0.5, 1, 1])) == 1.0
+    model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
+    home = np.asarray(D.ARM_HOME, float)
+    assert self_collision(model, home) is None
+    forward = home.copy()
+    forward[1], forward[3] = 0.5, 1.2        # reaching out over the table
+    assert self_collision(model, forward) is None
+    folded = home.copy()
+    folded[3] = D.ARM_LIMITS[3][0] + 0.01
+    hit = self_collision(model, folded)
+    assert hit is not None and hit[1] == "base" and hit[2] < 0, hit
