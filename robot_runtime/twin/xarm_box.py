@@ -48,9 +48,12 @@ from robot_runtime.kinematics import UrdfModel
 #: Registers (the SDK's ``XCONF.UxbusReg``).
 GET_VERSION, GET_ROBOT_SN, MOTION_EN, SET_STATE, GET_STATE = 1, 2, 11, 12, 13
 GET_ERROR, CLEAN_ERR, CLEAN_WAR, SET_MODE, MOVE_SERVOJ, GET_JOINT_POS = 15, 16, 17, 19, 29, 42
-CONTROL_PORT, RICH_REPORT_PORT = 502, 30002
+CONTROL_PORT, RICH_REPORT_PORT, REAL_REPORT_PORT = 502, 30002, 30003
 #: The rich report's length (bytes) and the box's rate for it (Hz).
 RICH_REPORT_BYTES, RICH_REPORT_HZ = 587, 5.0
+#: The real-time report (the SDK's ``report_type='real'``): state and mode, joint angles, TCP pose,
+#: joint torques, at 100 Hz as the vendor describes it; no error codes, no joint velocities.
+REAL_REPORT_BYTES, REAL_REPORT_HZ = 87, 100.0
 #: State byte bits of an answer: an error or a warning is active.
 STATE_ERROR, STATE_WARNING = 0x40, 0x20
 #: The answer's "not ready to move" bit (the SDK turns a motion command's answer with it into code 9).
@@ -183,6 +186,9 @@ class XArmBox:
         self._persistent_error = 0
         self.stop_requests = 0      # set_state(4) calls: the client stopping the arm
         self.servo_targets = 0
+        #: When a deque: (time.monotonic() s, q [7] rad) of each of the box's control cycles, for
+        #: measuring how old a client's view of the joints is (bench.xarm).
+        self.history = None
         self.unhandled: Counter = Counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -191,7 +197,8 @@ class XArmBox:
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> "XArmBox":
-        for port, handler in ((CONTROL_PORT, self._serve_commands), (RICH_REPORT_PORT, self._serve_reports)):
+        for port, handler in ((CONTROL_PORT, self._serve_commands), (RICH_REPORT_PORT, self._serve_reports),
+                              (REAL_REPORT_PORT, self._serve_real_reports)):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((self.host, port))
@@ -309,6 +316,8 @@ class XArmBox:
                     if self._stall_t is not None and not np.any(step) and \
                             len(self.stall_to_hold_ms) < self.stalls:   # still, while the call is blocked
                         self.stall_to_hold_ms.append((time.monotonic() - self._stall_t) * 1e3)
+                if self.history is not None:
+                    self.history.append((time.monotonic(), self.q.copy()))
             next_t += self.period
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 
@@ -434,11 +443,30 @@ class XArmBox:
         out += bytes([5, 7, 0, 0, 0, 0])                   # robot type 5 (xArm7), 7 axes, ids
         return out + bytes(RICH_REPORT_BYTES - len(out))
 
+    def real_report(self) -> bytes:
+        """One real-time report: state and mode, command count, joint angles (rad), the flange's
+        position (mm; orientation left zero) and zero torques."""
+        with self._lock:
+            q = self.q.copy()
+            head = struct.pack(">IBH", REAL_REPORT_BYTES, (self.mode << 4) | (self.state & 0x0F),
+                               self.servo_targets & 0xFFFF)
+        pose = np.concatenate([self._flange(q) * 1000.0, np.zeros(3)])
+        return head + struct.pack("<7f", *q) + struct.pack("<6f", *pose) + bytes(28)
+
+    def _serve_real_reports(self, conn: socket.socket) -> None:
+        self._stream_reports(conn, self.real_report, REAL_REPORT_HZ)
+
     def _serve_reports(self, conn: socket.socket) -> None:
+        self._stream_reports(conn, self.rich_report, RICH_REPORT_HZ)
+
+    def _stream_reports(self, conn: socket.socket, make, hz: float) -> None:
+        """Send ``make()`` at ``hz`` (absolute deadlines) until closed or the peer goes."""
+        period, due = 1.0 / hz, time.monotonic()
         with conn:
             while not self._stop.is_set():
                 try:
-                    conn.sendall(self.rich_report())
+                    conn.sendall(make())
                 except OSError:
                     return
-                self._stop.wait(1.0 / RICH_REPORT_HZ)
+                due += period
+                self._stop.wait(max(0.0, due - time.monotonic()))

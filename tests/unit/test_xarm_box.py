@@ -412,3 +412,28 @@ def test_the_self_collision_model_folds_only_where_the_arm_meets_itself():
     folded[3] = D.ARM_LIMITS[3][0] + 0.01
     hit = self_collision(model, folded)
     assert hit is not None and hit[1] == "base" and hit[2] < 0, hit
+
+
+def test_the_real_time_report_carries_the_joints_at_100_hz_to_the_sdk():
+    """Port 30003 (the SDK's report_type='real'): 87-byte frames at 100 Hz whose joint angles are
+    the arm's; the SDK reads them (bench.xarm compares its age with polling)."""
+    import socket
+    import struct
+
+    from xarm.wrapper import XArmAPI
+
+    host = f"127.0.0.{next(_ADDRESSES)}"
+    with XArmBox(host) as box:
+        with socket.create_connection((host, 30003), timeout=2.0) as s:
+            data, t0 = b"", time.monotonic()
+            while time.monotonic() - t0 < 0.5:
+                data += s.recv(4096)
+        frames = [data[i:i + 87] for i in range(0, len(data) - 86, 87)]
+        assert 40 <= len(frames) <= 60, len(frames)
+        assert all(struct.unpack(">I", f[:4])[0] == 87 for f in frames)
+        assert np.allclose(struct.unpack("<7f", frames[-1][7:35]), box.q, atol=1e-6)
+        api = XArmAPI(host, is_radian=True, report_type="real")
+        try:
+            assert _until(lambda: np.allclose(api.angles[:7], box.q, atol=1e-5), 2.0), api.angles
+        finally:
+            api.disconnect()
