@@ -191,6 +191,10 @@ class XArmConfig:
     type: str = "xarm"
     ip: str = "192.168.1.222"
     connect_timeout_s: float = rng(5.0, 0.1, 60.0)
+    #: How long one SDK call waits for the box's answer (the SDK's own default is 2 s): a box that
+    #: stops answering ends the call after this with code 3 and the controller stops, named. Longer
+    #: than the ~190 ms servo-call stalls of SDK issue 154, which the stream rides through.
+    command_timeout_s: float = rng(0.5, 0.25, 5.0)
 
 
 @register_backend_config("hand", "twin", "robot_runtime.devices.ros_topics:TopicHand")

@@ -143,6 +143,7 @@ class XArm(ArmDevice):
             except Exception as exc:  # noqa: BLE001 - the SDK raises a bare Exception when it cannot connect
                 api, why = None, f"{type(exc).__name__}: {exc}"
             if not why:
+                api.set_timeout(self.cfg.command_timeout_s)
                 self.api = api
                 return
             if time.monotonic() >= deadline:

@@ -29,8 +29,9 @@ servo target that takes the flange outside a configured safety boundary, C22 for
 target that puts the wrist, hand or fingers into the base or upper arm (checked on the target,
 before motion, as the controller checks its own link model; :func:`self_collision`), and on
 demand :meth:`XArmBox.raise_error` for any code. Injectable: a stall of the servo call
-(``stall_s`` every ``stall_every_s``, as SDK issue 154 reports for streams at 60-100 Hz) and
-:meth:`XArmBox.drop_connections` (the cable pulled).
+(``stall_s`` every ``stall_every_s``, as SDK issue 154 reports for streams at 60-100 Hz),
+:meth:`XArmBox.stop_answering` (a controller that hangs) and :meth:`XArmBox.drop_connections`
+(the cable pulled).
 """
 from __future__ import annotations
 
@@ -186,6 +187,7 @@ class XArmBox:
         self._persistent_error = 0
         self.stop_requests = 0      # set_state(4) calls: the client stopping the arm
         self.servo_targets = 0
+        self.answering = True
         #: When a deque: (time.monotonic() s, q [7] rad) of each of the box's control cycles, for
         #: measuring how old a client's view of the joints is (bench.xarm).
         self.history = None
@@ -242,6 +244,11 @@ class XArmBox:
         """From now on, block the servo call for ``stall_s`` (s) once every ``every_s`` (s)."""
         self.stall_s, self.stall_every_s = float(stall_s), float(every_s)
         self._next_stall = time.monotonic() + self.stall_every_s
+
+    def stop_answering(self, stopped: bool = True) -> None:
+        """From now on (until called with False) read requests but answer none, the connections
+        left open: a controller that hangs."""
+        self.answering = not stopped
 
     def drop_connections(self) -> None:
         """The cable pulled: every connection is closed and no new one is taken."""
@@ -423,6 +430,8 @@ class XArmBox:
                         self._stop.wait(self.stall_s)
                         self._stall_t = None
                         self._next_stall = time.monotonic() + self.stall_every_s
+                    if not self.answering:
+                        continue
                     with self._lock:
                         out = self._handle(reg, params)
                         state = self._state_byte()

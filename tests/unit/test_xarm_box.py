@@ -437,3 +437,19 @@ def test_the_real_time_report_carries_the_joints_at_100_hz_to_the_sdk():
             assert _until(lambda: np.allclose(api.angles[:7], box.q, atol=1e-5), 2.0), api.angles
         finally:
             api.disconnect()
+
+
+def test_a_box_that_stops_answering_is_a_named_stop_within_the_command_timeout(controller_on_box):
+    """The connections stay open but nothing is answered: the SDK call ends after
+    ``arm.command_timeout_s`` (not the SDK's 2 s) with code 3, the controller latches a stop that
+    says so, and the loop goes on ticking."""
+    from robot_runtime.interfaces import Mode
+
+    box, ctl, home, run = controller_on_box
+    run(0.2)
+    box.stop_answering()
+    t0 = time.monotonic()
+    run(0.3, home + 0.02)
+    took = time.monotonic() - t0
+    assert ctl.mode is Mode.STOPPED and "code 3 (reply timeout)" in ctl.reason, ctl.reason
+    assert took < 0.3 + 2 * XArmConfig().command_timeout_s + 0.3, took   # bounded calls, not the SDK's 2 s each
