@@ -126,6 +126,7 @@ class XArm(ArmDevice):
         self._factory = sdk_factory or _default_sdk
         self.clock = clock
         self.api = None
+        self._lost = False   # a call got no answer: the next enable() connects again
 
     def connect(self) -> None:
         """Connect, trying again for ``cfg.connect_timeout_s`` (a control box still starting up).
@@ -162,7 +163,7 @@ class XArm(ArmDevice):
         t = self.clock()
         code, states = api.get_joint_states(is_radian=True)
         if code not in (0, 1, 2):  # 1/2: the state is valid, the controller has an error/warning
-            raise DeviceError(f"xArm get_joint_states failed with {xarm_api_code_name(code)}")
+            raise self._failed("get_joint_states", code)
         pos, vel, eff = (np.asarray(s[:7], float) for s in states)
         return JointSample(t, pos, vel, eff)
 
@@ -180,8 +181,22 @@ class XArm(ArmDevice):
         return out
 
     def enable(self) -> None:
-        """The re-arm sequence; raises DeviceError naming the step and the fault when refused."""
-        api = self._require()
+        """The re-arm sequence; raises DeviceError naming the step and the fault when refused.
+
+        After a lost connection (a pulled cable, a box restarted) this is the way back: the
+        explicit re-arm connects again (trying for ``cfg.connect_timeout_s``) before the sequence.
+        """
+        api = self.api
+        if api is None or self._lost or not getattr(api, "connected", True):
+            if api is not None:
+                try:
+                    api.disconnect()
+                except Exception:  # noqa: BLE001 - the SDK raises bare exceptions; the old client is discarded
+                    pass
+            self.api = None
+            self.connect()
+            self._lost = False
+            api = self.api
         steps = (("clean_error", api.clean_error), ("clean_warn", api.clean_warn),
                  ("motion_enable", lambda: api.motion_enable(True)), ("set_mode(1)", lambda: api.set_mode(SERVO_MODE)),
                  ("set_state(0)", lambda: api.set_state(READY_STATE)))
@@ -207,6 +222,21 @@ class XArm(ArmDevice):
             raise DeviceError(f"xArm is in mode {api.mode}, state {api.state} after enabling "
                               f"(expected mode {SERVO_MODE}, a ready state)")
 
+    #: SDK codes that mean no answer came: not connected, or the reply timed out.
+    LOST_CODES = (-1, 3)
+
+    def _failed(self, call: str, code: int, refresh: bool = False) -> DeviceError:
+        """The error for a refused or unanswered call, naming the code and the faults; a call
+        that got no answer (a lost connection or a hung box look alike on a real network: no
+        answer) says so and how to come back, and makes the next re-arm connect again."""
+        if code in self.LOST_CODES:
+            self._lost = True
+            return DeviceError(f"xArm at {self.cfg.ip}: {call} got no answer ({xarm_api_code_name(code)}): the "
+                               f"connection is lost or the controller stopped answering; check the cable and the "
+                               f"control box, then re-arm to reconnect")
+        return DeviceError(f"xArm {call} failed with {xarm_api_code_name(code)}; "
+                           f"faults: {self._fault_text(refresh=refresh)}")
+
     def _fault_text(self, refresh: bool = False) -> str:
         """The faults, named. ``refresh`` asks the controller for its codes first: the SDK learns
         them from the report, a few times a second, so right after an answer that carried the
@@ -227,8 +257,7 @@ class XArm(ArmDevice):
         api = self._require()
         code = api.set_servo_angle_j([float(v) for v in q], is_radian=True)
         if code not in (0, 2):  # 2: an uncleared warning; the target was still taken
-            raise DeviceError(f"xArm set_servo_angle_j failed with {xarm_api_code_name(code)}; "
-                              f"faults: {self._fault_text(refresh=True)}")
+            raise self._failed("set_servo_angle_j", code, refresh=True)
 
     def stop(self) -> None:
         if self.api is not None:

@@ -199,6 +199,11 @@ class XArmBox:
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> "XArmBox":
+        self._listen()
+        self._spawn(self._run_arm)
+        return self
+
+    def _listen(self) -> None:
         for port, handler in ((CONTROL_PORT, self._serve_commands), (RICH_REPORT_PORT, self._serve_reports),
                               (REAL_REPORT_PORT, self._serve_real_reports)):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -208,8 +213,6 @@ class XArmBox:
             s.settimeout(0.2)
             self._servers.append(s)
             self._spawn(self._accept, s, handler)
-        self._spawn(self._run_arm)
-        return self
 
     def close(self) -> None:
         self._stop.set()
@@ -233,8 +236,10 @@ class XArmBox:
         while not self._stop.is_set():
             try:
                 conn, _ = server.accept()
-            except (socket.timeout, OSError):
+            except socket.timeout:
                 continue
+            except OSError:   # closed: the cable pulled or the box closed (it once spun here)
+                return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._conns.append(conn)
@@ -251,8 +256,10 @@ class XArmBox:
         self.answering = not stopped
 
     def drop_connections(self) -> None:
-        """The cable pulled: every connection is closed and no new one is taken."""
-        for s in self._servers:
+        """The cable pulled: every connection is closed and no new one is taken (until
+        :meth:`plug_in`)."""
+        servers, self._servers = self._servers, []
+        for s in servers:
             s.close()
         with self._lock:
             conns, self._conns = self._conns, []
@@ -262,6 +269,11 @@ class XArmBox:
             except OSError:
                 pass
             c.close()
+
+    def plug_in(self) -> None:
+        """The cable back: connections are taken again (the arm and its state as they were)."""
+        if not self._servers:
+            self._listen()
 
     # ------------------------------------------------------------------ the arm
     def raise_error(self, code: int, persists: bool = False) -> None:
