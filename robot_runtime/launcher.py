@@ -135,8 +135,9 @@ class GraphMonitor:
 def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: dict | None,
                  loops: dict[str, dict] | None = None) -> str:
     """One line: duration, node outcome, the twin's real-time factor and stream rates, and
-    each control loop's rate over the whole run and its ticks, wake-up lateness p99, overruns, mode and
-    shield interventions, and the policy loop's actions, ticks without action and missed ticks."""
+    each control loop's rate over the whole run and its ticks, wake-up lateness p99, overruns, mode,
+    shield interventions and (the arm) its device calls' time per tick (the SDK round trips on an
+    xArm), and the policy loop's actions, ticks without action and missed ticks."""
     parts = [f"ran {elapsed:.1f} s", f"{len(codes)} nodes"]
     parts.append(f"FAILED: {', '.join(died)}" if died else "all nodes ok")
     if twin:
@@ -165,9 +166,11 @@ def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: d
             parts.append(f"teleop {v['input']} {float(v['rate_hz']):.0f} Hz, {v['samples']} samples")
             continue
         shield = sum(int(x) for k, x in v.items() if k.startswith("shield_"))
+        io = (f", device calls p50 {float(v['device_io_p50_ms']):.2f} / p99 {float(v['device_io_p99_ms']):.2f} ms "
+              f"per tick" if "device_io_p99_ms" in v else "")
         parts.append(f"{name.replace('_node', '')} {float(v['mean_rate_hz']):.0f} Hz ({v['ticks']} ticks), "
                      f"late p99 {float(v['lateness_p99_ms']):.2f} ms, {v['overruns']} overruns, {v['mode']}, "
-                     f"{shield} shield interventions")
+                     f"{shield} shield interventions{io}")
     return "robot-runtime: " + " | ".join(parts)
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -335,14 +336,19 @@ class ArmServoController(JointController):
         super().__init__("arm", **kwargs)
         self.device = device
         self._stopped_device = False
+        #: Each tick's time in the device's calls (ms): the read and the send (with the xarm
+        #: backend, the SDK's two round trips), over the last 12000 ticks (100 s at 120 Hz).
+        self.device_ms: deque[float] = deque(maxlen=12000)
 
     def tick(self, now: float) -> TickOutput:
         """Read the arm, check its faults, compute and send one command."""
+        t0 = time.perf_counter()
         try:
             measured = self.device.read_state()
             faults = self.device.faults()
         except DeviceError as exc:
             measured, faults = None, [DeviceFault(None, f"arm read failed: {exc}")]
+        io_s = time.perf_counter() - t0
         errors = [str(f) for f in faults if f.error]
         with self._lock:
             self.faults = [str(f) for f in faults]
@@ -350,6 +356,7 @@ class ArmServoController(JointController):
                 self._latch(StopKind.DEVICE_FAULT, f"arm fault: {'; '.join(errors)}")
             out = self.step(now, measured)
             if out.q is not None and out.mode is Mode.ARMED:
+                t1 = time.perf_counter()
                 try:
                     self.device.send_servo_target(out.q)
                     self._stopped_device = False
@@ -357,6 +364,8 @@ class ArmServoController(JointController):
                 except DeviceError as exc:
                     self._latch(StopKind.DEVICE_ERROR, f"arm send failed: {exc}")
                     out = replace(out, mode=self.mode)
+                io_s += time.perf_counter() - t1
+            self.device_ms.append(io_s * 1e3)
             if self.mode is Mode.STOPPED and not self._stopped_device:
                 self._stopped_device = True
                 try:
@@ -364,6 +373,16 @@ class ArmServoController(JointController):
                 except DeviceError as exc:
                     self.faults = self.faults + [f"stop failed: {exc}"]
             return out
+
+    def diagnostics(self) -> dict:
+        """The joint controller's counters and the device calls' time per tick (ms)."""
+        out = super().diagnostics()
+        with self._lock:
+            io = list(self.device_ms)
+        if io:
+            out.update(device_io_p50_ms=round(float(np.percentile(io, 50)), 3),
+                       device_io_p99_ms=round(float(np.percentile(io, 99)), 3))
+        return out
 
     def arm(self, now: float) -> str:
         """Re-enable the device (clear errors, servo mode, ready) and arm."""

@@ -39,3 +39,15 @@ def test_the_plan_marks_the_controllers_and_the_twin_essential(repo):
     plan = node_plan(load_config(cfg_path), str(cfg_path))
     assert {s.name for s in plan if s.essential} == {"sim_node", "arm_controller_node", "hand_controller_node"}
     assert {s.name for s in plan if not s.essential} >= {"policy_node"}
+
+
+def test_the_summary_line_reports_the_arms_device_calls_per_tick():
+    from robot_runtime.launcher import summary_line
+
+    loop = {"mean_rate_hz": "120.0", "ticks": "3600", "lateness_p99_ms": "0.05", "overruns": "0", "mode": "armed",
+            "shield_velocity": "2"}
+    arm = {**loop, "device_io_p50_ms": "1.234", "device_io_p99_ms": "1.9"}
+    line = summary_line(30.0, {"a": 0}, [], None, {"arm_controller_node": arm, "hand_controller_node": loop})
+    assert "arm_controller 120 Hz (3600 ticks), late p99 0.05 ms, 0 overruns, armed, 2 shield interventions, " \
+           "device calls p50 1.23 / p99 1.90 ms per tick" in line, line
+    assert line.count("device calls") == 1

@@ -323,6 +323,8 @@ def test_each_named_error_stops_the_stream_and_the_arm(controller_on_box, code):
     box, ctl, home, run = controller_on_box
     run(0.2)
     assert ctl.mode is Mode.ARMED and box.servo_targets > 5
+    io = ctl.diagnostics()
+    assert 0 < io["device_io_p50_ms"] <= io["device_io_p99_ms"] < 100, io   # the SDK's round trips, per tick
     box.raise_error(code)
     run(0.4, home + 0.05)
     sent = box.servo_targets
