@@ -225,8 +225,9 @@ def depth_to_points(depth: np.ndarray, K: np.ndarray, T_base_camera: np.ndarray,
     pts = backproject(depth, K, p.stride)
     T = np.asarray(T_base_camera, float)
     pts = pts @ T[:3, :3].T + T[:3, 3]
-    lo, hi = np.asarray(p.box_min), np.asarray(p.box_max)
-    keep = np.all((pts >= lo) & (pts <= hi), axis=1) & (pts[:, 2] > p.table_z + p.table_margin)
+    x, y, z = pts.T        # the crop column by column: the same comparisons, fewer temporaries
+    keep = ((x >= p.box_min[0]) & (x <= p.box_max[0]) & (y >= p.box_min[1]) & (y <= p.box_max[1])
+            & (z >= p.box_min[2]) & (z <= p.box_max[2]) & (z > p.table_z + p.table_margin))
     pts = pts[keep]
     if len(pts) == 0:
         raise PreprocessError(f"no depth points inside the box {p.box_min}..{p.box_max} above the table "

@@ -147,3 +147,42 @@ def test_self_filter_leaves_the_object_and_needs_the_joints():
         assert VisualSpec.from_dict(old).points.robot_margin == 0.0
     finally:
         sim.close()
+
+
+def _inside_all_pairs(filt, points, q, margin):
+    """The self-filter's test for every point against every primitive (no culling)."""
+    pts = np.asarray(points, float)
+    hit = np.zeros(len(pts), bool)
+    for kind, (T, sizes) in filt.robot.posed(q).items():
+        local = (pts[None] - T[:, None, :3, 3]) @ T[:, :3, :3]
+        if kind == "box":
+            hit |= np.any(np.all(np.abs(local) <= sizes[:, None, :] / 2 + margin, axis=2), axis=0)
+        elif kind == "cylinder":
+            radial = np.hypot(local[..., 0], local[..., 1]) <= sizes[:, None, 0] + margin
+            hit |= np.any(radial & (np.abs(local[..., 2]) <= sizes[:, None, 1] / 2 + margin), axis=0)
+        else:
+            hit |= np.any(np.linalg.norm(local, axis=2) <= sizes[:, None, 0] + margin, axis=0)
+    return hit
+
+
+def test_the_culled_self_filter_answers_exactly_as_testing_every_primitive():
+    """Bounding spheres only skip work: on points packed around every primitive's surface
+    (where a too-small sphere would miss corners) the answer is the all-pairs test's."""
+    from robot_runtime import description as D
+    from robot_runtime.perception.robot_filter import RobotSelfFilter
+
+    filt = RobotSelfFilter()
+    rng = np.random.default_rng(3)
+    lo, hi = np.asarray(D.ALL_LIMITS).T
+    for trial in range(6):
+        q = rng.uniform(lo, hi) if trial else np.concatenate([D.ARM_HOME, np.zeros(16)])
+        posed = filt.robot.posed(q)
+        centres = np.concatenate([T[:, :3, 3] for T, _ in posed.values()])
+        near = centres[rng.integers(len(centres), size=4000)] + rng.normal(0, 0.04, (4000, 3))
+        pts = np.concatenate([near, rng.uniform(-0.5, 1.2, (2000, 3))])
+        for margin in (0.0, 0.015, 0.05):
+            got = filt.inside(pts, q, margin)
+            want = _inside_all_pairs(filt, pts, q, margin)
+            assert np.array_equal(got, want), (trial, margin, np.flatnonzero(got != want)[:5])
+            assert 0 < want.sum() < len(pts)
+    assert filt.inside(np.zeros((0, 3)), q, 0.01).shape == (0,)
