@@ -16,8 +16,12 @@ reference's actions are checked against ours (parity within ``PARITY_TOL``, 1e-3
 the warm-up steps, before any step is timed, and over the run; a difference stops the benchmark.
 
 Part 2, on the twin: the whole graph (sim, controllers, policy_node) runs for
-``BENCH_TWIN_S`` seconds (default 30); policy_node's timing log gives the age of the
-frame used at each tick and the time from the frame's stamp to the published target.
+``BENCH_TWIN_S`` seconds (default 30) twice, the twin's camera at ``BENCH_TWIN_CAMERA_HZ``
+(default 60): ``twin`` with the policy's free 20 Hz grid, ``twin_locked`` with ticks locked to
+the camera's frames (``policy.tick_lock``). The timing logs of policy_node and the arm
+controller give the age of the frame used at each tick, frame stamp -> published target, and
+frame stamp -> the arm controller's first command from that target (``frame_to_command``),
+with a p50 breakdown (frame age at the tick, compute, tick -> published, published -> pick-up).
 
 Writes bench/results/policy.json.
 """
@@ -45,6 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "sim.yaml"
 STEPS = int(os.environ.get("BENCH_POLICY_STEPS", "600"))
 TWIN_S = float(os.environ.get("BENCH_TWIN_S", "30"))
+TWIN_CAMERA_HZ = float(os.environ.get("BENCH_TWIN_CAMERA_HZ", "60"))
 WARMUP = 20
 #: The most the reference's targets may differ from ours (rad) for the timings to compare like work.
 PARITY_TOL = 1e-3
@@ -157,26 +162,50 @@ def step_latency(ckpt_path: Path, cfg) -> tuple[dict, dict]:
     return result, worst
 
 
-def twin_timing(cfg_path: Path) -> dict:
+def twin_timing(cfg_path: Path, camera_hz: float, tick_lock: str) -> dict:
+    """The graph on the twin for ``TWIN_S`` s with the twin's camera at ``camera_hz`` and the policy's
+    ``tick_lock``: frame age at use, frame stamp -> published target, frame stamp -> the arm
+    controller's first command from that target, and where the time goes."""
+    import yaml  # noqa: PLC0415
+
     from robot_runtime.plan import node_plan  # noqa: PLC0415
 
-    cfg = load_config(cfg_path)
     with tempfile.TemporaryDirectory(prefix="bench-policy-") as tmp:
-        log = Path(tmp) / "policy_timing.npz"
-        plan = [replace(s, parameters={**s.parameters, "timing_log": str(log)}) if s.name == "policy_node" else s
-                for s in node_plan(cfg, str(cfg_path))]
-        print(f"running the graph on the twin for {TWIN_S:g} s ...", flush=True)
+        variant = Path(tmp) / "twin.yaml"
+        variant.write_text(yaml.safe_dump({"extends": str(cfg_path.resolve()), "twin": {"camera": {"fps": camera_hz}},
+                                           "policy": {"tick_lock": tick_lock}}))
+        cfg = load_config(variant)
+        log, arm_log = Path(tmp) / "policy_timing.npz", Path(tmp) / "arm_timing.npz"
+        logs = {"policy_node": log, "arm_controller_node": arm_log}
+        plan = [replace(s, parameters={**s.parameters, "timing_log": str(logs[s.name])}) if s.name in logs else s
+                for s in node_plan(cfg, str(variant))]
+        print(f"running the graph on the twin for {TWIN_S:g} s, camera {camera_hz:g} Hz, ticks {tick_lock} ...",
+              flush=True)
         run_plan_for(plan, TWIN_S, Path(tmp), "graph", bench_env())
-        d = np.load(log)
+        d, a = dict(np.load(log)), dict(np.load(arm_log))
     published = np.isfinite(d["published_t"])
     first = int(np.argmax(published))           # from the first action on (start-up waits for inputs)
-    sel = np.arange(len(published)) >= first
-    skips = [s for s, k in zip(d["skip"], sel) if k and s]
-    return {"frame_age": latency(d["frame_age"][sel & published]),
-            "frame_to_target": latency(((d["published_t"] - d["frame_t"]) * 1e3)[sel & published]),
-            "tick_total": latency(d["total"][sel & published]),
+    sel = (np.arange(len(published)) >= first) & published
+    skips = [s for s, k in zip(d["skip"], np.arange(len(published)) >= first) if k and s]
+    # the target published at tick `now` is stamped for now + one period: find the arm's pick-up
+    stamp_for = d["now"] + 1.0 / cfg.rates.policy_hz
+    order = np.argsort(a["target_stamp"])
+    ts, pick = a["target_stamp"][order], a["pickup_t"][order]
+    j = np.clip(np.searchsorted(ts, stamp_for), 0, max(len(ts) - 1, 0))
+    found = sel & (len(ts) > 0) & (np.abs(ts[j] - stamp_for) < 1e-4) if len(ts) else np.zeros_like(sel)
+    compute = sum(np.nan_to_num(d[k]) for k in STAGES)
+    return {"camera_hz": camera_hz, "tick_lock": tick_lock,
+            "frame_age": latency(d["frame_age"][sel]),
+            "frame_to_target": latency(((d["published_t"] - d["frame_t"]) * 1e3)[sel]),
+            "frame_to_command": latency(((pick[j] - d["frame_t"]) * 1e3)[found]),
+            "breakdown_p50_ms": {"frame_age_at_tick": float(np.median(d["frame_age"][sel])),
+                                 "compute": float(np.median(compute[sel])),
+                                 "tick_to_published": float(np.median(((d["published_t"] - d["now"]) * 1e3)[sel])),
+                                 "published_to_pickup": float(np.median(((pick[j] - d["published_t"]) * 1e3)[found]))
+                                 if found.any() else None},
+            "tick_total": latency(d["total"][sel]),
             "missed_ticks": int(d["misses"]) + int(d["overruns"]),
-            "ticks_without_action": len(skips), "ticks": int(sel.sum())}
+            "ticks_without_action": len(skips), "ticks": int((np.arange(len(published)) >= first).sum())}
 
 
 def main() -> dict:
@@ -189,7 +218,8 @@ def main() -> dict:
               "parity_max_abs_rad": parity,
               "targets": {"onnxruntime_p99_ms_at_most": 5.0, "speedup_p99_at_least": 3.0},
               "steps": STEPS, "threads": 1}
-    result["twin"] = twin_timing(CONFIG) if TWIN_S > 0 else {}
+    result["twin"] = twin_timing(CONFIG, TWIN_CAMERA_HZ, "free") if TWIN_S > 0 else {}
+    result["twin_locked"] = twin_timing(CONFIG, TWIN_CAMERA_HZ, "camera") if TWIN_S > 0 else {}
     path = write("policy", result)
     print(f"\n{'runner':<14}{'stage':<12}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'n':>7}")
     for name in ("onnxruntime", "torch", "reference"):
@@ -203,12 +233,16 @@ def main() -> dict:
           f"(target >= 3x); onnxruntime p99 {ort99:.2f} ms (target <= 5 ms)")
     print(f"reference p99 / torch p99: {result['speedup_p99_reference_over_torch']:.1f}x; "
           f"largest action difference to the reference: {max(parity.values()):.2e} rad")
-    tw = result["twin"]
-    if tw:
-        print(f"\ntwin ({TWIN_S:g} s): frame age p50 {tw['frame_age']['p50_ms']:.1f} / p99 {tw['frame_age']['p99_ms']:.1f} ms,"
-              f" frame stamp -> target p50 {tw['frame_to_target']['p50_ms']:.1f} / p99 "
-              f"{tw['frame_to_target']['p99_ms']:.1f} ms, missed ticks {tw['missed_ticks']}, ticks without action "
-              f"{tw['ticks_without_action']} of {tw['ticks']}")
+    if result["twin"]:
+        print(f"\ntwin, {TWIN_S:g} s each, camera {TWIN_CAMERA_HZ:g} Hz (ms):")
+        print(f"{'ticks':<8}{'measure':<20}{'p50':>8}{'p99':>8}{'max':>8}")
+        for key in ("twin", "twin_locked"):
+            tw = result[key]
+            for m in ("frame_age", "frame_to_target", "frame_to_command"):
+                lat = tw[m]
+                print(f"{tw['tick_lock']:<8}{m:<20}{lat['p50_ms']:>8.1f}{lat['p99_ms']:>8.1f}{lat['max_ms']:>8.1f}")
+            print(f"{tw['tick_lock']:<8}missed ticks {tw['missed_ticks']}, ticks without action "
+                  f"{tw['ticks_without_action']} of {tw['ticks']}; p50 breakdown {tw['breakdown_p50_ms']}")
     print(f"wrote {path}")
     return result
 

@@ -393,6 +393,11 @@ class PolicyConfig:
     arm_controllers: bool = False                    # twin only: arm the controllers for each episode
     calibration_file: OptionalFilePath = OptionalFilePath("")  # camera pose for point-cloud policies
     realtime_priority: int = rng(35, 0, 99)           # SCHED_FIFO priority of the policy loop (0: do not ask)
+    #: ``camera``: while the camera's rate is a whole multiple of rates.policy_hz (measured from
+    #: the stamps: a 60 Hz camera and 20 Hz), each tick runs as soon as the frame on the grid
+    #: arrives, the grid following the frames' stamps (control.loop.FrameLockedGrid); otherwise,
+    #: and with ``free``, ticks run on a free 20 Hz grid and use the newest frame.
+    tick_lock: Literal["camera", "free"] = "camera"
 
 
 @register_backend_config("teleop_input", "scripted", "robot_runtime.teleop.inputs:ScriptedInput")

@@ -206,3 +206,119 @@ def request_realtime(priority: int) -> str:
 def tighten_gil_switching(interval_s: float = 1e-4) -> None:
     """Make a busy Python thread hand the GIL to a woken loop thread within ``interval_s``."""
     sys.setswitchinterval(interval_s)
+
+
+class FrameLockedGrid:
+    """The policy's tick grid, phase-locked to the camera's frame stamps when it can be (pure).
+
+    All times are seconds on the camera's stamp clock (ROS time). While the camera's period
+    (estimated from the stamps) divides the policy's ``period`` into a whole number of frames
+    (within 2 %), the grid is *locked*: each tick is for the frame whose stamp falls on the
+    grid, runs as soon as that frame is there, and the next grid time is that frame's stamp plus
+    ``period`` (so the grid follows the camera's clock: no drift, jitter corrected every tick).
+    If that frame has not arrived ``max_wait_s`` after its grid time, or the rates do not
+    divide, the tick runs on the free grid (every ``period``, whatever frame is newest; the
+    policy's stale-frame rules decide as before).
+
+    Args:
+        period: the policy's period (s).
+        max_wait_s: how long after a grid time to wait for its frame (s); None: one camera
+            period, at most half the policy's period.
+    """
+
+    RATIO_TOL = 0.02
+
+    def __init__(self, period: float, max_wait_s: float | None = None):
+        if period <= 0:
+            raise ValueError(f"period must be positive, got {period}")
+        self.period = float(period)
+        self._max_wait_s = max_wait_s
+        self._stamps: deque[float] = deque(maxlen=16)
+        self.next_t: float | None = None
+        self.camera_period: float | None = None
+        self.locked = False
+        self.ticks_on_frame = 0
+        self.ticks_free = 0
+
+    @property
+    def max_wait_s(self) -> float:
+        if self._max_wait_s is not None:
+            return self._max_wait_s
+        cam = self.camera_period or self.period
+        return min(cam, 0.5 * self.period)
+
+    def on_frame(self, stamp: float) -> None:
+        """A frame stamped ``stamp`` (s) arrived (repeats and older stamps are ignored)."""
+        if self._stamps and stamp <= self._stamps[-1]:
+            return
+        self._stamps.append(float(stamp))
+        if len(self._stamps) >= 4:
+            self.camera_period = float(np.median(np.diff(self._stamps)))
+            n = self.period / self.camera_period
+            self.locked = round(n) >= 1 and abs(n - round(n)) <= self.RATIO_TOL * n
+
+    def decide(self, now: float, newest_stamp: float | None) -> str | None:
+        """Whether to tick at ``now`` (s): ``"frame"`` (the grid's frame is here), ``"free"``
+        (its time is past and no locked frame came), ``"start"`` (the first tick), or None (not yet)."""
+        if self.next_t is None:
+            self.next_t = now
+            return "start"
+        if self.locked and newest_stamp is not None and newest_stamp >= self.next_t - 0.5 * self.camera_period:
+            return "frame"
+        if now >= self.next_t + (self.max_wait_s if self.locked else 0.0):
+            return "free"
+        return None
+
+    def advance(self, kind: str, stamp: float | None, now: float) -> None:
+        """After a tick of ``kind`` (from :meth:`decide`): the next grid time."""
+        if kind == "frame" and stamp is not None:
+            self.ticks_on_frame += 1
+            self.next_t = stamp + self.period
+        else:
+            self.ticks_free += kind == "free"
+            self.next_t += self.period
+        if self.next_t < now - self.period:   # far behind (a stall): skip ahead, keep the phase
+            self.next_t += math.floor((now - self.next_t) / self.period) * self.period
+
+
+class FrameLockedLoop:
+    """Runs ``tick(grid_time)`` on a :class:`FrameLockedGrid` until stopped.
+
+    Args:
+        grid: the grid.
+        newest_frame: takes the inputs and returns the newest frame's stamp (s) or None; called
+            every ``poll_s`` (1 ms: it sees every frame of a camera up to several hundred Hz, so
+            the grid knows the camera's period; a tick runs within a poll of its frame).
+        tick: called with the grid time (s) of the tick.
+        clock: the stamps' clock (s), ``time.time`` (ROS time).
+        stats: lateness is the tick's start after its grid time (s).
+    """
+
+    def __init__(self, grid: FrameLockedGrid, newest_frame: Callable[[], float | None], tick: Callable[[float], None],
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
+                 poll_s: float = 1e-3, stats: LoopStatistics | None = None):
+        self.grid, self.newest_frame, self.tick = grid, newest_frame, tick
+        self.clock, self.sleep, self.poll_s = clock, sleep, poll_s
+        self.stats = stats or LoopStatistics(grid.period)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, max_ticks: int | None = None) -> None:
+        done = 0
+        while not self._stop.is_set() and (max_ticks is None or done < max_ticks):
+            stamp = self.newest_frame()
+            if stamp is not None:
+                self.grid.on_frame(stamp)
+            now = self.clock()
+            kind = self.grid.decide(now, stamp)
+            if kind is None:
+                self.sleep(self.poll_s)
+                continue
+            grid_t = self.grid.next_t
+            self.tick(grid_t)
+            end = self.clock()
+            self.stats.record(now, max(0.0, now - grid_t), end - now)
+            self.grid.advance(kind, stamp, end)
+            done += 1

@@ -26,7 +26,8 @@ Services (std_srvs/Trigger): ``/<n>/arm``, ``/<n>/estop``, ``/<n>/select_policy`
 
 Parameters: ``config_file``; ``scheduling`` (``deadline``, or ``ros_timer`` to run the
 same tick from a plain rclpy timer, for the benchmark's comparison); ``timing_log`` (a
-``.npz`` path that receives every tick's lateness when the node stops).
+``.npz`` path that receives every tick's lateness when the node stops, and for each target
+taken its stamp and the tick that first commanded from it: ``target_stamp``, ``pickup_t``, s).
 """
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ class ControllerNode(LoopNode):
         if self.scheduling not in ("deadline", "ros_timer"):
             raise ConfigError(f"parameter 'scheduling' must be 'deadline' or 'ros_timer', not {self.scheduling!r}")
         self.timing_log = self.declare_parameter("timing_log", "").value
+        self._pickups: list[tuple[float, float]] = []
         self.cfg, self.rate = cfg, rate_of(cfg)
         self.device = make_device(self.part, getattr(cfg, self.part), node=self.io)
         self.device.connect()
@@ -132,8 +134,10 @@ class ControllerNode(LoopNode):
         for source, sub in self.targets.items():
             for msg in sub.take_all():
                 try:
-                    self.controller.on_target(source, msg.name, msg.position,
-                                              ros_io.from_time_msg(msg.header.stamp), now)
+                    stamp = ros_io.from_time_msg(msg.header.stamp)
+                    self.controller.on_target(source, msg.name, msg.position, stamp, now)
+                    if self.timing_log:
+                        self._pickups.append((stamp, now))   # this tick's command is the first from it
                 except TargetRejected as exc:
                     self.get_logger().warn(f"{source} target rejected ({exc.reason}): {exc}",
                                            throttle_duration_sec=1.0)
@@ -189,8 +193,10 @@ class ControllerNode(LoopNode):
         if self.timing_log:
             path = Path(self.timing_log)
             path.parent.mkdir(parents=True, exist_ok=True)
+            pick = np.asarray(self._pickups, float).reshape(-1, 2)
             np.savez(path, lateness_ms=np.asarray(self.stats.all_lateness_ms), rate_hz=self.rate,
-                     overruns=self.stats.overruns, misses=self.stats.misses, scheduling=self.sched_info)
+                     overruns=self.stats.overruns, misses=self.stats.misses, scheduling=self.sched_info,
+                     target_stamp=pick[:, 0], pickup_t=pick[:, 1])
         try:
             if self.part == "arm" and self.controller.mode is Mode.ARMED:
                 self.device.stop()

@@ -30,7 +30,8 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from robot_runtime import ros_io
-from robot_runtime.control.loop import DeadlineLoop, LoopStatistics, request_realtime, tighten_gil_switching
+from robot_runtime.control.loop import (DeadlineLoop, FrameLockedGrid, FrameLockedLoop, LoopStatistics, request_realtime,
+                                        tighten_gil_switching)
 
 
 class LoopNode(Node):
@@ -57,7 +58,8 @@ class LoopNode(Node):
         self.loop_error: BaseException | None = None
         self.sched_info = "starting"
         self.stats: LoopStatistics | None = None
-        self._loop: DeadlineLoop | None = None
+        self._loop: DeadlineLoop | FrameLockedLoop | None = None
+        self.frame_grid: FrameLockedGrid | None = None
         self._thread: threading.Thread | None = None
         self._status_lock = threading.Lock()
         self._last_status_key = None
@@ -65,16 +67,23 @@ class LoopNode(Node):
 
     # ------------------------------------------------------------------ the loop
     def start_loop(self, rate_hz: float, realtime_priority: int, spin_s: float = 0.0,
-                   priority_key: str = "", keep_all: bool = False, run: bool = True) -> None:
+                   priority_key: str = "", keep_all: bool = False, run: bool = True,
+                   newest_frame=None) -> None:
         """Create the loop at ``rate_hz`` (Hz) and its statistics, and start its thread (``run``;
         without it only the statistics and the liveness check are set up, for a loop driven
         from elsewhere). ``realtime_priority`` 0 keeps SCHED_OTHER (``priority_key`` names the
-        config key that says so); ``keep_all`` keeps every tick's lateness."""
+        config key that says so); ``keep_all`` keeps every tick's lateness. With
+        ``newest_frame`` (takes the inputs, returns the newest frame's stamp or None) the ticks
+        are locked to the camera's frames (:class:`FrameLockedLoop`) instead of a free deadline grid."""
         self.stats = LoopStatistics(1.0 / rate_hz, keep_all=keep_all)
         self.create_timer(1.0, self._check_loop)
         if not run:
             return
-        self._loop = DeadlineLoop(rate_hz, self._on_deadline, spin_s=spin_s, stats=self.stats)
+        if newest_frame is not None:
+            self.frame_grid = FrameLockedGrid(1.0 / rate_hz)
+            self._loop = FrameLockedLoop(self.frame_grid, newest_frame, self._on_deadline, stats=self.stats)
+        else:
+            self._loop = DeadlineLoop(rate_hz, self._on_deadline, spin_s=spin_s, stats=self.stats)
         self._thread = threading.Thread(target=self._run_loop, args=(realtime_priority, priority_key),
                                         name=f"{self.get_name()}-loop", daemon=True)
         self._thread.start()

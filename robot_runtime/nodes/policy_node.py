@@ -83,7 +83,8 @@ class PolicyNode(LoopNode):
         self.window = TickWindow()
         self.policy.ticking = True
         self.start_loop(cfg.rates.policy_hz, self.pcfg.realtime_priority, cfg.control.spin_us * 1e-6,
-                        "policy.realtime_priority")
+                        "policy.realtime_priority",
+                        newest_frame=self._newest_frame if self.pcfg.tick_lock == "camera" else None)
         if self.pcfg.autostart:
             self._episode(self.policy.start, "start_episode", Trigger.Response())
         self.get_logger().info(f"policy {self.policy.policy.name} ({self.pcfg.runner}) at "
@@ -103,6 +104,11 @@ class PolicyNode(LoopNode):
         if self.tick_log is not None:
             self.tick_log.record(res, published_t)
         self.window.add(res)
+
+    def _newest_frame(self) -> float | None:
+        """Take the inputs; the newest frame's stamp (s), for the camera-locked grid."""
+        self._take_inputs()
+        return None if self.inputs.frame is None else self.inputs.frame.t
 
     def _take_inputs(self) -> None:
         frame = self.depth.take_latest()
@@ -165,7 +171,14 @@ class PolicyNode(LoopNode):
 
     def diagnostics(self, now: float) -> tuple[dict, int, str]:
         st = self.policy.status()
-        values = {**self.window.summary(), "checkpoint": st["checkpoint"], "episode": st["episode"],
+        grid = self.frame_grid
+        if grid is not None:
+            cam = f" ({1.0 / grid.camera_period:.0f} Hz camera)" if grid.camera_period else ""
+            values_grid = {"tick_grid": ("locked to camera" if grid.locked else "free") + cam,
+                           "grid_on_frame": grid.ticks_on_frame, "grid_free": grid.ticks_free}
+        else:
+            values_grid = {"tick_grid": "free (policy.tick_lock: free)"}
+        values = {**self.window.summary(), **values_grid, "checkpoint": st["checkpoint"], "episode": st["episode"],
                   "running": st["running"], **{f"ticks_{k}": v for k, v in st["counts"].items()},
                   **{f"depth_dropped_{k}": v for k, v in self.depth.dropped.items()}}
         return values, 1 if self.last_skip else 0, self.last_skip or f"running {st['checkpoint']}"
