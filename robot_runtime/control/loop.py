@@ -322,3 +322,39 @@ class FrameLockedLoop:
             self.stats.record(now, max(0.0, now - grid_t), end - now)
             self.grid.advance(kind, stamp, end)
             done += 1
+
+
+class FrameLockedInstants:
+    """The recorder's grid instants with the policy's timing (pure; seconds on the stamps' clock).
+
+    Fed each tick with the stamps of the frames that arrived and the time: while the camera is
+    locked to the grid (:class:`FrameLockedGrid`), each instant is the stamp of the frame on the
+    grid, the frame a locked policy tick acts on; an instant whose frame has not come
+    ``max_wait_s`` after its time, and every instant while the rates do not divide, is on the
+    free grid (every ``period``).
+    """
+
+    def __init__(self, period: float):
+        self.grid = FrameLockedGrid(period)
+        self.next_t: float | None = None
+
+    def instants(self, stamps, now: float) -> list[float]:
+        """The instants (s, ascending) reached with these frame ``stamps`` (ascending) by ``now``."""
+        out: list[float] = []
+        g = self.grid
+        for s in stamps:
+            g.on_frame(s)
+            if g.locked and self.next_t is not None:
+                while s > self.next_t + 0.5 * g.camera_period:   # that instant's frame never came
+                    out.append(self.next_t)
+                    self.next_t += g.period
+            if g.locked and (self.next_t is None or s >= self.next_t - 0.5 * g.camera_period):
+                out.append(float(s))
+                self.next_t = float(s) + g.period
+        if self.next_t is None:
+            self.next_t = now
+        wait = g.max_wait_s if g.locked else 0.0
+        while now >= self.next_t + wait:
+            out.append(self.next_t)
+            self.next_t += g.period
+        return out

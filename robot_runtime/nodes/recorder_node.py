@@ -3,7 +3,9 @@
 A deadline loop at ``rates.policy_hz`` takes every depth frame, both controllers' joint
 states and both controllers' sent commands (``/<controller>/command``: what the safety
 shield let through) into a :class:`robot_runtime.data.recorder.GridAligner`, which gives
-each grid instant the newest of each acquired at or before it (by acquisition stamp; a
+each grid instant (on the camera's frames when the camera's rate divides the grid's and
+``policy.tick_lock`` is ``camera``, as the policy's ticks are:
+:class:`robot_runtime.control.loop.FrameLockedInstants`) the newest of each acquired at or before it (by acquisition stamp; a
 loop that wakes late catches up rather than dropping steps), and hands each instant to
 :class:`robot_runtime.data.recorder.EpisodeRecorder`. The fast streams stay serialized
 until an instant uses them.
@@ -33,7 +35,7 @@ from policies.schema import PolicySchema
 from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import config_to_dict, load_config
-from robot_runtime.control.loop import request_realtime, tighten_gil_switching
+from robot_runtime.control.loop import FrameLockedInstants, request_realtime, tighten_gil_switching
 from robot_runtime.data.recorder import EpisodeRecorder, GridAligner
 from robot_runtime.errors import RecordingError
 from robot_runtime.interfaces import COMMAND_TOPICS, STATE_TOPICS
@@ -104,6 +106,8 @@ class RecorderNode(LoopNode):
         decode = {s: _decode_positions for s in self._streams}   # depth arrives decoded and checked
         self.aligner = GridAligner(period, cfg.policy.max_frame_age_s, HISTORY_DEPTH, decode)
         self._lock = threading.Lock()
+        self._new_frames: list[float] = []
+        self.instants = FrameLockedInstants(period) if cfg.policy.tick_lock == "camera" else None
         self._wall_offset = time.time() - time.monotonic()   # the loop's deadlines are monotonic
         self.start_loop(cfg.rates.policy_hz, self.rcfg.realtime_priority, cfg.control.spin_us * 1e-6,
                         "recorder.realtime_priority")
@@ -127,9 +131,20 @@ class RecorderNode(LoopNode):
         for stamp, depth, K in self.depth.take_all(HISTORY_DEPTH["depth"]):
             a.K = K
             a.add("depth", stamp, depth)
+            self._new_frames.append(stamp)
         for stream, sub in self._streams.items():
             for raw in sub.take_serialized_all(HISTORY_DEPTH[stream]):
                 a.add(stream, ros_io.header_stamp_of_serialized(raw), raw)
+
+    def _mark(self, t: float) -> None:
+        """The grid instants reached by ``t`` (s): on the camera's frames when the policy's ticks
+        are (policy.tick_lock), so that a step's observation is as old as the policy's will be."""
+        frames, self._new_frames = sorted(self._new_frames), []
+        if self.instants is None:
+            self.aligner.mark(t)
+            return
+        for instant in self.instants.instants(frames, t):
+            self.aligner.mark(instant)
 
     def _record_settled(self, now: float, flush: bool = False) -> None:
         """Record every grid instant the aligner has settled; the caller holds the lock."""
@@ -144,7 +159,7 @@ class RecorderNode(LoopNode):
             return
         try:
             self._take_inputs()
-            self.aligner.mark(deadline + self._wall_offset)   # the grid instant, on the stamps' (wall) clock
+            self._mark(deadline + self._wall_offset)   # the stamps' (wall) clock
             self._record_settled(now)
         finally:
             self._lock.release()

@@ -75,3 +75,33 @@ def test_a_camera_rate_that_does_not_divide_the_grid_keeps_the_free_20_hz_grid()
     t, grid_t, _ = log.T
     assert not grid.locked and grid.ticks_on_frame == 0
     assert np.allclose(np.diff(grid_t[5:]), 0.05, atol=1e-9) and (t - grid_t).max() < 1e-3
+
+
+def _record(cam, seconds, period=0.05, batch=0.05):
+    """Feed FrameLockedInstants the frames that arrived in each ``batch`` s, as the recorder's loop does."""
+    from robot_runtime.control.loop import FrameLockedInstants
+
+    inst, out, seen = FrameLockedInstants(period), [], 0
+    end = cam.now + seconds
+    while cam.now < end:
+        cam.now += batch
+        arrived = np.flatnonzero(cam.arrive <= cam.now)
+        new = [float(cam.stamps[i]) for i in arrived if i >= seen]
+        seen = arrived[-1] + 1 if arrived.size else seen
+        out += inst.instants(new, cam.now)
+    return inst, np.array(out)
+
+
+def test_the_recorders_instants_are_the_frames_a_locked_policy_uses():
+    cam = SimCamera(1 / 60, lost=[60, 61, 62])
+    inst, t = _record(cam, 10.0)
+    on_frames = np.isin(t, cam.stamps[np.isfinite(cam.arrive)])
+    assert inst.grid.locked and on_frames[5:].mean() > 0.98       # an instant is a frame's own stamp
+    assert np.allclose(np.diff(t[5:]), 0.05, atol=1e-6)              # on the 20 Hz grid, one lost frame included
+    assert (~on_frames[5:]).sum() == 1                               # the lost one: a free instant in its place
+
+
+def test_the_recorders_instants_keep_the_free_grid_when_the_rates_do_not_divide():
+    cam = SimCamera(1 / 30)
+    inst, t = _record(cam, 5.0)
+    assert not inst.grid.locked and np.allclose(np.diff(t), 0.05, atol=1e-9) and len(t) >= 95
