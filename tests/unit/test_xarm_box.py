@@ -58,9 +58,9 @@ def test_the_real_sdk_connects_arms_and_streams_to_the_box(box_and_arm):
     arm.enable()
     assert int(arm.api.mode) == 1 and box.enabled and box.mode == 1
     goal = s.position + 0.2
-    _stream(arm, s.position, goal, 1.0)
+    _stream(arm, s.position, goal, 3.0)     # several seconds at 120 Hz, every target taken
     assert _until(lambda: np.allclose(arm.read_state().position, goal, atol=1e-3), 2.0)
-    assert box.servo_targets == 120
+    assert box.servo_targets == 360 and arm.faults() == []
     assert not box.unhandled, f"registers the SDK used that the box does not know: {dict(box.unhandled)}"
 
 
