@@ -166,70 +166,75 @@ def test_an_injected_servo_stall_blocks_the_call_as_reported_for_the_sdk():
             arm.disconnect()
 
 
-def test_the_arm_controller_latches_a_box_fault_and_rearms_only_when_asked():
+# ------------------------------------------------------------ the arm controller through the SDK
+@pytest.fixture
+def controller_on_box():
+    """An armed ArmServoController over the real SDK and a box of its own, and ``run(seconds,
+    target)``, which streams the policy's target and ticks the controller at 120 Hz."""
+    from bench.xarm import armed_controller
+    from robot_runtime.config import RuntimeConfig
+
+    host = f"127.0.0.{next(_ADDRESSES)}"
+    box = XArmBox(host).start()
+    cfg = RuntimeConfig()
+    arm = XArm(XArmConfig(ip=host))
+    try:
+        arm.connect()
+        ctl = armed_controller(cfg, arm)
+        home = arm.read_state().position
+
+        def run(seconds, target=None):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                t = time.time()
+                q = home if target is None else target
+                ctl.on_target("policy", D.ALL_JOINTS, list(q) + list(cfg.robot.hand_home), t + 0.05, t)
+                ctl.tick(t)
+                time.sleep(1 / 120)   # the loop's rate
+        yield box, ctl, home, run
+    finally:
+        arm.disconnect()
+        box.close()
+
+
+def test_the_arm_controller_latches_a_box_fault_and_rearms_only_when_asked(controller_on_box):
     """ArmServoController over the real SDK: a C31 from the box latches a stop naming it (the
     loop sends nothing more); the controller never re-enables the arm by itself; an explicit
     arm() clears the box, and the stream goes on from where the arm is."""
-    from bench.xarm import armed_controller
-    from robot_runtime.config import RuntimeConfig
     from robot_runtime.interfaces import Mode, StopKind
 
-    host = f"127.0.0.{next(_ADDRESSES)}"
-    with XArmBox(host) as box:
-        cfg = RuntimeConfig()
-        arm = XArm(XArmConfig(ip=host))
-        arm.connect()
-        try:
-            ctl = armed_controller(cfg, arm)
-            home = arm.read_state().position
-
-            def run(seconds, target):
-                end = time.monotonic() + seconds
-                while time.monotonic() < end:
-                    t = time.time()
-                    ctl.on_target("policy", D.ALL_JOINTS, list(target) + list(cfg.robot.hand_home), t + 0.05, t)
-                    ctl.tick(t)
-                    time.sleep(1 / 120)   # the loop's rate
-            run(0.5, home + 0.05)
-            assert ctl.mode is Mode.ARMED and box.servo_targets > 10
-            box.raise_error(31)
-            sent = box.servo_targets
-            run(1.0, home + 0.1)
-            assert ctl.mode is Mode.STOPPED and ctl.stop_kind in (StopKind.DEVICE_FAULT, StopKind.DEVICE_ERROR)
-            assert "C31 collision" in ctl.reason, ctl.reason
-            assert box.servo_targets == sent and box.error_code == 31     # nothing sent, nothing cleared
-            ctl.arm(time.time())                                         # the operator's decision
-            assert box.error_code == 0 and box.mode == 1
-            run(0.5, home + 0.1)
-            assert ctl.mode is Mode.ARMED and box.servo_targets > sent
-        finally:
-            arm.disconnect()
+    box, ctl, home, run = controller_on_box
+    run(0.5, home + 0.05)
+    assert ctl.mode is Mode.ARMED and box.servo_targets > 10
+    box.raise_error(31)
+    sent = box.servo_targets
+    run(1.0, home + 0.1)
+    assert ctl.mode is Mode.STOPPED and ctl.stop_kind in (StopKind.DEVICE_FAULT, StopKind.DEVICE_ERROR)
+    assert "C31 collision" in ctl.reason, ctl.reason
+    assert box.servo_targets == sent and box.error_code == 31     # nothing sent, nothing cleared
+    ctl.arm(time.time())                                         # the operator's decision
+    assert box.error_code == 0 and box.mode == 1
+    run(0.5, home + 0.1)
+    assert ctl.mode is Mode.ARMED and box.servo_targets > sent
 
 
-def test_the_arm_controller_rides_through_a_servo_stall_without_a_speed_fault():
+def test_the_arm_controller_rides_through_a_servo_stall_without_a_speed_fault(controller_on_box):
     """bench.xarm's loop (the 120 Hz deadline loop, a 0.3 rad sine on joint 1 at 20 Hz targets)
     through a 0.3 s pause of the loop and 190 ms stalls of the servo call: the tick after one
     gives the arm one period's step, not a catch-up of the gap (which the box took as a flange
     faster than 1 m/s: C60), and the controller stays armed."""
-    from bench.xarm import armed_controller, run_phase
+    from bench.xarm import run_phase
     from robot_runtime.config import RuntimeConfig
     from robot_runtime.interfaces import Mode
 
-    host = f"127.0.0.{next(_ADDRESSES)}"
-    with XArmBox(host) as box:
-        cfg = RuntimeConfig()
-        arm = XArm(XArmConfig(ip=host))
-        arm.connect()
-        try:
-            ctl = armed_controller(cfg, arm)
-            run_phase(ctl, cfg, 1.0)
-            time.sleep(0.3)   # the loop paused 0.3 s (what is tested), the target moving on meanwhile
-            box.inject_stalls(0.19, 1.0)
-            stats, _ = run_phase(ctl, cfg, 2.5)
-            assert box.error_code == 0 and ctl.mode is Mode.ARMED, (box.error_code, ctl.reason)
-            assert box.stalls >= 2 and stats.overruns > 0, (box.stalls, stats.overruns)
-        finally:
-            arm.disconnect()
+    box, ctl, _, _ = controller_on_box
+    cfg = RuntimeConfig()   # the fixture's controller's config
+    run_phase(ctl, cfg, 1.0)
+    time.sleep(0.3)   # the loop paused 0.3 s (what is tested), the target moving on meanwhile
+    box.inject_stalls(0.19, 1.0)
+    stats, _ = run_phase(ctl, cfg, 2.5)
+    assert box.error_code == 0 and ctl.mode is Mode.ARMED, (box.error_code, ctl.reason)
+    assert box.stalls >= 2 and stats.overruns > 0, (box.stalls, stats.overruns)
 
 
 def test_the_twins_arm_pressed_on_the_table_raises_c31():
@@ -282,37 +287,6 @@ def test_the_twins_arm_pressed_on_the_table_raises_c31():
         stop.set()
         th.join(2.0)
         sim.close()
-
-
-# ------------------------------------------------------------ the arm controller through the SDK
-@pytest.fixture
-def controller_on_box():
-    """An armed ArmServoController over the real SDK and a box of its own, and ``run(seconds,
-    target)``, which streams the policy's target and ticks the controller at 120 Hz."""
-    from bench.xarm import armed_controller
-    from robot_runtime.config import RuntimeConfig
-
-    host = f"127.0.0.{next(_ADDRESSES)}"
-    box = XArmBox(host).start()
-    cfg = RuntimeConfig()
-    arm = XArm(XArmConfig(ip=host))
-    try:
-        arm.connect()
-        ctl = armed_controller(cfg, arm)
-        home = arm.read_state().position
-
-        def run(seconds, target=None):
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                t = time.time()
-                q = home if target is None else target
-                ctl.on_target("policy", D.ALL_JOINTS, list(q) + list(cfg.robot.hand_home), t + 0.05, t)
-                ctl.tick(t)
-                time.sleep(1 / 120)   # the loop's rate
-        yield box, ctl, home, run
-    finally:
-        arm.disconnect()
-        box.close()
 
 
 @pytest.mark.parametrize("code", [22, 23, 24, 31, 35, 60])
