@@ -79,24 +79,12 @@ class Probe:
 
     def __init__(self, env: dict):
         os.environ.update(env)
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
+        from robot_runtime.ros_io import SpunNode
 
-        self.rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("fault_probe", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        self.spun = SpunNode("fault_probe")
+        self.node = self.spun.node
         self.lock = threading.Lock()
         self.stores: dict[str, list] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.02)
 
     def record(self, msg_type, topic: str, qos, keep: int = 4000) -> list:
         store: list = []
@@ -133,11 +121,7 @@ class Probe:
             self.node.destroy_client(client)
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        self.rclpy.shutdown(context=self.context)
+        self.spun.close()
 
 
 class Graph:

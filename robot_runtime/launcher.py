@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
@@ -94,27 +93,15 @@ class GraphMonitor:
     """A small rclpy node in the launcher that keeps the twin's latest statistics."""
 
     def __init__(self):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
 
         from robot_runtime import ros_io
 
-        self.rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("robot_runtime_launcher", context=self.context)
         self.twin: dict[str, str] | None = None
         self.loops: dict[str, dict[str, str]] = {}
+        self.spun = ros_io.SpunNode("robot_runtime_launcher", spin_timeout_s=0.05)
+        self.node = self.spun.node
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, ros_io.STATE_QOS)
-        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.05)
 
     def _on_diag(self, msg) -> None:
         for st in msg.status:
@@ -125,11 +112,7 @@ class GraphMonitor:
                 self.loops[st.name.split(":")[0]] = vals
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        self.rclpy.shutdown(context=self.context)
+        self.spun.close()
 
 
 def summary_line(elapsed: float, codes: dict[str, int], died: list[str], twin: dict | None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import functools
 import struct
+import threading
 from collections import Counter
 from typing import Iterable, Sequence
 
@@ -491,6 +492,44 @@ def image_publisher_transport(segment_bytes: int = IMAGE_SHM_SEGMENT_BYTES) -> s
         tmp.replace(path)
     os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(path)
     return str(path)
+
+
+class SpunNode:
+    """An rclpy node in a context of its own, spun by a daemon thread: what a probe or monitor
+    beside the graph uses (the launcher's monitor, the fault bench's probe, the tests' probe).
+
+    Attributes:
+        context, node, executor: the context, the node and the single-threaded executor
+            spinning it every ``spin_timeout_s`` at most.
+    """
+
+    def __init__(self, name: str, spin_timeout_s: float = 0.02):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._spin_timeout_s = spin_timeout_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name=f"{name}-spin", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=self._spin_timeout_s)
+
+    def close(self) -> None:
+        """Stop spinning, then destroy the node and shut the context down."""
+        import rclpy
+
+        self._stop.set()
+        self._thread.join(2.0)
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
 
 
 def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:

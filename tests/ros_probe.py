@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile
 
-from robot_runtime.ros_io import PolledSubscription
+from robot_runtime.ros_io import PolledSubscription, SpunNode
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,24 +22,15 @@ class RosProbe:
     the controllers publish would cost the test a third of a core)."""
 
     def __init__(self, name: str = "test_probe"):
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node(name, context=self.context)
+        self.spun = SpunNode(name)
+        self.context, self.node = self.spun.context, self.spun.node
         self.io = rclpy.create_node(f"{name}_io", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
         self._cv = threading.Condition()
         self._stop = threading.Event()
         self._recorded: list[tuple] = []
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
         self._drainer = threading.Thread(target=self._drain, daemon=True)
         self._drainer.start()
-
-    def _spin(self):
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.02)
 
     def _drain(self):
         while not self._stop.wait(0.002):
@@ -90,12 +80,9 @@ class RosProbe:
 
     def close(self):
         self._stop.set()
-        self._thread.join(2.0)
         self._drainer.join(2.0)
         self.io.destroy_node()
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+        self.spun.close()
 
 
 def start_node(module: str, *ros_args: str, log_path: Path | None = None) -> subprocess.Popen:
