@@ -87,8 +87,7 @@ def measure_state_sources(box: XArmBox, seconds: float, hz: float = 120.0) -> di
             c = time.monotonic()
             cost["poll"].append((b - a) * 1e3)
             cost["report"].append((c - b) * 1e3)
-            with box._lock:
-                hist = list(box.history)
+            hist = box.arm_history()
             for name, t, q1 in (("poll", b, float(states[0][0])), ("report", c, q_report)):
                 age = _age_ms(hist, t, q1)
                 if age is not None:

@@ -335,8 +335,7 @@ class FrameLockedInstants:
     """
 
     def __init__(self, period: float):
-        self.grid = FrameLockedGrid(period)
-        self.next_t: float | None = None
+        self.grid = FrameLockedGrid(period)   # its next_t is the next instant
 
     def instants(self, stamps, now: float) -> list[float]:
         """The instants (s, ascending) reached with these frame ``stamps`` (ascending) by ``now``."""
@@ -344,17 +343,17 @@ class FrameLockedInstants:
         g = self.grid
         for s in stamps:
             g.on_frame(s)
-            if g.locked and self.next_t is not None:
-                while s > self.next_t + 0.5 * g.camera_period:   # that instant's frame never came
-                    out.append(self.next_t)
-                    self.next_t += g.period
-            if g.locked and (self.next_t is None or s >= self.next_t - 0.5 * g.camera_period):
+            if g.locked and g.next_t is not None:
+                while s > g.next_t + 0.5 * g.camera_period:   # that instant's frame never came
+                    out.append(g.next_t)
+                    g.next_t += g.period
+            if g.locked and (g.next_t is None or s >= g.next_t - 0.5 * g.camera_period):
                 out.append(float(s))
-                self.next_t = float(s) + g.period
-        if self.next_t is None:
-            self.next_t = now
+                g.next_t = float(s) + g.period
+        if g.next_t is None:
+            g.next_t = now
         wait = g.max_wait_s if g.locked else 0.0
-        while now >= self.next_t + wait:
-            out.append(self.next_t)
-            self.next_t += g.period
+        while now >= g.next_t + wait:
+            out.append(g.next_t)
+            g.next_t += g.period
         return out

@@ -284,6 +284,21 @@ class XArmBox:
             self._raise(code)
             self._persistent_error = int(code) if persists else 0
 
+    def raise_warning(self, code: int) -> None:
+        """The controller reports warning ``code``: reported, the arm goes on."""
+        with self._lock:
+            self.warn_code = int(code)
+
+    def stop_from_outside(self) -> None:
+        """Someone stops the arm outside the client (the pendant, UFactory Studio): state 4."""
+        with self._lock:
+            self.state = 4
+
+    def arm_history(self) -> list:
+        """A copy of :attr:`history` (empty when it is not kept)."""
+        with self._lock:
+            return list(self.history or ())
+
     def remove_cause(self) -> None:
         """The cause of a persisting error is gone: the next clear clears it."""
         with self._lock:

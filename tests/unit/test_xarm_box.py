@@ -329,8 +329,7 @@ def test_a_warning_is_reported_and_the_stream_goes_on(controller_on_box):
     from robot_runtime.interfaces import Mode
 
     box, ctl, home, run = controller_on_box
-    with box._lock:
-        box.warn_code = 11
+    box.raise_warning(11)
     run(0.5, home + 0.02)
     assert ctl.mode is Mode.ARMED and ctl.faults == ["W11 controller command buffer full"], (ctl.mode, ctl.faults)
     sent = box.servo_targets
@@ -345,8 +344,7 @@ def test_an_arm_stopped_from_the_pendant_is_a_named_stop(controller_on_box):
 
     box, ctl, home, run = controller_on_box
     run(0.2)
-    with box._lock:
-        box.state = 4
+    box.stop_from_outside()
     run(0.2, home + 0.02)
     assert ctl.mode is Mode.STOPPED and "code 9 (not ready to move)" in ctl.reason, ctl.reason
 
