@@ -61,6 +61,8 @@ from bench.common import bench_env, write
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "sim.yaml"
+#: Episodes the shipped policy gets to lift the object before the kill (it misses some grasps).
+EPISODES_FOR_A_LIFT = 3
 SHIPPED = REPO / "policies" / "checkpoints" / "twin_grasp_lift"
 
 
@@ -255,9 +257,14 @@ class Faults:
         expected = ("the arm controller holds <= 100 ms after SIGKILL, then only brakes (its speed never rises and "
                     "it stands still within one brake from top speed); object still lifted 2 s later; the camera "
                     "stream goes on for the other readers at >= half its rate")
-        if not self.probe.wait_for(lambda: float(self.twin().get("task_lift_m", 0)) > 0.03, 90.0):
+        for attempt in range(EPISODES_FOR_A_LIFT):
+            if self.probe.wait_for(lambda: float(self.twin().get("task_lift_m", 0)) > 0.03, 45.0):
+                break
+            self.new_episode()   # the learned policy missed this grasp: a policy failure, not the fault's
+        else:
             return FaultResult("policy_kill9_mid_grasp", expected, False,
-                               f"the policy never lifted the object (twin: {self.twin().get('task_lift_m')})")
+                               f"the policy lifted the object in none of {EPISODES_FOR_A_LIFT} episodes "
+                               f"(twin: {self.twin().get('task_lift_m')})")
         time.sleep(0.3)   # well into the lift: a moment of the rollout, not a synchronisation
         lift0 = float(self.twin()["task_lift_m"])
         t_kill = time.time()
@@ -286,7 +293,20 @@ class Faults:
         self.graph.start("policy_node")   # the next faults need a policy
         if not self.targets_flow(60.0):
             ok, obs = False, obs + f"; the restarted policy_node never published: {self.graph.log_tail('policy_node')}"
+        else:
+            self.new_episode()   # the next faults start from the task's scene, not a mug left in the air
         return FaultResult("policy_kill9_mid_grasp", expected, ok, obs)
+
+    def new_episode(self) -> None:
+        """A fresh rollout: the policy's episode stopped, the twin reset to its task and seed (the
+        controllers re-arm from where the arm is), and a new episode started."""
+        from std_srvs.srv import Trigger
+
+        for name in ("/policy_node/stop_episode", "/twin/reset", "/policy_node/start_episode"):
+            res = self.probe.call(Trigger, name)
+            if not res.success:
+                raise RuntimeError(f"{name} refused: {res.message}")
+        self.targets_flow(30.0)
 
     def camera_stall(self) -> FaultResult:
         expected = "no target from a stale frame while the depth stalls; nothing non-finite sent; resumes"
