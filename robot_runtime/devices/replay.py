@@ -2,7 +2,9 @@
 
 The file is an ``.npz`` with ``depth`` [N, H, W] float32 (m), ``stamps`` [N] (s, any
 origin, increasing) and ``K`` [3, 3]. Frames come out at the recorded spacing, stamped
-with the replay clock's time when they are released.
+with the replay clock's time when they are released. A reader that falls behind (a stalled
+process) gets the newest frame that is due, as from a camera, and the ones it missed are
+skipped (counted in ``skipped``): never a burst of overdue frames stamped a moment apart.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class ReplayCamera(DepthCamera):
         self.cfg = cfg
         self.clock, self.stamp_clock, self.sleep = clock, stamp_clock, sleep
         self._i = 0
+        self.skipped = 0
 
     def connect(self) -> None:
         try:
@@ -51,8 +54,12 @@ class ReplayCamera(DepthCamera):
             step = span / (len(self.stamps) - 1) if len(self.stamps) > 1 else 0.0
             self._t0 += span + step
             self._i = 0
+        now = self.clock()
+        while self._i + 1 < len(self.depth) and self._t0 + (self.stamps[self._i + 1] - self.stamps[0]) <= now:
+            self._i += 1          # overdue and already overtaken by the next frame: a camera drops it
+            self.skipped += 1
         due = self._t0 + (self.stamps[self._i] - self.stamps[0])
-        wait = due - self.clock()
+        wait = due - now
         if wait > timeout_s:
             self.sleep(timeout_s)
             return None

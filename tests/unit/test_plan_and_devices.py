@@ -143,3 +143,25 @@ def test_an_xarm_at_a_loopback_address_is_the_twin_behind_the_emulated_box(repo)
     assert "sim_node" in [s.name for s in node_plan(cfg, str(repo / "config" / "sim_xarm.yaml"))]
     robot = load_config(repo / "config" / "robot.yaml")
     assert not robot.arm_on_emulated_box and not robot.robot_on_twin
+
+
+def test_replay_after_a_stall_gives_the_newest_due_frame_not_a_burst(tmp_path):
+    """The reader stalls 0.31 s at 30 Hz: the next read is the frame due now (the eight it missed
+    are skipped and counted), and the one after comes a frame spacing later, as from a camera."""
+    path = tmp_path / "rec.npz"
+    depth = np.stack([np.full((2, 2), float(i), np.float32) for i in range(20)])
+    save_depth_recording(path, depth, np.arange(20) / 30.0, np.eye(3))
+    now = [0.0]
+
+    def sleep(dt):
+        now[0] += dt
+
+    cam = ReplayCamera(ReplayCameraConfig(path=str(path), loop=False), clock=lambda: now[0],
+                       stamp_clock=lambda: now[0], sleep=sleep)
+    cam.connect()
+    assert cam.read(timeout_s=1.0).depth[0, 0] == 0.0
+    now[0] += 0.31                                    # the stall
+    late = cam.read(timeout_s=1.0)
+    nxt = cam.read(timeout_s=1.0)
+    assert late.depth[0, 0] == 9.0 and cam.skipped == 8 and late.t == pytest.approx(0.31)
+    assert nxt.depth[0, 0] == 10.0 and nxt.t - late.t == pytest.approx(10 / 30 - 0.31)
