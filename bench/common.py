@@ -2,14 +2,40 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 from robot_runtime.control.loop import LatencySummary
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+#: where each optional module comes from: an extra of this package, or (None) the Makefile's venv
+#: step (the ROS 2 wheels) or a sourced ROS 2
+INSTALLED_BY = {"transformers": "bench", "onnxruntime": "policy", "torch": "policy", "mujoco": "twin",
+                "xarm": "xarm", "dex_retargeting": "teleop", "rerun": "viz", "rclpy": None}
+
+
+def require(bench: str, *modules: str) -> None:
+    """Exit with one line saying what to install when a module ``bench`` needs is missing.
+
+    Every benchmark runs in the venv ``make test`` builds except where it needs an extra that
+    venv leaves out (``transformers`` for ``bench.policy``'s reference); ``make bench`` installs it.
+    """
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    extras = sorted({INSTALLED_BY.get(m) for m in missing} - {None})
+    how = []
+    if extras:
+        how.append(f".venv/bin/pip install -e '.[{','.join(extras)}]' (or: make bench)")
+    if any(INSTALLED_BY.get(m, "") is None for m in missing):
+        how.append("make venv (the ROS 2 wheels) or source a ROS 2 install")
+    raise SystemExit(f"{bench} needs {', '.join(missing)}, which this Python ({sys.executable}) lacks: "
+                     + "; ".join(how))
 
 
 def latency(samples_ms) -> dict:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from bench.common import bench_env, latency, run_plan_for, write
+from bench.common import bench_env, latency, require, run_plan_for, write
 from robot_runtime.config import load_config
 from robot_runtime.plan import node_plan
 
@@ -74,6 +74,7 @@ def run_phase(variant: str, out_dir: Path, config: Path, env: dict) -> dict[str,
 
 
 def main() -> dict:
+    require("bench.control", "mujoco", "rclpy")
     env = bench_env()
     config = REPO / "config" / "sim.yaml"
     samples: dict[tuple[str, str], list[np.ndarray]] = {}

@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from bench.common import bench_env, write
+from bench.common import bench_env, require, write
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "sim.yaml"
@@ -651,6 +651,7 @@ def run(names=ORDER, tmp: Path | None = None) -> list[FaultResult]:
 
 
 def main() -> int:
+    require("bench.faults", "mujoco", "onnxruntime", "rclpy")
     only = [n.strip() for n in os.environ.get("BENCH_FAULTS", "").split(",") if n.strip()]
     unknown = [n for n in only if n not in ORDER]
     if unknown:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine, write
+from bench.common import machine, require, write
 from policies.checkpoint import load_checkpoint
 from policies.diagnostics import diagnose, plot_success_against_demos, rollout_summary
 from policies.evaluate import evaluate, replay_commands
@@ -74,6 +74,7 @@ def plan_runs(demos: int, prior: str) -> list[tuple[str, str, int, str | None]]:
 
 
 def main(argv=None) -> int:
+    require("bench.fewshot", "torch", "onnxruntime", "mujoco")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demos", type=int, default=15)
     ap.add_argument("--rollouts", type=int, default=20)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import bench_env, latency, run_plan_for, write
+from bench.common import bench_env, latency, require, run_plan_for, write
 from policies.checkpoint import load_checkpoint
 from policies.history import window_indices
 from policies.runners import OnnxRunner, TorchRunner
@@ -234,6 +234,7 @@ def twin_timing(cfg_path: Path, camera_hz: float, tick_lock: str) -> dict:
 
 
 def main() -> dict:
+    require("bench.policy", "torch", "onnxruntime", "transformers", "mujoco", "rclpy")
     cfg = load_config(CONFIG)
     steps, parity = step_latency(Path(cfg.policy.checkpoint), cfg)
     ort99, ref99, pt99 = (steps[k]["step"]["p99_ms"] for k in ("onnxruntime", "reference", "torch"))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import bench_env, latency, machine, write
+from bench.common import bench_env, latency, machine, require, write
 from robot_runtime import description as D
 from robot_runtime.config import load_config
 from robot_runtime.description import build
@@ -198,6 +198,7 @@ def bench_input_to_command(tmp: Path, laps: int = 6) -> tuple[dict, dict]:
 
 
 def main() -> None:
+    require("bench.teleop", "mujoco", "dex_retargeting", "rclpy")
     cfg = load_config(REPO / "config" / "sim_teleop.yaml")
     rik = bench_retarget_ik(cfg)
     with tempfile.TemporaryDirectory() as d:

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from bench.common import latency, write
+from bench.common import latency, require, write
 from robot_runtime import description as D
 from robot_runtime.config import TwinConfig
 from robot_runtime.control.demo_motion import ReachGraspScript
@@ -37,6 +37,7 @@ class CountingSink:
 
 
 def main() -> dict:
+    require("bench.twin", "mujoco")
     cfg = TwinConfig()
     sim = TwinSimulation(cfg)
     obj = next(p for p in sim.object_poses().values() if p.active)

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from bench.common import latency, write
+from bench.common import latency, require, write
 from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig, XArmConfig
 from robot_runtime.control.factory import make_arm_controller
@@ -141,6 +141,7 @@ def run_phase(ctl, cfg, seconds: float) -> tuple[LoopStatistics, list[float]]:
 
 
 def main() -> int:
+    require("bench.xarm", "xarm", "mujoco")
     cfg = RuntimeConfig()
     with XArmBox(HOST) as box:
         arm = XArm(XArmConfig(ip=HOST))

@@ -10,8 +10,6 @@ another input never trains a policy silently.
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,56 +155,80 @@ def load_for_training(paths, visual_spec: dict | None = None, successful_only: b
 
 # ------------------------------------------------------------------------------------ LeRobot
 
-def png16(image: np.ndarray) -> bytes:
-    """A 16-bit greyscale PNG of ``image`` [H, W] uint16 (lossless)."""
-    image = np.ascontiguousarray(image, dtype=">u2")
-    h, w = image.shape
-    raw = b"".join(b"\x00" + image[y].tobytes() for y in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+#: the largest depth (mm) the LeRobot export keeps: LeRobot decodes a 16-bit PNG through
+#: torchvision as int16, so larger values would wrap negative (the ZED 2 reaches 20 m)
+LEROBOT_DEPTH_MAX_MM = 32767
+#: the quantiles LeRobot's own writer adds to each feature's statistics
+_QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 
 
-def read_png16(data: bytes) -> np.ndarray:
-    """Decode a PNG written by :func:`png16` (16-bit greyscale, no interlace)."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG")
-    pos, idat, w, h = 8, b"", 0, 0
-    while pos < len(data):
-        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + n]
-        if kind == b"IHDR":
-            w, h, depth, colour = struct.unpack(">IIBB", body[:10])
-            if depth != 16 or colour != 0:
-                raise ValueError(f"PNG is {depth}-bit colour type {colour}, expected 16-bit greyscale")
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + n
-    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(h, 1 + 2 * w)
-    if np.any(raw[:, 0]):
-        raise ValueError("PNG uses row filters; only unfiltered rows are read")
-    return raw[:, 1:].copy().view(">u2").astype(np.uint16).reshape(h, w)
+def depth_png(depth_mm: np.ndarray) -> bytes:
+    """A 16-bit greyscale PNG of one depth image [H, W] (mm, 0 = no depth), written by Pillow.
+
+    Values above :data:`LEROBOT_DEPTH_MAX_MM` become 0 (no depth), so the image decodes to the
+    same millimetres whether it is read as uint16 (Pillow) or as int16 (LeRobot's torchvision
+    path).
+    """
+    import io  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415 - only the export needs it
+
+    d = np.asarray(depth_mm)
+    if d.ndim != 2:
+        raise ValueError(f"depth image must be [H, W], got shape {d.shape}")
+    d = np.where(d > LEROBOT_DEPTH_MAX_MM, 0, d).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(d).save(buf, format="PNG")
+    return buf.getvalue()
 
 
-def _stats(x: np.ndarray) -> dict:
-    x = x.reshape(len(x), -1).astype(np.float64)
-    return {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
-            "std": x.std(0).tolist(), "count": [len(x)]}
+def _stats(x: np.ndarray, axis=0) -> dict:
+    """LeRobot-style statistics of ``x`` over ``axis`` (min, max, mean, std, quantiles, count)."""
+    x = np.asarray(x, dtype=np.float64)
+    keep = x.ndim == 1
+    out = {"min": x.min(axis, keepdims=keep), "max": x.max(axis, keepdims=keep),
+           "mean": x.mean(axis, keepdims=keep), "std": x.std(axis, keepdims=keep)}
+    for name, q in _QUANTILES.items():
+        out[name] = np.quantile(x, q, axis=axis, keepdims=keep)
+    out = {k: np.asarray(v).tolist() for k, v in out.items()}
+    out["count"] = [int(x.shape[0])]
+    return out
+
+
+def _tasks_table(tasks: list[str]):
+    """``meta/tasks.parquet`` as LeRobot reads it: a pandas frame indexed by the task string,
+    with a ``task_index`` column (LeRobot takes an item's task from the index's value)."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    pandas_meta = {
+        "index_columns": ["task"],
+        "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
+                            "metadata": {"encoding": "UTF-8"}}],
+        "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
+                     "numpy_type": "int64", "metadata": None},
+                    {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
+                     "metadata": None}],
+        "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.3"}
+    schema = pa.schema([("task_index", pa.int64()), ("task", pa.string())],
+                       metadata={b"pandas": json.dumps(pandas_meta).encode()})
+    return pa.table({"task_index": list(range(len(tasks))), "task": tasks}, schema=schema)
 
 
 def export_lerobot(paths, out_dir, repo_id: str = "robot_runtime/demos", successful_only: bool = False,
                    progress: bool = True) -> Path:
-    """Write episodes in the LeRobotDataset v3 layout under ``out_dir``.
+    """Write episodes in the LeRobotDataset v3 layout under ``out_dir``, as LeRobot opens it
+    (``LeRobotDataset(repo_id, root=out_dir)``).
 
-    ``meta/info.json``, ``meta/tasks.parquet``, ``meta/episodes/chunk-000/file-000.parquet``,
-    ``meta/stats.json`` and ``data/chunk-000/file-000.parquet``, whose rows hold
-    ``observation.state`` (the measured joints), ``action`` (the next sent command, as in
-    :func:`load_for_training`), ``observation.visual`` (the policy input, float32),
-    ``observation.images.depth`` (the raw depth as a 16-bit PNG in millimetres: lossless),
-    ``timestamp``, ``frame_index``, ``episode_index``, ``index`` and ``task_index``.
+    ``meta/info.json``, ``meta/tasks.parquet`` (indexed by the task string),
+    ``meta/episodes/chunk-000/file-000.parquet``, ``meta/stats.json`` (every feature, with
+    ``count``) and ``data/chunk-000/file-000.parquet``, whose rows hold
+    ``observation.state`` [23] (the measured joints, rad), ``action`` [23] (the next sent
+    command, as in :func:`load_for_training`, rad), ``observation.visual`` (the policy input,
+    float32, nested to its declared shape, e.g. [100, 3] points in m), ``observation.images.depth``
+    (the raw depth as a 16-bit PNG in millimetres, 0 = no depth, clipped to
+    :data:`LEROBOT_DEPTH_MAX_MM`: LeRobot decodes it as int16 millimetres),
+    ``timestamp`` (s from the episode's start), ``frame_index``, ``episode_index``, ``index``
+    and ``task_index``.
     """
     import pyarrow as pa  # noqa: PLC0415 - only the export needs it
     import pyarrow.parquet as pq  # noqa: PLC0415
@@ -216,13 +238,26 @@ def export_lerobot(paths, out_dir, repo_id: str = "robot_runtime/demos", success
         eps = [e for e in eps if e.meta.get("success") is True]
     if not eps:
         raise RecordingError(f"no episodes to export from {paths}")
+    for e in eps[1:]:
+        for key in ("rate_hz", "joint_names", "visual"):
+            if e.meta.get(key) != eps[0].meta.get(key):
+                raise RecordingError(f"{e.path}: {key} {e.meta.get(key)!r} differs from {eps[0].path}'s "
+                                     f"{eps[0].meta.get(key)!r}; export them to separate datasets")
+        for key in ("visual", "depth"):
+            if e[key].shape[1:] != eps[0][key].shape[1:]:
+                raise RecordingError(f"{e.path}: {key} shape {e[key].shape[1:]} differs from {eps[0].path}'s "
+                                     f"{eps[0][key].shape[1:]}")
     out = Path(out_dir)
     (out / "meta" / "episodes" / "chunk-000").mkdir(parents=True, exist_ok=True)
     (out / "data" / "chunk-000").mkdir(parents=True, exist_ok=True)
     tasks = sorted({e.meta["task"] for e in eps})
-    fps = float(eps[0].meta["rate_hz"])
+    rate = float(eps[0].meta["rate_hz"])
+    fps = int(rate) if rate.is_integer() else rate
     cols = {k: [] for k in ("observation.state", "action", "observation.visual", "observation.images.depth",
                             "timestamp", "frame_index", "episode_index", "index", "task_index")}
+    numeric = {k: [] for k in ("observation.state", "action", "observation.visual")}
+    depth_sum = {"n": 0, "sum": 0.0, "sq": 0.0, "min": np.inf, "max": -np.inf, "clipped": 0}
+    depth_sample = []
     ep_rows = []
     index = 0
     bar = None
@@ -231,12 +266,26 @@ def export_lerobot(paths, out_dir, repo_id: str = "robot_runtime/demos", success
         bar = tqdm(total=len(eps), desc="export", unit="ep")
     for ei, e in enumerate(eps):
         n = len(e)
-        actions = next_commands(e["command"])
-        cols["observation.state"] += e["q"].astype(np.float32).tolist()
-        cols["action"] += actions.astype(np.float32).tolist()
-        cols["observation.visual"] += e["visual"].reshape(n, -1).astype(np.float32).tolist()
-        cols["observation.images.depth"] += [{"bytes": png16(d), "path": None} for d in e["depth"]]
-        cols["timestamp"] += (np.arange(n) / fps).astype(np.float32).tolist()
+        state = e["q"].astype(np.float32)
+        actions = next_commands(e["command"]).astype(np.float32)
+        visual = e["visual"].astype(np.float32)
+        numeric["observation.state"].append(state)
+        numeric["action"].append(actions)
+        numeric["observation.visual"].append(visual)
+        cols["observation.state"] += state.tolist()
+        cols["action"] += actions.tolist()
+        cols["observation.visual"] += visual.tolist()
+        for d in e["depth"]:
+            kept = np.where(d > LEROBOT_DEPTH_MAX_MM, 0, d).astype(np.float64)
+            depth_sum["clipped"] += int(np.count_nonzero(d > LEROBOT_DEPTH_MAX_MM))
+            depth_sum["n"] += kept.size
+            depth_sum["sum"] += kept.sum()
+            depth_sum["sq"] += np.square(kept).sum()
+            depth_sum["min"] = min(depth_sum["min"], kept.min())
+            depth_sum["max"] = max(depth_sum["max"], kept.max())
+            depth_sample.append(kept.ravel()[::97])
+            cols["observation.images.depth"].append({"bytes": depth_png(d), "path": None})
+        cols["timestamp"] += (np.arange(n) / rate).astype(np.float32).tolist()
         cols["frame_index"] += list(range(n))
         cols["episode_index"] += [ei] * n
         cols["index"] += list(range(index, index + n))
@@ -252,22 +301,26 @@ def export_lerobot(paths, out_dir, repo_id: str = "robot_runtime/demos", success
         bar.close()
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     schema = pa.schema([("observation.state", pa.list_(pa.float32())), ("action", pa.list_(pa.float32())),
-                        ("observation.visual", pa.list_(pa.float32())), ("observation.images.depth", image),
+                        ("observation.visual", _nested_float32(eps[0]["visual"].ndim - 1)),
+                        ("observation.images.depth", image),
                         ("timestamp", pa.float32()), ("frame_index", pa.int64()), ("episode_index", pa.int64()),
                         ("index", pa.int64()), ("task_index", pa.int64())])
     pq.write_table(pa.table(cols, schema=schema), out / "data" / "chunk-000" / "file-000.parquet")
     pq.write_table(pa.Table.from_pylist(ep_rows), out / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
-    pq.write_table(pa.table({"task_index": list(range(len(tasks))), "task": tasks}), out / "meta" / "tasks.parquet")
+    pq.write_table(_tasks_table(tasks), out / "meta" / "tasks.parquet")
     names = {"motors": list(eps[0].meta["joint_names"])}
     depth_shape = list(eps[0]["depth"].shape[1:]) + [1]
     visual_shape = list(eps[0]["visual"].shape[1:])
     features = {
-        "observation.state": {"dtype": "float32", "shape": [len(names["motors"])], "names": names},
-        "action": {"dtype": "float32", "shape": [len(names["motors"])], "names": names},
+        "observation.state": {"dtype": "float32", "shape": [len(names["motors"])], "names": names,
+                              "info": {"unit": "rad"}},
+        "action": {"dtype": "float32", "shape": [len(names["motors"])], "names": names,
+                   "info": {"unit": "rad", "meaning": "the joint command sent at the next step"}},
         "observation.visual": {"dtype": "float32", "shape": visual_shape, "names": None,
                                "info": {"preprocessing": eps[0].meta.get("visual")}},
         "observation.images.depth": {"dtype": "image", "shape": depth_shape, "names": ["height", "width", "channels"],
-                                     "info": {"encoding": "png, 16-bit greyscale", "unit": "mm", "invalid": 0}},
+                                     "info": {"encoding": "png, 16-bit greyscale", "unit": "mm", "invalid": 0,
+                                              "decoded_dtype": "int16", "max_mm": LEROBOT_DEPTH_MAX_MM}},
         "timestamp": {"dtype": "float32", "shape": [1], "names": None},
         "frame_index": {"dtype": "int64", "shape": [1], "names": None},
         "episode_index": {"dtype": "int64", "shape": [1], "names": None},
@@ -280,8 +333,31 @@ def export_lerobot(paths, out_dir, repo_id: str = "robot_runtime/demos", success
             "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet", "video_path": None,
             "features": features, "repo_id": repo_id}
     (out / "meta" / "info.json").write_text(json.dumps(info, indent=2))
-    actions_all = np.array(cols["action"], dtype=np.float32)
-    stats = {"observation.state": _stats(np.array(cols["observation.state"], dtype=np.float32)),
-             "action": _stats(actions_all)}
+    stats = {k: _stats(np.concatenate(v)) for k, v in numeric.items()}
+    for k in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
+        stats[k] = _stats(np.asarray(cols[k], dtype=np.float64))
+    n = depth_sum["n"]
+    mean = depth_sum["sum"] / n
+    sample = np.concatenate(depth_sample)
+    stats["observation.images.depth"] = {   # per channel, [1, 1, 1], in the decoded millimetres
+        "min": [[[depth_sum["min"]]]], "max": [[[depth_sum["max"]]]], "mean": [[[mean]]],
+        "std": [[[float(np.sqrt(max(depth_sum["sq"] / n - mean ** 2, 0.0)))]]],
+        **{name: [[[float(np.quantile(sample, q))]]] for name, q in _QUANTILES.items()},
+        "count": [index]}
     (out / "meta" / "stats.json").write_text(json.dumps(stats))
+    if depth_sum["clipped"]:
+        import logging  # noqa: PLC0415
+        logging.getLogger(__name__).warning(
+            "LeRobot export: %d depth pixels beyond %d mm were written as 0 (no depth)",
+            depth_sum["clipped"], LEROBOT_DEPTH_MAX_MM)
     return out
+
+
+def _nested_float32(depth: int):
+    """A float32 list type nested ``depth`` deep (the parquet storage of LeRobot's ArrayND)."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    t = pa.float32()
+    for _ in range(depth):
+        t = pa.list_(t)
+    return t

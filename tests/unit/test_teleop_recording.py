@@ -394,9 +394,9 @@ def test_a_slow_disk_does_not_hold_up_the_tick(tmp_path, monkeypatch):
     assert len(load_episode(path)) == 5
 
 
-def test_export_to_lerobot_v3_round_trips(tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
-    import json
+def _lerobot_export(tmp_path):
+    """Two recorded episodes (two tasks, one failed), exported; depth has a far patch (40 m) and
+    a near-limit one (30 m)."""
     rec = _recorder(tmp_path, min_free_mb=1)
     rng = np.random.default_rng(3)
     files = []
@@ -404,21 +404,101 @@ def test_export_to_lerobot_v3_round_trips(tmp_path):
         rec.start("grasp_lift" if e == 0 else "grasp_drop", now=10.0 * e)
         for k in range(6 + e):
             t = 10.0 * e + 0.05 * k
-            rec.tick(t, _inputs(t, rng), t)
+            i = _inputs(t, rng)
+            i.depth.value[40:80, 40:80] = 40.0
+            i.depth.value[100:120, 100:120] = 30.0
+            rec.tick(t, i, t)
         files.append(rec.stop(e == 0, now=10.0 * e + 1))
     out = dataset.export_lerobot(tmp_path / "eps", tmp_path / "lerobot", progress=False)
+    return out, [load_episode(f) for f in files]
+
+
+def _nested_shape(value) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        lengths = {len(v) if isinstance(v, list) else -1 for v in value} if value and isinstance(value[0], list) else None
+        shape.append(len(value))
+        if lengths is not None and len(lengths) != 1:
+            raise AssertionError(f"ragged nesting: {lengths}")
+        value = value[0] if value else None
+    return shape
+
+
+def test_the_lerobot_export_reads_back_with_an_independent_reader(tmp_path):
+    """The v3 layout read with pyarrow and Pillow alone (no project code): every declared feature
+    is a column of its declared shape and dtype, depth decodes to the same millimetres as uint16
+    and as int16 (LeRobot's decode), the task comes from tasks.parquet's index, and the episode
+    index, timestamps, frame counts and stats agree with the episode files."""
+    import io
+    import json
+
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from PIL import Image
+
+    out, eps = _lerobot_export(tmp_path)
     info = json.loads((out / "meta" / "info.json").read_text())
-    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 2 and info["total_frames"] == 13
-    table = pq.read_table(out / "data" / "chunk-000" / "file-000.parquet").to_pydict()
-    eps = [load_episode(f) for f in files]
-    depth = [dataset.read_png16(d["bytes"]) for d in table["observation.images.depth"]]
-    assert np.array_equal(np.stack(depth), np.concatenate([e["depth"] for e in eps]))   # lossless
-    assert np.allclose(np.array(table["observation.state"]), np.concatenate([e["q"] for e in eps]), atol=1e-6)
+    assert info["codebase_version"] == "v3.0" and info["fps"] == 20 and isinstance(info["fps"], int)
+    assert info["total_episodes"] == 2 and info["total_frames"] == sum(len(e) for e in eps) == 13
+    table = pq.read_table(out / info["data_path"].format(chunk_index=0, file_index=0))
+    rows = table.to_pylist()
+    assert set(table.column_names) == set(info["features"]) and len(rows) == 13
+    arrow_dtype = {"float32": pa.float32(), "int64": pa.int64()}
+    for key, ft in info["features"].items():
+        field_type = table.schema.field(key).type
+        if ft["dtype"] == "image":
+            assert pa.types.is_struct(field_type)
+            for row in rows:
+                img = Image.open(io.BytesIO(row[key]["bytes"]))
+                assert img.format == "PNG" and img.mode == "I;16" and list(img.size) == ft["shape"][1::-1]
+        elif ft["shape"] == [1]:
+            assert field_type == arrow_dtype[ft["dtype"]], key
+        else:   # nested lists, as deep as the declared shape, ending in the declared dtype
+            t = field_type
+            for _ in ft["shape"]:
+                assert pa.types.is_list(t), (key, field_type)
+                t = t.value_type
+            assert t == arrow_dtype[ft["dtype"]], key
+            for row in rows:
+                assert _nested_shape(row[key]) == ft["shape"], key
+    # the rows against the episode files
+    assert [r["episode_index"] for r in rows] == [0] * 6 + [1] * 7
+    assert [r["index"] for r in rows] == list(range(13))
+    assert [r["frame_index"] for r in rows] == list(range(6)) + list(range(7))
+    assert np.allclose([r["timestamp"] for r in rows], np.r_[np.arange(6), np.arange(7)] / 20.0, atol=1e-6)
+    assert np.allclose([r["observation.state"] for r in rows], np.concatenate([e["q"] for e in eps]), atol=1e-6)
     cmd = eps[1]["command"]
-    assert np.allclose(np.array(table["action"])[6:], np.concatenate([cmd[1:], cmd[-1:]]), atol=1e-6)
-    assert table["episode_index"] == [0] * 6 + [1] * 7 and table["index"] == list(range(13))
-    tasks = pq.read_table(out / "meta" / "tasks.parquet").to_pydict()
-    assert sorted(tasks["task"]) == ["grasp_drop", "grasp_lift"]
+    assert np.allclose([r["action"] for r in rows[6:]], np.concatenate([cmd[1:], cmd[-1:]]), atol=1e-6)
+    assert np.allclose(np.array([r["observation.visual"] for r in rows], np.float32),
+                       np.concatenate([e["visual"] for e in eps]), atol=0)
+    # depth: millimetres, lossless up to 32767 mm; beyond it no depth (0), never a wrapped value
+    raw = np.concatenate([e["depth"] for e in eps])
+    assert raw.max() == 40000 and np.any(raw == 30000)
+    expect = np.where(raw > 32767, 0, raw)
+    as_u16 = np.stack([np.array(Image.open(io.BytesIO(r["observation.images.depth"]["bytes"]))) for r in rows])
+    as_i16 = np.stack([np.array(Image.open(io.BytesIO(r["observation.images.depth"]["bytes"])), np.int16)
+                       for r in rows])
+    assert np.array_equal(as_u16, expect) and np.array_equal(as_i16.astype(np.int64), expect.astype(np.int64))
+    # tasks: LeRobot takes an item's task from tasks.parquet's (pandas) index
+    tasks = pq.read_table(out / "meta" / "tasks.parquet")
+    assert tasks.schema.pandas_metadata["index_columns"] == ["task"]
+    by_index = dict(zip(tasks.column("task_index").to_pylist(), tasks.column("task").to_pylist()))
+    assert [by_index[r["task_index"]] for r in rows] == ["grasp_lift"] * 6 + ["grasp_drop"] * 7
+    # episodes
+    ep_rows = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
+    assert [(r["episode_index"], r["length"], r["dataset_from_index"], r["dataset_to_index"], r["tasks"])
+            for r in ep_rows] == [(0, 6, 0, 6, ["grasp_lift"]), (1, 7, 6, 13, ["grasp_drop"])]
+    # stats: every feature, with a count, shaped as LeRobot's writer shapes them
+    stats = json.loads((out / "meta" / "stats.json").read_text())
+    assert set(stats) == set(info["features"])
+    for key, st in stats.items():
+        assert {"min", "max", "mean", "std", "count"} <= set(st), key
+        assert st["count"] == [13], key
+    assert np.array(stats["observation.visual"]["mean"]).shape == tuple(info["features"]["observation.visual"]["shape"])
+    assert np.array(stats["observation.images.depth"]["max"]).shape == (1, 1, 1)
+    assert stats["observation.images.depth"]["max"] == [[[30000.0]]]
+    assert np.allclose(stats["action"]["max"], np.max([r["action"] for r in rows], 0), atol=1e-6)
+    assert stats["episode_index"]["max"] == [1.0]
 
 
 def test_the_header_stamp_is_read_from_serialized_messages_without_deserializing():

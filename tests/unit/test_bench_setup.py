@@ -1,0 +1,41 @@
+"""The benchmarks run in the venv ``make test`` builds, or say in one line what to install."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_benchmark_missing_a_module_names_it_and_the_install_line_and_exits():
+    """bench.policy's reference trunk is Hugging Face ``transformers`` (the ``bench`` extra): with
+    it missing, the benchmark stops before any work with one line naming the module and the
+    command that installs it."""
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "import bench.policy\n"
+            "bench.policy.main()\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert "bench.policy needs transformers" in last and "pip install -e '.[bench]'" in last, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("bench", ["twin", "control", "teleop", "faults", "xarm", "fewshot"])
+def test_every_other_benchmark_has_what_it_needs_in_the_test_venv(bench, monkeypatch):
+    """Each benchmark's own check passes in this venv (``make test``'s), so only bench.policy's
+    reference needs an extra; the check runs before the benchmark's work."""
+    import importlib
+
+    import bench.common as common
+    seen = []
+    monkeypatch.setattr(common, "require", lambda name, *mods: seen.append((name, mods)) or
+                        (_ for _ in ()).throw(SystemExit(0)))
+    mod = importlib.import_module(f"bench.{bench}")
+    monkeypatch.setattr(mod, "require", common.require)
+    with pytest.raises(SystemExit):
+        mod.main() if bench != "fewshot" else mod.main([])
+    (name, mods), = seen
+    assert name == f"bench.{bench}" and mods
+    assert not [m for m in mods if importlib.util.find_spec(m) is None]
