@@ -39,8 +39,9 @@ setup(
          + glob("robot_runtime/description/*.xml")),
     ],
     python_requires=">=3.10",
-    # pin: pinocchio, the forward kinematics of the controllers' workspace check.
-    install_requires=["numpy>=1.24", "PyYAML>=6", "pin>=2.7"],
+    # pin: pinocchio, the robot's kinematics (the controllers' workspace check, IK, calibration);
+    # transforms3d: rotations and poses.
+    install_requires=["numpy>=1.24", "PyYAML>=6", "pin>=2.7", "transforms3d>=0.4"],
     extras_require={
         # The MuJoCo twin of the lab cell (offscreen rendering with MUJOCO_GL=egl).
         "twin": ["mujoco>=3.2"],
@@ -49,10 +50,10 @@ setup(
         # The policy: checkpoints, ONNX export and ONNX Runtime (torch is installed first, pinned).
         "policy": ["torch", "safetensors>=0.4", "onnx>=1.15", "onnxruntime>=1.17", "tqdm>=4"],
         # Teleoperation and demo data: finger retargeting (dex-retargeting, on pinocchio), the
-        # LeRobot export (parquet), video input (six: an undeclared import of dex-retargeting). MediaPipe itself is installed by the Makefile with
+        # LeRobot export (parquet), rosbag2 in and out (rosbags: MCAP and sqlite3, no ROS install), video input (six: an undeclared import of dex-retargeting). MediaPipe itself is installed by the Makefile with
         # --no-deps (mediapipe==0.10.21 carries its hand models but pins numpy<2 and protobuf<5,
         # while it runs with the numpy 2 and protobuf 6 the rest needs); these are its imports.
-        "teleop": ["dex-retargeting>=0.5", "six>=1.16", "pyarrow>=15", "protobuf>=6.31,<7", "opencv-python-headless>=4.8",
+        "teleop": ["dex-retargeting>=0.5", "six>=1.16", "pyarrow>=15", "rosbags>=0.10", "protobuf>=6.31,<7", "opencv-python-headless>=4.8",
                    "matplotlib>=3.7", "absl-py>=1", "attrs>=19.1", "flatbuffers>=2"],
         # A SpaceMouse input (HID): imported only when a teleop input of type "spacemouse" is chosen.
         "spacemouse": ["pyspacemouse>=1.1"],

@@ -462,10 +462,34 @@ def _cmd_data(args) -> int:
             Path(args.json).write_text(json.dumps(rep.to_dict(), indent=1))
             print(f"wrote {args.json}")
         return 0 if rep.ok else 1
-    if not args.out:
+    out_dir = args.out_dir or args.out
+    if args.action == "from-bag":
+        from robot_runtime.config import load_config  # noqa: PLC0415
+        from robot_runtime.data.rosbag import episode_from_bag  # noqa: PLC0415
+
+        if not args.task or not out_dir:
+            raise RobotRuntimeError("data from-bag needs --task and --out (the episode folder)")
+        cfg = load_config(Path(args.config or default_config("sim.yaml")))
+        res = episode_from_bag(args.path, args.task, out_dir, cfg, success=not args.failed, start_s=args.start,
+                               end_s=args.end, operator_note=args.note)
+        print(res.summary())
+        return 0
+    if not out_dir:
         raise RobotRuntimeError("data export needs an output folder")
-    out = dataset.export_lerobot(args.path, args.out, successful_only=args.successful_only)
-    print(f"wrote a LeRobotDataset v3 layout to {out}")
+    if args.format == "lerobot":
+        out = dataset.export_lerobot(args.path, out_dir, successful_only=args.successful_only)
+        print(f"wrote a LeRobotDataset v3 layout to {out}")
+        return 0
+    from robot_runtime.data.rosbag import export_bag  # noqa: PLC0415
+
+    files = [Path(args.path)] if Path(args.path).is_file() else dataset.episode_files(args.path)
+    if args.successful_only:
+        files = [f for f in files if dataset.read_meta(f).get("success") is True]
+    if not files:
+        raise RobotRuntimeError(f"no episodes to export from {args.path}")
+    for f in files:   # one bag folder per episode
+        bag = export_bag(f, Path(out_dir) / f.name.removesuffix(".episode.npz"), storage=args.format)
+        print(f"wrote {bag} ({args.format})")
     return 0
 
 
@@ -617,14 +641,27 @@ def main(argv=None) -> int:
     p.add_argument("--rrd", help="save to this .rrd file instead of spawning a viewer")
     p.add_argument("--connect", help="send to a running viewer at this gRPC url (e.g. rerun+http://host:9876/proxy)")
     p.set_defaults(func=_cmd_replay)
-    p = sub.add_parser("data", help="list, inspect, audit, recover or export recorded episodes")
-    p.add_argument("action", choices=["list", "inspect", "audit", "recover", "export"])
-    p.add_argument("path", help="episode folder (list, audit, export), episode file (inspect) or .partial (recover)")
+    p = sub.add_parser("data", help="list, inspect, audit, recover or export recorded episodes; turn a rosbag2 "
+                                     "recording into an episode (from-bag)")
+    p.add_argument("action", choices=["list", "inspect", "audit", "recover", "export", "from-bag"])
+    p.add_argument("path", help="episode folder (list, audit, export), episode file (inspect, export), .partial "
+                                "(recover) or rosbag2 folder (from-bag)")
     p.add_argument("--horizon", type=int, default=10, help="audit: the chunk horizon (steps) of the motion spread")
     p.add_argument("--all", action="store_true", help="audit: also the episodes not flagged successful")
     p.add_argument("--json", help="audit: also write the report to this JSON file")
-    p.add_argument("out", nargs="?", help="export: output folder (LeRobotDataset v3 layout)")
+    p.add_argument("out", nargs="?", help="export: output folder (LeRobotDataset v3 layout, or one bag folder per "
+                                          "episode)")
+    p.add_argument("--out", dest="out_dir", help="export, from-bag: output folder (the same as the positional one)")
+    p.add_argument("--format", choices=["lerobot", "mcap", "sqlite3"], default="lerobot",
+                   help="export: a LeRobotDataset v3 layout (default) or rosbag2 bags (mcap or sqlite3 storage)")
     p.add_argument("--successful-only", action="store_true", help="export: only episodes flagged successful")
+    p.add_argument("--task", help="from-bag: the episode's task (e.g. grasp_lift)")
+    p.add_argument("--config", help="from-bag: the runtime config the graph ran with (topics, rates, preprocessing, "
+                                    "calibration when the bag has no /tf_static; default: config/sim.yaml)")
+    p.add_argument("--start", type=float, help="from-bag: seconds from the bag's first message to start at")
+    p.add_argument("--end", type=float, help="from-bag: seconds from the bag's first message to end at")
+    p.add_argument("--failed", action="store_true", help="from-bag: flag the episode as failed (default: success)")
+    p.add_argument("--note", default="", help="from-bag: operator note stored with the episode")
     p.set_defaults(func=_cmd_data)
     args = ap.parse_args(argv)
     try:
