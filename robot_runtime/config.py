@@ -252,13 +252,18 @@ class ZedCameraConfig:
 @register_backend_config("camera", "replay", "robot_runtime.devices.replay:ReplayCamera")
 @dataclass
 class ReplayCameraConfig:
-    """Recorded depth (``.npz`` with ``depth`` [N,H,W] metres, ``stamps`` [N] s, ``K`` [3,3]) at its timing."""
+    """Recorded depth at its timing: an ``.npz`` (``depth`` [N,H,W] metres, ``stamps`` [N] s,
+    ``K`` [3,3]) or a rosbag2 recording (a bag folder, or its ``.mcap`` / ``.db3`` file) whose
+    ``bag_depth_topic`` holds the frames and ``bag_info_topic`` their CameraInfo."""
 
     type: str = "replay"
     path: FilePath = FilePath("")
     depth_topic: str = "/camera/depth/image"
     info_topic: str = "/camera/depth/camera_info"
     loop: bool = True
+    #: a bag's depth and CameraInfo topics ("": the same as ``depth_topic`` / ``info_topic``)
+    bag_depth_topic: str = ""
+    bag_info_topic: str = ""
 
 
 @dataclass

@@ -377,6 +377,50 @@ def episode_from_bag(bag, task: str, out_dir, cfg, success: bool | None = True, 
         reader.close()
 
 
+def read_depth_frames(bag, depth_topic: str, info_topic: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every depth frame of a rosbag2 recording: ``depth`` [N, H, W] float32 (m, NaN = none),
+    ``stamps`` [N] (s, acquisition) and ``K`` [3, 3] (the first usable CameraInfo's), for the
+    replay camera.
+
+    Raises:
+        RecordingError: not a bag, a topic is missing, no usable CameraInfo, or no frame.
+    """
+    from rosbags.highlevel import AnyReader  # noqa: PLC0415
+
+    from robot_runtime import ros_io  # noqa: PLC0415
+
+    bag = Path(bag)
+    folder = bag.parent if bag.is_file() else bag
+    if not (folder / "metadata.yaml").exists():
+        raise RecordingError(f"{bag}: not a rosbag2 folder (no metadata.yaml)")
+    with AnyReader([folder], default_typestore=_typestore()) as reader:
+        conns = {c.topic: c for c in reader.connections}
+        missing = [t for t in (depth_topic, info_topic) if t not in conns]
+        if missing:
+            raise RecordingError(f"{bag}: no topic {', '.join(missing)} (it has {', '.join(sorted(conns))})")
+        K = None
+        for conn, _, raw in reader.messages(connections=[conns[info_topic]]):
+            try:
+                K = ros_io.intrinsics_from_info(reader.deserialize(raw, conn.msgtype))
+                break
+            except ValueError:
+                continue
+        if K is None:
+            raise RecordingError(f"{bag}: no usable CameraInfo on {info_topic}")
+        frames, stamps = [], []
+        for conn, _, raw in reader.messages(connections=[conns[depth_topic]]):
+            msg = reader.deserialize(raw, conn.msgtype)
+            try:
+                frames.append(ros_io.depth_from_msg(msg))
+            except ValueError as exc:
+                raise RecordingError(f"{bag}: {depth_topic} frame {len(frames)}: {exc}") from exc
+            stamps.append(_stamp(msg.header))
+    if not frames:
+        raise RecordingError(f"{bag}: no frames on {depth_topic}")
+    order = np.argsort(stamps, kind="stable")
+    return np.stack(frames)[order].astype(np.float32), np.asarray(stamps)[order], K
+
+
 def bag_topics(bag) -> dict[str, tuple[str, int]]:
     """``{topic: (message type, count)}`` of a rosbag2 folder, read by rosbags."""
     from rosbags.highlevel import AnyReader  # noqa: PLC0415

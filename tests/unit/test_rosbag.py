@@ -212,3 +212,29 @@ def test_the_cli_turns_a_bag_into_an_episode_and_an_episode_into_bags(tmp_path, 
     assert rosbag.bag_topics(folder)[cfg.camera.depth_topic] == ("sensor_msgs/msg/Image", len(ep))
     assert cli.main(["data", "from-bag", str(tmp_path / "nothing"), "--task", "x", "--out", str(tmp_path)]) == 2
     assert "not a rosbag2 folder" in capsys.readouterr().err
+
+
+def test_the_replay_camera_plays_a_bag_at_its_recorded_timing(tmp_path):
+    from robot_runtime.config import ReplayCameraConfig
+    from robot_runtime.devices.replay import ReplayCamera
+    from robot_runtime.errors import DeviceError
+
+    cfg = RuntimeConfig()
+    streams = _streams(0.2)
+    bag = _write_bag(tmp_path / "bag", streams, cfg, StoragePlugin.MCAP)
+    now = [0.0]
+
+    def sleep(dt):
+        now[0] += dt
+
+    (mcap,) = bag.glob("*.mcap")
+    cam = ReplayCamera(ReplayCameraConfig(path=str(mcap), loop=False), clock=lambda: now[0],
+                       stamp_clock=lambda: 500.0 + now[0], sleep=sleep)
+    cam.connect()
+    assert np.array_equal(cam.K, K)
+    frames = [cam.read(timeout_s=1.0) for _ in range(len(streams["depth"]))]
+    assert cam.read() is None
+    assert np.allclose(np.diff([f.t for f in frames]), 1 / 60.0, atol=1e-6)
+    assert all(np.array_equal(f.depth, d) for f, (_, d) in zip(frames, streams["depth"]))
+    with pytest.raises(DeviceError, match="no topic /elsewhere"):
+        ReplayCamera(ReplayCameraConfig(path=str(bag), bag_depth_topic="/elsewhere")).connect()
