@@ -469,9 +469,12 @@ def _cmd_data(args) -> int:
 
         if not args.task or not out_dir:
             raise RobotRuntimeError("data from-bag needs --task and --out (the episode folder)")
+        from calibration.extrinsics import calibration_metadata  # noqa: PLC0415
+        from robot_runtime.nodes.recorder_node import policy_schema  # noqa: PLC0415
+
         cfg = load_config(Path(args.config or default_config("sim.yaml")))
-        res = episode_from_bag(args.path, args.task, out_dir, cfg, success=not args.failed, start_s=args.start,
-                               end_s=args.end, operator_note=args.note)
+        res = episode_from_bag(args.path, args.task, out_dir, cfg, policy_schema(cfg), calibration_metadata(cfg),
+                               success=not args.failed, start_s=args.start, end_s=args.end, operator_note=args.note)
         print(res.summary())
         return 0
     if not out_dir:

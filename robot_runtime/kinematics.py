@@ -1,4 +1,4 @@
-"""Forward kinematics and Jacobians from a URDF (numpy only, no ROS).
+"""Forward kinematics and Jacobians of the robot's URDF, on pinocchio (no ROS).
 
 Used by the safety shield's workspace check, by IK for teleoperation and by the tests
 that compare the URDF with the twin's MJCF.
@@ -10,90 +10,64 @@ Example::
 """
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from robot_runtime.errors import DescriptionError
-from robot_runtime.transforms import make_T, rpy_to_mat
-
-
-@dataclass(frozen=True)
-class UrdfJoint:
-    name: str
-    kind: str
-    parent: str
-    child: str
-    origin: np.ndarray  # 4x4
-    axis: np.ndarray  # unit 3-vector in the joint frame
-    lower: float
-    upper: float
 
 
 class UrdfModel:
-    """A kinematic tree parsed from URDF text.
+    """The robot's kinematic tree, from URDF text, on pinocchio (fixed base).
 
-    ``joint_names`` are the movable joints in file order; ``q`` arrays follow that order.
+    ``joint_names`` are the movable joints in ``joint_order`` (default: the robot's joint order
+    ``description.ALL_JOINTS`` for the robot's joints, as for the hand-only URDF, else
+    pinocchio's depth-first order); ``q`` arrays and Jacobian columns follow it. ``links``
+    are the URDF's links, root first. ``limits`` [n, 2] are the joints' (lower, upper) (rad).
+    One instance may be called from several threads (calls take turns on its pinocchio data).
     """
 
-    def __init__(self, urdf_text: str, source: str = "<string>"):
+    def __init__(self, urdf_text: str, source: str = "<string>", joint_order=None):
+        from robot_runtime import description as D  # noqa: PLC0415
+        import pinocchio as pin  # noqa: PLC0415 - the one kinematics library
+
+        self._pin = pin
+        if "<robot" not in urdf_text:
+            raise DescriptionError(f"{source}: not a URDF (no <robot> element)")
         try:
-            root = ET.fromstring(urdf_text)
-        except ET.ParseError as exc:
-            raise DescriptionError(f"{source}: not valid XML: {exc}") from exc
-        if root.tag != "robot":
-            raise DescriptionError(f"{source}: root element is <{root.tag}>, expected <robot>")
-        self.links = [link.get("name") for link in root.findall("link")]
-        joints = []
-        for j in root.findall("joint"):
-            o = j.find("origin")
-            xyz = [float(v) for v in (o.get("xyz", "0 0 0") if o is not None else "0 0 0").split()]
-            rpy = [float(v) for v in (o.get("rpy", "0 0 0") if o is not None else "0 0 0").split()]
-            a = j.find("axis")
-            axis = np.array([float(v) for v in (a.get("xyz") if a is not None else "1 0 0").split()])
-            lim = j.find("limit")
-            lower = float(lim.get("lower", "0")) if lim is not None else 0.0
-            upper = float(lim.get("upper", "0")) if lim is not None else 0.0
-            kind = j.get("type")
-            if kind not in ("revolute", "fixed", "continuous"):
-                raise DescriptionError(f"{source}: joint {j.get('name')!r} has unsupported type {kind!r}")
-            joints.append(UrdfJoint(j.get("name"), kind, j.find("parent").get("link"), j.find("child").get("link"),
-                                    make_T(rpy_to_mat(rpy), xyz), axis / np.linalg.norm(axis), lower, upper))
-        children = {j.child for j in joints}
-        roots = [link for link in self.links if link not in children]
-        if len(roots) != 1:
-            raise DescriptionError(f"{source}: expected one root link, found {roots}")
-        self.root = roots[0]
-        # Order joints parent-before-child so one pass computes every pose.
-        by_parent: dict[str, list[UrdfJoint]] = {}
-        for j in joints:
-            by_parent.setdefault(j.parent, []).append(j)
-        ordered, stack = [], [self.root]
-        while stack:
-            link = stack.pop(0)
-            for j in by_parent.get(link, []):
-                ordered.append(j)
-                stack.append(j.child)
-        self._joints = ordered
-        self.joint_names: tuple[str, ...] = tuple(j.name for j in joints if j.kind != "fixed")
+            self.model = pin.buildModelFromXML(urdf_text)
+        except (ValueError, RuntimeError) as exc:
+            raise DescriptionError(f"{source}: not a valid URDF (pinocchio: {exc})") from exc
+        m = self.model
+        if m.nq != m.nv:
+            kinds = {m.names[j]: m.joints[j].shortname() for j in range(1, m.njoints) if m.joints[j].nq != 1}
+            raise DescriptionError(f"{source}: only revolute and fixed joints are supported, found {kinds}")
+        self._data = m.createData()
+        self._lock = threading.Lock()
+        tree_order = tuple(m.names[j] for j in range(1, m.njoints))
+        if joint_order is None:   # the robot's order (or the hand's, the arm's): else the tree's
+            joint_order = ([n for n in D.ALL_JOINTS if n in tree_order] if set(tree_order) <= set(D.ALL_JOINTS)
+                           else tree_order)
+        if sorted(joint_order) != sorted(tree_order):
+            raise DescriptionError(f"{source}: joint order {list(joint_order)} does not name the URDF's movable "
+                                   f"joints {list(tree_order)}")
+        self.joint_names: tuple[str, ...] = tuple(joint_order)
         self._index = {n: i for i, n in enumerate(self.joint_names)}
-        self.limits = np.array([[j.lower, j.upper] for j in joints if j.kind != "fixed"])
-        self._parent_joint = {j.child: j for j in joints}
-        # Precomputed for a batched forward pass: each joint's origin, and the Rodrigues
-        # terms (K, K^2) of its axis, so all joint rotations are built in one numpy call.
-        self._origins = np.stack([j.origin for j in ordered]) if ordered else np.zeros((0, 4, 4))
-        moving = [j.kind != "fixed" for j in ordered]
-        self._q_index = np.array([self._index[j.name] if m else 0 for j, m in zip(ordered, moving)], dtype=int)
-        self._moving = np.array(moving, dtype=bool)
-        K = np.zeros((len(ordered), 3, 3))
-        for i, j in enumerate(ordered):
-            k = j.axis
-            K[i] = [[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]]
-        self._K, self._K2 = K, K @ K
-        self._link_slot = {self.root: 0, **{j.child: i + 1 for i, j in enumerate(ordered)}}
-        self._parent_slot = np.array([self._link_slot[j.parent] for j in ordered], dtype=int)
+        #: for each joint of ``joint_names``, its slot in pinocchio's q (and Jacobian column)
+        self._pin_q = np.array([m.joints[m.getJointId(n)].idx_q for n in self.joint_names])
+        self._from_pin = np.argsort(self._pin_q)   # pinocchio's q = q.take(_from_pin)
+        self._q_shape = (len(self.joint_names),)
+        self._q_buf = np.zeros(m.nq)
+        self.limits = np.column_stack([m.lowerPositionLimit, m.upperPositionLimit])[self._pin_q]
+        body = [f for f in m.frames if f.type == pin.FrameType.BODY]
+        self.links: list[str] = [f.name for f in body]
+        if not self.links:
+            raise DescriptionError(f"{source}: no links")
+        self.root = self.links[0]
+        self._frame = {f.name: m.getFrameId(f.name, pin.FrameType.BODY) for f in body}
+        self._link_slot = {name: i for i, name in enumerate(self.links)}
+        self._frame_ids = [self._frame[n] for n in self.links]
 
     @classmethod
     def from_file(cls, path: str | Path) -> "UrdfModel":
@@ -103,10 +77,16 @@ class UrdfModel:
         return cls(path.read_text(), source=str(path))
 
     def _check_q(self, q) -> np.ndarray:
+        """``q`` in ``joint_names``' order -> pinocchio's q."""
         q = np.asarray(q, dtype=float)
-        if q.shape != (len(self.joint_names),):
+        if q.shape != self._q_shape:
             raise ValueError(f"q has shape {q.shape}, expected ({len(self.joint_names)},) for joints {self.joint_names}")
-        return q
+        return q.take(self._from_pin)
+
+    def _frame_id(self, link: str) -> int:
+        if link not in self._frame:
+            raise DescriptionError(f"unknown link {link!r}")
+        return self._frame[link]
 
     def forward(self, q) -> dict[str, np.ndarray]:
         """Poses (4x4, base frame) of every link for joint positions ``q`` [n] (rad)."""
@@ -114,17 +94,13 @@ class UrdfModel:
         return {link: T[slot] for link, slot in self._link_slot.items()}
 
     def forward_array(self, q) -> np.ndarray:
-        """Poses [L, 4, 4] of every link, indexed by :meth:`link_slot` (batched: about 50 us)."""
+        """Poses [L, 4, 4] of every link, indexed by :meth:`link_slot`."""
         q = self._check_q(q)
-        angles = np.where(self._moving, q[self._q_index], 0.0)[:, None, None]
-        local = self._origins.copy()
-        R = np.eye(3) + np.sin(angles) * self._K + (1.0 - np.cos(angles)) * self._K2
-        local[:, :3, :3] = self._origins[:, :3, :3] @ R
-        out = np.empty((len(local) + 1, 4, 4))
-        out[0] = np.eye(4)
-        for i, parent in enumerate(self._parent_slot):
-            out[i + 1] = out[parent] @ local[i]
-        return out
+        pin = self._pin
+        with self._lock:
+            pin.framesForwardKinematics(self.model, self._data, q)
+            oMf = self._data.oMf
+            return np.stack([oMf[i].homogeneous for i in self._frame_ids])
 
     def link_slot(self, link: str) -> int:
         """Index of ``link`` in :meth:`forward_array`'s output."""
@@ -134,31 +110,62 @@ class UrdfModel:
 
     def link_pose(self, q, link: str) -> np.ndarray:
         """Pose (4x4) of one link in the base frame."""
-        if link not in self.links:
-            raise DescriptionError(f"unknown link {link!r}")
-        return self.forward(q)[link]
+        fid = self._frame_id(link)
+        q = self._check_q(q)
+        pin = self._pin
+        with self._lock:
+            pin.forwardKinematics(self.model, self._data, q)
+            return pin.updateFramePlacement(self.model, self._data, fid).homogeneous
 
-    def chain(self, link: str) -> list[UrdfJoint]:
-        """Joints from the root to ``link``, root first."""
-        out = []
-        while link in self._parent_joint:
-            j = self._parent_joint[link]
-            out.append(j)
-            link = j.parent
-        return out[::-1]
+    def frame_ids(self, links) -> list[int]:
+        """The model's frame ids of the named links (for :meth:`positions`)."""
+        return [self._frame_id(name) for name in links]
+
+    def positions(self, q, frame_ids) -> list[np.ndarray]:
+        """Origins (m, base frame) of the links with these :meth:`frame_ids` for ``q`` [n]."""
+        q = np.asarray(q, dtype=float)
+        if q.shape != self._q_shape:
+            raise ValueError(f"q has shape {q.shape}, expected ({len(self.joint_names)},) for joints {self.joint_names}")
+        return self.positions_function(frame_ids)(q)
+
+    def positions_function(self, frame_ids, pieces=None):
+        """A function of ``q`` -> the origins (m, base frame) of the links with these
+        :meth:`frame_ids`, specialised for a hot path (the shield's, at 120 and 300 Hz).
+
+        ``pieces``: the sizes of consecutive pieces of ``q`` (in ``joint_names``' order) the
+        function takes as separate arguments, e.g. ``(7, 16)`` for ``f(q_arm, q_hand)``; they are
+        copied into the model's q without a concatenation. NaN in q gives NaN positions.
+        """
+        pieces = tuple(pieces or (len(self.joint_names),))
+        if sum(pieces) != len(self.joint_names):
+            raise ValueError(f"pieces {pieces} do not add up to the {len(self.joint_names)} joints")
+        edges = np.cumsum((0,) + pieces)
+        slots = [self._pin_q[a:b] for a, b in zip(edges[:-1], edges[1:])]
+        fk, place = self._pin.forwardKinematics, self._pin.updateFramePlacement
+        m, d, lock, buf, ids = self.model, self._data, self._lock, self._q_buf, list(frame_ids)
+
+        def positions(*parts) -> list[np.ndarray]:
+            with lock:
+                for slot, part in zip(slots, parts):
+                    buf[slot] = part
+                fk(m, d, buf)
+                return [place(m, d, i).translation.copy() for i in ids]
+        return positions
+
+    def link_positions(self, q, links) -> dict[str, np.ndarray]:
+        """Origins (m, base frame) of the named links for ``q`` [n] (one forward pass)."""
+        return dict(zip(links, self.positions(q, self.frame_ids(links))))
 
     def jacobian(self, q, link: str, point=(0.0, 0.0, 0.0)) -> np.ndarray:
-        """Geometric Jacobian [6, n] of a point on ``link`` (in the link frame): rows vx vy vz wx wy wz."""
+        """Geometric Jacobian [6, n] of a point on ``link`` (in the link frame): rows vx vy vz wx wy wz,
+        in the base frame."""
+        fid = self._frame_id(link)
         q = self._check_q(q)
-        poses = self.forward(q)
-        T = poses[link]
-        p = T[:3, :3] @ np.asarray(point, float) + T[:3, 3]
-        J = np.zeros((6, len(self.joint_names)))
-        for j in self.chain(link):
-            if j.kind == "fixed":
-                continue
-            Tj = poses[j.parent] @ j.origin
-            z = Tj[:3, :3] @ j.axis
-            J[:3, self._index[j.name]] = np.cross(z, p - Tj[:3, 3])
-            J[3:, self._index[j.name]] = z
-        return J
+        pin = self._pin
+        with self._lock:
+            J = pin.computeFrameJacobian(self.model, self._data, q, fid, pin.LOCAL_WORLD_ALIGNED)
+            R = self._data.oMf[fid].rotation
+        r = R @ np.asarray(point, float)
+        if np.any(r):   # the point's velocity: v + w x r
+            J[:3] += np.cross(J[3:].T, r).T
+        return J[:, self._pin_q]

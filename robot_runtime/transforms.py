@@ -1,86 +1,47 @@
-"""Small rigid-transform helpers (numpy). Quaternions are (w, x, y, z); angles in rad."""
+"""Rigid-transform helpers on transforms3d (Euler angles, quaternions, axis-angle) and
+pinocchio (the rotation log and exp). Quaternions are (w, x, y, z); angles in rad."""
 from __future__ import annotations
 
 import numpy as np
+import pinocchio as pin
+from transforms3d import affines, axangles, euler, quaternions
 
 
 def rot_x(a: float) -> np.ndarray:
     """3x3 rotation about x by ``a`` rad."""
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    return axangles.axangle2mat((1.0, 0.0, 0.0), a, is_normalized=True)
 
 
 def rot_axis(axis, a: float) -> np.ndarray:
-    """3x3 rotation about the unit vector ``axis`` by ``a`` rad (Rodrigues)."""
-    k = np.asarray(axis, dtype=float)
-    k = k / np.linalg.norm(k)
-    K = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + np.sin(a) * K + (1.0 - np.cos(a)) * (K @ K)
+    """3x3 rotation about ``axis`` (normalised here) by ``a`` rad."""
+    return axangles.axangle2mat(axis, a)
 
 
 def rpy_to_mat(rpy) -> np.ndarray:
     """URDF roll-pitch-yaw (fixed axes x, y, z) to a 3x3 rotation: R = Rz(y) Ry(p) Rx(r)."""
     r, p, y = rpy
-    cr, sr, cp, sp, cy, sy = np.cos(r), np.sin(r), np.cos(p), np.sin(p), np.cos(y), np.sin(y)
-    return np.array([
-        [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-        [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-        [-sp, cp * sr, cp * cr],
-    ])
+    return euler.euler2mat(r, p, y, "sxyz")
 
 
 def mat_to_rpy(R) -> np.ndarray:
     """Inverse of :func:`rpy_to_mat` (pitch in [-pi/2, pi/2])."""
-    R = np.asarray(R)
-    p = np.arcsin(np.clip(-R[2, 0], -1.0, 1.0))
-    if abs(np.cos(p)) > 1e-9:
-        r = np.arctan2(R[2, 1], R[2, 2])
-        y = np.arctan2(R[1, 0], R[0, 0])
-    else:  # gimbal lock: put everything in yaw
-        r = 0.0
-        y = np.arctan2(-R[0, 1], R[1, 1])
-    return np.array([r, p, y])
+    return np.array(euler.mat2euler(np.asarray(R, float), "sxyz"))
 
 
 def quat_to_mat(q) -> np.ndarray:
-    """Unit quaternion (w, x, y, z) to a 3x3 rotation."""
-    w, x, y, z = np.asarray(q, dtype=float) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    """Quaternion (w, x, y, z; normalised here) to a 3x3 rotation."""
+    return quaternions.quat2mat(np.asarray(q, float))
 
 
 def mat_to_quat(R) -> np.ndarray:
     """3x3 rotation to a unit quaternion (w, x, y, z) with w >= 0."""
-    R = np.asarray(R, dtype=float)
-    t = np.trace(R)
-    if t > 0:
-        s = np.sqrt(t + 1.0) * 2
-        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
-    else:
-        i = int(np.argmax(np.diag(R)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = np.sqrt(1.0 + R[i, i] - R[j, j] - R[k, k]) * 2
-        q = [0.0] * 4
-        q[0] = (R[k, j] - R[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (R[j, i] + R[i, j]) / s
-        q[1 + k] = (R[k, i] + R[i, k]) / s
-    q = np.array(q)
-    q /= np.linalg.norm(q)
+    q = quaternions.mat2quat(np.asarray(R, float))
     return -q if q[0] < 0 else q
 
 
 def make_T(R=None, p=None) -> np.ndarray:
-    """4x4 homogeneous transform from a rotation and a translation."""
-    T = np.eye(4)
-    if R is not None:
-        T[:3, :3] = R
-    if p is not None:
-        T[:3, 3] = p
-    return T
+    """4x4 homogeneous transform from a rotation [3, 3] and a translation [3] (m)."""
+    return affines.compose(np.zeros(3) if p is None else p, np.eye(3) if R is None else R, np.ones(3))
 
 
 def look_at_axes(position, target, up=(0.0, 0.0, 1.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,20 +68,9 @@ def optical_pose_look_at(position, target) -> np.ndarray:
 
 def rot_log(R) -> np.ndarray:
     """Rotation vector (axis * angle, rad) of the rotation matrix ``R`` [3, 3]."""
-    R = np.asarray(R, dtype=float)
-    angle = np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))
-    if angle < 1e-9:
-        return np.zeros(3)
-    axis = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
-    n = np.linalg.norm(axis)
-    if n < 1e-9:  # angle near pi: pick the largest diagonal axis
-        axis = np.sqrt(np.maximum((np.diag(R) + 1) / 2, 0))
-        n = np.linalg.norm(axis)
-    return axis / n * angle
+    return pin.log3(np.asarray(R, dtype=float))
 
 
 def rot_exp(v) -> np.ndarray:
     """Rotation matrix of the rotation vector ``v`` [3] (rad)."""
-    v = np.asarray(v, dtype=float)
-    a = float(np.linalg.norm(v))
-    return np.eye(3) if a < 1e-12 else rot_axis(v / a, a)
+    return pin.exp3(np.asarray(v, dtype=float))

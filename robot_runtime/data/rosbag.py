@@ -218,8 +218,9 @@ def _tf_camera_pose(msg) -> np.ndarray | None:
     return None
 
 
-def episode_from_bag(bag, task: str, out_dir, cfg, success: bool | None = True, start_s: float | None = None,
-                     end_s: float | None = None, operator_note: str = "", progress: bool = True) -> BagImport:
+def episode_from_bag(bag, task: str, out_dir, cfg, schema, calibration: dict, success: bool | None = True,
+                     start_s: float | None = None, end_s: float | None = None, operator_note: str = "",
+                     progress: bool = True) -> BagImport:
     """Turn a rosbag2 recording of the graph's topics into one episode file in ``out_dir``.
 
     Args:
@@ -227,8 +228,11 @@ def episode_from_bag(bag, task: str, out_dir, cfg, success: bool | None = True, 
         task: the episode's task.
         out_dir: the episode folder.
         cfg: the runtime config the graph ran with (topics, rates, freshness limits,
-            ``policy.tick_lock``, the checkpoint whose preprocessing the steps get, the
-            calibration when the bag carries none on ``/tf_static``).
+            ``policy.tick_lock``).
+        schema: the policy's :class:`~policies.schema.PolicySchema` (its preprocessing and
+            proprioception order), as ``recorder_node`` resolves it from the config.
+        calibration: the config's calibration metadata (``T_base_camera``, source), used when
+            the bag carries no base-to-camera transform on ``/tf_static``.
         success: the episode's success flag.
         start_s, end_s: the part of the bag to use, in seconds from its first message.
 
@@ -237,12 +241,10 @@ def episode_from_bag(bag, task: str, out_dir, cfg, success: bool | None = True, 
     """
     from rosbags.highlevel import AnyReader  # noqa: PLC0415
 
-    from calibration.extrinsics import calibration_metadata  # noqa: PLC0415
     from robot_runtime import ros_io  # noqa: PLC0415
     from robot_runtime.config import config_to_dict  # noqa: PLC0415
     from robot_runtime.control.loop import FrameLockedInstants  # noqa: PLC0415
     from robot_runtime.data.recorder import EpisodeRecorder, GridAligner  # noqa: PLC0415
-    from robot_runtime.nodes.recorder_node import policy_schema  # noqa: PLC0415
     from robot_runtime.perception.preprocess import VisualPreprocessor  # noqa: PLC0415
 
     bag = Path(bag)
@@ -264,8 +266,6 @@ def episode_from_bag(bag, task: str, out_dir, cfg, success: bool | None = True, 
         if missing:
             raise RecordingError(f"{bag}: the recorder needs topics the bag lacks: {', '.join(missing)} "
                                  f"(it has {', '.join(sorted(have)) or 'none'})")
-        schema = policy_schema(cfg)
-        calibration = calibration_metadata(cfg)
         calibration_from = f"the config ({calibration.get('file') or calibration.get('source')})"
         t0_ns, t1_ns = reader.start_time, reader.end_time
         lo = t0_ns + int((start_s or 0.0) * 1e9)

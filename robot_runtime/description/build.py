@@ -201,7 +201,7 @@ def robot_tree(mount_xyz=D.DEFAULT_MOUNT_XYZ, mount_rpy=D.DEFAULT_MOUNT_RPY) -> 
 
 
 def _f(x) -> str:
-    return " ".join(f"{float(v):.9g}" for v in np.ravel(x))
+    return " ".join(f"{float(v) + 0.0:.9g}" for v in np.ravel(x))   # + 0.0: no "-0"
 
 
 # ------------------------------------------------------------------------------------ URDF

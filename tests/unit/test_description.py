@@ -60,14 +60,23 @@ def test_mount_is_configuration():
 
 
 def test_jacobian_matches_finite_differences(urdf):
+    """Linear rows of a point on the link (offset in the link frame) and angular rows, against
+    central differences, for arm and hand joints (the hand's columns in the robot's order,
+    not pinocchio's tree order)."""
+    from robot_runtime.transforms import rot_log
+
     q = np.array(D.ARM_HOME + D.HAND_HOME)
-    J = urdf.jacobian(q, "index_tip")
-    eps = 1e-6
-    for i in (0, 3, 6, 8):
-        dq = np.zeros(23)
-        dq[i] = eps
-        num = (urdf.link_pose(q + dq, "index_tip")[:3, 3] - urdf.link_pose(q - dq, "index_tip")[:3, 3]) / (2 * eps)
-        np.testing.assert_allclose(J[:3, i], num, atol=1e-6)
+    point = np.array([0.01, -0.02, 0.015])
+    for link in ("index_tip", "thumb_tip", "ring_tip"):
+        J = urdf.jacobian(q, link, point)
+        eps = 1e-6
+        for i in (0, 3, 6, 8, 12, 15, 19, 22):
+            dq = np.zeros(23)
+            dq[i] = eps
+            Tp, Tm = urdf.link_pose(q + dq, link), urdf.link_pose(q - dq, link)
+            num = ((Tp[:3, :3] @ point + Tp[:3, 3]) - (Tm[:3, :3] @ point + Tm[:3, 3])) / (2 * eps)
+            np.testing.assert_allclose(J[:3, i], num, atol=1e-6, err_msg=f"{link} joint {D.ALL_JOINTS[i]}")
+            np.testing.assert_allclose(J[3:, i], rot_log(Tp[:3, :3] @ Tm[:3, :3].T) / (2 * eps), atol=1e-6)
 
 
 def test_ik_reaches_a_reachable_pose_within_limits(urdf):
@@ -83,7 +92,7 @@ def test_ik_reaches_a_reachable_pose_within_limits(urdf):
 def test_bad_urdf_is_named(tmp_path):
     p = tmp_path / "bad.urdf"
     p.write_text("<robot><link")
-    with pytest.raises(DescriptionError, match="bad.urdf: not valid XML"):
+    with pytest.raises(DescriptionError, match="bad.urdf: not a valid URDF"):
         UrdfModel.from_file(p)
     with pytest.raises(DescriptionError, match="not found"):
         UrdfModel.from_file(tmp_path / "absent.urdf")

@@ -89,6 +89,13 @@ def _write_bag(path, streams, cfg, storage=StoragePlugin.MCAP, skip=()):
     return path
 
 
+def _from_bag(bag, task, out, cfg):
+    """episode_from_bag with the schema and calibration resolved as recorder_node does."""
+    from calibration.extrinsics import calibration_metadata
+
+    return rosbag.episode_from_bag(bag, task, out, cfg, policy_schema(cfg), calibration_metadata(cfg), progress=False)
+
+
 def _newest(samples, t):
     stamps = np.array([s[0] for s in samples])
     i = int(np.searchsorted(stamps, t, side="right")) - 1
@@ -103,7 +110,7 @@ def test_a_bag_written_by_rosbags_becomes_the_recorders_episode(tmp_path, storag
     cfg = RuntimeConfig()
     streams = _streams()
     bag = _write_bag(tmp_path / "bag", streams, cfg, storage)
-    res = rosbag.episode_from_bag(bag, "grasp_lift", tmp_path / "eps", cfg, progress=False)
+    res = _from_bag(bag, "grasp_lift", tmp_path / "eps", cfg)
     ep = load_episode(res.path)
     n = len(ep)
     assert res.steps == n >= 36 and sum(res.dropped.values()) == 0, res.summary()
@@ -136,7 +143,7 @@ def test_a_bag_without_a_topic_the_recorder_needs_names_it(tmp_path):
     cfg = RuntimeConfig()
     bag = _write_bag(tmp_path / "bag", _streams(0.5), cfg, skip=("hand_command",))
     with pytest.raises(RecordingError, match=f"lacks: {COMMAND_TOPICS['hand']}"):
-        rosbag.episode_from_bag(bag, "grasp_lift", tmp_path / "eps", cfg, progress=False)
+        _from_bag(bag, "grasp_lift", tmp_path / "eps", cfg)
     assert not list((tmp_path / "eps").glob("*")) if (tmp_path / "eps").exists() else True
 
 
@@ -145,7 +152,7 @@ def test_a_stalled_stream_in_the_bag_drops_its_steps_by_name_and_keeps_the_rest(
     (counted, as the live recorder counts them), the others are kept."""
     cfg = RuntimeConfig()
     bag = _write_bag(tmp_path / "bag", _streams(2.0, hand_gap=(0.8, 1.2)), cfg)
-    res = rosbag.episode_from_bag(bag, "grasp_lift", tmp_path / "eps", cfg, progress=False)
+    res = _from_bag(bag, "grasp_lift", tmp_path / "eps", cfg)
     assert res.dropped["stale_joint_state"] >= 5, res.summary()
     assert res.steps + sum(res.dropped.values()) >= 36
     assert "stale_joint_state" in res.summary()
@@ -153,8 +160,7 @@ def test_a_stalled_stream_in_the_bag_drops_its_steps_by_name_and_keeps_the_rest(
 
 def test_an_episode_exported_as_mcap_reads_back_by_rosbags_with_every_message_and_stamp(tmp_path):
     cfg = replace(RuntimeConfig())
-    res = rosbag.episode_from_bag(_write_bag(tmp_path / "bag", _streams(1.0), cfg), "grasp_drop", tmp_path / "eps",
-                                  cfg, progress=False)
+    res = _from_bag(_write_bag(tmp_path / "bag", _streams(1.0), cfg), "grasp_drop", tmp_path / "eps", cfg)
     ep = load_episode(res.path)
     out = rosbag.export_bag(res.path, tmp_path / "export")
     assert (out / "metadata.yaml").exists() and list(out.glob("*.mcap"))

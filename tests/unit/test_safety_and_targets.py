@@ -154,19 +154,26 @@ def test_brake_decelerates_at_the_limit_and_never_reverses():
     assert qs[-1][2] == 0.0
 
 
-def test_shield_points_by_pinocchio_match_the_urdf_tree_walk():
-    """The shield's flange and fingertips (pinocchio) are where the plain URDF tree walk puts them."""
-    points, tree = RobotPoints(), UrdfModel.from_file(D.description_path(D.URDF_NAME))
+def test_shield_points_are_where_the_twin_puts_the_flange_and_fingertips():
+    """The shield's flange and fingertips (pinocchio on the URDF, arm and hand passed as pieces)
+    are where MuJoCo's kinematics of the twin's MJCF put them."""
+    import mujoco
+
+    m = mujoco.MjModel.from_xml_path(str(D.description_path(D.MJCF_NAME)))
+    d = mujoco.MjData(m)
+    points = RobotPoints()
     rng = np.random.default_rng(0)
     lim = np.asarray(D.ALL_LIMITS)
     for _ in range(20):
         q = rng.uniform(lim[:, 0], lim[:, 1])
-        T = tree.forward(q)
+        d.qpos[:] = q
+        mujoco.mj_kinematics(m, d)
         got = points.for_arm(q[:7], q[7:])
         assert set(got) == {"flange", *D.FINGERTIP_FRAMES}
         for name, p in got.items():
-            assert np.allclose(p, T[D.FLANGE_FRAME if name == "flange" else name][:3, 3], atol=1e-9), name
-        assert set(points.for_hand(q[7:], q[:7])) == set(D.FINGERTIP_FRAMES)
+            assert np.linalg.norm(p - d.site(D.FLANGE_FRAME if name == "flange" else name).xpos) < 1e-3, name
+        hand = points.for_hand(q[7:], q[:7])
+        assert set(hand) == set(D.FINGERTIP_FRAMES) and all(np.array_equal(hand[k], got[k]) for k in hand)
 
 
 def test_workspace_refuses_steps_below_the_table():
