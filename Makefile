@@ -49,6 +49,7 @@ bench: venv
 	$(PIP) install -q -e ".[bench]"
 	$(PY) -m bench.twin
 	$(PY) -m bench.control
+	$(PY) -m bench.kinematics
 	$(PY) -m bench.policy
 	$(PY) -m bench.teleop
 	$(PY) -m bench.faults

@@ -13,9 +13,9 @@ from robot_runtime.control.loop import LatencySummary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-#: where each optional module comes from: an extra of this package, or (None) the Makefile's venv
-#: step (the ROS 2 wheels) or a sourced ROS 2
-INSTALLED_BY = {"transformers": "bench", "onnxruntime": "policy", "torch": "policy", "mujoco": "twin",
+#: where each module a benchmark needs comes from: an extra of this package ("": the package
+#: itself), or (None) the Makefile's venv step (the ROS 2 wheels) or a sourced ROS 2
+INSTALLED_BY = {"pinocchio": "", "transformers": "bench", "onnxruntime": "policy", "torch": "policy", "mujoco": "twin",
                 "xarm": "xarm", "dex_retargeting": "teleop", "rerun": "viz", "rclpy": None}
 
 
@@ -28,10 +28,12 @@ def require(bench: str, *modules: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if not missing:
         return
-    extras = sorted({INSTALLED_BY.get(m) for m in missing} - {None})
+    extras = sorted({INSTALLED_BY.get(m) for m in missing} - {None, ""})
     how = []
     if extras:
         how.append(f".venv/bin/pip install -e '.[{','.join(extras)}]' (or: make bench)")
+    elif any(INSTALLED_BY.get(m) == "" for m in missing):
+        how.append(".venv/bin/pip install -e . (or: make venv)")
     if any(INSTALLED_BY.get(m, "") is None for m in missing):
         how.append("make venv (the ROS 2 wheels) or source a ROS 2 install")
     raise SystemExit(f"{bench} needs {', '.join(missing)}, which this Python ({sys.executable}) lacks: "

@@ -166,6 +166,6 @@ class UrdfModel:
             J = pin.computeFrameJacobian(self.model, self._data, q, fid, pin.LOCAL_WORLD_ALIGNED)
             R = self._data.oMf[fid].rotation
         r = R @ np.asarray(point, float)
-        if np.any(r):   # the point's velocity: v + w x r
-            J[:3] += np.cross(J[3:].T, r).T
+        if np.any(r):   # the point's velocity: v + w x r = v - [r]x w
+            J[:3] -= np.array([[0.0, -r[2], r[1]], [r[2], 0.0, -r[0]], [-r[1], r[0], 0.0]]) @ J[3:]
         return J[:, self._pin_q]

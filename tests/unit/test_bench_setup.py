@@ -22,7 +22,7 @@ def test_a_benchmark_missing_a_module_names_it_and_the_install_line_and_exits():
     assert "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("bench", ["twin", "control", "teleop", "faults", "xarm", "fewshot"])
+@pytest.mark.parametrize("bench", ["twin", "control", "kinematics", "teleop", "faults", "xarm", "fewshot"])
 def test_every_other_benchmark_has_what_it_needs_in_the_test_venv(bench, monkeypatch):
     """Each benchmark's own check passes in this venv (``make test``'s), so only bench.policy's
     reference needs an extra; the check runs before the benchmark's work."""
