@@ -175,22 +175,35 @@ class WindowSampler:
 
     def batch(self, rng: np.random.Generator, size: int, run: int = 8
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``size`` windows, as runs of ``run`` consecutive windows of one episode (1: independent
-        windows; longer runs share frames, so each distinct frame is encoded once per batch).
+        """``size`` windows (:meth:`draw`), gathered (:meth:`gather`)."""
+        return self.gather(self.draw(rng, size, run))
 
-        Returns (proprio [B, T, 23], frames [U, ...] the distinct visual inputs (or embeddings),
-        frame_index [B, T] into ``frames``, targets [B, T, 23 x chunk]).
-        """
-        ps, acts, keys = [], [], []
-        while len(ps) < size:
+    def draw(self, rng: np.random.Generator, size: int, run: int = 8) -> list[tuple[int, int]]:
+        """``size`` windows as (episode, last step), as runs of ``run`` consecutive windows of one
+        episode (1: independent windows; longer runs share frames, so each distinct frame is
+        encoded once per batch). The same generator state draws the same windows on every rank."""
+        out: list[tuple[int, int]] = []
+        while len(out) < size:
             ep, t_end = self.where[rng.integers(len(self.where))]
             for t in range(max(0, int(t_end) - run + 1), int(t_end) + 1):
-                if len(ps) == size:
+                if len(out) == size:
                     break
-                w = window_indices(t, self.T)
-                ps.append(self.q[ep][w])
-                acts.append(self.a[ep][w])
-                keys.append([(int(ep), int(i)) for i in w])
+                out.append((int(ep), t))
+        return out
+
+    def gather(self, windows: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The arrays of these windows: (proprio [B, T, 23], frames [U, ...] the distinct visual
+        inputs (or embeddings), frame_index [B, T] into ``frames``, targets [B, T, 23 x chunk])."""
+        if not windows:
+            v, q, a = self.v[0], self.q[0], self.a[0]
+            return (torch.zeros((0, self.T, q.shape[1])), torch.zeros((0, *v.shape[1:])),
+                    torch.zeros((0, self.T), dtype=torch.long), torch.zeros((0, self.T, a.shape[1])))
+        ps, acts, keys = [], [], []
+        for ep, t in windows:
+            w = window_indices(t, self.T)
+            ps.append(self.q[ep][w])
+            acts.append(self.a[ep][w])
+            keys.append([(ep, int(i)) for i in w])
         uniq = sorted({k for row in keys for k in row})
         pos = {k: i for i, k in enumerate(uniq)}
         frames = np.stack([self.v[ep][i] for ep, i in uniq])
@@ -221,9 +234,15 @@ def bc_loss(model: HopPolicy, proprio, frames, index, actions, embedded: bool = 
 
 
 def bc_step(model: HopPolicy, opt: torch.optim.Optimizer, sampler: WindowSampler, rng: np.random.Generator,
-            cfg: TrainConfig, device: torch.device | str = "cpu", step: int | None = None) -> float:
+            cfg: TrainConfig, device: torch.device | str = "cpu", step: int | None = None, world=None,
+            ddp=None) -> float:
     """One optimizer step on a fresh batch (proprio noise, L1, gradient clip); returns the loss.
     ``step`` (0-based) sets the learning rate by ``cfg``'s schedule.
+
+    ``world`` and ``ddp`` (:mod:`policies.distributed`): with several processes every rank draws
+    the same global batch and noise, computes the windows of the episodes it owns through ``ddp``
+    (a DDP-wrapped :class:`~policies.distributed.BatchLoss`) and gets the whole batch's gradient
+    and loss, as one process would.
 
     Raises:
         PolicyError: the loss is not finite (the step is not applied).
@@ -231,19 +250,32 @@ def bc_step(model: HopPolicy, opt: torch.optim.Optimizer, sampler: WindowSampler
     if step is not None:
         for g in opt.param_groups:
             g["lr"] = cfg.lr_at(step)
-    proprio, frames, index, actions = (x.to(device) for x in sampler.batch(rng, cfg.batch, cfg.run))
-    if sampler.noise is not None:
-        proprio = proprio + torch.from_numpy(sampler.noise).to(device) * torch.randn_like(proprio)
-    elif cfg.proprio_noise > 0:
-        proprio = proprio + cfg.proprio_noise * torch.randn_like(proprio)
-    loss = bc_loss(model, proprio, frames, index, actions, sampler.embedded, cfg.loss, cfg.loss_on)
-    if not torch.isfinite(loss):
-        raise PolicyError(f"training loss became {loss.item()}")
+    windows = sampler.draw(rng, cfg.batch, cfg.run)
+    q_dim = sampler.q[0].shape[1]
+    noise = rng.standard_normal((len(windows), sampler.T, q_dim)).astype(np.float32)   # the global batch's
+    distributed = world is not None and world.distributed
+    mine = [i for i, (ep, _) in enumerate(windows) if world.owns(ep)] if distributed else list(range(len(windows)))
+    proprio, frames, index, actions = (x.to(device) for x in sampler.gather([windows[i] for i in mine]))
+    scale = sampler.noise if sampler.noise is not None else np.float32(cfg.proprio_noise)
+    proprio = proprio + torch.from_numpy(noise[mine] * scale).to(device)
+
+    def loss_of(m, p, f, i, a):
+        return bc_loss(m, p, f, i, a, sampler.embedded, cfg.loss, cfg.loss_on)
+
+    if distributed:
+        share = len(mine) / len(windows)
+        loss = ddp(proprio, frames, index, actions, world.size * share)
+        value = world.sum(loss.item() / world.size, device)
+    else:
+        loss = loss_of(model, proprio, frames, index, actions)
+        value = loss.item()
+    if not np.isfinite(value):
+        raise PolicyError(f"training loss became {value}")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
-    return loss.item()
+    return value
 
 
 class WeightAverage:

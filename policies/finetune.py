@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from policies.action import ActionSpec
-from policies.bc import (Episode, TrainConfig, WeightAverage, WindowSampler, bc_step, mirror_episode,
+from policies.bc import (Episode, TrainConfig, WeightAverage, WindowSampler, bc_loss, bc_step, mirror_episode,
                         open_loop_error, validation_loss)
 from policies.checkpoint import META_FILE, _sha256, load_checkpoint, save_checkpoint
 from policies.errors import PolicyError
@@ -357,7 +357,9 @@ class FinetuneJob:
 
     def _setup_process(self, device: torch.device) -> str:
         if device.type == "cpu":
-            n = self.cfg.threads or max(1, (os.cpu_count() or 2) - 1)
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))   # processes on this machine (torchrun)
+            cores = os.cpu_count() or 2
+            n = self.cfg.threads or (max(1, cores - 1) if local == 1 else max(1, cores // local))
             torch.set_num_threads(n)
             if self.cfg.nice:
                 try:
@@ -369,8 +371,12 @@ class FinetuneJob:
 
     def run(self, progress: Callable[[dict], None] | None = None, bar: bool = True) -> FinetuneResult:
         """Train to ``cfg.steps``; ``progress`` gets a dict every 10 steps and at every save."""
+        from policies.distributed import BatchLoss, DistributedError, World  # noqa: PLC0415
+
         cfg = self.cfg
         device = pick_device(cfg.device)
+        self.world = world = World.from_env(device)
+        device = world.device(device)
         where = self._setup_process(device)
         torch.manual_seed(cfg.seed)
         model = self.base.build_model() if self.base is not None else HopPolicy(self.arch)
@@ -392,7 +398,6 @@ class FinetuneJob:
         rng = np.random.default_rng(cfg.seed)
         start, losses, vals = 0, [], []
         best = {"step": 0, "error": float("inf"), "state": None, "history": []}
-        self.out.mkdir(parents=True, exist_ok=True)
         state_file = self.out / STATE_FILE
         if self.resume:
             if not state_file.is_file():
@@ -417,21 +422,33 @@ class FinetuneJob:
         elif (self.out / META_FILE).exists() or state_file.exists():
             raise FinetuneError(f"{self.out} already holds a checkpoint or a job; pass --resume to continue it "
                                 f"or choose another output folder")
+        world.barrier()   # every rank has checked the folder before rank 0 writes into it
+        if world.main:
+            self.out.mkdir(parents=True, exist_ok=True)
         train = WindowSampler(self.train_eps + self.mirrored_eps + self.moved_eps, self.schema, D.ALL_JOINTS, embed)
         val = WindowSampler(self.val_eps, self.schema, D.ALL_JOINTS, embed) if self.val_eps else None
         if start >= cfg.steps:
             raise FinetuneError(f"{state_file}: already trained {start} of {cfg.steps} steps; raise --steps to go on")
         tc = cfg.train_config()
+        ddp = None
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
+
+            def loss_fn(m, p, f, i, a):
+                return bc_loss(m, p, f, i, a, train.embedded, tc.loss, tc.loss_on)
+            # find_unused_parameters: some weights feed no loss (the heads of other representations)
+            ddp = DistributedDataParallel(BatchLoss(model, loss_fn), find_unused_parameters=True,
+                                          device_ids=[device.index] if device.type == "cuda" else None)
         t0 = time.monotonic()
         pbar = None
-        if bar:
+        if bar and world.main:
             from tqdm import tqdm  # noqa: PLC0415
             pbar = tqdm(total=cfg.steps, initial=start, desc="finetune", unit="step")
         self._ema = ema
         try:
             model.train()
             for step in range(start, cfg.steps):
-                losses.append(bc_step(model, opt, train, rng, tc, device, step=step))
+                losses.append(bc_step(model, opt, train, rng, tc, device, step=step, world=world, ddp=ddp))
                 if ema is not None:
                     ema.update(model)
                 done = step + 1
@@ -441,6 +458,8 @@ class FinetuneJob:
                     pbar.set_postfix(loss=f"{losses[-1]:.4f}", val=f"{vals[-1][1]:.4f}" if vals else "-",
                                      err=f"{best['error']:.4f}" if best["state"] is not None else "-")
                 saving = done % cfg.save_every == 0 or done == cfg.steps
+                if not world.main:   # rank 0 alone judges, reports and writes
+                    continue
                 if saving and val is not None:
                     vals.append((done, validation_loss(judged, val, device, loss=cfg.loss, loss_on=cfg.loss_on)))
                 if self.val_eps and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
@@ -455,6 +474,13 @@ class FinetuneJob:
                               "val_loss": vals[-1][1] if vals else None, "eta_s": (cfg.steps - done) / rate})
                 if saving and done < cfg.steps:
                     self._save_interval(model, opt, rng, done, losses, vals, where, best)
+        except RuntimeError as exc:
+            if not world.distributed or isinstance(exc, PolicyError):
+                raise
+            world.close()
+            raise DistributedError(f"rank {world.rank} of {world.size}: training stopped at step {len(losses)}: the "
+                                   f"process group failed (a rank died or hung?): {str(exc).splitlines()[0][:300]}; "
+                                   f"the last saved train state is in {self.out}: rerun with --resume") from exc
         finally:
             if pbar is not None:
                 pbar.close()
@@ -465,7 +491,11 @@ class FinetuneJob:
         else:
             kept = ema.model if ema is not None else model
         seconds = time.monotonic() - t0
-        final = self._save_final(model, kept, opt, rng, cfg.steps, losses, vals, where, seconds, best)
+        final = self.out
+        if world.main:
+            final = self._save_final(model, kept, opt, rng, cfg.steps, losses, vals, where, seconds, best)
+        world.barrier()   # the others end once the checkpoint is written
+        world.close()
         return FinetuneResult(final, cfg.steps, float(np.mean(losses[-20:])), vals[-1][1] if vals else None, seconds,
                               self.episodes)
 
@@ -479,6 +509,7 @@ class FinetuneJob:
                 "train_loss": float(np.mean(losses[-20:])) if losses else None,
                 "val_loss": vals[-1][1] if vals else None, "val_history": [[s, round(v, 6)] for s, v in vals],
                 "device": where, "train_s": None if seconds is None else round(seconds, 1),
+                "world": self.world.describe() if getattr(self, "world", None) else {"world_size": 1},
                 "selected": None if not best or best.get("state") is None else
                 {"step": best["step"], "open_loop_error_rad": round(best["error"], 6),
                  "by": "mean |target error| (rad) over every joint and chunk row on the validation demos"},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -237,20 +238,27 @@ def _cmd_finetune(args) -> int:
                          save_every=args.save_every, seed=args.seed, device=args.device, threads=args.threads,
                          nice=args.nice, representation=args.representation, freeze_encoder=args.freeze_encoder,
                          mirror=args.mirror, move_others=args.move_others, turn_carry=args.turn_carry, **extra)
-    base = None if args.scratch else \
+    pretrain = args.cmd == "pretrain"
+    base = None if (pretrain or args.scratch) else \
         (args.base or str(load_config(Path(args.config or default_config("sim.yaml"))).policy.checkpoint))
     job = FinetuneJob(args.episodes, args.out, base, cfg, resume=args.resume)
-    for w in job.audit.warnings():
-        print(f"demo audit: warning: {w}", flush=True)
-    n_train = sum(e.split == "train" for e in job.episodes)
-    print(f"finetuning {'from scratch' if base is None else 'from ' + job.base.name} on {n_train} training and "
-          f"{len(job.episodes) - n_train} validation episodes"
-          + (f" ({len(job.skipped)} skipped: unsuccessful or partial)" if job.skipped else ""), flush=True)
+    main = int(os.environ.get("RANK", "0")) == 0   # under torchrun, rank 0 alone reports
+    if main:
+        for w in job.audit.warnings():
+            print(f"demo audit: warning: {w}", flush=True)
+        n_train = sum(e.split == "train" for e in job.episodes)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        print(f"{'pretraining' if pretrain else 'finetuning'} {'from scratch' if base is None else 'from ' + job.base.name} "
+              f"on {n_train} training and {len(job.episodes) - n_train} validation episodes"
+              + (f" ({len(job.skipped)} skipped: unsuccessful or partial)" if job.skipped else "")
+              + (f", {world} processes, global batch {cfg.batch}" if world > 1 else ""), flush=True)
     def progress(d: dict) -> None:
         print("PROGRESS " + json.dumps(d), flush=True)
     res = job.run(progress if args.progress_json else None, bar=not args.progress_json)
+    if not main:
+        return 0
     print(f"wrote {res.checkpoint}: {provenance_summary(res.checkpoint)}", flush=True)
-    if args.promote:
+    if getattr(args, "promote", False):
         ok, message = promote_checkpoint(res.checkpoint, args.timeout)
         print(f"promote: policy_node {message}", flush=True)
         return 0 if ok else 1
@@ -521,6 +529,58 @@ def _spin_once(node, context) -> None:
     ex.spin_once(timeout_sec=0.05)
 
 
+def _train_parser(sub, name: str) -> None:
+    """``finetune`` (from a base checkpoint, or --scratch) and ``pretrain`` (from scratch, on
+    interaction data: the prior); both run unchanged under torchrun."""
+    if name == "finetune":
+        p = sub.add_parser("finetune", help="behaviour cloning on recorded episodes (HOP recipe); --promote hot-swaps "
+                                            "it; runs under torchrun on many processes")
+    else:
+        p = sub.add_parser("pretrain", help="pretrain a prior from scratch on interaction episodes (then finetune "
+                                            "--base it); runs under torchrun on many processes and machines")
+    p.add_argument("episodes", nargs="+", help="episode folders or files (unsuccessful and partial ones are skipped)")
+    p.add_argument("--out", required=True, help="output checkpoint folder (interval checkpoints and state inside)")
+    if name == "finetune":
+        p.add_argument("--base", help="checkpoint to start from (default: the config's policy.checkpoint)")
+    if name == "finetune":
+        p.add_argument("--scratch", action="store_true", help="start from random weights instead")
+    if name == "finetune":
+        p.add_argument("--config", help="runtime config (for the default base; default: config/sim.yaml)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 3e-4 chunked, 1e-4 HOP)")
+    p.add_argument("--representation", default="chunked", choices=["chunked", "hop"],
+                   help="from scratch: chunks of arm-relative, hand-absolute targets, normalised by the demos' "
+                        "statistics (chunked), or HOP's one absolute target (hop); a base keeps its own")
+    p.add_argument("--chunk", type=int, help="from scratch, chunked: targets predicted per tick (default 10)")
+    p.add_argument("--freeze-encoder", action="store_true", help="keep the base's visual encoder fixed (faster)")
+    p.add_argument("--mirror", action="store_true", help="also train on each demo mirrored across the base's x-z "
+                                                        "plane (point clouds; demos from a mirror-symmetric start)")
+    p.add_argument("--move-others", type=int, default=0, metavar="N",
+                   help="also train on N copies of each demo's approach with the objects it does not take moved "
+                        "within the area the demos' other objects span (point clouds; teaches which object "
+                        "to reach for)")
+    p.add_argument("--turn-carry", type=int, default=0, metavar="N",
+                   help="also train on N copies of each demo from its grasp on with the cell turned about "
+                        "joint 1's axis by up to 0.4 rad (point clouds; more carries between places)")
+    p.add_argument("--eval-every", type=int, help="steps between open-loop checks on the held-out demos; the best "
+                                                  "weights are kept (default 250)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="share of episodes held out for validation "
+                                                                   "(at least one; the default: 1 of 15)")
+    p.add_argument("--save-every", type=int, default=500, help="steps between interval checkpoints")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one fewer than the machine has)")
+    p.add_argument("--nice", type=int, default=10, help="lower this process's priority by this much")
+    p.add_argument("--resume", action="store_true", help="continue the job saved in --out")
+    if name == "finetune":
+        p.add_argument("--promote", action="store_true", help="hot-swap the result into the running policy_node")
+    p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines instead of a bar")
+    if name == "finetune":
+        p.add_argument("--timeout", type=float, default=60.0, help="promote: seconds to wait for policy_node")
+    p.set_defaults(func=_cmd_finetune)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="robot-runtime", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -575,43 +635,8 @@ def main(argv=None) -> int:
     p.add_argument("--fail", action="store_true", help="stop: save the episode flagged as a failure")
     p.add_argument("--timeout", type=float, default=10.0)
     p.set_defaults(func=_cmd_record)
-    p = sub.add_parser("finetune", help="behaviour cloning on recorded episodes (HOP recipe); --promote hot-swaps it")
-    p.add_argument("episodes", nargs="+", help="episode folders or files (unsuccessful and partial ones are skipped)")
-    p.add_argument("--out", required=True, help="output checkpoint folder (interval checkpoints and state inside)")
-    p.add_argument("--base", help="checkpoint to start from (default: the config's policy.checkpoint)")
-    p.add_argument("--scratch", action="store_true", help="start from random weights instead")
-    p.add_argument("--config", help="runtime config (for the default base; default: config/sim.yaml)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, help="peak learning rate (default: 3e-4 chunked, 1e-4 HOP)")
-    p.add_argument("--representation", default="chunked", choices=["chunked", "hop"],
-                   help="from scratch: chunks of arm-relative, hand-absolute targets, normalised by the demos' "
-                        "statistics (chunked), or HOP's one absolute target (hop); a base keeps its own")
-    p.add_argument("--chunk", type=int, help="from scratch, chunked: targets predicted per tick (default 10)")
-    p.add_argument("--freeze-encoder", action="store_true", help="keep the base's visual encoder fixed (faster)")
-    p.add_argument("--mirror", action="store_true", help="also train on each demo mirrored across the base's x-z "
-                                                        "plane (point clouds; demos from a mirror-symmetric start)")
-    p.add_argument("--move-others", type=int, default=0, metavar="N",
-                   help="also train on N copies of each demo's approach with the objects it does not take moved "
-                        "within the area the demos' other objects span (point clouds; teaches which object "
-                        "to reach for)")
-    p.add_argument("--turn-carry", type=int, default=0, metavar="N",
-                   help="also train on N copies of each demo from its grasp on with the cell turned about "
-                        "joint 1's axis by up to 0.4 rad (point clouds; more carries between places)")
-    p.add_argument("--eval-every", type=int, help="steps between open-loop checks on the held-out demos; the best "
-                                                  "weights are kept (default 250)")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="share of episodes held out for validation "
-                                                                   "(at least one; the default: 1 of 15)")
-    p.add_argument("--save-every", type=int, default=500, help="steps between interval checkpoints")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one fewer than the machine has)")
-    p.add_argument("--nice", type=int, default=10, help="lower this process's priority by this much")
-    p.add_argument("--resume", action="store_true", help="continue the job saved in --out")
-    p.add_argument("--promote", action="store_true", help="hot-swap the result into the running policy_node")
-    p.add_argument("--progress-json", action="store_true", help="print progress as JSON lines instead of a bar")
-    p.add_argument("--timeout", type=float, default=60.0, help="promote: seconds to wait for policy_node")
-    p.set_defaults(func=_cmd_finetune)
+    for name in ("finetune", "pretrain"):
+        _train_parser(sub, name)
     p = sub.add_parser("eval", help="rollouts of a checkpoint on the twin: success rate with a 95%% interval")
     p.add_argument("checkpoint")
     p.add_argument("--task", default="grasp_lift", choices=["grasp_drop", "grasp_pour", "grasp_lift"])
