@@ -162,9 +162,18 @@ class WindowSampler:
             else:
                 rows = spec.rows(q, a, np.arange(len(q)))
                 self.a.append(spec.action_out(rows).reshape(len(q), -1))
-        self.v = [np.asarray(e.visual, np.float32) for e in episodes]
+        from robot_runtime.data.episode_store import LazyVisual  # noqa: PLC0415
+
+        #: per episode its visual inputs [N, ...]: an array, or a LazyVisual read on use (a set
+        #: larger than memory; :meth:`prefetch` reads ahead)
+        self.v = [e.visual if isinstance(e.visual, LazyVisual) else np.asarray(e.visual, np.float32)
+                  for e in episodes]
+        self.lazy = any(isinstance(v, LazyVisual) for v in self.v)
         self.embedded = embed is not None
         if embed is not None:
+            if self.lazy:
+                raise PolicyError("a frozen encoder's embeddings are computed up front: they need the episodes "
+                                  "in memory (no visual cache)")
             self.v = [np.asarray(embed(v), np.float32) for v in self.v]
         #: [J] std of the proprio noise in the network's input units (None: ``cfg.proprio_noise`` applies)
         self.noise = None if spec is None else (spec.noise_std() / spec.proprio_std).astype(np.float32)
@@ -177,6 +186,14 @@ class WindowSampler:
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``size`` windows (:meth:`draw`), gathered (:meth:`gather`)."""
         return self.gather(self.draw(rng, size, run))
+
+    def prefetch(self, windows: list[tuple[int, int]]) -> None:
+        """Start reading the visual inputs these windows will need (lazy episodes only)."""
+        if self.lazy:
+            lazy = [self.v[ep] for ep in dict.fromkeys(ep for ep, _ in windows)
+                    if not isinstance(self.v[ep], np.ndarray)]
+            if lazy:
+                lazy[0].cache.prefetch([v.path for v in lazy])
 
     def draw(self, rng: np.random.Generator, size: int, run: int = 8) -> list[tuple[int, int]]:
         """``size`` windows as (episode, last step), as runs of ``run`` consecutive windows of one
@@ -195,8 +212,8 @@ class WindowSampler:
         """The arrays of these windows: (proprio [B, T, 23], frames [U, ...] the distinct visual
         inputs (or embeddings), frame_index [B, T] into ``frames``, targets [B, T, 23 x chunk])."""
         if not windows:
-            v, q, a = self.v[0], self.q[0], self.a[0]
-            return (torch.zeros((0, self.T, q.shape[1])), torch.zeros((0, *v.shape[1:])),
+            frame, q, a = np.asarray(self.v[0][0]), self.q[0], self.a[0]
+            return (torch.zeros((0, self.T, q.shape[1])), torch.zeros((0, *frame.shape)),
                     torch.zeros((0, self.T), dtype=torch.long), torch.zeros((0, self.T, a.shape[1])))
         ps, acts, keys = [], [], []
         for ep, t in windows:
@@ -206,7 +223,9 @@ class WindowSampler:
             keys.append([(ep, int(i)) for i in w])
         uniq = sorted({k for row in keys for k in row})
         pos = {k: i for i, k in enumerate(uniq)}
-        frames = np.stack([self.v[ep][i] for ep, i in uniq])
+        held = {ep: (self.v[ep].array() if self.lazy and not isinstance(self.v[ep], np.ndarray) else self.v[ep])
+                for ep in {ep for ep, _ in uniq}}
+        frames = np.stack([held[ep][i] for ep, i in uniq])
         index = np.array([[pos[k] for k in row] for row in keys])
         return (torch.from_numpy(np.stack(ps)), torch.from_numpy(frames), torch.from_numpy(index),
                 torch.from_numpy(np.stack(acts)))

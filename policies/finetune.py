@@ -107,6 +107,11 @@ class FinetuneConfig(TrainConfig):
         device: 'auto' (CUDA when present), 'cpu' or 'cuda'.
         threads: CPU threads (0: one fewer than the machine has).
         nice: added to the process's niceness on the CPU (0: unchanged).
+        cache_mb: 0 loads every training episode's policy input now; above 0 each is read from
+            its file when a batch needs it, the last used ones kept up to this many MB and the
+            next batches' read ahead (:mod:`robot_runtime.data.episode_store`): an episode set
+            larger than memory. Not with the augmentations or a frozen encoder, which need the
+            episodes in memory.
     """
 
     batch: int = 64
@@ -136,6 +141,7 @@ class FinetuneConfig(TrainConfig):
     device: str = "auto"
     threads: int = 0
     nice: int = 10
+    cache_mb: float = 0.0
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{k: getattr(self, k) for k in TrainConfig.__dataclass_fields__})
@@ -194,12 +200,27 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def step_rng(seed: int, step: int) -> np.random.Generator:
+    """The generator of one training step's batch and noise: known ahead (the next batches' episodes
+    are read while a step trains) and the same on every rank and after a resume."""
+    return np.random.default_rng([int(seed), int(step)])
+
+
 def point_statistics(episodes: list[Episode], floor: float = 0.02) -> dict:
     """The point-cloud standardisation of a network trained on ``episodes`` (their visual inputs
-    [N, P, 3], m): {"point_center": mean point, "point_scale": per-axis spread, at least ``floor`` m}."""
-    pts = np.concatenate([np.asarray(e.visual, np.float64).reshape(-1, 3) for e in episodes])
-    return {"point_center": tuple(np.round(pts.mean(0), 5).tolist()),
-            "point_scale": tuple(np.round(np.maximum(pts.std(0), floor), 5).tolist())}
+    [N, P, 3], m): {"point_center": mean point, "point_scale": per-axis spread, at least ``floor`` m}.
+    One episode at a time (a set larger than memory streams through)."""
+    n, total, squares = 0, np.zeros(3), np.zeros(3)
+    centre = np.asarray(episodes[0].visual[0], np.float64).reshape(-1, 3).mean(0)   # shift: a stable variance
+    for e in episodes:
+        pts = np.asarray(e.visual, np.float64).reshape(-1, 3) - centre
+        n += len(pts)
+        total += pts.sum(0)
+        squares += np.square(pts).sum(0)
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
+    return {"point_center": tuple(np.round(mean + centre, 5).tolist()),
+            "point_scale": tuple(np.round(np.maximum(std, floor), 5).tolist())}
 
 
 def split_by_episode(files: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -263,7 +284,18 @@ class FinetuneJob:
         if abs(rate - self.schema.policy_hz) > 1e-6:
             raise FinetuneError(f"{used[0]}: recorded at {rate:g} Hz, the checkpoint runs at {self.schema.policy_hz:g} Hz")
         train_files, val_files = split_by_episode(used, self.cfg.val_fraction, self.cfg.seed)
-        self.train_eps = self._load(train_files)
+        self.cache = None
+        if self.cfg.cache_mb:
+            if self.cfg.cache_mb < 0:
+                raise FinetuneError(f"cache_mb {self.cfg.cache_mb}: expected 0 (all in memory) or a size in MB")
+            held = [k for k in ("mirror", "move_others", "turn_carry", "freeze_encoder") if getattr(self.cfg, k)]
+            if held:
+                raise FinetuneError(f"cache_mb: {', '.join(held)} need the episodes in memory; drop them or "
+                                    f"cache_mb")
+            from robot_runtime.data.episode_store import VisualCache  # noqa: PLC0415
+
+            self.cache = VisualCache(int(self.cfg.cache_mb * 1e6))
+        self.train_eps = self._load(train_files, self.cache)
         #: the training demos' mirror images (``cfg.mirror``), trained on beside them
         self.mirrored_eps = []
         if self.cfg.mirror:
@@ -342,10 +374,11 @@ class FinetuneJob:
             raise FinetuneError(f"{key}: {e}") from e
         return out
 
-    def _load(self, files: list[Path]) -> list[Episode]:
+    def _load(self, files: list[Path], cache=None) -> list[Episode]:
         from robot_runtime.data.dataset import load_for_training  # noqa: PLC0415
 
-        return load_for_training(files, visual_spec=self.schema.visual.to_dict(), successful_only=True) if files else []
+        return load_for_training(files, visual_spec=self.schema.visual.to_dict(), successful_only=True,
+                                 cache=cache) if files else []
 
     # ------------------------------------------------------------------ run
     def _identity(self) -> dict:
@@ -353,7 +386,7 @@ class FinetuneJob:
         return {"base": self.base.sha256 if self.base else "scratch",
                 "episodes": [(e.sha256, e.split) for e in self.episodes],
                 "config": {k: v for k, v in asdict(self.cfg).items() if k not in ("steps", "save_every", "device",
-                                                                                   "threads", "nice")}}
+                                                                                   "threads", "nice", "cache_mb")}}
 
     def _setup_process(self, device: torch.device) -> str:
         if device.type == "cpu":
@@ -448,7 +481,12 @@ class FinetuneJob:
         try:
             model.train()
             for step in range(start, cfg.steps):
-                losses.append(bc_step(model, opt, train, rng, tc, device, step=step, world=world, ddp=ddp))
+                if train.lazy:   # read the next two batches' episodes while this one trains
+                    for ahead in (step + 1, step + 2):
+                        if ahead < cfg.steps:
+                            train.prefetch(train.draw(step_rng(cfg.seed, ahead), tc.batch, tc.run))
+                losses.append(bc_step(model, opt, train, step_rng(cfg.seed, step), tc, device, step=step,
+                                      world=world, ddp=ddp))
                 if ema is not None:
                     ema.update(model)
                 done = step + 1
@@ -484,6 +522,8 @@ class FinetuneJob:
         finally:
             if pbar is not None:
                 pbar.close()
+            if self.cache is not None:
+                self.cache.close()
         self.best = best
         if best["state"] is not None:
             kept = copy.deepcopy(model).cpu()

@@ -237,7 +237,8 @@ def _cmd_finetune(args) -> int:
     cfg = FinetuneConfig(steps=args.steps, batch=args.batch, val_fraction=args.val_fraction,
                          save_every=args.save_every, seed=args.seed, device=args.device, threads=args.threads,
                          nice=args.nice, representation=args.representation, freeze_encoder=args.freeze_encoder,
-                         mirror=args.mirror, move_others=args.move_others, turn_carry=args.turn_carry, **extra)
+                         mirror=args.mirror, move_others=args.move_others, turn_carry=args.turn_carry,
+                         cache_mb=args.cache_mb, **extra)
     pretrain = args.cmd == "pretrain"
     base = None if (pretrain or args.scratch) else \
         (args.base or str(load_config(Path(args.config or default_config("sim.yaml"))).policy.checkpoint))
@@ -572,6 +573,9 @@ def _train_parser(sub, name: str) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one fewer than the machine has)")
     p.add_argument("--nice", type=int, default=10, help="lower this process's priority by this much")
+    p.add_argument("--cache-mb", type=float, default=0.0,
+                   help="read each episode's policy input from disk when used, the last used kept up to this many "
+                        "MB (an episode set larger than memory; 0: load all now)")
     p.add_argument("--resume", action="store_true", help="continue the job saved in --out")
     if name == "finetune":
         p.add_argument("--promote", action="store_true", help="hot-swap the result into the running policy_node")

@@ -125,12 +125,17 @@ def inspect_episode(path) -> dict:
 
 
 def load_for_training(paths, visual_spec: dict | None = None, successful_only: bool = True,
-                      joint_names=D.ALL_JOINTS):
+                      joint_names=D.ALL_JOINTS, cache=None):
     """Episodes (files or folders) -> list of :class:`TrainingEpisode` for behaviour cloning.
+
+    Only the arrays training uses are read (the joints, the sent commands, the policy input).
 
     Args:
         visual_spec: the checkpoint's ``VisualSpec.to_dict()``; every episode must match it.
         successful_only: skip episodes not flagged successful (and always skip partial ones).
+        cache: a :class:`~robot_runtime.data.episode_store.VisualCache`: each episode's policy
+            input is then read from its file when used, through the cache (a set larger than
+            memory), instead of now.
 
     Raises:
         EpisodeFileError: a file is unreadable, or its preprocessing or joints do not match.
@@ -139,17 +144,21 @@ def load_for_training(paths, visual_spec: dict | None = None, successful_only: b
     if visual_spec is not None:
         visual_spec = json.loads(json.dumps(visual_spec))   # as stored (tuples become lists)
     out = []
+    from robot_runtime.data.episode_store import LazyVisual  # noqa: PLC0415
+
+    keys = ("q", "command") if cache is not None else ("q", "command", "visual")
     for f in files:
-        ep = load_episode(f, allow_partial=False)
-        if successful_only and ep.meta.get("success") is not True:
+        if successful_only and read_meta(f).get("success") is not True:
             continue
+        ep = load_episode(f, allow_partial=False, keys=keys)
         if list(ep.meta.get("joint_names", [])) != list(joint_names):
             raise EpisodeFileError(f"{f}: joint order {ep.meta.get('joint_names')} is not {list(joint_names)}")
         if visual_spec is not None and ep.meta.get("visual") != visual_spec:
             raise EpisodeFileError(f"{f}: recorded with preprocessing {ep.meta.get('visual')}, but the checkpoint "
                                    f"expects {visual_spec}")
+        visual = LazyVisual(f, len(ep), cache) if cache is not None else ep["visual"]
         out.append(TrainingEpisode(ep["q"].astype(np.float64), next_commands(ep["command"]).astype(np.float64),
-                           ep["visual"]))
+                                   visual))
     return out
 
 

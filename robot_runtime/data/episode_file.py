@@ -192,8 +192,9 @@ def read_meta(path) -> dict:
     return meta
 
 
-def load_episode(path, allow_partial: bool = False) -> EpisodeData:
-    """Load and check one ``*.episode.npz``.
+def load_episode(path, allow_partial: bool = False, keys=None) -> EpisodeData:
+    """Load and check one ``*.episode.npz``; ``keys``: only these arrays (and ``t``), the others
+    left on disk (training needs three of the ten, and not the raw depth, the largest).
 
     Raises:
         EpisodeFileError: not an episode file, a partial one (unless ``allow_partial``), a
@@ -210,12 +211,13 @@ def load_episode(path, allow_partial: bool = False) -> EpisodeData:
     arrays = {}
     try:
         with zipfile.ZipFile(path) as z:
+            wanted = None if keys is None else {*keys, "t"}
             for name in z.namelist():
-                if name.endswith(".npy"):
+                if name.endswith(".npy") and (wanted is None or name[:-4] in wanted):
                     arrays[name[:-4]] = np.load(io.BytesIO(z.read(name)), allow_pickle=False)
     except (OSError, zipfile.BadZipFile, ValueError) as exc:
         raise EpisodeFileError(f"{path}: corrupt episode file: {exc}") from exc
-    missing = [k for k in STEP_KEYS if k not in arrays]
+    missing = [k for k in (STEP_KEYS if keys is None else {*keys, "t"}) if k not in arrays]
     if missing:
         raise EpisodeFileError(f"{path}: missing arrays {missing}")
     n = len(arrays["t"])

@@ -275,3 +275,45 @@ def test_the_follower_reads_a_job_to_its_end_whatever_its_lines_hold(tmp_path):
     assert proc.poll() == 0
     last = seen[-1]
     assert last["state"] == "done" and last["step"] == 3 and last.get("checkpoint") is None, last
+
+
+def test_an_episode_set_larger_than_the_cache_trains_as_one_held_in_memory(demos, tmp_path):
+    """With a visual cache holding two of the five training episodes, each is read from its file
+    when a batch needs it (and ahead): the job trains to the same weights as with every episode
+    in memory, and the cache stays within its bound."""
+    held = FinetuneJob(demos, tmp_path / "held", None, _cfg(steps=12, eval_every=0)).run(bar=False)
+    job = FinetuneJob(demos, tmp_path / "lazy", None, _cfg(steps=12, eval_every=0, cache_mb=0.3))
+    per_episode = 40 * int(np.prod(SPEC.shape)) * 4
+    lazy = job.run(bar=False)
+    wa, wb = load_checkpoint(held.checkpoint).state, load_checkpoint(lazy.checkpoint).state
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = job.cache
+    assert c.bytes <= 0.3e6 < 5 * per_episode          # a bound below the set, kept
+    assert c.loads > len(job.train_eps)                 # episodes were dropped and read again
+    with pytest.raises(FinetuneError, match="mirror need the episodes in memory"):
+        FinetuneJob(demos, tmp_path / "m", None, _cfg(cache_mb=1, mirror=True))
+
+
+def test_the_visual_cache_keeps_its_bound_reads_ahead_and_names_a_bad_file(demos, tmp_path):
+    from robot_runtime.data.dataset import episode_files
+    from robot_runtime.data.episode_store import LazyVisual, VisualCache, read_member
+
+    files = [str(f) for f in episode_files(demos)]
+    one = read_member(files[0], "visual").nbytes
+    cache = VisualCache(int(2.5 * one))
+    try:
+        cache.prefetch(files[:2])
+        assert np.array_equal(LazyVisual(files[1], 40, cache)[3], read_member(files[1], "visual")[3])
+        cache.get(files[0])
+        assert cache.misses == 0 and cache.loads == 2   # read ahead: neither was a miss
+        for f in files:
+            cache.get(f)
+        assert cache.bytes <= 2.5 * one and cache.loads == len(files)
+        cache.get(files[0])                              # dropped by then: read again
+        assert cache.loads == len(files) + 1
+        bad = tmp_path / "bad.episode.npz"
+        bad.write_bytes(b"not a zip")
+        with pytest.raises(EpisodeFileError, match="bad.episode.npz"):
+            cache.get(str(bad))
+    finally:
+        cache.close()
