@@ -54,6 +54,7 @@ bench: venv
 	$(PY) -m bench.teleop
 	$(PY) -m bench.faults
 	$(PY) -m bench.xarm
+	$(PY) -m bench.train
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench/results

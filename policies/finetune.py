@@ -550,6 +550,7 @@ class FinetuneJob:
                 "val_loss": vals[-1][1] if vals else None, "val_history": [[s, round(v, 6)] for s, v in vals],
                 "device": where, "train_s": None if seconds is None else round(seconds, 1),
                 "world": self.world.describe() if getattr(self, "world", None) else {"world_size": 1},
+                "visual_cache": None if getattr(self, "cache", None) is None else self.cache.stats(),
                 "selected": None if not best or best.get("state") is None else
                 {"step": best["step"], "open_loop_error_rad": round(best["error"], 6),
                  "by": "mean |target error| (rad) over every joint and chunk row on the validation demos"},

@@ -1,8 +1,18 @@
 """Make the twin's policies with the project's own few-shot pipeline: a prior pretrained on
 task-agnostic interactions, then finetuned on a few demos of one task.
 
-    python -m policies.make_twin_checkpoint [--stage all|prior|finetune] [--work DIR]
+    python -m policies.make_twin_checkpoint [--stage all|prior|finetune|interactions] [--work DIR]
         [--prior-episodes 300] [--prior-steps 3000] [--demos 15] [--steps 1500] [--rollouts 20]
+        [--shard I/N]
+
+``--stage interactions --shard I/N`` records only the prior's interactions, and of them only the
+seeds of shard ``I`` of ``N`` (seed 100000 + k for every k = I mod N), into
+``WORK/interactions/shard-I-of-N``: run it on N machines (I = 0 .. N-1), each writing its own
+folder, then gather the folders under one ``interactions`` folder (any copy: rsync, a shared
+filesystem) and pretrain on it, ``robot-runtime pretrain WORK/interactions --out ...`` (under
+torchrun on many GPUs): a folder is read with its subfolders, so the shards merge by sitting
+side by side. The seeds of different shards never overlap and together are those one machine
+would record.
 
 1. ``prior`` (HOP's idea: pretrain on many hand-object interactions that belong to no task).
    Records ``--prior-episodes`` scripted interactions on the twin (seeds 100000 ..,
@@ -82,6 +92,27 @@ def _record(cfg: RuntimeConfig, task: str, seeds, data: Path, workers: int, reus
           f"({time.monotonic() - t0:.0f} s)", flush=True)
 
 
+def shard_seeds(episodes: int, shard: int, shards: int) -> list[int]:
+    """The interaction seeds of shard ``shard`` of ``shards`` (of the ``episodes`` one machine
+    would record)."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard}/{shards}: expected 0 <= I < N")
+    return [PRIOR_SEED0 + k for k in range(shard, episodes, shards)]
+
+
+def record_interaction_shard(cfg: RuntimeConfig, work: Path, episodes: int, shard: int, shards: int,
+                             workers: int = 2) -> Path:
+    """Record shard ``shard`` of ``shards`` of the prior's interactions into its own folder,
+    ``work/interactions/shard-<shard>-of-<shards>`` (emptied first; the other shards untouched)."""
+    folder = work / "interactions" / f"shard-{shard}-of-{shards}"
+    t0 = time.monotonic()
+    res = record_scripted_demos_parallel(cfg, INTERACTION, shard_seeds(episodes, shard, shards), _fresh(folder),
+                                         twin_visual(cfg), workers)
+    print(f"{INTERACTION} shard {shard}/{shards}: {sum(o.success for o in res)}/{len(res)} scripted episodes "
+          f"successful in {folder} ({time.monotonic() - t0:.0f} s)", flush=True)
+    return folder
+
+
 def make_prior(cfg: RuntimeConfig, work: Path, episodes: int, steps: int, out: Path = PRIOR,
                workers: int = 2, batch: int = 64, reuse: bool = False) -> Path:
     """Record the interactions into ``work/interactions`` (``reuse``: keep those already there)
@@ -143,7 +174,9 @@ def _ship(checkpoint: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(Path(__file__).parents[1] / "config" / "sim.yaml"))
-    ap.add_argument("--stage", default="all", choices=["all", "prior", "finetune"])
+    ap.add_argument("--stage", default="all", choices=["all", "prior", "finetune", "interactions"])
+    ap.add_argument("--shard", default="0/1", help="interactions: record shard I of N of the seeds (I/N), into "
+                                                   "WORK/interactions/shard-I-of-N")
     ap.add_argument("--work", default="runs/make_twin_checkpoint", help="episodes and rollouts go here")
     ap.add_argument("--prior-episodes", type=int, default=300)
     ap.add_argument("--prior-steps", type=int, default=3000)
@@ -157,6 +190,14 @@ def main(argv=None) -> int:
     cfg = load_twin_config(a.config)
     work = Path(a.work)
     t0 = time.monotonic()
+    if a.stage == "interactions":
+        try:
+            shard, shards = (int(x) for x in a.shard.split("/"))
+        except ValueError:
+            ap.error(f"--shard {a.shard!r}: expected I/N, e.g. 0/4")
+        record_interaction_shard(cfg, work, a.prior_episodes, shard, shards, a.workers)
+        print(f"done in {time.monotonic() - t0:.0f} s")
+        return 0
     if a.stage in ("all", "prior"):
         make_prior(cfg, work, a.prior_episodes, a.prior_steps, workers=a.workers, batch=a.prior_batch,
                    reuse=a.reuse_data)

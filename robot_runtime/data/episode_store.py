@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import threading
 import zipfile
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,20 +35,24 @@ def read_member(path, name: str) -> np.ndarray:
 class VisualCache:
     """The ``visual`` arrays of episode files, least recently used dropped past ``max_bytes``.
 
-    Thread-safe; :meth:`prefetch` loads on ``workers`` background threads. ``hits``, ``misses``
-    (a batch waited for the disk) and ``loads`` count what happened.
+    Thread-safe; :meth:`prefetch` loads on ``workers`` background threads. The episodes of the
+    last ``pinned_calls`` prefetches (the batches being trained and read ahead) are never
+    dropped, so a bound smaller than a few batches' episodes is exceeded rather than thrashed.
+    ``hits``, ``misses`` (a batch waited for the disk) and ``loads`` count what happened.
     """
 
-    def __init__(self, max_bytes: int, workers: int = 2):
+    def __init__(self, max_bytes: int, workers: int = 2, pinned_calls: int = 4):
         if max_bytes <= 0:
             raise ValueError(f"max_bytes {max_bytes}: expected a positive size")
         self.max_bytes = int(max_bytes)
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
         self._pending: dict[str, Future] = {}
         self._bytes = 0
+        self._pins: deque[set[str]] = deque(maxlen=pinned_calls)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="visual-cache")
         self.hits = self.misses = self.loads = 0
+        self.peak_bytes = 0
 
     @property
     def bytes(self) -> int:
@@ -63,10 +67,19 @@ class VisualCache:
             if path not in self._items:
                 self._items[path] = arr
                 self._bytes += arr.nbytes
-                while self._bytes > self.max_bytes and len(self._items) > 1:
-                    _, old = self._items.popitem(last=False)
-                    self._bytes -= old.nbytes
+                self._evict()
+                self.peak_bytes = max(self.peak_bytes, self._bytes)
         return arr
+
+    def _evict(self) -> None:
+        """Drop the least recently used unpinned arrays until within the bound (lock held)."""
+        if self._bytes <= self.max_bytes:
+            return
+        pinned = set().union(*self._pins) if self._pins else set()
+        for key in [k for k in self._items if k not in pinned]:
+            if self._bytes <= self.max_bytes or len(self._items) <= 1:
+                break
+            self._bytes -= self._items.pop(key).nbytes
 
     def get(self, path: str) -> np.ndarray:
         """The episode's visual array [N, ...] (float32, read-only)."""
@@ -82,13 +95,20 @@ class VisualCache:
 
     def prefetch(self, paths) -> None:
         """Start loading these episodes' arrays (those neither held nor on their way)."""
+        paths = list(dict.fromkeys(paths))
         with self._lock:
-            todo = [p for p in dict.fromkeys(paths) if p not in self._items and p not in self._pending]
+            self._pins.append(set(paths))
+            todo = [p for p in paths if p not in self._items and p not in self._pending]
             for p in todo:
                 self._pending[p] = self._pool.submit(self._load, p)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def stats(self) -> dict:
+        """What the provenance records: the bound, the most held, and how reads went."""
+        return {"max_mb": round(self.max_bytes / 1e6, 3), "peak_mb": round(self.peak_bytes / 1e6, 3),
+                "loads": self.loads, "hits": self.hits, "misses": self.misses}
 
 
 class LazyVisual:

@@ -22,7 +22,7 @@ def test_a_benchmark_missing_a_module_names_it_and_the_install_line_and_exits():
     assert "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("bench", ["twin", "control", "kinematics", "teleop", "faults", "xarm", "fewshot"])
+@pytest.mark.parametrize("bench", ["twin", "control", "kinematics", "teleop", "faults", "xarm", "fewshot", "train"])
 def test_every_other_benchmark_has_what_it_needs_in_the_test_venv(bench, monkeypatch):
     """Each benchmark's own check passes in this venv (``make test``'s), so only bench.policy's
     reference needs an extra; the check runs before the benchmark's work."""
@@ -35,7 +35,7 @@ def test_every_other_benchmark_has_what_it_needs_in_the_test_venv(bench, monkeyp
     mod = importlib.import_module(f"bench.{bench}")
     monkeypatch.setattr(mod, "require", common.require)
     with pytest.raises(SystemExit):
-        mod.main() if bench != "fewshot" else mod.main([])
+        mod.main() if bench not in ("fewshot", "train") else mod.main([])
     (name, mods), = seen
     assert name == f"bench.{bench}" and mods
     assert not [m for m in mods if importlib.util.find_spec(m) is None]

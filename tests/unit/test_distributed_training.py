@@ -108,3 +108,26 @@ def test_a_killed_rank_fails_the_job_clearly_and_the_job_resumes(episodes, tmp_p
     assert rc == 0, err[-3000:]
     assert torch.load(out / STATE_FILE, weights_only=True)["step"] == saved + 10
     assert json.loads((out / META_FILE).read_text())["provenance"]["step"] == saved + 10
+
+
+def test_interaction_shards_record_disjoint_seeds_into_their_own_folders_and_merge(tmp_path):
+    """Two machines' shards (here one after the other): each its own folder, the seeds disjoint
+    and together those one machine records; the parent folder trains as one set."""
+    from policies.make_twin_checkpoint import (PRIOR_SEED0, load_twin_config, record_interaction_shard,
+                                               shard_seeds, twin_visual)
+    from robot_runtime.data.dataset import load_for_training
+    from robot_runtime.data.episode_file import read_meta
+
+    assert shard_seeds(5, 0, 2) == [PRIOR_SEED0, PRIOR_SEED0 + 2, PRIOR_SEED0 + 4]
+    assert sorted(shard_seeds(7, 0, 3) + shard_seeds(7, 1, 3) + shard_seeds(7, 2, 3)) == \
+        list(range(PRIOR_SEED0, PRIOR_SEED0 + 7))
+    with pytest.raises(ValueError, match="shard 2/2"):
+        shard_seeds(5, 2, 2)
+    cfg = load_twin_config(REPO / "config" / "sim.yaml")
+    folders = [record_interaction_shard(cfg, tmp_path, 2, i, 2, workers=1) for i in range(2)]
+    assert [f.name for f in folders] == ["shard-0-of-2", "shard-1-of-2"]
+    seeds = [[read_meta(f)["seed"] for f in sorted(folder.rglob("*.episode.npz"))] for folder in folders]
+    assert seeds == [[PRIOR_SEED0], [PRIOR_SEED0 + 1]]
+    merged = load_for_training(tmp_path / "interactions", visual_spec=twin_visual(cfg).to_dict(),
+                               successful_only=False)
+    assert len(merged) == 2
