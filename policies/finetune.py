@@ -481,10 +481,11 @@ class FinetuneJob:
         try:
             model.train()
             for step in range(start, cfg.steps):
-                if train.lazy:   # read the next two batches' episodes while this one trains
+                if train.lazy:   # read the next two batches' episodes (this rank's) while this one trains
                     for ahead in (step + 1, step + 2):
                         if ahead < cfg.steps:
-                            train.prefetch(train.draw(step_rng(cfg.seed, ahead), tc.batch, tc.run))
+                            train.prefetch([w for w in train.draw(step_rng(cfg.seed, ahead), tc.batch, tc.run)
+                                            if world.owns(w[0])])
                 losses.append(bc_step(model, opt, train, step_rng(cfg.seed, step), tc, device, step=step,
                                       world=world, ddp=ddp))
                 if ema is not None:

@@ -48,7 +48,8 @@ def _pretrain(episodes, out, nproc: int, steps: int, extra=(), port=None, wait=T
 def test_two_processes_train_the_weights_one_process_trains_and_rank_0_alone_writes(episodes, tmp_path):
     rc1, out1, err1 = _pretrain(episodes, tmp_path / "one", 1, 10)
     assert rc1 == 0, err1[-3000:]
-    rc2, out2, err2 = _pretrain(episodes, tmp_path / "two", 2, 10)
+    # the two processes read the policy inputs through a small cache (an episode set larger than memory)
+    rc2, out2, err2 = _pretrain(episodes, tmp_path / "two", 2, 10, extra=("--cache-mb", "0.2"))
     assert rc2 == 0, err2[-3000:]
     a, b = load_checkpoint(tmp_path / "one").state, load_checkpoint(tmp_path / "two").state
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
@@ -59,6 +60,7 @@ def test_two_processes_train_the_weights_one_process_trains_and_rank_0_alone_wri
     assert np.allclose(sa["losses"], sb["losses"], rtol=1e-4, atol=1e-6)   # the whole batch's loss on both
     meta = json.loads((tmp_path / "two" / META_FILE).read_text())
     assert meta["provenance"]["world"]["world_size"] == 2 and meta["provenance"]["world"]["backend"] == "gloo"
+    assert meta["provenance"]["visual_cache"]["loads"] >= 1
     # rank 0 alone reports and writes: each progress line once, one summary, the same files as one process
     progress = [json.loads(line[len("PROGRESS "):]) for line in out2.splitlines() if line.startswith("PROGRESS ")]
     assert [p["step"] for p in progress] == [5, 10] and out2.count("wrote ") == 1
