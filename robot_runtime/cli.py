@@ -8,6 +8,12 @@
     robot-runtime policy check CHECKPOINT [--config FILE]
     robot-runtime policy import HOP.pt OUT_FOLDER [--hand-order index,thumb,middle,ring]
     robot-runtime policy {swap CHECKPOINT,rollback,start,stop,reset,status}
+    robot-runtime data {list,inspect,audit,recover} PATH
+    robot-runtime data export EPISODES OUT [--format lerobot|mcap|sqlite3]
+    robot-runtime data from-bag BAG --task T --out DIR [--config FILE] [--start S] [--end S]
+    robot-runtime finetune EPISODES --out DIR [--base CKPT | --scratch] [--resume] [--promote]
+    robot-runtime pretrain EPISODES --out DIR [--cache-mb M] [--resume]     (also under torchrun)
+    robot-runtime eval CHECKPOINT --task T [--rollouts N]
 """
 from __future__ import annotations
 
