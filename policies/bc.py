@@ -223,8 +223,7 @@ class WindowSampler:
             keys.append([(ep, int(i)) for i in w])
         uniq = sorted({k for row in keys for k in row})
         pos = {k: i for i, k in enumerate(uniq)}
-        held = {ep: (self.v[ep].array() if self.lazy and not isinstance(self.v[ep], np.ndarray) else self.v[ep])
-                for ep in {ep for ep, _ in uniq}}
+        held = {ep: np.asarray(self.v[ep]) for ep in {ep for ep, _ in uniq}}   # a lazy episode read once
         frames = np.stack([held[ep][i] for ep, i in uniq])
         index = np.array([[pos[k] for k in row] for row in keys])
         return (torch.from_numpy(np.stack(ps)), torch.from_numpy(frames), torch.from_numpy(index),
@@ -278,15 +277,12 @@ def bc_step(model: HopPolicy, opt: torch.optim.Optimizer, sampler: WindowSampler
     scale = sampler.noise if sampler.noise is not None else np.float32(cfg.proprio_noise)
     proprio = proprio + torch.from_numpy(noise[mine] * scale).to(device)
 
-    def loss_of(m, p, f, i, a):
-        return bc_loss(m, p, f, i, a, sampler.embedded, cfg.loss, cfg.loss_on)
-
     if distributed:
         share = len(mine) / len(windows)
         loss = ddp(proprio, frames, index, actions, world.size * share)
         value = world.sum(loss.item() / world.size, device)
     else:
-        loss = loss_of(model, proprio, frames, index, actions)
+        loss = bc_loss(model, proprio, frames, index, actions, sampler.embedded, cfg.loss, cfg.loss_on)
         value = loss.item()
     if not np.isfinite(value):
         raise PolicyError(f"training loss became {value}")

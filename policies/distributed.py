@@ -32,6 +32,11 @@ class DistributedError(PolicyError):
     """The process group failed: a rank died, hung or could not join."""
 
 
+def env_rank_and_size() -> tuple[int, int]:
+    """(rank, world size) as torchrun sets them in the environment; (0, 1) without torchrun."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 @dataclass
 class World:
     """This process's place among the training processes."""
@@ -55,12 +60,12 @@ class World:
         """The world torchrun describes in the environment (``RANK``, ``WORLD_SIZE``,
         ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``), its process group joined; a world of
         one without it."""
-        size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, size = env_rank_and_size()
         if size <= 1:
             return cls()
         import torch.distributed as dist  # noqa: PLC0415
 
-        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
         backend = "nccl" if device.type == "cuda" else "gloo"
         if not dist.is_initialized():
             try:

@@ -428,7 +428,6 @@ class FinetuneJob:
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                 weight_decay=cfg.weight_decay)
         ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
-        rng = np.random.default_rng(cfg.seed)
         start, losses, vals = 0, [], []
         best = {"step": 0, "error": float("inf"), "state": None, "history": []}
         state_file = self.out / STATE_FILE
@@ -445,7 +444,6 @@ class FinetuneJob:
                                     f"hyperparameters differ); start a new --out or drop --resume")
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
-            rng.bit_generator.state = st["numpy_rng"]
             torch.set_rng_state(st["torch_rng"])
             start, losses, vals = st["step"], st["losses"], st["val"]
             if ema is not None and st.get("ema") is not None:
@@ -512,7 +510,7 @@ class FinetuneJob:
                     progress({"step": done, "steps": cfg.steps, "loss": losses[-1],
                               "val_loss": vals[-1][1] if vals else None, "eta_s": (cfg.steps - done) / rate})
                 if saving and done < cfg.steps:
-                    self._save_interval(model, opt, rng, done, losses, vals, where, best)
+                    self._save_interval(model, opt, done, losses, vals, where, best)
         except RuntimeError as exc:
             if not world.distributed or isinstance(exc, PolicyError):
                 raise
@@ -534,7 +532,7 @@ class FinetuneJob:
         seconds = time.monotonic() - t0
         final = self.out
         if world.main:
-            final = self._save_final(model, kept, opt, rng, cfg.steps, losses, vals, where, seconds, best)
+            final = self._save_final(model, kept, opt, cfg.steps, losses, vals, where, seconds, best)
         world.barrier()   # the others end once the checkpoint is written
         world.close()
         return FinetuneResult(final, cfg.steps, float(np.mean(losses[-20:])), vals[-1][1] if vals else None, seconds,
@@ -558,7 +556,7 @@ class FinetuneJob:
                 "open_loop_history": (best or {}).get("history", []),
                 "code_version": code_version()}
 
-    def _state(self, model, opt, rng, step, losses, vals, best=None) -> dict:
+    def _state(self, model, opt, step, losses, vals, best=None) -> dict:
         ema = getattr(self, "_ema", None)
         if best is not None:   # plain floats and ints: the state loads with torch.load(weights_only=True)
             best = {**best, "step": int(best["step"]), "error": float(best["error"]),
@@ -566,7 +564,7 @@ class FinetuneJob:
         losses = [float(x) for x in losses]
         vals = [(int(s), float(v)) for s, v in vals]
         return {"identity": self._identity(), "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "losses": losses, "val": vals,
+                "torch_rng": torch.get_rng_state(), "losses": losses, "val": vals,
                 "ema": None if ema is None else ema.model.state_dict(), "ema_updates": 0 if ema is None else ema.updates,
                 "best": best}
 
@@ -575,19 +573,19 @@ class FinetuneJob:
         torch.save(state, tmp)
         os.replace(tmp, self.out / STATE_FILE)
 
-    def _save_interval(self, model, opt, rng, step, losses, vals, where, best=None) -> None:
+    def _save_interval(self, model, opt, step, losses, vals, where, best=None) -> None:
         model.eval()
         ema = getattr(self, "_ema", None)
         save_checkpoint(self.out / f"step_{step:06d}", self._cpu_copy(ema.model if ema is not None else model),
                         self.schema, self.provenance(step, losses, vals, where), onnx=False)
-        self._write_state(self._state(model, opt, rng, step, losses, vals, best))
+        self._write_state(self._state(model, opt, step, losses, vals, best))
         for old in sorted(self.out.glob("step_*"))[:-KEEP_INTERVAL_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
         model.train()
 
-    def _save_final(self, model, kept, opt, rng, step, losses, vals, where, seconds, best=None) -> Path:
+    def _save_final(self, model, kept, opt, step, losses, vals, where, seconds, best=None) -> Path:
         model.eval()
-        self._write_state(self._state(model, opt, rng, step, losses, vals, best))
+        self._write_state(self._state(model, opt, step, losses, vals, best))
         out = save_checkpoint(self.out, self._cpu_copy(kept), self.schema,
                               self.provenance(step, losses, vals, where, seconds, best))
         save_loss_plot(self.out / LOSS_PLOT, losses, vals, f"{self.out.name}: {len(self.train_eps)} training episodes, "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -248,13 +247,15 @@ def _cmd_finetune(args) -> int:
     pretrain = args.cmd == "pretrain"
     base = None if (pretrain or args.scratch) else \
         (args.base or str(load_config(Path(args.config or default_config("sim.yaml"))).policy.checkpoint))
+    from policies.distributed import env_rank_and_size
+
     job = FinetuneJob(args.episodes, args.out, base, cfg, resume=args.resume)
-    main = int(os.environ.get("RANK", "0")) == 0   # under torchrun, rank 0 alone reports
+    rank, world = env_rank_and_size()
+    main = rank == 0   # under torchrun, rank 0 alone reports
     if main:
         for w in job.audit.warnings():
             print(f"demo audit: warning: {w}", flush=True)
         n_train = sum(e.split == "train" for e in job.episodes)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
         print(f"{'pretraining' if pretrain else 'finetuning'} {'from scratch' if base is None else 'from ' + job.base.name} "
               f"on {n_train} training and {len(job.episodes) - n_train} validation episodes"
               + (f" ({len(job.skipped)} skipped: unsuccessful or partial)" if job.skipped else "")

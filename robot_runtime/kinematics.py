@@ -121,13 +121,6 @@ class UrdfModel:
         """The model's frame ids of the named links (for :meth:`positions`)."""
         return [self._frame_id(name) for name in links]
 
-    def positions(self, q, frame_ids) -> list[np.ndarray]:
-        """Origins (m, base frame) of the links with these :meth:`frame_ids` for ``q`` [n]."""
-        q = np.asarray(q, dtype=float)
-        if q.shape != self._q_shape:
-            raise ValueError(f"q has shape {q.shape}, expected ({len(self.joint_names)},) for joints {self.joint_names}")
-        return self.positions_function(frame_ids)(q)
-
     def positions_function(self, frame_ids, pieces=None):
         """A function of ``q`` -> the origins (m, base frame) of the links with these
         :meth:`frame_ids`, specialised for a hot path (the shield's, at 120 and 300 Hz).
@@ -151,10 +144,6 @@ class UrdfModel:
                 fk(m, d, buf)
                 return [place(m, d, i).translation.copy() for i in ids]
         return positions
-
-    def link_positions(self, q, links) -> dict[str, np.ndarray]:
-        """Origins (m, base frame) of the named links for ``q`` [n] (one forward pass)."""
-        return dict(zip(links, self.positions(q, self.frame_ids(links))))
 
     def jacobian(self, q, link: str, point=(0.0, 0.0, 0.0)) -> np.ndarray:
         """Geometric Jacobian [6, n] of a point on ``link`` (in the link frame): rows vx vy vz wx wy wz,

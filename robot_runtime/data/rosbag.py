@@ -24,7 +24,6 @@ open it.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +33,6 @@ import numpy as np
 from robot_runtime import description as D
 from robot_runtime.errors import RecordingError
 
-#: the stream names of :class:`~robot_runtime.data.recorder.GridAligner` for each joint topic
-JOINT_STREAMS = {"arm_state": ("arm", "state"), "hand_state": ("hand", "state"),
-                 "arm_command": ("arm", "command"), "hand_command": ("hand", "command")}
 TF_STATIC = "/tf_static"
 BASE_FRAME = "link_base"
 CAMERA_FRAME = "camera_depth_optical_frame"
@@ -59,12 +55,39 @@ def _joint_topics() -> dict[str, str]:
 
 
 def _stamp(header) -> float:
-    return header.stamp.sec + header.stamp.nanosec * 1e-9
+    from robot_runtime.ros_io import from_time_msg  # noqa: PLC0415
+
+    return from_time_msg(header.stamp)
 
 
 def _time(ts, t: float):
-    sec = int(np.floor(t))
-    return ts.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=int(round((t - sec) * 1e9)) % 1_000_000_000)
+    from robot_runtime.ros_io import to_time_msg  # noqa: PLC0415
+
+    stamp = to_time_msg(t)
+    return ts.types["builtin_interfaces/msg/Time"](sec=stamp.sec, nanosec=stamp.nanosec)
+
+
+def _bag_folder(bag) -> Path:
+    """The rosbag2 folder of ``bag`` (the folder, or a storage file in it)."""
+    bag = Path(bag)
+    folder = bag.parent if bag.is_file() else bag
+    if not (folder / "metadata.yaml").exists():
+        raise RecordingError(f"{bag}: not a rosbag2 folder (no metadata.yaml)")
+    return folder
+
+
+def _first_intrinsics(reader, info_conns) -> np.ndarray | None:
+    """K [3, 3] of the first usable CameraInfo on these connections, or None. The camera's
+    intrinsics are static: it serves the frames stamped before it too (live, a recorder has it
+    long before an episode starts)."""
+    from robot_runtime import ros_io  # noqa: PLC0415
+
+    for conn, _, raw in (reader.messages(connections=info_conns) if info_conns else ()):   # [] would be all
+        try:
+            return ros_io.intrinsics_from_info(reader.deserialize(raw, conn.msgtype))
+        except ValueError:
+            continue
+    return None
 
 
 def _header(ts, t: float, frame_id: str):
@@ -110,6 +133,9 @@ def export_bag(episode, out, storage: str = "mcap", depth_topic: str | None = No
         raise RecordingError(f"{ep.path}: the episode has no camera intrinsics (meta 'camera'); cannot write CameraInfo")
     K = np.asarray(camera["K"], float).copy()
     K[:2] /= stride   # the recorded depth is every stride-th pixel of the camera's
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    roi = ts.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
     messages: list[tuple[float, str, object, str]] = []   # (stamp, topic, message, type)
     last: dict[str, float] = {}
 
@@ -128,14 +154,10 @@ def export_bag(episode, out, storage: str = "mcap", depth_topic: str | None = No
         t_depth = float(ep["depth_stamp"][k])
         add(depth_topic, t_depth, Image(header=_header(ts, t_depth, CAMERA_FRAME), height=h, width=w, encoding="16UC1",
                                         is_bigendian=0, step=w * 2, data=depth.view(np.uint8).ravel()), "sensor_msgs/msg/Image")
-        P = np.zeros((3, 4))
-        P[:, :3] = K
-        RegionOfInterest = ts.types["sensor_msgs/msg/RegionOfInterest"]
         add(info_topic, t_depth, CameraInfo(header=_header(ts, t_depth, CAMERA_FRAME), height=h, width=w,
                                             distortion_model="plumb_bob", d=np.zeros(5), k=K.ravel(),
                                             r=np.eye(3).ravel(), p=P.ravel(), binning_x=0, binning_y=0,
-                                            roi=RegionOfInterest(x_offset=0, y_offset=0, height=0, width=0,
-                                                                 do_rectify=False)),
+                                            roi=roi),
             "sensor_msgs/msg/CameraInfo")
         q, cmd = ep["q"][k], ep["command"][k]
         for stream, names, values, t in (("arm_state", arm, q[:7], ep["arm_state_stamp"][k]),
@@ -247,11 +269,7 @@ def episode_from_bag(bag, task: str, out_dir, cfg, schema, calibration: dict, su
     from robot_runtime.data.recorder import EpisodeRecorder, GridAligner  # noqa: PLC0415
     from robot_runtime.perception.preprocess import VisualPreprocessor  # noqa: PLC0415
 
-    bag = Path(bag)
-    if bag.is_file():
-        bag = bag.parent
-    if not (bag / "metadata.yaml").exists():
-        raise RecordingError(f"{bag}: not a rosbag2 folder (no metadata.yaml)")
+    bag = _bag_folder(bag)
     joint_topics = _joint_topics()
     needed = {cfg.camera.depth_topic: "depth", cfg.camera.info_topic: "info",
               **{topic: stream for stream, topic in joint_topics.items()}}
@@ -293,22 +311,13 @@ def episode_from_bag(bag, task: str, out_dir, cfg, schema, calibration: dict, su
         next_free: float | None = None
         counts = {t: 0 for t in needed}
         depth_dropped = {"no_intrinsics": 0, "malformed": 0}
-        K = None
         conns = [c for c in reader.connections if c.topic in needed]
         total = sum(c.msgcount for c in conns)
         bar = None
         if progress:
             from tqdm import tqdm  # noqa: PLC0415
             bar = tqdm(total=total, desc="bag", unit="msg")
-        # The camera's intrinsics are static: the first usable CameraInfo serves the frames stamped
-        # before it too (live, the recorder has it long before an episode starts).
-        info_conns = [c for c in reader.connections if c.topic == cfg.camera.info_topic]
-        for conn, _, raw in reader.messages(connections=info_conns):
-            try:
-                K = ros_io.intrinsics_from_info(reader.deserialize(raw, conn.msgtype))
-                break
-            except ValueError:
-                continue
+        K = _first_intrinsics(reader, [c for c in reader.connections if c.topic == cfg.camera.info_topic])
         started = False
         for conn, t_ns, raw in reader.messages(connections=conns, start=lo, stop=hi):
             if bar is not None:
@@ -337,8 +346,7 @@ def episode_from_bag(bag, task: str, out_dir, cfg, schema, calibration: dict, su
                         aligner.add("depth", stamp, depth)
                         frames.append(stamp)
             else:
-                part, _ = JOINT_STREAMS[stream]
-                names = D.ARM_JOINTS if part == "arm" else D.HAND_JOINTS
+                names = D.ARM_JOINTS if stream.startswith("arm") else D.HAND_JOINTS
                 aligner.add(stream, _stamp(msg.header), _positions(msg, names, conn.topic))
             if not started:   # the episode starts once every stream has a sample (as an operator would)
                 if K is None or any(h.newest_t is None for h in aligner.streams.values()):
@@ -389,22 +397,13 @@ def read_depth_frames(bag, depth_topic: str, info_topic: str) -> tuple[np.ndarra
 
     from robot_runtime import ros_io  # noqa: PLC0415
 
-    bag = Path(bag)
-    folder = bag.parent if bag.is_file() else bag
-    if not (folder / "metadata.yaml").exists():
-        raise RecordingError(f"{bag}: not a rosbag2 folder (no metadata.yaml)")
+    folder = _bag_folder(bag)
     with AnyReader([folder], default_typestore=_typestore()) as reader:
         conns = {c.topic: c for c in reader.connections}
         missing = [t for t in (depth_topic, info_topic) if t not in conns]
         if missing:
             raise RecordingError(f"{bag}: no topic {', '.join(missing)} (it has {', '.join(sorted(conns))})")
-        K = None
-        for conn, _, raw in reader.messages(connections=[conns[info_topic]]):
-            try:
-                K = ros_io.intrinsics_from_info(reader.deserialize(raw, conn.msgtype))
-                break
-            except ValueError:
-                continue
+        K = _first_intrinsics(reader, [conns[info_topic]])
         if K is None:
             raise RecordingError(f"{bag}: no usable CameraInfo on {info_topic}")
         frames, stamps = [], []
@@ -428,7 +427,3 @@ def bag_topics(bag) -> dict[str, tuple[str, int]]:
     with AnyReader([Path(bag)], default_typestore=_typestore()) as reader:
         return {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}
 
-
-def bag_summary_json(result: BagImport) -> str:
-    return json.dumps({"file": str(result.path), "steps": result.steps, "messages": result.messages,
-                       "dropped": result.dropped, "depth_dropped": result.depth_dropped})
