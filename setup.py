@@ -40,15 +40,16 @@ setup(
     ],
     python_requires=">=3.10",
     # pin: pinocchio, the robot's kinematics (the controllers' workspace check, IK, calibration);
-    # transforms3d: rotations and poses.
-    install_requires=["numpy>=1.24", "PyYAML>=6", "pin>=2.7", "transforms3d>=0.4"],
+    # transforms3d: rotations and poses. numba: the point-cloud path's per-pixel and per-point
+    # loops (the robot self-filter), compiled, on the policy's critical path.
+    install_requires=["numpy>=1.24", "PyYAML>=6", "pin>=2.7", "transforms3d>=0.4", "numba>=0.60"],
     extras_require={
         # The MuJoCo twin of the lab cell (offscreen rendering with MUJOCO_GL=egl).
         "twin": ["mujoco>=3.2"],
         # UFactory xArm: imported only when an arm backend of type "xarm" is chosen.
         "xarm": ["xarm-python-sdk>=1.14"],
         # The policy: checkpoints, ONNX export and ONNX Runtime (torch is installed first, pinned).
-        "policy": ["torch", "safetensors>=0.4", "onnx>=1.15", "onnxruntime>=1.17", "tqdm>=4"],
+        "policy": ["torch", "safetensors>=0.4", "onnx>=1.15", "onnxruntime>=1.18", "tqdm>=4"],
         # Teleoperation and demo data: finger retargeting (dex-retargeting, on pinocchio), the
         # LeRobot export (parquet), rosbag2 in and out (rosbags: MCAP and sqlite3, no ROS install), video input (six: an undeclared import of dex-retargeting). MediaPipe itself is installed by the Makefile with
         # --no-deps (mediapipe==0.10.21 carries its hand models but pins numpy<2 and protobuf<5,

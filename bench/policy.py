@@ -11,7 +11,8 @@ with the shipped checkpoint's weights, one CPU thread each:
   trunk (position table zeroed, weights copied in) in torch eager, re-encoding all 16
   frames of the window every step.
 
-The three run interleaved, step by step, so machine noise hits all alike. The
+The three run interleaved, step by step, each first in turn (none always runs right after
+another, whose work would leave it the colder caches), so machine noise hits all alike. The
 reference's actions are checked against ours (parity within ``PARITY_TOL``, 1e-3 rad) over
 the warm-up steps, before any step is timed, and over the run; a difference stops the benchmark.
 
@@ -120,6 +121,44 @@ def single_core_gflops() -> float:
     return 2 * 512 ** 3 * n / (time.perf_counter() - t0) / 1e9
 
 
+def preprocess_stages(pre: VisualPreprocessor, depth: np.ndarray, K: np.ndarray, q: np.ndarray) -> dict:
+    """The point-cloud preprocessing of each frame timed stage by stage (ms), through the same
+    functions :func:`robot_runtime.perception.preprocess.depth_to_points` calls, in its order; each
+    frame's result is checked against ``pre``'s, so the stages time the work the runners do."""
+    from robot_runtime.perception import preprocess as P  # noqa: PLC0415
+    from robot_runtime.perception.robot_filter import default_self_filter  # noqa: PLC0415
+
+    p, T = pre.spec.points, pre.T_base_camera
+    filt = default_self_filter() if p.robot_margin > 0 else None
+    names = ("backproject_above_table", "transform_crop", "robot_filter", "sample")
+    times = {k: [] for k in names}
+    counts = {"cropped": [], "objects": []}
+    for i in range(len(depth)):
+        t0 = time.perf_counter()
+        pts = P._points_above(depth[i], K, T, p.stride, max(p.box_min[2], p.table_z + p.table_margin))
+        t1 = time.perf_counter()
+        pts = P._crop_kernel(pts @ T[:3, :3].T + T[:3, 3], np.asarray(p.box_min, float), np.asarray(p.box_max, float),
+                             float(p.table_z + p.table_margin))
+        t2 = time.perf_counter()
+        counts["cropped"].append(len(pts))
+        if filt is not None:
+            objects = ~filt.inside(pts, q[i], p.robot_margin)
+            if objects.any():
+                pts = pts[objects]
+        t3 = time.perf_counter()
+        idx = P.frame_seed(p.seed, 0.05 * i).choice(len(pts), p.num_points, replace=len(pts) < p.num_points)
+        out = pts[np.sort(idx)].astype(np.float32)
+        t4 = time.perf_counter()
+        counts["objects"].append(len(pts))
+        if not np.array_equal(out, pre(depth[i], K, 0.05 * i, q[i])):
+            raise SystemExit(f"preprocess_stages: frame {i} differs from the preprocessor's output")
+        if i >= WARMUP:
+            for k, v in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                times[k].append(v * 1e3)
+    return {**{k: latency(v) for k, v in times.items()},
+            "points_p50": {k: float(np.median(v)) for k, v in counts.items()}}
+
+
 def step_latency(ckpt_path: Path, cfg) -> tuple[dict, dict]:
     torch.set_num_threads(1)
     ck = load_checkpoint(ckpt_path)
@@ -145,7 +184,8 @@ def step_latency(ckpt_path: Path, cfg) -> tuple[dict, dict]:
         w = window_indices(i, T)
         proprio_q = q[w][:, idx]
         outs = {}
-        for name in (*runners, "reference"):
+        order = (*runners, "reference")
+        for name in order[i % 3:] + order[:i % 3]:     # each runner first in turn: none always follows another
             t0 = time.perf_counter()
             if name == "reference":
                 frames = np.stack([visuals[j] if j != i else pre(depth[i], K, 0.05 * i, q[i]) for j in w])
@@ -179,6 +219,8 @@ def step_latency(ckpt_path: Path, cfg) -> tuple[dict, dict]:
                          f"(tolerance {PARITY_TOL:g})")
     result = {name: {"step": latency(t["step"]), **{s: latency(t[s]) for s in STAGES}}
               for name, t in times.items()}
+    if ck.schema.visual.kind == "pointcloud":
+        result["preprocess_stages"] = preprocess_stages(pre, depth, K, q)
     flops, rate = trunk_flops(model.arch, T), single_core_gflops()
     floor_ms = flops / (rate * 1e9) * 1e3
     result["trunk_floor"] = {"flops": flops, "single_core_gflops": rate, "floor_ms": floor_ms,
@@ -218,6 +260,9 @@ def twin_timing(cfg_path: Path, camera_hz: float, tick_lock: str) -> dict:
     ts, pick = a["target_stamp"][order], a["pickup_t"][order]
     j = np.clip(np.searchsorted(ts, stamp_for), 0, max(len(ts) - 1, 0))
     found = sel & (len(ts) > 0) & (np.abs(ts[j] - stamp_for) < 1e-4) if len(ts) else np.zeros_like(sel)
+    if not found.any():
+        raise SystemExit(f"twin ({tick_lock} ticks): the arm controller picked up none of the {int(sel.sum())} "
+                         f"published targets in {TWIN_S:g} s; give it longer (BENCH_TWIN_S)")
     compute = sum(np.nan_to_num(d[k]) for k in STAGES)
     return {"camera_hz": camera_hz, "tick_lock": tick_lock,
             "frame_age": latency(d["frame_age"][sel]),
@@ -257,6 +302,12 @@ def main() -> dict:
             print(f"{name:<14}{label:<12}{lat['p50_ms']:>9.3f}{lat['p99_ms']:>9.3f}{lat['max_ms']:>9.3f}{lat['n']:>7}")
     print(f"\nreference p99 / onnxruntime p99: {result['speedup_p99_reference_over_onnxruntime']:.1f}x "
           f"(target >= 3x); onnxruntime p99 {ort99:.2f} ms (target <= 2.5 ms)")
+    if "preprocess_stages" in steps:
+        ps = steps["preprocess_stages"]
+        print(f"\npreprocessing by stage (each alone, same frames; points p50: {ps['points_p50']}):")
+        for k, lat in ps.items():
+            if k != "points_p50":
+                print(f"  {k:<26}{lat['p50_ms']:>9.3f}{lat['p99_ms']:>9.3f}{lat['max_ms']:>9.3f}")
     tf = steps["trunk_floor"]
     print(f"trunk: {tf['flops'] / 1e6:.0f} MFLOP per step; at this core's {tf['single_core_gflops']:.0f} GFLOP/s "
           f"(float32 matmul) its floor is {tf['floor_ms']:.2f} ms, onnxruntime's trunk p50 "

@@ -8,7 +8,7 @@
                 its preprocessing, history, policy rate...},
      "provenance": {"created": ISO time, "source": ..., free-form fields},
      "weights": {"file": "model.safetensors", "sha256": hex digest},
-     "onnx": {"opset": 17, "version": export version, "history": 16, "weights_sha256": the weights' digest,
+     "onnx": {"opset": 20, "version": export version, "history": 16, "weights_sha256": the weights' digest,
               "encoder": {"file", "sha256"}, "trunk": {"file", "sha256"}}}
 
 Every file entry is a path relative to the folder that stays inside it, every digest is

@@ -19,6 +19,7 @@ import functools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from numba import njit
 
 from robot_runtime.errors import RobotRuntimeError
 
@@ -201,12 +202,48 @@ def backproject(depth: np.ndarray, K: np.ndarray, stride: int = 1) -> np.ndarray
     return np.column_stack([rx[ok] * z[ok], ry[ok] * z[ok], z[ok]])
 
 
-@functools.lru_cache(maxsize=8)
-def _height_per_depth(shape: tuple[int, int], K_key: tuple, stride: int, r2: tuple) -> np.ndarray:
-    """[h, w] base-frame height gained per metre of depth along each pixel's ray (third row of
-    the camera's rotation, ``r2``, applied to the ray (rx, ry, 1))."""
-    _, rx, ry = _pixel_rays(shape, K_key, stride)
-    return r2[0] * rx + r2[1] * ry + r2[2]
+@njit(cache=True, nogil=True)
+def _rays_above_kernel(depth, stride, fx, fy, cx, cy, r2x, r2y, r2z, base_z, cut):  # pragma: no cover - compiled
+    """The ``stride``-th pixels of ``depth`` in row-major order whose depth z is finite and positive
+    and whose estimated base-frame height z (r2 . ray) + ``base_z`` exceeds ``cut`` -> their
+    camera-frame points [n, 3] (rx z, ry z, z), with the ray (rx, ry, 1) = ((u - cx) / fx,
+    (v - cy) / fy, 1) computed as :func:`_pixel_rays` computes it (the same float64 values)."""
+    h = (depth.shape[0] + stride - 1) // stride
+    w = (depth.shape[1] + stride - 1) // stride
+    out = np.empty((h * w, 3))
+    rxs = np.empty(w)
+    for j in range(w):
+        rxs[j] = (np.float64(j * stride) - cx) / fx
+    n = 0
+    for i in range(h):
+        ry = (np.float64(i * stride) - cy) / fy
+        for j in range(w):
+            z = np.float64(depth[i * stride, j * stride])
+            if not (np.isfinite(z) and z > 0.0):
+                continue
+            rx = rxs[j]
+            if not z * (r2x * rx + r2y * ry + r2z) + base_z > cut:
+                continue
+            out[n, 0] = rx * z
+            out[n, 1] = ry * z
+            out[n, 2] = z
+            n += 1
+    return out[:n]
+
+
+@njit(cache=True, nogil=True)
+def _crop_kernel(pts, box_min, box_max, above):  # pragma: no cover - compiled
+    """The rows of ``pts`` [N, 3] (base frame, m) inside the box [box_min, box_max] (bounds included)
+    and strictly higher than ``above``, in order."""
+    out = np.empty_like(pts)
+    n = 0
+    for k in range(pts.shape[0]):
+        x, y, z = pts[k, 0], pts[k, 1], pts[k, 2]
+        if (box_min[0] <= x <= box_max[0] and box_min[1] <= y <= box_max[1] and box_min[2] <= z <= box_max[2]
+                and z > above):
+            out[n] = pts[k]
+            n += 1
+    return out[:n]
 
 
 def _points_above(depth: np.ndarray, K: np.ndarray, T: np.ndarray, stride: int, z_min: float) -> np.ndarray:
@@ -214,15 +251,10 @@ def _points_above(depth: np.ndarray, K: np.ndarray, T: np.ndarray, stride: int, 
     base-frame height is surely at or below ``z_min`` (m): most of a frame is table, dropped by
     the crop anyway. The height is estimated per pixel by a cheaper route than the crop's
     transform, so a margin of 1 um keeps every point the crop could keep (float64 rounding is
-    ~1e-16 m here): the crop's result is unchanged."""
-    K_key = (K[0, 0], K[1, 1], K[0, 2], K[1, 2])
-    _, rx, ry = _pixel_rays(depth.shape, K_key, stride)
-    z = depth[::stride, ::stride].astype(np.float64)
-    ok = np.isfinite(z) & (z > 0)
-    with np.errstate(invalid="ignore"):      # holes (NaN, inf) are already out of ``ok``
-        height = z * _height_per_depth(depth.shape, K_key, stride, tuple(T[2, :3])) + T[2, 3]
-    ok &= height > z_min - 1e-6
-    return np.column_stack([rx[ok] * z[ok], ry[ok] * z[ok], z[ok]])
+    ~1e-16 m here): the crop's result is unchanged. One compiled pass over the pixels, reading
+    nothing but the depth."""
+    return _rays_above_kernel(depth, int(stride), float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]),
+                              float(T[2, 0]), float(T[2, 1]), float(T[2, 2]), float(T[2, 3]), z_min - 1e-6)
 
 
 def frame_seed(seed: int, stamp: float) -> np.random.Generator:
@@ -248,11 +280,8 @@ def depth_to_points(depth: np.ndarray, K: np.ndarray, T_base_camera: np.ndarray,
         raise PreprocessError(f"depth frame must be a 2-D image, got shape {depth.shape}")
     T = np.asarray(T_base_camera, float)
     pts = _points_above(depth, np.asarray(K, float), T, p.stride, max(p.box_min[2], p.table_z + p.table_margin))
-    pts = pts @ T[:3, :3].T + T[:3, 3]
-    x, y, z = pts.T        # the crop column by column: the same comparisons, fewer temporaries
-    keep = ((x >= p.box_min[0]) & (x <= p.box_max[0]) & (y >= p.box_min[1]) & (y <= p.box_max[1])
-            & (z >= p.box_min[2]) & (z <= p.box_max[2]) & (z > p.table_z + p.table_margin))
-    pts = pts[keep]
+    pts = _crop_kernel(pts @ T[:3, :3].T + T[:3, 3], np.asarray(p.box_min, float), np.asarray(p.box_max, float),
+                       float(p.table_z + p.table_margin))
     if len(pts) == 0:
         raise PreprocessError(f"no depth points inside the box {p.box_min}..{p.box_max} above the table "
                               f"(z > {p.table_z + p.table_margin:.3f} m)")
@@ -272,6 +301,18 @@ def depth_to_points(depth: np.ndarray, K: np.ndarray, T_base_camera: np.ndarray,
 # --------------------------------------------------------------------------------------
 
 
+def _compile_point_path(robot_filter: bool) -> None:
+    """Compile (or load from numba's cache) the point path's kernels now, for both depth dtypes a
+    camera gives (float32, float64), so that no frame waits for the compiler."""
+    for dtype in (np.float32, np.float64):
+        _rays_above_kernel(np.zeros((1, 1), dtype), 1, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+    _crop_kernel(np.zeros((1, 3)), np.zeros(3), np.ones(3), 0.0)
+    if robot_filter:
+        from robot_runtime.perception.robot_filter import default_self_filter  # noqa: PLC0415
+
+        default_self_filter()
+
+
 class VisualPreprocessor:
     """Frame -> one step's visual input for a policy with :class:`VisualSpec` ``spec``.
 
@@ -286,6 +327,8 @@ class VisualPreprocessor:
             raise PreprocessError("a point-cloud policy needs the camera calibration (camera pose in the base frame)")
         self.spec = spec
         self.T_base_camera = None if T_base_camera is None else np.asarray(T_base_camera, float)
+        if spec.kind == "pointcloud":
+            _compile_point_path(spec.points.robot_margin > 0)
 
     @property
     def shape(self) -> tuple[int, int]:

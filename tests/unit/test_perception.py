@@ -212,3 +212,38 @@ def test_the_early_table_cut_keeps_exactly_the_points_the_crop_keeps():
     idx = frame_seed(p.seed, 3.0).choice(len(pts), p.num_points, replace=len(pts) < p.num_points)
     assert 0.2 * h * w < len(pts) < 0.8 * h * w                            # the cut runs through the cloud
     assert np.array_equal(got, pts[np.sort(idx)].astype(np.float32))
+
+
+def test_the_compiled_point_path_gives_the_numpy_pipelines_bytes_on_twin_frames():
+    """depth_to_points (compiled early cut and self-filter) against the plain numpy pipeline it
+    replaced: back-project every pixel, transform, crop, test every point against every
+    primitive, sample. Twin frames with the hand over the objects, several placements."""
+    from robot_runtime.config import load_config
+    from robot_runtime.perception.preprocess import frame_seed
+    from robot_runtime.perception.robot_filter import RobotSelfFilter
+    from robot_runtime.twin.sim import TwinSimulation
+    from policies.make_twin_checkpoint import twin_visual
+    from tests.ros_probe import REPO
+
+    cfg = load_config(REPO / "config" / "sim.yaml")
+    p = twin_visual(cfg).points
+    filt = RobotSelfFilter()
+    sim = TwinSimulation(cfg.twin, cfg.robot)
+    try:
+        for task, seed in (("grasp_lift", 10_001), ("grasp_drop", 10_002), ("grasp_pour", 10_003)):
+            sim.reset(task, seed)
+            depth, K, T = sim.render_depth(), sim.intrinsics(), sim.camera_pose()
+            q = np.concatenate([sim.arm_state().position, sim.hand_state().position])
+            for stamp in (0.05, 1.25):
+                got = depth_to_points(depth, K, T, p, stamp, q)
+                pts = backproject(depth, K, p.stride) @ T[:3, :3].T + T[:3, 3]
+                keep = (np.all((pts >= p.box_min) & (pts <= p.box_max), axis=1)
+                        & (pts[:, 2] > p.table_z + p.table_margin))
+                pts = pts[keep]
+                robot = _inside_all_pairs(filt, pts, q, p.robot_margin)
+                assert 0 < robot.sum() < len(pts)
+                pts = pts[~robot]
+                idx = frame_seed(p.seed, stamp).choice(len(pts), p.num_points, replace=len(pts) < p.num_points)
+                assert np.array_equal(got, pts[np.sort(idx)].astype(np.float32)), (task, seed, stamp)
+    finally:
+        sim.close()

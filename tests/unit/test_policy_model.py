@@ -10,6 +10,7 @@ import torch
 from policies.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from policies.errors import CheckpointError, SchemaMismatchError
 from policies.history import StepHistory, window_indices
+from policies.onnx_export import EXPORT_VERSION, OPSET
 from policies.hop import HopArchitecture, HopPolicy
 from policies.importer import convert_state_dict, import_hop, import_hop_file
 from policies.runners import OnnxRunner, TorchRunner
@@ -160,11 +161,11 @@ def test_onnx_matches_torch_on_recorded_twin_inputs(tmp_path, twin_recording):
 def test_checkpoint_carries_its_onnx_files_and_others_are_exported_once(tmp_path, onnx_cache):
     own = load_checkpoint(depth_checkpoint(tmp_path / "own", seed=7))
     OnnxRunner(own)
-    assert own.onnx_files(17, 2) is not None and not any((onnx_cache / "onnx").glob(own.sha256[:16] + "*"))
+    assert own.onnx_files(OPSET, EXPORT_VERSION) is not None and not any((onnx_cache / "onnx").glob(own.sha256[:16] + "*"))
     # tampered ONNX files are not used: the checkpoint is exported again, into the cache
     (own.path / "onnx" / "trunk.onnx").write_bytes(b"garbage")
     own = load_checkpoint(own.path)
-    assert own.onnx_files(17, 2) is None
+    assert own.onnx_files(OPSET, EXPORT_VERSION) is None
     OnnxRunner(own)
     plain = load_checkpoint(depth_checkpoint(tmp_path / "plain", seed=8, onnx=False))
     OnnxRunner(plain)
@@ -263,8 +264,6 @@ def test_policy_json_fields_of_the_wrong_type_or_leaving_the_folder_are_refused(
 
 
 def test_onnx_files_are_used_only_when_made_from_the_verified_weights(tmp_path):
-    from policies.onnx_export import EXPORT_VERSION, OPSET
-
     folder = depth_checkpoint(tmp_path / "ck")
     ck = load_checkpoint(folder)
     assert ck.onnx_files(OPSET, EXPORT_VERSION) is not None          # as saved: made from these weights
