@@ -16,7 +16,8 @@ For each task (grasp & lift over the twin's four objects, grasp & drop, grasp & 
 4. diagnostics of each 15-demo run (:func:`policies.diagnostics.diagnose`): the open-loop
    error per joint and per chunk row against the demo step, success on the demos' own
    placements, a replay of a demo's recorded commands, and a picture of a failed rollout's
-   targets against its demo; a success-against-demos plot.
+   targets against its demo; a success-against-demos plot; with ``--handover N``, which phase
+   fails (:func:`policies.diagnostics.phase_handover`).
 
 Everything on (the default, 12 runs) takes well over the 40 minutes the project allows a
 benchmark on a 2-core CPU: a run from scratch takes about 6 minutes with its evaluation, one
@@ -47,7 +48,7 @@ import numpy as np
 
 from bench.common import machine, require, write
 from policies.checkpoint import load_checkpoint
-from policies.diagnostics import diagnose, plot_success_against_demos, rollout_summary
+from policies.diagnostics import diagnose, phase_handover, plot_success_against_demos, rollout_summary
 from policies.evaluate import evaluate, replay_commands
 from policies.finetune import FinetuneConfig, FinetuneJob
 from policies.make_twin_checkpoint import DEMO_SEED0, EVAL_SEED0, PRIOR, load_twin_config
@@ -96,6 +97,9 @@ def main(argv=None) -> int:
     ap.add_argument("--turn-carry", type=int, default=0, metavar="N",
                     help="train on N copies of each demo from its grasp on, the cell turned about joint 1 "
                          "(finetune --turn-carry), for the tasks with a second object")
+    ap.add_argument("--handover", type=int, default=0, metavar="N",
+                    help="diagnostics of each full-demo run also say which phase fails: N new placements with the "
+                         "scripted expert driving until each phase begins, the policy from there")
     a = ap.parse_args(argv)
     cfg = load_twin_config(REPO / "config" / "sim.yaml")
     prior = a.prior
@@ -156,6 +160,9 @@ def main(argv=None) -> int:
         if n == a.demos:
             r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,
                                         rollouts=min(10, a.rollouts), workers=a.workers)
+            if a.handover:
+                r["diagnostics"]["handover"] = phase_handover(cfg, ft.checkpoint, task, a.handover, EVAL_SEED0,
+                                                              workers=a.workers)
         result[name] = r
         print(rep.line(), flush=True)
     curves: dict[str, dict] = {}
@@ -183,6 +190,11 @@ def main(argv=None) -> int:
               f"{'-' if d is None else format(d['success_rate'], '.2f'):>11s} "
               f"{100 * (r['closest_m_median'] or np.nan):9.1f} {100 * (r['lift_m_median'] or np.nan):8.1f} "
               f"{100 * (r.get('end_m_median') or np.nan):7.1f}")
+    for name, _, _, _ in runs:
+        h = result[name].get("diagnostics", {}).get("handover")
+        if h:
+            print(f"{name}: which phase fails ({h['seeds'][1]} placements; the expert drives until the phase, the "
+                  f"policy from there): " + ", ".join(f"from {p} {v['success_rate']:.2f}" for p, v in h["phases"].items()))
     for t in ("grasp_lift", "grasp_drop"):
         if f"{t}_5demos_prior_gain" in result:
             print(f"{t}: 5 demos, prior minus scratch: {result[f'{t}_5demos_prior_gain']:+.2f}")

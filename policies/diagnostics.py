@@ -10,9 +10,13 @@
    (:class:`robot_runtime.twin.rollout.EpisodeOutcome`).
 5. **Pictures**: success against the number of demos, and one failed rollout's targets
    against the demo recorded on the same placement.
+6. **Which phase fails** (twin tasks, with the scripted expert): the same new placements with
+   the expert driving until a phase begins and the policy from there (:func:`phase_handover`):
+   the policy from the start, from the descent to the object, from the lift, from the carry.
+   Where success jumps, the phase before the jump is where the policy loses it.
 
 :func:`diagnose` runs rungs 1-4 and the rollout picture; ``robot-runtime eval --demos DIR`` and
-``bench.fewshot`` use it.
+``bench.fewshot`` use it. ``eval --handover N`` and ``bench.fewshot --handover N`` run rung 6.
 """
 from __future__ import annotations
 
@@ -54,6 +58,29 @@ def rollout_summary(rep: EvalReport) -> dict:
             **({"carried_m": carried, "end_m": ends,
                 "end_m_median": round(float(np.median(ends)), 4)} if ends else {}),
             "eval_s": round(rep.seconds, 1)}
+
+
+#: The phases :func:`phase_handover` hands over at, per task (labels of the expert's plan; the
+#: policy drives from the start of each).
+HANDOVER_PHASES = {"grasp_lift": ("descend", "lift"), "grasp_drop": ("descend", "lift", "carry"),
+                   "grasp_pour": ("descend", "lift", "carry")}
+
+
+def phase_handover(cfg: RuntimeConfig, checkpoint, task: str, n: int, seed0: int = 10_000, phases=None,
+                   workers: int = 1, out_dir=None, progress: bool = False) -> dict:
+    """Success on the placements ``seed0 .. seed0 + n - 1`` with the scripted expert driving until
+    each of ``phases`` begins and the policy from there (default :data:`HANDOVER_PHASES`), and with
+    the policy throughout ('start'). Returns {"seeds": [first, n], "phases": {phase: rollout
+    summary}}, phases in the order the policy takes over later and later."""
+    from policies.evaluate import evaluate  # noqa: PLC0415
+
+    phases = tuple(phases or HANDOVER_PHASES[task])
+    out: dict = {"seeds": [int(seed0), int(n)], "phases": {}}
+    for phase in ("start", *phases):
+        rep = evaluate(cfg, checkpoint, task, n, seed0, None if out_dir is None else Path(out_dir) / phase,
+                       progress=progress, workers=workers, expert_until=None if phase == "start" else phase)
+        out["phases"][phase] = rollout_summary(rep)
+    return out
 
 
 def diagnose(cfg: RuntimeConfig, checkpoint, task: str, demos, out_dir, rollouts: int = 10,

@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from policies.bc import mirror_joints
 from policies.closed_loop import ClosedLoopPolicy, Frame, LiveRobot, LoadedPolicy
 from robot_runtime import description as D
 from robot_runtime.config import RuntimeConfig
-from robot_runtime.twin.rollout import EpisodeOutcome, TwinEpisodeRunner, map_seed_chunks
+from robot_runtime.twin.rollout import EpisodeOutcome, TwinEpisodeRunner, make_expert, map_seed_chunks
 
 #: Rollout length per task (s): the scripted demos take about 9-12 s (lift), 12-15 s (drop), 22-25 s (pour).
 DEFAULT_DURATION_S = {"grasp_lift": 14.0, "grasp_drop": 17.0, "grasp_pour": 26.0}
@@ -78,12 +79,17 @@ def live_robot_of(runner: TwinEpisodeRunner, cfg: RuntimeConfig) -> LiveRobot:
 
 def evaluate(cfg: RuntimeConfig, checkpoint, task: str, n: int, seed0: int = 10_000, out_dir=None,
              duration_s: float | None = None, runner: str = "onnxruntime", progress: bool = True,
-             workers: int = 1) -> EvalReport:
+             workers: int = 1, expert_until: str | None = None) -> EvalReport:
     """``n`` rollouts of ``checkpoint`` on ``task`` with seeds ``seed0 .. seed0 + n - 1`` (kept apart
     from the demo seeds), each saved under ``out_dir`` (None: not saved).
 
     ``workers`` > 1 runs the rollouts in that many processes (a rollout uses about one core);
     the report is the same as from one process, rollouts in seed order.
+
+    ``expert_until``: a phase of the scripted expert's plan (a waypoint label such as 'descend',
+    'lift', 'carry'): the expert plans each placement and drives the robot until that phase
+    begins, the policy from then on (:func:`handover_driver`). The policy sees every step
+    from the start, so its history is full when it takes over. None: the policy throughout.
     """
     duration_s = duration_s or DEFAULT_DURATION_S[task]
     t0 = time.monotonic()
@@ -100,38 +106,71 @@ def evaluate(cfg: RuntimeConfig, checkpoint, task: str, n: int, seed0: int = 10_
             bar.set_postfix(success=f"{sum(o.success for o in outcomes)}/{len(outcomes)}")
     try:
         if workers == 1:
-            name, outcomes = _rollouts(cfg, checkpoint, task, seeds, out_dir, duration_s, runner, done)
+            name, outcomes = _rollouts(cfg, checkpoint, task, seeds, out_dir, duration_s, runner, done, expert_until)
         else:
             name, outcomes = _rollouts_parallel(cfg, checkpoint, task, seeds, out_dir, duration_s, runner, workers,
-                                                done)
+                                                done, expert_until)
     finally:
         if bar is not None:
             bar.close()
-    report = EvalReport(name, task, outcomes, time.monotonic() - t0, str(out_dir or ""))
+    report = EvalReport(name, task, outcomes, time.monotonic() - t0, str(out_dir or ""),
+                        extra={"expert_until": expert_until} if expert_until else {})
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "eval.json").write_text(json.dumps(report.to_dict(), indent=1, default=_jsonable))
     return report
 
 
+def handover_driver(expert, task: str, until: str, period: float, active: Callable[[], tuple]):
+    """(on_reset, choose) for a rollout whose first phases the scripted ``expert`` drives: at the reset
+    it plans ``task`` on the placement (from ``default_rng(seed)``, as its demos were planned); until
+    the phase ``until`` begins, ``choose(t, policy_target)`` returns the plan's target for the next
+    step, then the policy's.
+
+    Raises:
+        ValueError: ``until`` is not a phase of the plan (the message lists the plan's phases).
+    """
+    state = {"t": 0.0}
+
+    def on_reset(seed: int, start: dict, q: np.ndarray) -> None:
+        expert.plan(task, start, active(), q, np.random.default_rng(seed))
+        labels = [w.label for w in expert.waypoints]
+        if until not in labels[1:]:
+            raise ValueError(f"expert_until {until!r}: not a phase of the expert's {task} plan {labels[1:]}")
+        i = labels.index(until, 1)
+        state["t"] = expert.waypoints[i - 1].t      # the phase begins where the one before it ended
+
+    def choose(t: float, policy_target):
+        return expert.sample(t + period)[0] if t + period <= state["t"] + 1e-9 else policy_target
+    return on_reset, choose
+
+
 def _rollouts(cfg: RuntimeConfig, checkpoint, task: str, seeds, out_dir, duration_s: float, runner: str,
-              done=None) -> tuple[str, list[EpisodeOutcome]]:
+              done=None, expert_until: str | None = None) -> tuple[str, list[EpisodeOutcome]]:
     """Roll ``checkpoint`` out once per seed in one process; returns (checkpoint name, outcomes)."""
     from policies.checkpoint import load_checkpoint  # noqa: PLC0415
 
     outcomes: list[EpisodeOutcome] = []
     schema = load_checkpoint(checkpoint).schema
-    tw = TwinEpisodeRunner(cfg, schema.visual, out_dir, {"kind": "policy_rollout", "checkpoint": str(checkpoint)})
+    source = {"kind": "policy_rollout", "checkpoint": str(checkpoint)} | ({"expert_until": expert_until}
+                                                                         if expert_until else {})
+    tw = TwinEpisodeRunner(cfg, schema.visual, out_dir, source)
     try:
         loaded = LoadedPolicy.load(checkpoint, live_robot_of(tw, cfg), runner, warmup_steps=2)
         cl = ClosedLoopPolicy(loaded, tw.period, max_frame_age_s=tw.period, max_state_age_s=tw.period)
+        handover = None
+        if expert_until:
+            handover = handover_driver(make_expert(cfg), task, expert_until, tw.period, lambda: tw.sim.active_objects)
         for seed in seeds:
             cl.start()
             seq = iter(range(1 << 30))
 
             def drive(t, q, depth, K):
-                return cl.tick(t, Frame(depth, K, t, next(seq)), (t, q), stamp_for=t + tw.period).q
-            outcomes.append(tw.run(task, seed, drive, duration_s, note=f"rollout of {loaded.name}, seed {seed}"))
+                target = cl.tick(t, Frame(depth, K, t, next(seq)), (t, q), stamp_for=t + tw.period).q
+                return handover[1](t, target) if handover else target
+            on_reset = (lambda start, q, s=seed: handover[0](s, start, q)) if handover else None
+            note = f"rollout of {loaded.name}, seed {seed}" + (f", the expert until {expert_until}" if handover else "")
+            outcomes.append(tw.run(task, seed, drive, duration_s, note=note, on_reset=on_reset))
             cl.stop()
             if done is not None:
                 done(outcomes)
@@ -144,7 +183,7 @@ def _rollout_chunk(args) -> tuple[str, list[EpisodeOutcome]]:
     return _rollouts(*args)
 
 
-def _rollouts_parallel(cfg, checkpoint, task, seeds, out_dir, duration_s, runner, workers, done):
+def _rollouts_parallel(cfg, checkpoint, task, seeds, out_dir, duration_s, runner, workers, done, expert_until=None):
     if runner == "onnxruntime":   # export once here, not in every worker at the same time
         from policies.checkpoint import load_checkpoint  # noqa: PLC0415
         from policies.onnx_export import EXPORT_VERSION, OPSET, export_onnx  # noqa: PLC0415
@@ -154,7 +193,8 @@ def _rollouts_parallel(cfg, checkpoint, task, seeds, out_dir, duration_s, runner
             export_onnx(ck)
     name, outcomes = "", []
     for name, chunk in map_seed_chunks(_rollout_chunk, seeds, workers, 5, lambda c: (
-            cfg, checkpoint, task, c, None if out_dir is None else Path(out_dir) / f"seeds_{c[0]}", duration_s, runner)):
+            cfg, checkpoint, task, c, None if out_dir is None else Path(out_dir) / f"seeds_{c[0]}", duration_s, runner,
+            None, expert_until)):
         for o in chunk:
             outcomes.append(o)
             done(outcomes)

@@ -314,6 +314,18 @@ def _cmd_eval(args) -> int:
         if d.get("rollout_vs_demo_png"):
             print(f"a failed rollout against its demo: {d['rollout_vs_demo_png']}")
         print(f"diagnostics: {write_json(out / 'diagnostics' / 'diagnostics.json', d)}")
+    if args.handover:
+        from policies.diagnostics import phase_handover, write_json
+
+        h = phase_handover(cfg, args.checkpoint, args.task, args.handover, args.seed, workers=args.workers,
+                           out_dir=out / "handover")
+        print(f"which phase fails ({args.handover} placements from seed {args.seed}; the scripted expert drives "
+              f"until the phase begins, the policy from there):")
+        for phase, r in h["phases"].items():
+            lifted = sum(1 for x in r["lift_m"] if x is not None and x > 0.08)
+            print(f"  policy from {phase:<8} {sum(r['successes'])}/{r['rollouts']} = {r['success_rate']:.2f} "
+                  f"(lifted {lifted})")
+        print(f"handover: {write_json(out / 'handover' / 'handover.json', h)}")
     if args.rrd:
         from robot_runtime.viz.replay import log_episode
         from robot_runtime.viz.rerun_log import RolloutLogger
@@ -661,6 +673,9 @@ def main(argv=None) -> int:
     p.add_argument("--rrd", action="store_true", help="also save each rollout as a Rerun .rrd file")
     p.add_argument("--demos", help="the demos it was trained on: also the open-loop error on them, rollouts on their "
                                    "placements, a replay of one demo's commands and a failed rollout against its demo")
+    p.add_argument("--handover", type=int, default=0, metavar="N",
+                   help="also which phase fails: N placements (from --seed) with the scripted expert driving until "
+                        "each phase (descend, lift, carry) begins and the policy from there")
     p.set_defaults(func=_cmd_eval)
     p = sub.add_parser("calibrate", help="hand-eye calibration of the camera's pose (ArUco on the hand): starts the "
                                          "config's graph with calibration_node and waits for its result")

@@ -319,3 +319,38 @@ def test_the_visual_cache_keeps_its_bound_reads_ahead_and_names_a_bad_file(demos
             cache.get(str(bad))
     finally:
         cache.close()
+
+
+def test_the_expert_drives_until_the_handover_phase_and_the_policy_from_there(tmp_path):
+    """Rung 6 of the diagnostics: the scripted expert plans the placement and drives until the
+    phase begins (its own targets, step for step), the policy from there (targets of its own);
+    an unknown phase is named with the plan's phases."""
+    from pathlib import Path
+
+    from robot_runtime.config import load_config
+    from robot_runtime.data.episode_file import load_episode
+    from robot_runtime.twin.rollout import TwinEpisodeRunner, make_expert
+
+    cfg = load_config(Path(__file__).parents[2] / "config" / "sim.yaml")
+    rep = evaluate(cfg, cfg.policy.checkpoint, "grasp_lift", 1, seed0=10_000, out_dir=tmp_path, progress=False,
+                   expert_until="hold")
+    assert rep.successes == 1 and rep.extra == {"expert_until": "hold"}   # the expert lifted it; the policy held it
+    ep = load_episode(rep.rollouts[0].file)
+    assert ep.meta["source"]["expert_until"] == "hold"
+    # the plan the expert made for this placement, and where its last phase begins
+    tw = TwinEpisodeRunner(cfg, load_checkpoint(cfg.policy.checkpoint).schema.visual)
+    try:
+        expert = make_expert(cfg)
+        start = tw.sim.reset("grasp_lift", 10_000)
+        expert.plan("grasp_lift", {k: (v.position, v.quaternion) for k, v in start.items()}, tw.sim.active_objects,
+                    tw.measured(), np.random.default_rng(10_000))
+    finally:
+        tw.close()
+    period = 1.0 / cfg.rates.policy_hz
+    handover = int(round(expert.waypoints[-2].t / period))
+    plan = np.stack([expert.sample(k * period)[0] for k in range(len(ep))])
+    cmd = np.asarray(ep["command"], float)
+    assert np.abs(cmd[1:handover] - plan[1:handover]).max() < 1e-6
+    assert np.abs(cmd[handover + 2:] - plan[handover + 2:]).max() > 1e-4
+    with pytest.raises(ValueError, match="no_such_phase.*descend"):
+        evaluate(cfg, cfg.policy.checkpoint, "grasp_lift", 1, seed0=10_000, progress=False, expert_until="no_such_phase")
