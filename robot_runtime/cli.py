@@ -316,13 +316,14 @@ def _cmd_eval(args) -> int:
         print(f"diagnostics: {write_json(out / 'diagnostics' / 'diagnostics.json', d)}")
     if args.handover:
         from policies.diagnostics import phase_handover, write_json
+        from robot_runtime.teleop.scripted import LIFT_SUCCESS_M
 
         h = phase_handover(cfg, args.checkpoint, args.task, args.handover, args.seed, workers=args.workers,
                            out_dir=out / "handover")
         print(f"which phase fails ({args.handover} placements from seed {args.seed}; the scripted expert drives "
               f"until the phase begins, the policy from there):")
         for phase, r in h["phases"].items():
-            lifted = sum(1 for x in r["lift_m"] if x is not None and x > 0.08)
+            lifted = sum(1 for x in r["lift_m"] if x is not None and x > LIFT_SUCCESS_M)
             print(f"  policy from {phase:<8} {sum(r['successes'])}/{r['rollouts']} = {r['success_rate']:.2f} "
                   f"(lifted {lifted})")
         print(f"handover: {write_json(out / 'handover' / 'handover.json', h)}")

@@ -78,7 +78,8 @@ class RobotPrimitives:
     """The robot's primitives batched by kind, posed from joints given in ``joint_names`` order.
 
     :meth:`posed` returns ``{kind: (T [G, 4, 4] each primitive's pose in the base frame,
-    sizes [G, k])}`` for the kinds present: one forward-kinematics pass and one batched product.
+    sizes [G, k])}`` for the kinds present, slices of :meth:`poses` (every primitive at once: one
+    forward-kinematics pass and one batched product).
 
     Args:
         urdf_path: the description (default: the packaged xArm7 + Allegro URDF).
@@ -97,7 +98,18 @@ class RobotPrimitives:
             if gs:
                 self.batches[kind] = (np.array([self.model.link_slot(g.link) for g in gs]),
                                       np.stack([g.origin for g in gs]), np.array([g.size for g in gs]))
+        kinds = list(self.batches)
+        self._slots = np.concatenate([self.batches[k][0] for k in kinds]) if kinds else np.zeros(0, int)
+        self._origins = np.concatenate([self.batches[k][1] for k in kinds]) if kinds else np.zeros((0, 4, 4))
+        self._spans = dict(zip(kinds, np.cumsum([0] + [len(self.batches[k][0]) for k in kinds]).tolist()))
+
+    def poses(self, q) -> np.ndarray:
+        """Every primitive's pose in the base frame [G, 4, 4], the kinds of :attr:`batches` one after
+        the other in their order (one forward-kinematics pass, one batched product)."""
+        links = self.model.forward_array(np.asarray(q, float)[self.order])
+        return links[self._slots] @ self._origins
 
     def posed(self, q) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        links = self.model.forward_array(np.asarray(q, float)[self.order])
-        return {kind: (links[slots] @ origins, sizes) for kind, (slots, origins, sizes) in self.batches.items()}
+        T = self.poses(q)
+        return {kind: (T[self._spans[kind]:self._spans[kind] + len(sizes)], sizes)
+                for kind, (_, _, sizes) in self.batches.items()}

@@ -71,8 +71,6 @@ class RobotSelfFilter:
         b = self.robot.batches
         kinds = list(b)
         self._codes = np.concatenate([np.full(len(b[k][2]), _KIND_CODE[k], np.int64) for k in kinds])
-        self._slots = np.concatenate([b[k][0] for k in kinds])
-        self._origins = np.concatenate([b[k][1] for k in kinds])
         self._sizes = [(k, b[k][2]) for k in kinds]
         self._bounds: dict[float, tuple[np.ndarray, np.ndarray]] = {}
         self.inside(np.zeros((1, 3)), np.zeros(23), 0.0)      # compile (or load the compiled test) now
@@ -107,8 +105,7 @@ class RobotSelfFilter:
             reach = np.concatenate([self._reach(k, s, margin) for k, s in self._sizes]) + 1e-6   # rounding slack
             self._bounds = {margin: (np.concatenate([self._half(k, s, margin) for k, s in self._sizes]), reach * reach)}
         half, reach2 = self._bounds[margin]
-        links = self.robot.model.forward_array(np.asarray(q, float)[self.robot.order])
-        T = links[self._slots] @ self._origins                  # each primitive's pose [G, 4, 4], base frame
+        T = self.robot.poses(q)                                  # each primitive's pose [G, 4, 4], base frame
         return _inside_kernel(pts, self._codes, np.ascontiguousarray(T[:, :3, :3]), np.ascontiguousarray(T[:, :3, 3]),
                               half, reach2)
 
