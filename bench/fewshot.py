@@ -97,6 +97,9 @@ def main(argv=None) -> int:
     ap.add_argument("--turn-carry", type=int, default=0, metavar="N",
                     help="train on N copies of each demo from its grasp on, the cell turned about joint 1 "
                          "(finetune --turn-carry), for the tasks with a second object")
+    ap.add_argument("--shift-cell", type=int, default=0, metavar="N",
+                    help="train on N copies of each demo with the objects moved across the table and the arm's "
+                         "path bent onto them (finetune --shift-cell), for every task")
     ap.add_argument("--handover", type=int, default=0, metavar="N",
                     help="diagnostics of each full-demo run also say which phase fails: N new placements with the "
                          "scripted expert driving until each phase begins, the policy from there")
@@ -148,7 +151,8 @@ def main(argv=None) -> int:
                             save_every=10 ** 9, device=a.device, threads=os.cpu_count() or 1, nice=0,
                             freeze_encoder=bool(base), mirror=demos[task].get("mirror", False),
                             move_others=a.move_others if task in TWO_OBJECT_TASKS else 0,
-                            turn_carry=a.turn_carry if task in TWO_OBJECT_TASKS else 0)
+                            turn_carry=a.turn_carry if task in TWO_OBJECT_TASKS else 0,
+                            shift_cell=a.shift_cell)
         job = FinetuneJob(subset, work / "checkpoints" / name, base, fc)
         ft = job.run(bar=True)
         rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0, work / "rollouts" / name, workers=a.workers)
@@ -156,7 +160,8 @@ def main(argv=None) -> int:
              "steps": fc.steps, "train_loss": round(ft.train_loss, 4),
              "val_loss": None if ft.val_loss is None else round(ft.val_loss, 4), "base": base or "scratch",
              "selected_step": job.best["step"], "open_loop_error_rad": round(job.best["error"], 5),
-             "mirror": fc.mirror, "move_others": fc.move_others, "turn_carry": fc.turn_carry}
+             "mirror": fc.mirror, "move_others": fc.move_others, "turn_carry": fc.turn_carry,
+             "shift_cell": fc.shift_cell}
         if n == a.demos:
             r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,
                                         rollouts=min(10, a.rollouts), workers=a.workers)

@@ -1,4 +1,6 @@
-"""Approach copies of a demo with the other objects moved: which object to take, taught.
+"""Copies of a point-cloud demo that are demos too: the approach with the other objects moved
+(which object to take, taught), the carry in a turned cell (:func:`turned_after_grasp`) and the
+whole demo at another placement (:func:`shifted_cell`).
 
 A demo of a task with two objects (take the cube, drop it in the bowl) shows the approach to
 the object with the other one in one place. Fifteen such demos leave a policy free to place its
@@ -178,4 +180,98 @@ def turned_after_grasp(ep: Episode, hand_cols, joint1: int, angles) -> list[Epis
         q[:, joint1] += a
         act[:, joint1] += a
         out.append(Episode(q, act, v, train_from=g))
+    return out
+
+
+def approach_progress(ep: Episode, model, grasp: int, flange: str) -> np.ndarray:
+    """How far along its approach ``ep`` is at each step [N], from 0 at the start to 1 at the grasp
+    step ``grasp`` and after: the flange's path length so far (forward kinematics of the measured
+    joints) over its length up to the grasp."""
+    n = len(ep.q)
+    at = np.array([model.link_pose(ep.q[t], flange)[:3, 3] for t in range(min(grasp, n - 1) + 1)])
+    walked = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(at, axis=0), axis=1))])
+    s = np.ones(n)
+    s[: len(walked)] = walked / walked[-1] if walked[-1] > 1e-6 else 1.0
+    return s
+
+
+def _bend(model, q: np.ndarray, offsets: np.ndarray, arm, flange: str, max_error: float) -> np.ndarray | None:
+    """``q`` [N, 23] with the arm's joints (indices ``arm``) moved so that the flange is at its pose
+    plus ``offsets`` [N, 3] (m), orientation kept; each step's solve starts from the previous step's
+    change. None where a step's solve is off by more than ``max_error`` (m) or 10x that (rad)."""
+    from robot_runtime.ik import solve_ik  # noqa: PLC0415
+
+    out = np.array(q, float, copy=True)
+    arm = np.asarray(arm)
+    change = np.zeros(len(arm))
+    for t in range(len(q)):
+        if not offsets[t].any():
+            change[:] = 0.0
+            continue
+        goal = model.link_pose(q[t], flange)
+        goal[:3, 3] += offsets[t]
+        seed = np.array(q[t], float, copy=True)
+        seed[arm] += change
+        sol, pos_err, rot_err = solve_ik(model, seed, flange, goal, arm, iters=50, tol_pos=2e-5, tol_rot=2e-4)
+        if pos_err > max_error or rot_err > 10 * max_error:
+            return None
+        out[t, arm] = sol[arm]
+        change = sol[arm] - q[t, arm]
+    return out
+
+
+def shifted_cell(ep: Episode, scene: SceneBeforeGrasp, model, arm_cols, region_min, region_max, copies: int,
+                 rng: np.random.Generator, radius: float = 0.05, box_min=None, box_max=None,
+                 flange: str = "flange", max_error: float = 1e-3, tries: int = 50) -> list[Episode]:
+    """Up to ``copies`` copies of ``ep`` with every object on the table moved by one offset across
+    the table (drawn in a disc of ``radius`` m), the arm's path bent onto the moved objects: the
+    demo at a placement it was not recorded at.
+
+    A translation across the table is a symmetry of the objects, not of the robot, and not of the
+    start: every demo starts from the same home posture. So the flange's pose at each step is the
+    demo's plus the offset times the approach's progress (:func:`approach_progress`: 0 at home, 1 from
+    the grasp step on), orientation kept, and the arm's joints are solved for it by inverse
+    kinematics (joints and targets alike; each target with the progress of the step it is for). The
+    copy starts at home, converges on the moved object during the approach and, from the grasp on,
+    is the demo moved whole: the lift, the carry to the moved container, the release. The hand's
+    joints and targets are the demo's; the clouds (base frame) move with the offset.
+
+    ``scene``: the demo's :func:`scene_before_grasp`. An offset is kept when the object taken and
+    the others' centre stay inside the rectangle ``region_min``-``region_max`` (x-y, m: where the
+    demos' objects stood), every point inside the crop box (``box_min``/``box_max``, x-y), and
+    inverse kinematics reaches every pose within ``max_error``; at most ``tries`` draws a copy.
+
+    Raises:
+        PolicyError: the visual input is not point clouds [N, P, 3], or the hand never closes.
+    """
+    vis = point_clouds(ep, "moving the cell")
+    lo, hi = np.asarray(region_min, float)[:2], np.asarray(region_max, float)[:2]
+    centres = [scene.centre] + ([scene.others_centre] if scene.others_centre is not None else [])
+    pts = np.asarray(vis, float)[..., :2].reshape(-1, 2)
+    p_lo, p_hi = pts.min(axis=0), pts.max(axis=0)
+    b_lo = np.full(2, -np.inf) if box_min is None else np.asarray(box_min, float)[:2]
+    b_hi = np.full(2, np.inf) if box_max is None else np.asarray(box_max, float)[:2]
+
+    def fits(d) -> bool:
+        return bool(all((c + d >= lo).all() and (c + d <= hi).all() for c in centres)
+                    and (p_lo + d >= b_lo).all() and (p_hi + d <= b_hi).all())
+
+    s = approach_progress(ep, model, scene.grasp, flange)
+    s_next = np.append(s[1:], s[-1])
+    out = []
+    for _ in range(copies):
+        for _ in range(tries):
+            r, phi = radius * np.sqrt(rng.uniform()), rng.uniform(0.0, 2.0 * np.pi)
+            d = np.array([r * np.cos(phi), r * np.sin(phi)])
+            if not fits(d):
+                continue
+            d3 = np.array([d[0], d[1], 0.0])
+            q = _bend(model, ep.q, s[:, None] * d3, arm_cols, flange, max_error)
+            a = None if q is None else _bend(model, ep.actions, s_next[:, None] * d3, arm_cols, flange, max_error)
+            if a is None:
+                continue
+            v = np.array(vis, np.float32, copy=True)
+            v[..., :2] += d.astype(np.float32)
+            out.append(Episode(q, a, v, ep.train_until, ep.train_from))
+            break
     return out

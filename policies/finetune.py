@@ -78,7 +78,8 @@ class FinetuneConfig(TrainConfig):
             a base checkpoint's representation always wins.
         chunk, arm_mode, hand_mode, ensemble_decay: the action representation of a job from
             scratch (chunk rows; 'relative' or 'absolute' per group; the temporal ensemble's decay).
-        noise_arm, noise_hand: proprio noise std (rad) per group, for a chunked job.
+        noise_arm, noise_hand: proprio noise std (rad) per group, for a chunked job (from scratch
+            or from a chunked base alike: the base's own noise is not inherited).
         proprio_steps: from scratch, how many of the window's newest steps show their joints to the
             network (0: all of them, as HOP; :class:`policies.hop.HopArchitecture`).
         mirror: train on every training demo and on its mirror image across the base's x-z plane
@@ -93,6 +94,11 @@ class FinetuneConfig(TrainConfig):
             training demo (and mirror image) from its grasp on, with the cell turned about joint
             1's axis by an angle drawn in +-``turn_angle`` rad
             (:func:`policies.augment.turned_after_grasp`): carries between other places. 0: off.
+        shift_cell, shift_radius: with point clouds, also train on ``shift_cell`` copies of each
+            training demo (and mirror image) with every object moved by an offset across the table
+            (drawn in a disc of ``shift_radius`` m) and the arm's path bent onto them by inverse
+            kinematics from home on (:func:`policies.augment.shifted_cell`): the whole demo at a
+            placement it was not recorded at. 0: off.
         freeze_encoder: with a base, keep its visual encoder fixed (its embeddings are computed
             once, which makes a step several times cheaper).
         eval_every: steps between open-loop evaluations on the held-out demos; the weights with
@@ -134,6 +140,8 @@ class FinetuneConfig(TrainConfig):
     move_others: int = 0
     turn_carry: int = 0
     turn_angle: float = 0.4
+    shift_cell: int = 0
+    shift_radius: float = 0.05
     freeze_encoder: bool = False
     eval_every: int = 250
     val_fraction: float = 0.05
@@ -270,6 +278,12 @@ class FinetuneJob:
             self.arch, self.schema = self.base.arch, self.base.schema
             if self.schema.action is None and self.cfg.representation == "chunked":
                 self.cfg = self.cfg.hop_recipe()   # a HOP-layout base keeps HOP's representation and recipe
+            elif self.schema.action is not None:
+                # the noise is the job's recipe, not the base's representation: the saved spec says
+                # what this job trained with
+                self.schema = replace(self.schema, action=replace(
+                    self.schema.action, proprio_noise={"arm": float(self.cfg.noise_arm),
+                                                       "hand": float(self.cfg.noise_hand)}))
         else:
             visual = metas[used[0]].get("visual")
             if not visual:
@@ -288,7 +302,7 @@ class FinetuneJob:
         if self.cfg.cache_mb:
             if self.cfg.cache_mb < 0:
                 raise FinetuneError(f"cache_mb {self.cfg.cache_mb}: expected 0 (all in memory) or a size in MB")
-            held = [k for k in ("mirror", "move_others", "turn_carry", "freeze_encoder") if getattr(self.cfg, k)]
+            held = [k for k in ("mirror", "move_others", "turn_carry", "shift_cell", "freeze_encoder") if getattr(self.cfg, k)]
             if held:
                 raise FinetuneError(f"cache_mb: {', '.join(held)} need the episodes in memory; drop them or "
                                     f"cache_mb")
@@ -338,31 +352,35 @@ class FinetuneJob:
                               c.ensemble_decay)
 
     def _augmented(self, episodes: list[Episode]) -> list[Episode]:
-        """The copies ``cfg.move_others`` and ``cfg.turn_carry`` ask for, of each of ``episodes``
-        (:mod:`policies.augment`)."""
+        """The copies ``cfg.move_others``, ``cfg.turn_carry`` and ``cfg.shift_cell`` ask for, of
+        each of ``episodes`` (:mod:`policies.augment`)."""
         c = self.cfg
-        if not (c.move_others or c.turn_carry):
+        if not (c.move_others or c.turn_carry or c.shift_cell):
             return []
-        from policies.augment import approach_with_others_moved, scene_before_grasp, turned_after_grasp  # noqa: PLC0415
+        from policies.augment import (approach_with_others_moved, scene_before_grasp, shifted_cell,  # noqa: PLC0415
+                                      turned_after_grasp)
         from robot_runtime.kinematics import UrdfModel  # noqa: PLC0415
 
-        for key in ("move_others", "turn_carry"):
+        for key in ("move_others", "turn_carry", "shift_cell"):
             if getattr(c, key) < 0:
                 raise FinetuneError(f"{key} {getattr(c, key)}: expected 0 or more copies")
             if getattr(c, key) and self.schema.visual.kind != "pointcloud":
                 raise FinetuneError(f"{key}: needs point-cloud input, the checkpoint takes {self.schema.visual.kind!r}")
         if not 0.0 < c.turn_angle <= np.pi:
             raise FinetuneError(f"turn_angle {c.turn_angle}: expected an angle in (0, pi] rad")
+        if not 0.0 < c.shift_radius <= 0.2:
+            raise FinetuneError(f"shift_radius {c.shift_radius}: expected a distance in (0, 0.2] m")
         hand = range(len(D.ARM_JOINTS), len(D.ALL_JOINTS))
         rng = np.random.default_rng(c.seed)
         out = []
         key = "move_others"
+        box = self.schema.visual.points
         try:
-            if c.move_others:
+            if c.move_others or c.shift_cell:
                 model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
                 scenes = [scene_before_grasp(e, model, hand) for e in episodes]
                 spots = np.array([s.others_centre for s in scenes if s.others_centre is not None]).reshape(-1, 2)
-                box = self.schema.visual.points
+            if c.move_others:
                 out += [m for e, s in zip(episodes, scenes) for m in approach_with_others_moved(
                     e, s, spots, c.move_others, rng, box.box_min, box.box_max)]
             key = "turn_carry"
@@ -370,6 +388,13 @@ class FinetuneJob:
                 j1 = D.ALL_JOINTS.index("joint1")
                 out += [t for e in episodes for t in turned_after_grasp(
                     e, hand, j1, rng.uniform(-c.turn_angle, c.turn_angle, c.turn_carry))]
+            key = "shift_cell"
+            if c.shift_cell:
+                stood = np.concatenate([np.array([s.centre for s in scenes]), spots])
+                arm = np.arange(len(D.ARM_JOINTS))
+                out += [m for e, s in zip(episodes, scenes) for m in shifted_cell(
+                    e, s, model, arm, stood.min(axis=0), stood.max(axis=0), c.shift_cell, rng, c.shift_radius,
+                    box.box_min, box.box_max, D.FLANGE_FRAME)]
         except PolicyError as e:
             raise FinetuneError(f"{key}: {e}") from e
         return out

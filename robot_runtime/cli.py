@@ -243,7 +243,7 @@ def _cmd_finetune(args) -> int:
                          save_every=args.save_every, seed=args.seed, device=args.device, threads=args.threads,
                          nice=args.nice, representation=args.representation, freeze_encoder=args.freeze_encoder,
                          mirror=args.mirror, move_others=args.move_others, turn_carry=args.turn_carry,
-                         cache_mb=args.cache_mb, **extra)
+                         shift_cell=args.shift_cell, cache_mb=args.cache_mb, **extra)
     pretrain = args.cmd == "pretrain"
     base = None if (pretrain or args.scratch) else \
         (args.base or str(load_config(Path(args.config or default_config("sim.yaml"))).policy.checkpoint))
@@ -584,6 +584,10 @@ def _train_parser(sub, name: str) -> None:
     p.add_argument("--turn-carry", type=int, default=0, metavar="N",
                    help="also train on N copies of each demo from its grasp on with the cell turned about "
                         "joint 1's axis by up to 0.4 rad (point clouds; more carries between places)")
+    p.add_argument("--shift-cell", type=int, default=0, metavar="N",
+                   help="also train on N copies of each demo with every object moved by up to 5 cm across the "
+                        "table and the arm's path bent onto them by inverse kinematics (point clouds; the demo "
+                        "at placements it was not recorded at)")
     p.add_argument("--eval-every", type=int, help="steps between open-loop checks on the held-out demos; the best "
                                                   "weights are kept (default 250)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of episodes held out for validation "

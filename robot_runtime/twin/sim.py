@@ -167,6 +167,16 @@ class TwinSimulation:
         self.mj.mj_forward(self.model, self.data)
         return self.object_poses()
 
+    def shift_objects(self, dx: float, dy: float) -> dict[str, ObjectPose]:
+        """Move the placed objects by (``dx``, ``dy``) m across the table: the cell a demo moved
+        by :func:`policies.augment.shifted_cell` is replayed in. Returns the new poses."""
+        for name in self.active_objects:
+            qa = self._obj_qadr[name]
+            self.data.qpos[qa] += dx
+            self.data.qpos[qa + 1] += dy
+        self.mj.mj_forward(self.model, self.data)
+        return self.object_poses()
+
     @staticmethod
     def _placements(rng: np.random.Generator, names: list[str], task: str) -> dict[str, np.ndarray]:
         """Table spots (x, y, m) for ``names``, at least :data:`scene.MIN_SEPARATION` apart: the whole

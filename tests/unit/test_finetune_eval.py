@@ -117,8 +117,17 @@ def test_a_train_state_that_carries_code_is_refused_not_run(demos, tmp_path):
 
 def test_provenance_is_complete_and_interval_checkpoints_are_kept(demos, tmp_path):
     base = FinetuneJob(demos, tmp_path / "base", None, _cfg(steps=10)).run(bar=False).checkpoint
-    res = FinetuneJob(demos, tmp_path / "ft", base, _cfg(steps=30)).run(bar=False)
+    job = FinetuneJob(demos, tmp_path / "ft", base, _cfg(steps=30, noise_arm=0.02, noise_hand=0.1))
+    res = job.run(bar=False)
     ck = load_checkpoint(res.checkpoint)
+    # the job's noise, not the base's, is what it trained with and what its checkpoint says
+    assert load_checkpoint(base).schema.action.proprio_noise == {"arm": 0.003, "hand": 0.01}
+    assert ck.schema.action.proprio_noise == {"arm": 0.02, "hand": 0.1}
+    from policies.bc import WindowSampler
+    from robot_runtime import description as D
+
+    sampler = WindowSampler(job.train_eps, job.schema, D.ALL_JOINTS)
+    np.testing.assert_allclose(sampler.noise * job.schema.action.proprio_std, [0.02] * 7 + [0.1] * 16, rtol=1e-6)
     p = ck.provenance
     assert p["base"]["sha256"] == load_checkpoint(base).sha256 and p["base"]["path"] == str(base)
     files = sorted(str(f) for f in demos.glob(f"*{SUFFIX}"))
