@@ -238,7 +238,8 @@ def _cmd_finetune(args) -> int:
     from policies.finetune import FinetuneConfig, FinetuneJob, provenance_summary
     from robot_runtime.config import load_config
 
-    extra = {k: v for k, v in (("lr", args.lr), ("chunk", args.chunk), ("eval_every", args.eval_every)) if v is not None}
+    extra = {k: v for k, v in (("lr", args.lr), ("chunk", args.chunk), ("eval_every", args.eval_every),
+                               ("noise_arm", args.noise_arm), ("noise_hand", args.noise_hand)) if v is not None}
     cfg = FinetuneConfig(steps=args.steps, batch=args.batch, val_fraction=args.val_fraction,
                          save_every=args.save_every, seed=args.seed, device=args.device, threads=args.threads,
                          nice=args.nice, representation=args.representation, freeze_encoder=args.freeze_encoder,
@@ -574,6 +575,10 @@ def _train_parser(sub, name: str) -> None:
                    help="from scratch: chunks of arm-relative, hand-absolute targets, normalised by the demos' "
                         "statistics (chunked), or HOP's one absolute target (hop); a base keeps its own")
     p.add_argument("--chunk", type=int, help="from scratch, chunked: targets predicted per tick (default 10)")
+    p.add_argument("--noise-arm", type=float, metavar="RAD", help="chunked: std of the noise on the arm's joints in "
+                                                                  "training (default 0.01 rad)")
+    p.add_argument("--noise-hand", type=float, metavar="RAD", help="chunked: std of the noise on the hand's joints in "
+                                                                   "training (default 0.1 rad)")
     p.add_argument("--freeze-encoder", action="store_true", help="keep the base's visual encoder fixed (faster)")
     p.add_argument("--mirror", action="store_true", help="also train on each demo mirrored across the base's x-z "
                                                         "plane (point clouds; demos from a mirror-symmetric start)")

@@ -116,7 +116,8 @@ def test_a_train_state_that_carries_code_is_refused_not_run(demos, tmp_path):
 
 
 def test_provenance_is_complete_and_interval_checkpoints_are_kept(demos, tmp_path):
-    base = FinetuneJob(demos, tmp_path / "base", None, _cfg(steps=10)).run(bar=False).checkpoint
+    base = FinetuneJob(demos, tmp_path / "base", None, _cfg(steps=10, noise_arm=0.003, noise_hand=0.01)
+                       ).run(bar=False).checkpoint
     job = FinetuneJob(demos, tmp_path / "ft", base, _cfg(steps=30, noise_arm=0.02, noise_hand=0.1))
     res = job.run(bar=False)
     ck = load_checkpoint(res.checkpoint)
