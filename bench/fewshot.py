@@ -31,10 +31,12 @@ mirror images (:func:`policies.bc.mirror_episode`); on the twin that is grasp & 
 lift (top grasps), not grasp & pour (the right hand's side grasp, mirrored, does not hold).
 With ``--move-others N`` the runs of the tasks with a second object (drop, pour) also train on N
 copies of each demo's approach with that object moved, and with ``--turn-carry N`` on N copies of
-each demo from its grasp on with the cell turned about joint 1 (:mod:`policies.augment`).
+each demo from its grasp on with the cell turned about joint 1, and with ``--shift-cell N`` every
+task on N copies of each demo with the objects moved across the table and the arm's path bent
+onto them (:mod:`policies.augment`).
 
     python -m bench.fewshot [--demos 15] [--rollouts 20] [--steps 900] [--runs grasp_lift,grasp_drop] [--mirror]
-                            [--move-others 3] [--turn-carry 2]
+                            [--move-others 3] [--turn-carry 2] [--shift-cell 3]
 """
 from __future__ import annotations
 

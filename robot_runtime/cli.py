@@ -239,7 +239,8 @@ def _cmd_finetune(args) -> int:
     from robot_runtime.config import load_config
 
     extra = {k: v for k, v in (("lr", args.lr), ("chunk", args.chunk), ("eval_every", args.eval_every),
-                               ("noise_arm", args.noise_arm), ("noise_hand", args.noise_hand)) if v is not None}
+                               ("noise_arm", args.noise_arm), ("noise_hand", args.noise_hand),
+                               ("shift_radius", args.shift_radius)) if v is not None}
     cfg = FinetuneConfig(steps=args.steps, batch=args.batch, val_fraction=args.val_fraction,
                          save_every=args.save_every, seed=args.seed, device=args.device, threads=args.threads,
                          nice=args.nice, representation=args.representation, freeze_encoder=args.freeze_encoder,
@@ -590,9 +591,10 @@ def _train_parser(sub, name: str) -> None:
                    help="also train on N copies of each demo from its grasp on with the cell turned about "
                         "joint 1's axis by up to 0.4 rad (point clouds; more carries between places)")
     p.add_argument("--shift-cell", type=int, default=0, metavar="N",
-                   help="also train on N copies of each demo with every object moved by up to 5 cm across the "
+                   help="also train on N copies of each demo with every object moved across the "
                         "table and the arm's path bent onto them by inverse kinematics (point clouds; the demo "
                         "at placements it was not recorded at)")
+    p.add_argument("--shift-radius", type=float, metavar="M", help="--shift-cell: the largest move (default 0.05 m)")
     p.add_argument("--eval-every", type=int, help="steps between open-loop checks on the held-out demos; the best "
                                                   "weights are kept (default 250)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of episodes held out for validation "
