@@ -564,13 +564,24 @@ def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
     if getattr(node_factory, "publishes_images", False):
         image_publisher_transport()
     stop = threading.Event()
+    building = [True]
+
+    def on_signal(*_):
+        stop.set()
+        if building[0]:
+            raise KeyboardInterrupt   # a slow start is still interrupted (nothing to clean up yet)
+
     previous = {}
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = executor = None
     code = 0
     try:
-        node = node_factory()   # Ctrl-C here still interrupts a slow start (nothing to clean up yet)
-        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # The flag is set even when the start swallows the KeyboardInterrupt (a library that
+        # catches every exception while it initialises): the node then stops instead of
+        # spinning on with its stop signal lost.
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        node = node_factory()
+        building[0] = False
         threads = int(getattr(node, "executor_threads", 1))
         executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
         executor.add_node(node)
