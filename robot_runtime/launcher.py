@@ -31,6 +31,12 @@ class NodeProcess:
     returncode: int | None = None
 
 
+#: The environment variable that gives each node its launcher's pid: a node whose parent is no
+#: longer that process stops (:func:`robot_runtime.ros_io.spin_ros_main`), even when the SIGINT the
+#: kernel sends on the launcher's death was lost.
+LAUNCHER_PID_ENV = "ROBOT_RUNTIME_LAUNCHER_PID"
+
+
 def _interrupt_when_parent_dies() -> None:
     """In the child, before exec (Linux): SIGINT when the launcher dies, even by SIGKILL, so a
     node shuts down as on Ctrl-C instead of running on with nobody watching it."""
@@ -55,7 +61,8 @@ class GraphSupervisor:
     def start(self) -> None:
         for spec in self.plan:
             cmd = [sys.executable, "-m", spec.module, *spec.ros_args()]
-            proc = subprocess.Popen(cmd, env=self.env, stdout=self.stdout, stderr=self.stderr,
+            env = {**self.env, LAUNCHER_PID_ENV: str(os.getpid())}
+            proc = subprocess.Popen(cmd, env=env, stdout=self.stdout, stderr=self.stderr,
                                     start_new_session=True, preexec_fn=_interrupt_when_parent_dies)
             self.procs.append(NodeProcess(spec, proc, time.monotonic()))
 

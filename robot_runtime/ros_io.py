@@ -544,6 +544,10 @@ def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
     the same way: its ``close()`` runs (stops its device, sends a last safe command, saves
     its files) while the ROS context is still valid, and it exits 0.
 
+    A node started by the launcher (its pid in ``ROBOT_RUNTIME_LAUNCHER_PID``) also stops when its
+    parent is no longer that process: the launcher died and the SIGINT the kernel sends then was
+    lost (it came before the handler was in place, or the start swallowed it).
+
     A node class with ``publishes_images = True`` gets the shared-memory segment of
     :func:`image_publisher_transport` (set up before ``rclpy.init``).
 
@@ -551,6 +555,7 @@ def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
     threads: its callbacks in separate callback groups then run side by side (policy_node's
     services answer while a hot-swap loads in its parameter callback).
     """
+    import os
     import signal
     import sys
     import threading
@@ -565,6 +570,12 @@ def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
         image_publisher_transport()
     stop = threading.Event()
     building = [True]
+    launcher = os.environ.get("ROBOT_RUNTIME_LAUNCHER_PID", "")
+
+    def orphaned() -> bool:
+        # started by the launcher and it is gone: the SIGINT its death sends (PR_SET_PDEATHSIG) can
+        # be lost (it came before the handler, or the start swallowed it), the new parent cannot
+        return launcher.isdigit() and os.getppid() != int(launcher)
 
     def on_signal(*_):
         stop.set()
@@ -585,7 +596,7 @@ def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
         threads = int(getattr(node, "executor_threads", 1))
         executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
         executor.add_node(node)
-        while not stop.is_set() and executor.context.ok():
+        while not stop.is_set() and executor.context.ok() and not orphaned():
             executor.spin_once(timeout_sec=0.1)
     except RobotRuntimeError as exc:
         print(f"[{getattr(node_factory, '__name__', 'node')}] error: {exc}", file=sys.stderr, flush=True)

@@ -3,7 +3,9 @@ its clean-up runs and it exits 0 (ros_io.spin_ros_main)."""
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from sensor_msgs.msg import JointState
@@ -61,3 +63,36 @@ def test_a_signal_during_a_start_that_swallows_it_still_stops_the_node(tmp_path)
         pytest.fail(f"still running 10 s after SIGINT\n{log.read_text()[-1500:]}")
     text = log.read_text()
     assert code == 0 and "closed" in text, (code, text[-1500:])
+
+
+def test_a_node_whose_launcher_is_gone_stops_even_without_a_signal(tmp_path):
+    # The SIGINT the kernel sends a node when its launcher dies can be lost (it arrived before the
+    # node's handler, or its start swallowed it), and no other comes: the node also stops when
+    # its parent is no longer the launcher named in its environment. Here no signal is sent at all.
+    from robot_runtime.launcher import LAUNCHER_PID_ENV
+    from tests.ros_probe import REPO
+
+    log = tmp_path / "orphan.log"
+    parent_code = ("import os, subprocess, sys, time\n"
+                   f"p = subprocess.Popen([sys.executable, '-m', 'tests.node.busy_node'], cwd={str(REPO)!r},\n"
+                   f"    env={{**os.environ, 'PYTHONUNBUFFERED': '1', {LAUNCHER_PID_ENV!r}: str(os.getpid())}},\n"
+                   f"    stdout=open({str(log)!r}, 'w'), stderr=subprocess.STDOUT, start_new_session=True)\n"
+                   "print(p.pid, flush=True)\n"
+                   "time.sleep(120)\n")
+    probe = RosProbe("orphan_probe")
+    seen = []
+    probe.subscribe(JointState, TOPIC, ros_io.STATE_QOS, seen)
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        assert probe.wait_for(lambda: len(seen) > 200, 30.0), log.read_text()   # the node spins
+        parent.kill()
+        parent.wait()
+        assert probe.wait_for(lambda: not Path(f"/proc/{child}").exists() or
+                              Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX", 10.0), \
+            f"still running 10 s after its launcher died\n{log.read_text()[-1500:]}"
+        assert "closed after taking" in log.read_text()
+    finally:
+        if Path(f"/proc/{child}").exists():
+            os.kill(child, signal.SIGKILL)
+        probe.close()
