@@ -544,7 +544,7 @@ def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
     the same way: its ``close()`` runs (stops its device, sends a last safe command, saves
     its files) while the ROS context is still valid, and it exits 0.
 
-    A node started by the launcher (its pid in ``ROBOT_RUNTIME_LAUNCHER_PID``) also stops when its
+    A node started by the launcher (its pid in :data:`~robot_runtime.launcher.LAUNCHER_PID_ENV`) also stops when its
     parent is no longer that process: the launcher died and the SIGINT the kernel sends then was
     lost (it came before the handler was in place, or the start swallowed it).
 
@@ -565,21 +565,23 @@ def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
     from rclpy.signals import SignalHandlerOptions
 
     from robot_runtime.errors import RobotRuntimeError
+    from robot_runtime.launcher import LAUNCHER_PID_ENV
 
     if getattr(node_factory, "publishes_images", False):
         image_publisher_transport()
     stop = threading.Event()
-    building = [True]
-    launcher = os.environ.get("ROBOT_RUNTIME_LAUNCHER_PID", "")
+    building = True
+    launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+    launcher_pid = int(launcher) if launcher.isdigit() else None
 
     def orphaned() -> bool:
         # started by the launcher and it is gone: the SIGINT its death sends (PR_SET_PDEATHSIG) can
         # be lost (it came before the handler, or the start swallowed it), the new parent cannot
-        return launcher.isdigit() and os.getppid() != int(launcher)
+        return launcher_pid is not None and os.getppid() != launcher_pid
 
     def on_signal(*_):
         stop.set()
-        if building[0]:
+        if building:
             raise KeyboardInterrupt   # a slow start is still interrupted (nothing to clean up yet)
 
     previous = {}
@@ -592,7 +594,7 @@ def spin_ros_main(node_factory, args: Iterable[str] | None = None) -> int:
         # spinning on with its stop signal lost.
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         node = node_factory()
-        building[0] = False
+        building = False
         threads = int(getattr(node, "executor_threads", 1))
         executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
         executor.add_node(node)

@@ -10,7 +10,7 @@ from pathlib import Path
 from std_msgs.msg import String
 
 from robot_runtime import ros_io
-from tests.ros_probe import REPO, RosProbe
+from tests.ros_probe import REPO, RosProbe, process_running
 
 
 def run_cli(*args, timeout=90):
@@ -90,14 +90,6 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
 def test_killing_the_launcher_stops_every_node(tmp_path):
     """SIGKILL of `robot-runtime sim` leaves no node running on with nobody watching it."""
     cfg = tmp_path / "twin.yaml"
@@ -111,11 +103,11 @@ def test_killing_the_launcher_stops_every_node(tmp_path):
     try:
         assert probe.wait_for(lambda: status, 30.0)   # the graph is up
         nodes = _children(sim.pid)
-        assert len(nodes) >= 3 and all(_running(p) for p in nodes)
+        assert len(nodes) >= 3 and all(process_running(p) for p in nodes)
         sim.kill()
         sim.wait(5)
-        assert probe.wait_for(lambda: not any(_running(p) for p in nodes), 15.0), \
-            [p for p in nodes if _running(p)]
+        assert probe.wait_for(lambda: not any(process_running(p) for p in nodes), 15.0), \
+            [p for p in nodes if process_running(p)]
     finally:
         probe.close()
         if sim.poll() is None:
@@ -123,7 +115,7 @@ def test_killing_the_launcher_stops_every_node(tmp_path):
         # a node that outlived the check must not outlive the test: left running (as it once was,
         # on a loaded run) it publishes into every later test's graph
         for p in nodes:
-            if _running(p):
+            if process_running(p):
                 try:
                     os.kill(p, signal.SIGKILL)
                 except ProcessLookupError:

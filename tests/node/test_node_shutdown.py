@@ -5,14 +5,25 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from sensor_msgs.msg import JointState
 
 from robot_runtime import ros_io
 from tests.node.busy_node import TOPIC
-from tests.ros_probe import RosProbe, start_node
+from tests.ros_probe import REPO, RosProbe, process_running, start_node
+
+
+def _signal_and_wait(proc: subprocess.Popen, sig, log, what: str = "", timeout: float = 10.0) -> int:
+    """Send ``sig`` to ``proc``'s group and return its exit code; fail the test (after SIGKILL)
+    when it is still running ``timeout`` s later, with the end of its log."""
+    os.killpg(proc.pid, sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"{what}still running {timeout:g} s after {sig.name}\n{log.read_text()[-1500:]}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -29,15 +40,9 @@ def test_a_node_busy_taking_messages_stops_cleanly(tmp_path, sig):
         for attempt in range(5):
             log = tmp_path / f"busy{attempt}.log"
             proc = start_node("tests.node.busy_node", log_path=log)
-            try:
-                n = len(seen)
-                assert probe.wait_for(lambda: len(seen) > n + 200, 30.0), log.read_text()
-                os.killpg(proc.pid, sig)
-                code = proc.wait(10.0)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                pytest.fail(f"attempt {attempt}: still running 10 s after {sig.name}\n{log.read_text()[-1500:]}")
+            n = len(seen)
+            assert probe.wait_for(lambda: len(seen) > n + 200, 30.0), log.read_text()
+            code = _signal_and_wait(proc, sig, log, f"attempt {attempt}: ")
             text = log.read_text()
             assert code == 0 and "closed after taking" in text and "Traceback" not in text, (attempt, code, text[-1500:])
     finally:
@@ -47,20 +52,14 @@ def test_a_node_busy_taking_messages_stops_cleanly(tmp_path, sig):
 def test_a_signal_during_a_start_that_swallows_it_still_stops_the_node(tmp_path):
     # A node killed while it starts (the launcher died: every node gets SIGINT at once) used to
     # spin on for good when something in its start caught the KeyboardInterrupt: the signal was
-    # spent, and no other would come (test_sim_smoke's killed launcher left two nodes running).
+    # spent, and no other would come.
     log = tmp_path / "swallow.log"
     proc = start_node("tests.node.swallowing_node", log_path=log)
-    try:
-        deadline = time.monotonic() + 30.0
-        while "starting" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)
-        code = proc.wait(10.0)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail(f"still running 10 s after SIGINT\n{log.read_text()[-1500:]}")
+    deadline = time.monotonic() + 30.0
+    while "starting" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    code = _signal_and_wait(proc, signal.SIGINT, log)
     text = log.read_text()
     assert code == 0 and "closed" in text, (code, text[-1500:])
 
@@ -70,7 +69,6 @@ def test_a_node_whose_launcher_is_gone_stops_even_without_a_signal(tmp_path):
     # node's handler, or its start swallowed it), and no other comes: the node also stops when
     # its parent is no longer the launcher named in its environment. Here no signal is sent at all.
     from robot_runtime.launcher import LAUNCHER_PID_ENV
-    from tests.ros_probe import REPO
 
     log = tmp_path / "orphan.log"
     parent_code = ("import os, subprocess, sys, time\n"
@@ -88,11 +86,10 @@ def test_a_node_whose_launcher_is_gone_stops_even_without_a_signal(tmp_path):
         assert probe.wait_for(lambda: len(seen) > 200, 30.0), log.read_text()   # the node spins
         parent.kill()
         parent.wait()
-        assert probe.wait_for(lambda: not Path(f"/proc/{child}").exists() or
-                              Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX", 10.0), \
+        assert probe.wait_for(lambda: not process_running(child), 10.0), \
             f"still running 10 s after its launcher died\n{log.read_text()[-1500:]}"
         assert "closed after taking" in log.read_text()
     finally:
-        if Path(f"/proc/{child}").exists():
+        if process_running(child):
             os.kill(child, signal.SIGKILL)
         probe.close()
