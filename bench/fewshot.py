@@ -28,7 +28,10 @@ Recording and evaluation run in ``--workers`` processes; finetuning uses every c
 With ``--mirror`` each task's first demos are replayed mirrored across the base's x-z plane on
 mirrored placements, and a task whose mirrored replays all succeed trains on its demos and their
 mirror images (:func:`policies.bc.mirror_episode`); on the twin that is grasp & drop and grasp &
-lift (top grasps), not grasp & pour (the right hand's side grasp, mirrored, does not hold).
+lift (top grasps), not grasp & pour (the right hand's side grasp, mirrored, does not hold). A task
+whose mirror images fail is checked the same way with its demos mirrored keeping the hand
+(:func:`policies.augment.mirrored_keeping_the_hand`: the objects mirrored, the right hand's grasp
+kept) and trains on those when they all succeed: grasp & pour.
 With ``--move-others N`` the runs of the tasks with a second object (drop, pour) also train on N
 copies of each demo's approach with that object moved, and with ``--turn-carry N`` on N copies of
 each demo from its grasp on with the cell turned about joint 1, and with ``--shift-cell N`` every
@@ -137,6 +140,14 @@ def main(argv=None) -> int:
             result[f"{task}_demos"]["mirrored_replays"] = f"{sum(replays)}/{len(replays)}"
             print(f"{task}: {sum(replays)}/{len(replays)} mirrored demos do the task on mirrored placements: "
                   f"{'training on mirror images too' if demos[task]['mirror'] else 'not mirrored'}", flush=True)
+            if not demos[task]["mirror"]:
+                kept = [replay_commands(cfg, o.file, spec, mirrored=True, keep_hand=True) for o in ok[:MIRROR_CHECKS]]
+                kept = [r is not None and r.success for r in kept]
+                demos[task]["mirror_keep_hand"] = bool(kept) and all(kept)
+                result[f"{task}_demos"]["mirrored_keeping_the_hand_replays"] = f"{sum(kept)}/{len(kept)}"
+                print(f"{task}: {sum(kept)}/{len(kept)} demos mirrored keeping the hand do the task on mirrored "
+                      f"placements: {'training on them too' if demos[task]['mirror_keep_hand'] else 'not mirrored'}",
+                      flush=True)
         print(f"{task}: {len(ok)}/{a.demos} scripted demos successful ({demos[task]['s']:.0f} s); audit: "
               + ("one branch" if audit.ok else "; ".join(audit.warnings())), flush=True)
     for name, task, n, base in runs:
@@ -152,6 +163,7 @@ def main(argv=None) -> int:
         fc = FinetuneConfig(steps=a.prior_steps if base else a.steps, batch=a.batch,
                             save_every=10 ** 9, device=a.device, threads=os.cpu_count() or 1, nice=0,
                             freeze_encoder=bool(base), mirror=demos[task].get("mirror", False),
+                            mirror_keep_hand=demos[task].get("mirror_keep_hand", False),
                             move_others=a.move_others if task in TWO_OBJECT_TASKS else 0,
                             turn_carry=a.turn_carry if task in TWO_OBJECT_TASKS else 0,
                             shift_cell=a.shift_cell)
@@ -162,7 +174,7 @@ def main(argv=None) -> int:
              "steps": fc.steps, "train_loss": round(ft.train_loss, 4),
              "val_loss": None if ft.val_loss is None else round(ft.val_loss, 4), "base": base or "scratch",
              "selected_step": job.best["step"], "open_loop_error_rad": round(job.best["error"], 5),
-             "mirror": fc.mirror, "move_others": fc.move_others, "turn_carry": fc.turn_carry,
+             "mirror": fc.mirror, "mirror_keep_hand": fc.mirror_keep_hand, "move_others": fc.move_others, "turn_carry": fc.turn_carry,
              "shift_cell": fc.shift_cell}
         if n == a.demos:
             r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,

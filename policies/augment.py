@@ -1,6 +1,7 @@
 """Copies of a point-cloud demo that are demos too: the approach with the other objects moved
-(which object to take, taught), the carry in a turned cell (:func:`turned_after_grasp`) and the
-whole demo at another placement (:func:`shifted_cell`).
+(which object to take, taught), the carry in a turned cell (:func:`turned_after_grasp`), the
+whole demo at another placement (:func:`shifted_cell`) and at its mirrored placement by the same
+hand (:func:`mirrored_keeping_the_hand`).
 
 A demo of a task with two objects (take the cube, drop it in the bowl) shows the approach to
 the object with the other one in one place. Fifteen such demos leave a policy free to place its
@@ -197,19 +198,33 @@ def approach_progress(ep: Episode, model, grasp: int, flange: str) -> np.ndarray
 
 def _bend(model, q: np.ndarray, offsets: np.ndarray, arm, flange: str, max_error: float) -> np.ndarray | None:
     """``q`` [N, 23] with the arm's joints (indices ``arm``) moved so that the flange is at its pose
-    plus ``offsets`` [N, 3] (m), orientation kept; each step's solve starts from the previous step's
-    change. None where a step's solve is off by more than ``max_error`` (m) or 10x that (rad)."""
+    plus ``offsets`` [N, 3] (m), orientation kept (see :func:`_retarget`)."""
+    def shift(t, pose):
+        m = np.eye(4)
+        m[:3, 3] = offsets[t]
+        return m
+
+    return _retarget(model, q, shift, arm, flange, max_error)
+
+
+def _retarget(model, q: np.ndarray, move_of, arm, flange: str, max_error: float) -> np.ndarray | None:
+    """``q`` [N, 23] with the arm's joints (indices ``arm``) moved so that the flange's pose is
+    ``move_of(t, pose)`` [4, 4] (a rigid motion in the base frame) applied to its pose [4, 4] at
+    ``q[t]``; each step's solve starts from the previous step's change. None where a step's solve
+    is off by more than ``max_error`` (m) or 10x that (rad)."""
     from robot_runtime.ik import solve_ik  # noqa: PLC0415
 
     out = np.array(q, float, copy=True)
     arm = np.asarray(arm)
     change = np.zeros(len(arm))
+    eye = np.eye(4)
     for t in range(len(q)):
-        if not offsets[t].any():
+        pose = model.link_pose(q[t], flange)
+        move = move_of(t, pose)
+        if np.allclose(move, eye):
             change[:] = 0.0
             continue
-        goal = model.link_pose(q[t], flange)
-        goal[:3, 3] += offsets[t]
+        goal = move @ pose
         seed = np.array(q[t], float, copy=True)
         seed[arm] += change
         sol, pos_err, rot_err = solve_ik(model, seed, flange, goal, arm, iters=50, tol_pos=2e-5, tol_rot=2e-4)
@@ -275,3 +290,139 @@ def shifted_cell(ep: Episode, scene: SceneBeforeGrasp, model, arm_cols, region_m
             out.append(Episode(q, a, v, ep.train_until, ep.train_from))
             break
     return out
+
+
+#: How close (m) the flange comes to its grasp pose before a mirrored copy's approach follows the
+#: demo's own, turned about the object (:func:`mirrored_keeping_the_hand`).
+FINAL_APPROACH_M = 0.2
+#: The hand frame whose +z is the fingers' direction (its heading is what a mirrored grasp mirrors).
+PALM_FRAME = "palm"
+
+
+def circle_centre(xy: np.ndarray) -> np.ndarray:
+    """The centre [2] (m) of the circle fitted to points [K, 2] (m): the axis of a round object from
+    the arc of its surface a camera sees, where the points' mean lies toward the camera. The
+    geometric fit (distances to the circle, robust loss), started from the algebraic one, which
+    a half-seen arc pulls toward the camera (twin bottles: 0.7-1.3 cm off, against 0.1-0.6 cm)."""
+    from scipy.optimize import least_squares  # noqa: PLC0415
+
+    xy = np.asarray(xy, float)
+    a = np.c_[2.0 * xy, np.ones(len(xy))]
+    sol, *_ = np.linalg.lstsq(a, (xy ** 2).sum(axis=1), rcond=None)
+    c0 = sol[:2]
+    # the arc seen is at most a half circle: its width across (the principal axis, stray points
+    # aside) is at most the diameter
+    d = xy - xy.mean(axis=0)
+    along = d @ np.linalg.svd(d, full_matrices=False)[2][0]
+    r_min = 0.5 * float(np.percentile(along, 98) - np.percentile(along, 2))
+    r0 = max(float(np.linalg.norm(xy - c0, axis=1).mean()), r_min * 1.01)
+    fit = least_squares(lambda p: np.linalg.norm(xy - p[:2], axis=1) - p[2], np.r_[c0, r0],
+                        loss="soft_l1", f_scale=0.003, bounds=([-np.inf, -np.inf, r_min], [np.inf, np.inf, np.inf]))
+    return fit.x[:2]
+
+
+def _turn_about(point, angle: float, to) -> np.ndarray:
+    """The rigid motion [4, 4] that turns about the vertical through ``point`` [2] by ``angle``
+    (rad) and then carries ``point`` to ``to`` [2] (m, x-y)."""
+    c, s = np.cos(angle), np.sin(angle)
+    m = np.eye(4)
+    m[:2, :2] = [[c, -s], [s, c]]
+    m[:2, 3] = np.asarray(to, float) - m[:2, :2] @ np.asarray(point, float)
+    return m
+
+
+def _heading(model, q: np.ndarray) -> float:
+    """The fingers' heading (rad, about the base's vertical; 0 along +x) at joints ``q`` [23]."""
+    z = model.link_pose(q, PALM_FRAME)[:3, 2]
+    return float(np.arctan2(z[1], z[0]))
+
+
+def _blend(a: np.ndarray, b: np.ndarray, w: float, at) -> np.ndarray:
+    """The rigid motion about the vertical [4, 4] that takes the point ``at`` [3] (m) to ``(1 - w)``
+    of where ``a`` [4, 4] takes it plus ``w`` of where ``b`` does, turning by the angles' mix:
+    between two motions, a path that moves with the point instead of swinging about the origin."""
+    ang = (1.0 - w) * np.arctan2(a[1, 0], a[0, 0]) + w * np.arctan2(b[1, 0], b[0, 0])
+    at = np.asarray(at, float)
+    to = (1.0 - w) * (a[:3, :3] @ at + a[:3, 3]) + w * (b[:3, :3] @ at + b[:3, 3])
+    out = np.eye(4)
+    c, s = np.cos(ang), np.sin(ang)
+    out[:2, :2] = [[c, -s], [s, c]]
+    out[:3, 3] = to - out[:3, :3] @ at
+    return out
+
+
+def mirrored_keeping_the_hand(ep: Episode, scene: SceneBeforeGrasp, model, arm_cols, flange: str = "flange",
+                              max_error: float = 1e-3) -> Episode | None:
+    """``ep`` at its placement mirrored across the base's x-z plane (every object at y -> -y),
+    done by the same hand: the grasp and the release of a right hand, not their mirror images.
+
+    :func:`policies.bc.mirror_episode` mirrors the arm's joints too, and the hand it poses is a
+    left hand's mirror image: a top grasp survives that, a side grasp is held thumb down and
+    does not. Here the objects are mirrored and the arm is re-posed by inverse kinematics so that
+    the hand takes and puts down round objects as the demonstrator does: at the grasp, the hand's
+    pose turned about the taken object's axis until the fingers' heading is the demo's mirrored
+    (``psi -> -psi``: a demonstrator who faces the object from the base mirrors its facing with the
+    object's place) and carried onto the mirrored object; at the demo's end the same about the
+    other object's axis (the container's). The flange's pose at each step is the demo's under a
+    rigid motion about the vertical that grows with the approach's progress
+    (:func:`approach_progress`) from none at home to the grasp's, reached where the flange comes
+    within :data:`FINAL_APPROACH_M` of its grasp pose (the way down beside the object is the
+    demo's own, turned), then changes with the flange's path after the grasp to the end's. The held object's points move with the hand; the others, and
+    every point up to the grasp, are mirrored. Round objects only (their axes: circles fitted to
+    the first frames' points, :func:`circle_centre`). The hand's joints and targets are the demo's.
+
+    Returns None where inverse kinematics misses a pose by more than ``max_error`` (m).
+
+    Raises:
+        PolicyError: the visual input is not point clouds [N, P, 3], or the hand never closes.
+    """
+    vis = point_clouds(ep, "mirroring the placement")
+    g = scene.grasp
+    pooled = np.asarray(vis[: max(1, min(g, STILL_FRAMES))], float).reshape(-1, 3)
+    near = np.linalg.norm(pooled[:, :2] - scene.centre, axis=1) <= scene.radius
+    axis = circle_centre(pooled[near, :2]) if near.sum() >= 3 else scene.centre
+    flip = np.array([1.0, -1.0])
+    grasp = _turn_about(axis, -2.0 * _heading(model, ep.q[g]), axis * flip)
+    end = grasp
+    other = None
+    if len(scene.others):
+        other = circle_centre(scene.others) if len(scene.others) >= 3 else scene.others.mean(axis=0)
+        end = _turn_about(other, -2.0 * _heading(model, ep.q[-1]), other * flip)
+    # the approach: from home to the demo's pose turned about the object, the turn complete where
+    # the flange comes within ``FINAL_APPROACH_M`` of the grasp (the hand's way down beside the
+    # object is the demo's own, turned: a blend still under way there passes through the object)
+    flange_at = np.array([model.link_pose(q, flange)[:3, 3] for q in ep.q])
+    s = approach_progress(ep, model, g, flange)
+    inside = np.flatnonzero(np.linalg.norm(flange_at[: g + 1] - flange_at[g], axis=1) <= FINAL_APPROACH_M)
+    if len(inside) and s[inside[0]] > 0.0:
+        s = np.minimum(1.0, s / s[inside[0]])
+    at = flange_at[g:]
+    walked = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(at, axis=0), axis=1))])
+    after = walked / walked[-1] if walked[-1] > 1e-6 else np.ones(len(walked))
+    def move_of(t, pose):
+        t = min(t, len(ep.q) - 1)
+        if t <= g:
+            return _blend(np.eye(4), grasp, s[t], pose[:3, 3])
+        return _blend(grasp, end, after[t - g], pose[:3, 3])
+
+    q = _retarget(model, ep.q, move_of, arm_cols, flange, max_error)
+    a = None if q is None else _retarget(model, ep.actions, lambda t, pose: move_of(t + 1, pose), arm_cols, flange,
+                                         max_error)
+    if a is None:
+        return None
+    v = np.array(vis, np.float32, copy=True)
+    v[..., 1] *= -1.0
+    if g + 1 < len(v):
+        top = pooled[~near, 2].max() + 0.01 if (~near).any() else -np.inf
+        for t in range(g + 1, len(v)):
+            p = np.asarray(vis[t], float)
+            held = np.ones(len(p), bool) if other is None else \
+                ~((np.linalg.norm(p[:, :2] - other, axis=1) <= _spread(scene.others, other)) & (p[:, 2] <= top))
+            m = move_of(t, model.link_pose(ep.q[t], flange))
+            v[t, held] = (p[held] @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
+    return Episode(q, a, v, ep.train_until, ep.train_from)
+
+
+def _spread(points: np.ndarray, centre: np.ndarray, margin: float = 0.02) -> float:
+    """How far (m, horizontally, plus ``margin``) ``points`` [K, 2] reach from ``centre`` [2]."""
+    return float(np.linalg.norm(np.asarray(points, float) - centre, axis=1).max()) + margin

@@ -230,7 +230,8 @@ def target_error(checkpoint, episodes, every: int = 5) -> dict:
             "target_error_by_row_rad": r["per_row"], "demo_step_rad": r["demo_step"][:7], "windows": r["windows"]}
 
 
-def replay_commands(cfg: RuntimeConfig, episode_file, visual=None, mirrored: bool = False) -> EpisodeOutcome:
+def replay_commands(cfg: RuntimeConfig, episode_file, visual=None, mirrored: bool = False,
+                    keep_hand: bool = False) -> EpisodeOutcome | None:
     """Replay the commands an episode recorded through the same twin runner, on the same object
     placement (its seed), and judge it the same way.
 
@@ -240,7 +241,9 @@ def replay_commands(cfg: RuntimeConfig, episode_file, visual=None, mirrored: boo
     ``mirrored``: the commands mirrored across the base's x-z plane
     (:func:`policies.bc.mirror_joints`) on the placement mirrored the same way (every object at
     y -> -y, its yaw negated): whether the demo's mirror image, which ``finetune --mirror`` trains
-    on, does the task too.
+    on, does the task too. With ``keep_hand`` the mirrored commands are those of
+    :func:`policies.augment.mirrored_keeping_the_hand` (the objects mirrored, the right hand's
+    grasp kept), which ``finetune --mirror-keep-hand`` trains on; None where it has no copy.
     """
     from robot_runtime.data.episode_file import load_episode  # noqa: PLC0415
     from robot_runtime.perception.preprocess import VisualSpec  # noqa: PLC0415
@@ -250,13 +253,18 @@ def replay_commands(cfg: RuntimeConfig, episode_file, visual=None, mirrored: boo
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"{episode_file}: no object placement seed in its metadata; cannot replay it")
     commands = np.asarray(ep["command"], float)
+    if mirrored and keep_hand:
+        copy = _mirrored_keeping_the_hand(episode_file, ep.meta["visual"])
+        if copy is None:
+            return None
+        commands = np.concatenate([commands[:1], copy.actions])
+    elif mirrored:
+        commands = mirror_joints(commands, np.asarray(ep["q"], float)[0], D.ALL_JOINTS)
     tw = TwinEpisodeRunner(cfg, visual or VisualSpec.from_dict(ep.meta["visual"]))
+
     def mirror_the_scene(start, q):
         tw.sim.mirror_objects()
-    on_reset = None
-    if mirrored:
-        commands = mirror_joints(commands, np.asarray(ep["q"], float)[0], D.ALL_JOINTS)
-        on_reset = mirror_the_scene
+    on_reset = mirror_the_scene if mirrored else None
     try:
         def drive(t, q, depth, K):
             k = int(round(t / tw.period)) + 1
@@ -265,3 +273,16 @@ def replay_commands(cfg: RuntimeConfig, episode_file, visual=None, mirrored: boo
                       note=f"{'mirrored ' if mirrored else ''}replay of {Path(episode_file).name}")
     finally:
         tw.close()
+
+
+def _mirrored_keeping_the_hand(episode_file, visual: dict):
+    """The episode as training data, mirrored keeping the hand (None: out of reach)."""
+    from policies.augment import mirrored_keeping_the_hand, scene_before_grasp  # noqa: PLC0415
+    from robot_runtime.data.dataset import load_for_training  # noqa: PLC0415
+    from robot_runtime.kinematics import UrdfModel  # noqa: PLC0415
+
+    e = load_for_training([episode_file], visual_spec=visual)[0]
+    model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
+    return mirrored_keeping_the_hand(e, scene_before_grasp(e, model, range(len(D.ARM_JOINTS), len(D.ALL_JOINTS))),
+                                     model, np.arange(len(D.ARM_JOINTS)), D.FLANGE_FRAME)
+

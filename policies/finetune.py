@@ -90,6 +90,13 @@ class FinetuneConfig(TrainConfig):
         mirror: train on every training demo and on its mirror image across the base's x-z plane
             (:func:`policies.bc.mirror_episode`): twice the placements for the same demos. Point
             clouds only, from a mirror-symmetric start posture.
+        mirror_keep_hand: train on every training demo and on a copy at its placement mirrored
+            across the base's x-z plane done by the same hand: the objects mirrored, the arm
+            re-posed by inverse kinematics so that the hand's grasp and release are a right
+            hand's, turned about the objects' axes (:func:`policies.augment.mirrored_keeping_the_hand`).
+            For a side grasp, whose plain mirror image is held thumb down (twin grasp & pour: the
+            copies of 14 of 14 demos replay to success on the mirrored placements). Round objects,
+            point clouds; not with ``mirror``.
         move_others: with point clouds, also train on this many copies of each training demo's
             approach (and its mirror image's) with the objects it does not take moved to a spot in
             the rectangle the demos' other objects span
@@ -142,6 +149,7 @@ class FinetuneConfig(TrainConfig):
     noise_hand: float = 0.1
     proprio_steps: int = 0
     mirror: bool = False
+    mirror_keep_hand: bool = False
     move_others: int = 0
     turn_carry: int = 0
     turn_angle: float = 0.4
@@ -307,7 +315,7 @@ class FinetuneJob:
         if self.cfg.cache_mb:
             if self.cfg.cache_mb < 0:
                 raise FinetuneError(f"cache_mb {self.cfg.cache_mb}: expected 0 (all in memory) or a size in MB")
-            held = [k for k in ("mirror", "move_others", "turn_carry", "shift_cell", "freeze_encoder") if getattr(self.cfg, k)]
+            held = [k for k in ("mirror", "mirror_keep_hand", "move_others", "turn_carry", "shift_cell", "freeze_encoder") if getattr(self.cfg, k)]
             if held:
                 raise FinetuneError(f"cache_mb: {', '.join(held)} need the episodes in memory; drop them or "
                                     f"cache_mb")
@@ -317,10 +325,16 @@ class FinetuneJob:
         self.train_eps = self._load(train_files, self.cache)
         #: the training demos' mirror images (``cfg.mirror``), trained on beside them
         self.mirrored_eps = []
+        #: how many training demos had no copy at their mirrored placement (``cfg.mirror_keep_hand``)
+        self.unmirrored = 0
+        if self.cfg.mirror and self.cfg.mirror_keep_hand:
+            raise FinetuneError("mirror and mirror_keep_hand: choose one way to mirror the demos")
         if self.cfg.mirror:
             if self.schema.visual.kind != "pointcloud":
                 raise FinetuneError(f"mirror: needs point-cloud input, the checkpoint takes {self.schema.visual.kind!r}")
             self.mirrored_eps = [mirror_episode(e, D.ALL_JOINTS) for e in self.train_eps]
+        if self.cfg.mirror_keep_hand:
+            self.mirrored_eps = self._mirrored_keeping_the_hand(self.train_eps)
         #: copies of the training demos (and mirror images): approaches with the other objects moved
         #: (``cfg.move_others``) and carries in the turned cell (``cfg.turn_carry``), trained on beside them
         self.moved_eps = self._augmented(self.train_eps + self.mirrored_eps)
@@ -355,6 +369,25 @@ class FinetuneJob:
         return ActionSpec.fit([(e.q[:, idx], e.actions[:, idx]) for e in episodes], c.chunk,
                               {"arm": c.arm_mode, "hand": c.hand_mode}, {"arm": c.noise_arm, "hand": c.noise_hand},
                               c.ensemble_decay)
+
+    def _mirrored_keeping_the_hand(self, episodes: list[Episode]) -> list[Episode]:
+        """``cfg.mirror_keep_hand``'s copies of ``episodes``: one each where inverse kinematics
+        reaches every pose (:func:`policies.augment.mirrored_keeping_the_hand`)."""
+        from policies.augment import mirrored_keeping_the_hand, scene_before_grasp  # noqa: PLC0415
+        from robot_runtime.kinematics import UrdfModel  # noqa: PLC0415
+
+        if self.schema.visual.kind != "pointcloud":
+            raise FinetuneError(f"mirror_keep_hand: needs point-cloud input, the checkpoint takes "
+                                f"{self.schema.visual.kind!r}")
+        model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
+        hand, arm = range(len(D.ARM_JOINTS), len(D.ALL_JOINTS)), np.arange(len(D.ARM_JOINTS))
+        try:
+            copies = [mirrored_keeping_the_hand(e, scene_before_grasp(e, model, hand), model, arm, D.FLANGE_FRAME)
+                      for e in episodes]
+        except PolicyError as e:
+            raise FinetuneError(f"mirror_keep_hand: {e}") from e
+        self.unmirrored = sum(c is None for c in copies)
+        return [c for c in copies if c is not None]
 
     def _augmented(self, episodes: list[Episode]) -> list[Episode]:
         """The copies ``cfg.move_others``, ``cfg.turn_carry`` and ``cfg.shift_cell`` ask for, of

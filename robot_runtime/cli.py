@@ -244,7 +244,7 @@ def _cmd_finetune(args) -> int:
     cfg = FinetuneConfig(steps=args.steps, batch=args.batch, val_fraction=args.val_fraction,
                          save_every=args.save_every, seed=args.seed, device=args.device, threads=args.threads,
                          nice=args.nice, representation=args.representation, freeze_encoder=args.freeze_encoder,
-                         mirror=args.mirror, move_others=args.move_others, turn_carry=args.turn_carry,
+                         mirror=args.mirror, mirror_keep_hand=args.mirror_keep_hand, move_others=args.move_others, turn_carry=args.turn_carry,
                          shift_cell=args.shift_cell, cache_mb=args.cache_mb, **extra)
     pretrain = args.cmd == "pretrain"
     base = None if (pretrain or args.scratch) else \
@@ -583,6 +583,10 @@ def _train_parser(sub, name: str) -> None:
     p.add_argument("--freeze-encoder", action="store_true", help="keep the base's visual encoder fixed (faster)")
     p.add_argument("--mirror", action="store_true", help="also train on each demo mirrored across the base's x-z "
                                                         "plane (point clouds; demos from a mirror-symmetric start)")
+    p.add_argument("--mirror-keep-hand", action="store_true",
+                   help="also train on each demo at its placement mirrored across the base's x-z plane, done by "
+                        "the same hand: the arm re-posed so that the grasp stays a right hand's (point clouds, "
+                        "round objects; for side grasps, whose plain mirror image is held thumb down)")
     p.add_argument("--move-others", type=int, default=0, metavar="N",
                    help="also train on N copies of each demo's approach with the objects it does not take moved "
                         "within the area the demos' other objects span (point clouds; teaches which object "
