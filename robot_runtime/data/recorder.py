@@ -47,6 +47,9 @@ from robot_runtime.data.episode_file import (FORMAT, PARTIAL_SUFFIX, SUFFIX, Par
 from robot_runtime.errors import DiskFullError, RecordingError
 from robot_runtime.perception.preprocess import VisualPreprocessor
 
+#: How the recorder node's start refusal begins while an input has never arrived (a caller
+#: retries on it: :meth:`robot_runtime.teleop.collect.DemoCollector.episode`).
+WAITING_FOR_INPUTS = "waiting for inputs"
 DROP_REASONS = ("missed_tick", "no_frame", "stale_frame", "no_joint_state", "stale_joint_state", "no_command",
                 "stale_command", "bad_frame")
 
@@ -144,6 +147,11 @@ class GridAligner:
         self.K: np.ndarray | None = None
         self._pending: deque[float] = deque()
         self._last_mark: float | None = None
+
+    def missing(self) -> list[str]:
+        """The streams nothing has arrived on yet (and 'camera_info' while no intrinsics have): an
+        episode started now would drop its first steps for want of them."""
+        return [s for s, h in self.streams.items() if not len(h)] + (["camera_info"] if self.K is None else [])
 
     def add(self, stream: str, t: float, value) -> None:
         self.streams[stream].add(t, value)

@@ -36,7 +36,7 @@ from robot_runtime import description as D
 from robot_runtime import ros_io
 from robot_runtime.config import config_to_dict, load_config
 from robot_runtime.control.loop import FrameLockedInstants, request_realtime, tighten_gil_switching
-from robot_runtime.data.recorder import EpisodeRecorder, GridAligner
+from robot_runtime.data.recorder import WAITING_FOR_INPUTS, EpisodeRecorder, GridAligner
 from robot_runtime.errors import RecordingError
 from robot_runtime.interfaces import COMMAND_TOPICS, STATE_TOPICS
 from robot_runtime.nodes.loop_node import LoopNode
@@ -174,7 +174,15 @@ class RecorderNode(LoopNode):
     def _on_start(self, request, response):
         task = self.get_parameter("task").value
         note = self.get_parameter("operator_note").value
-        return self._serve(response, lambda: str(self.recorder.start(task, note)))
+
+        def start() -> str:
+            # an episode opened before every input has arrived once would begin with dropped steps
+            self._take_inputs()
+            missing = self.aligner.missing()
+            if missing:
+                raise RecordingError(f"{WAITING_FOR_INPUTS}: nothing has arrived yet on {', '.join(missing)}")
+            return str(self.recorder.start(task, note))
+        return self._serve(response, start)
 
     def _on_stop(self, request, response):
         def stop() -> str:

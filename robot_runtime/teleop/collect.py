@@ -27,6 +27,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from robot_runtime import ros_io
+from robot_runtime.data.recorder import WAITING_FOR_INPUTS
 from robot_runtime.errors import RobotRuntimeError
 from robot_runtime.interfaces import CONTROLLERS
 
@@ -121,7 +122,7 @@ class DemoCollector:
         self.wait("both controllers armed", lambda: all(
             self.status.get(f"/{c}/status", {}).get("mode") == "armed" for c in CONTROLLERS))
         self.set_params("recorder_node", task=task, operator_note=note or f"scripted expert, seed {seed}")
-        self._trigger("/recorder_node/start_episode")
+        self._trigger("/recorder_node/start_episode", retry_on=WAITING_FOR_INPUTS)
         before = self.status.get("/teleop_node/status", {}).get("episodes", 0)
 
         def teleop(key):

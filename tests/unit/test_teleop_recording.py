@@ -598,3 +598,17 @@ def test_a_writer_behind_the_loop_drops_counted_steps_instead_of_filling_memory(
     assert CountingLog.syncs >= 2   # once while writing, once at close
     meta, steps, end = read_partial(tmp_path / f"e{PARTIAL_SUFFIX}")
     assert len(steps) == 4 and end == "clean"
+
+
+def test_the_aligner_names_the_inputs_that_have_never_arrived():
+    """What the recorder node refuses to start an episode without: each stream with no sample yet,
+    and the camera's intrinsics."""
+    a = _aligner()
+    assert a.missing() == list(GridAligner.STREAMS) + ["camera_info"]
+    _feed(a, "arm_state", 0.0, 0.1)
+    a.add("depth", 0.0, np.zeros((4, 4)))
+    assert a.missing() == ["hand_state", "arm_command", "hand_command", "camera_info"]
+    a.K = np.eye(3)
+    for s in ("hand_state", "arm_command", "hand_command"):
+        _feed(a, s, 0.0, 0.1)
+    assert a.missing() == []
