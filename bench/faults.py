@@ -483,11 +483,11 @@ class Faults:
                            f"without")
 
     def recorder_kill9_mid_episode(self) -> FaultResult:
-        from std_srvs.srv import SetBool, Trigger
+        from std_srvs.srv import SetBool
 
         expected = "earlier episode byte-identical; the recovered episode keeps every step counted"
         out = Path(self.cfg.recorder.out_dir)
-        res = self.probe.call(Trigger, "/recorder_node/start_episode")
+        res = self._start_recording()
         if not res.success:
             return FaultResult("recorder_kill9_mid_episode", expected, False, f"start refused: {res.message}")
         if not self.probe.wait_for(lambda: _status(self.recorder_status).get("steps", 0) >= 20, 20.0):
@@ -498,7 +498,7 @@ class Faults:
             return FaultResult("recorder_kill9_mid_episode", expected, False, f"stop refused: {stop.message}")
         first = Path(json.loads(stop.message)["file"])
         digest = _sha(first)
-        self.probe.call(Trigger, "/recorder_node/start_episode")
+        self._start_recording()
         self.probe.wait_for(lambda: _status(self.recorder_status).get("steps", 0) >= 40, 20.0)
         counted = int(_status(self.recorder_status).get("steps", 0))
         self.graph.signal("recorder_node", signal.SIGKILL)
@@ -528,7 +528,7 @@ class Faults:
         if m.returncode != 0:
             return FaultResult("disk_full_while_recording", expected, False,
                                f"not run: cannot mount a tmpfs here ({(m.stderr or m.stdout).strip()[:80]})")
-        from std_srvs.srv import SetBool, Trigger
+        from std_srvs.srv import SetBool
 
         from robot_runtime.data.episode_file import read_partial
         try:
@@ -537,7 +537,7 @@ class Faults:
             small = self.tmp / "small_disk.yaml"
             small.write_text(yaml.safe_dump(data))
             self._restart_recorder(str(small))
-            res = self.probe.call(Trigger, "/recorder_node/start_episode")
+            res = self._start_recording()
             self.probe.wait_for(lambda: _status(self.recorder_status).get("steps", 0) >= 10, 20.0)
             with open(mnt / "filler", "wb") as f:   # another program fills the disk
                 try:
@@ -562,6 +562,19 @@ class Faults:
         finally:
             self._restart_recorder(str(self.cfg_path))
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+    def _start_recording(self):
+        """Start an episode; a recorder that still waits for its inputs (just restarted) is asked again
+        every 50 ms for up to 30 s. Returns the last answer."""
+        from std_srvs.srv import Trigger
+
+        from robot_runtime.data.recorder import WAITING_FOR_INPUTS
+        end = time.monotonic() + 30.0
+        while True:
+            res = self.probe.call(Trigger, "/recorder_node/start_episode")
+            if res.success or not res.message.startswith(WAITING_FOR_INPUTS) or time.monotonic() > end:
+                return res
+            time.sleep(0.05)   # a retry interval: the inputs' arrival is only seen by asking
 
     def _restart_recorder(self, config_file: str) -> None:
         self.graph.signal("recorder_node", signal.SIGINT)
