@@ -174,8 +174,8 @@ def main(argv=None) -> int:
              "steps": fc.steps, "train_loss": round(ft.train_loss, 4),
              "val_loss": None if ft.val_loss is None else round(ft.val_loss, 4), "base": base or "scratch",
              "selected_step": job.best["step"], "open_loop_error_rad": round(job.best["error"], 5),
-             "mirror": fc.mirror, "mirror_keep_hand": fc.mirror_keep_hand, "move_others": fc.move_others, "turn_carry": fc.turn_carry,
-             "shift_cell": fc.shift_cell}
+             "mirror": fc.mirror, "mirror_keep_hand": fc.mirror_keep_hand, "move_others": fc.move_others,
+             "turn_carry": fc.turn_carry, "shift_cell": fc.shift_cell}
         if n == a.demos:
             r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,
                                         rollouts=min(10, a.rollouts), workers=a.workers)

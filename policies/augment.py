@@ -33,6 +33,7 @@ from scipy.spatial import cKDTree
 
 from policies.bc import Episode, point_clouds
 from policies.errors import PolicyError
+from robot_runtime import description as D
 from robot_runtime.description import FINGERTIP_FRAMES
 
 
@@ -190,10 +191,16 @@ def approach_progress(ep: Episode, model, grasp: int, flange: str) -> np.ndarray
     joints) over its length up to the grasp."""
     n = len(ep.q)
     at = np.array([model.link_pose(ep.q[t], flange)[:3, 3] for t in range(min(grasp, n - 1) + 1)])
-    walked = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(at, axis=0), axis=1))])
     s = np.ones(n)
-    s[: len(walked)] = walked / walked[-1] if walked[-1] > 1e-6 else 1.0
+    s[: len(at)] = _path_fraction(at)
     return s
+
+
+def _path_fraction(at: np.ndarray) -> np.ndarray:
+    """How far along the path through the points ``at`` [K, 3] (m) each is [K]: the path length up to
+    it over the whole length (all 1 where the path has no length)."""
+    walked = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(at, axis=0), axis=1))])
+    return walked / walked[-1] if walked[-1] > 1e-6 else np.ones(len(walked))
 
 
 def _bend(model, q: np.ndarray, offsets: np.ndarray, arm, flange: str, max_error: float) -> np.ndarray | None:
@@ -396,33 +403,45 @@ def mirrored_keeping_the_hand(ep: Episode, scene: SceneBeforeGrasp, model, arm_c
     inside = np.flatnonzero(np.linalg.norm(flange_at[: g + 1] - flange_at[g], axis=1) <= FINAL_APPROACH_M)
     if len(inside) and s[inside[0]] > 0.0:
         s = np.minimum(1.0, s / s[inside[0]])
-    at = flange_at[g:]
-    walked = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(at, axis=0), axis=1))])
-    after = walked / walked[-1] if walked[-1] > 1e-6 else np.ones(len(walked))
-    def move_of(t, pose):
+    after = _path_fraction(flange_at[g:])
+
+    def motion(t: int, at) -> np.ndarray:
+        """The rigid motion of step ``t`` for a flange at ``at`` [3] (m)."""
         t = min(t, len(ep.q) - 1)
         if t <= g:
-            return _blend(np.eye(4), grasp, s[t], pose[:3, 3])
-        return _blend(grasp, end, after[t - g], pose[:3, 3])
+            return _blend(np.eye(4), grasp, s[t], at)
+        return _blend(grasp, end, after[t - g], at)
 
-    q = _retarget(model, ep.q, move_of, arm_cols, flange, max_error)
-    a = None if q is None else _retarget(model, ep.actions, lambda t, pose: move_of(t + 1, pose), arm_cols, flange,
-                                         max_error)
+    q = _retarget(model, ep.q, lambda t, pose: motion(t, pose[:3, 3]), arm_cols, flange, max_error)
+    a = None if q is None else _retarget(model, ep.actions, lambda t, pose: motion(t + 1, pose[:3, 3]), arm_cols,
+                                         flange, max_error)
     if a is None:
         return None
     v = np.array(vis, np.float32, copy=True)
     v[..., 1] *= -1.0
     if g + 1 < len(v):
+        # after the grasp the held object's points move with the hand; the container's stay mirrored
         top = pooled[~near, 2].max() + 0.01 if (~near).any() else -np.inf
+        reach = None if other is None else float(np.linalg.norm(scene.others - other, axis=1).max()) + 0.02
         for t in range(g + 1, len(v)):
             p = np.asarray(vis[t], float)
             held = np.ones(len(p), bool) if other is None else \
-                ~((np.linalg.norm(p[:, :2] - other, axis=1) <= _spread(scene.others, other)) & (p[:, 2] <= top))
-            m = move_of(t, model.link_pose(ep.q[t], flange))
+                ~((np.linalg.norm(p[:, :2] - other, axis=1) <= reach) & (p[:, 2] <= top))
+            m = motion(t, flange_at[t])
             v[t, held] = (p[held] @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
     return Episode(q, a, v, ep.train_until, ep.train_from)
 
 
-def _spread(points: np.ndarray, centre: np.ndarray, margin: float = 0.02) -> float:
-    """How far (m, horizontally, plus ``margin``) ``points`` [K, 2] reach from ``centre`` [2]."""
-    return float(np.linalg.norm(np.asarray(points, float) - centre, axis=1).max()) + margin
+def mirrored_copies(episodes: list[Episode], model=None) -> list[Episode | None]:
+    """:func:`mirrored_keeping_the_hand` of each of ``episodes`` (with the twin robot's joint order
+    and flange; ``model``: its URDF kinematics, loaded when None), None where it has no copy.
+
+    Raises:
+        PolicyError: an episode's visual input is not point clouds, or its hand never closes.
+    """
+    from robot_runtime.kinematics import UrdfModel  # noqa: PLC0415
+
+    model = model or UrdfModel.from_file(D.description_path(D.URDF_NAME))
+    hand, arm = range(len(D.ARM_JOINTS), len(D.ALL_JOINTS)), np.arange(len(D.ARM_JOINTS))
+    return [mirrored_keeping_the_hand(e, scene_before_grasp(e, model, hand), model, arm, D.FLANGE_FRAME)
+            for e in episodes]

@@ -254,7 +254,10 @@ def replay_commands(cfg: RuntimeConfig, episode_file, visual=None, mirrored: boo
         raise ValueError(f"{episode_file}: no object placement seed in its metadata; cannot replay it")
     commands = np.asarray(ep["command"], float)
     if mirrored and keep_hand:
-        copy = _mirrored_keeping_the_hand(episode_file, ep.meta["visual"])
+        from policies.augment import mirrored_copies  # noqa: PLC0415
+        from robot_runtime.data.dataset import load_for_training  # noqa: PLC0415
+
+        copy = mirrored_copies(load_for_training([episode_file], visual_spec=ep.meta["visual"]))[0]
         if copy is None:
             return None
         commands = np.concatenate([commands[:1], copy.actions])
@@ -273,16 +276,3 @@ def replay_commands(cfg: RuntimeConfig, episode_file, visual=None, mirrored: boo
                       note=f"{'mirrored ' if mirrored else ''}replay of {Path(episode_file).name}")
     finally:
         tw.close()
-
-
-def _mirrored_keeping_the_hand(episode_file, visual: dict):
-    """The episode as training data, mirrored keeping the hand (None: out of reach)."""
-    from policies.augment import mirrored_keeping_the_hand, scene_before_grasp  # noqa: PLC0415
-    from robot_runtime.data.dataset import load_for_training  # noqa: PLC0415
-    from robot_runtime.kinematics import UrdfModel  # noqa: PLC0415
-
-    e = load_for_training([episode_file], visual_spec=visual)[0]
-    model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
-    return mirrored_keeping_the_hand(e, scene_before_grasp(e, model, range(len(D.ARM_JOINTS), len(D.ALL_JOINTS))),
-                                     model, np.arange(len(D.ARM_JOINTS)), D.FLANGE_FRAME)
-

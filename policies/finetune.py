@@ -373,17 +373,13 @@ class FinetuneJob:
     def _mirrored_keeping_the_hand(self, episodes: list[Episode]) -> list[Episode]:
         """``cfg.mirror_keep_hand``'s copies of ``episodes``: one each where inverse kinematics
         reaches every pose (:func:`policies.augment.mirrored_keeping_the_hand`)."""
-        from policies.augment import mirrored_keeping_the_hand, scene_before_grasp  # noqa: PLC0415
-        from robot_runtime.kinematics import UrdfModel  # noqa: PLC0415
+        from policies.augment import mirrored_copies  # noqa: PLC0415
 
         if self.schema.visual.kind != "pointcloud":
             raise FinetuneError(f"mirror_keep_hand: needs point-cloud input, the checkpoint takes "
                                 f"{self.schema.visual.kind!r}")
-        model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
-        hand, arm = range(len(D.ARM_JOINTS), len(D.ALL_JOINTS)), np.arange(len(D.ARM_JOINTS))
         try:
-            copies = [mirrored_keeping_the_hand(e, scene_before_grasp(e, model, hand), model, arm, D.FLANGE_FRAME)
-                      for e in episodes]
+            copies = mirrored_copies(episodes)
         except PolicyError as e:
             raise FinetuneError(f"mirror_keep_hand: {e}") from e
         self.unmirrored = sum(c is None for c in copies)

@@ -244,8 +244,8 @@ def _cmd_finetune(args) -> int:
     cfg = FinetuneConfig(steps=args.steps, batch=args.batch, val_fraction=args.val_fraction,
                          save_every=args.save_every, seed=args.seed, device=args.device, threads=args.threads,
                          nice=args.nice, representation=args.representation, freeze_encoder=args.freeze_encoder,
-                         mirror=args.mirror, mirror_keep_hand=args.mirror_keep_hand, move_others=args.move_others, turn_carry=args.turn_carry,
-                         shift_cell=args.shift_cell, cache_mb=args.cache_mb, **extra)
+                         mirror=args.mirror, mirror_keep_hand=args.mirror_keep_hand, move_others=args.move_others,
+                         turn_carry=args.turn_carry, shift_cell=args.shift_cell, cache_mb=args.cache_mb, **extra)
     pretrain = args.cmd == "pretrain"
     base = None if (pretrain or args.scratch) else \
         (args.base or str(load_config(Path(args.config or default_config("sim.yaml"))).policy.checkpoint))

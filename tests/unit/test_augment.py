@@ -249,10 +249,9 @@ def test_a_mirrored_side_grasp_keeps_the_right_hand_and_pours_on_the_mirrored_pl
     demo's (within 1 cm); the clouds up to the grasp are mirrored. Replayed on the twin's mirrored placement the
     copy pours; the plain mirror image (the joints mirrored, a side grasp held thumb down) does not.
     A finetuning job trains on one copy per demo, and refuses both mirrors at once."""
-    from policies.augment import _heading
+    from policies.augment import _heading, mirrored_keeping_the_hand
     from policies.bc import mirror_episode
     from policies.finetune import FinetuneConfig, FinetuneError, FinetuneJob
-    from policies.augment import mirrored_keeping_the_hand
     from robot_runtime.twin.rollout import TwinEpisodeRunner
 
     ep, visual, folder, cfg = pour_demos
