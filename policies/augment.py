@@ -214,11 +214,18 @@ def _bend(model, q: np.ndarray, offsets: np.ndarray, arm, flange: str, max_error
     return _retarget(model, q, shift, arm, flange, max_error)
 
 
-def _retarget(model, q: np.ndarray, move_of, arm, flange: str, max_error: float) -> np.ndarray | None:
+def _retarget(model, q: np.ndarray, move_of, arm, flange: str, max_error: float,
+              turn_joint: int | None = None) -> np.ndarray | None:
     """``q`` [N, 23] with the arm's joints (indices ``arm``) moved so that the flange's pose is
     ``move_of(t, pose)`` [4, 4] (a rigid motion in the base frame) applied to its pose [4, 4] at
-    ``q[t]``; each step's solve starts from the previous step's change. None where a step's solve
-    is off by more than ``max_error`` (m) or 10x that (rad)."""
+    ``q[t]``. None where a step's solve is off by more than ``max_error`` (m) or 10x that (rad).
+
+    Each step's solve starts from the previous step's change; or, with ``turn_joint`` (the index
+    in ``q`` of the joint that turns the arm about the base's vertical), from the demo's own
+    posture with that joint turned by the motion's angle about the vertical, and stays the
+    solution nearest it: a motion that is mostly a turn about the vertical is then mostly that
+    one joint, and the copy keeps the demo's posture (elbow, wrist) where a solve that carries
+    its changes along can drift onto another posture of the same pose."""
     from robot_runtime.ik import solve_ik  # noqa: PLC0415
 
     out = np.array(q, float, copy=True)
@@ -233,8 +240,14 @@ def _retarget(model, q: np.ndarray, move_of, arm, flange: str, max_error: float)
             continue
         goal = move @ pose
         seed = np.array(q[t], float, copy=True)
-        seed[arm] += change
-        sol, pos_err, rot_err = solve_ik(model, seed, flange, goal, arm, iters=50, tol_pos=2e-5, tol_rot=2e-4)
+        if turn_joint is None:
+            seed[arm] += change
+            rest = None
+        else:
+            seed[turn_joint] += np.arctan2(move[1, 0], move[0, 0])
+            rest = seed
+        sol, pos_err, rot_err = solve_ik(model, seed, flange, goal, arm, iters=50, tol_pos=2e-5, tol_rot=2e-4,
+                                         q_rest=rest)
         if pos_err > max_error or rot_err > 10 * max_error:
             return None
         out[t, arm] = sol[arm]
@@ -359,7 +372,7 @@ def _blend(a: np.ndarray, b: np.ndarray, w: float, at) -> np.ndarray:
 
 
 def mirrored_keeping_the_hand(ep: Episode, scene: SceneBeforeGrasp, model, arm_cols, flange: str = "flange",
-                              max_error: float = 1e-3) -> Episode | None:
+                              max_error: float = 1e-3, turn_joint: int | None = None) -> Episode | None:
     """``ep`` at its placement mirrored across the base's x-z plane (every object at y -> -y),
     done by the same hand: the grasp and the release of a right hand, not their mirror images.
 
@@ -394,7 +407,9 @@ def mirrored_keeping_the_hand(ep: Episode, scene: SceneBeforeGrasp, model, arm_c
     other = None
     if len(scene.others):
         other = circle_centre(scene.others) if len(scene.others) >= 3 else scene.others.mean(axis=0)
-        end = _turn_about(other, -2.0 * _heading(model, ep.q[-1]), other * flip)
+        # the container is faced from the base: its mirror image is the same turn about the base's
+        # vertical (the fingers' heading at the end is no measure of the facing: a pour rolls it)
+        end = _turn_about(other, -2.0 * np.arctan2(other[1], other[0]), other * flip)
     # the approach: from home to the demo's pose turned about the object, the turn complete where
     # the flange comes within ``FINAL_APPROACH_M`` of the grasp (the hand's way down beside the
     # object is the demo's own, turned: a blend still under way there passes through the object)
@@ -412,9 +427,9 @@ def mirrored_keeping_the_hand(ep: Episode, scene: SceneBeforeGrasp, model, arm_c
             return _blend(np.eye(4), grasp, s[t], at)
         return _blend(grasp, end, after[t - g], at)
 
-    q = _retarget(model, ep.q, lambda t, pose: motion(t, pose[:3, 3]), arm_cols, flange, max_error)
+    q = _retarget(model, ep.q, lambda t, pose: motion(t, pose[:3, 3]), arm_cols, flange, max_error, turn_joint)
     a = None if q is None else _retarget(model, ep.actions, lambda t, pose: motion(t + 1, pose[:3, 3]), arm_cols,
-                                         flange, max_error)
+                                         flange, max_error, turn_joint)
     if a is None:
         return None
     v = np.array(vis, np.float32, copy=True)
@@ -443,5 +458,6 @@ def mirrored_copies(episodes: list[Episode], model=None) -> list[Episode | None]
 
     model = model or UrdfModel.from_file(D.description_path(D.URDF_NAME))
     hand, arm = range(len(D.ARM_JOINTS), len(D.ALL_JOINTS)), np.arange(len(D.ARM_JOINTS))
-    return [mirrored_keeping_the_hand(e, scene_before_grasp(e, model, hand), model, arm, D.FLANGE_FRAME)
-            for e in episodes]
+    turn = D.ALL_JOINTS.index("joint1")
+    return [mirrored_keeping_the_hand(e, scene_before_grasp(e, model, hand), model, arm, D.FLANGE_FRAME,
+                                      turn_joint=turn) for e in episodes]

@@ -246,10 +246,13 @@ def pour_demos(tmp_path_factory):
 def test_a_mirrored_side_grasp_keeps_the_right_hand_and_pours_on_the_mirrored_placement(pour_demos, tmp_path):
     """``mirrored_keeping_the_hand``: the copy starts at home with the demo's hand; at the grasp its
     fingers' heading is the demo's mirrored and the bottle sits in the palm where it sat in the
-    demo's (within 1 cm); the clouds up to the grasp are mirrored. Replayed on the twin's mirrored placement the
+    demo's (within 1 cm); the clouds up to the grasp are mirrored. It ends (the pour) in the demo's
+    posture turned about the base's vertical: the bowl's mirror image is that turn, and the elbow and
+    wrist keep the posture the expert pours with (a solve that carried its changes along ended with
+    joint 5 a radian away, on a posture no real demo pours with). Replayed on the twin's mirrored placement the
     copy pours; the plain mirror image (the joints mirrored, a side grasp held thumb down) does not.
     A finetuning job trains on one copy per demo, and refuses both mirrors at once."""
-    from policies.augment import _heading, mirrored_keeping_the_hand
+    from policies.augment import _heading, circle_centre, mirrored_keeping_the_hand
     from policies.bc import mirror_episode
     from policies.finetune import FinetuneConfig, FinetuneError, FinetuneJob
     from robot_runtime.twin.rollout import TwinEpisodeRunner
@@ -258,7 +261,8 @@ def test_a_mirrored_side_grasp_keeps_the_right_hand_and_pours_on_the_mirrored_pl
     model = _model()
     scene = scene_before_grasp(ep, model, HAND)
     g = scene.grasp
-    c = mirrored_keeping_the_hand(ep, scene, model, np.arange(7), D.FLANGE_FRAME)
+    c = mirrored_keeping_the_hand(ep, scene, model, np.arange(7), D.FLANGE_FRAME,
+                                  turn_joint=D.ALL_JOINTS.index("joint1"))
     assert c is not None
     np.testing.assert_array_equal(c.q[0], ep.q[0])
     np.testing.assert_array_equal(c.q[:, 7:], ep.q[:, 7:])
@@ -268,6 +272,10 @@ def test_a_mirrored_side_grasp_keeps_the_right_hand_and_pours_on_the_mirrored_pl
     np.testing.assert_allclose(c.visual[: g + 1, :, 1], -ep.visual[: g + 1, :, 1])
     np.testing.assert_array_equal(c.visual[: g + 1, :, [0, 2]], ep.visual[: g + 1, :, [0, 2]])
     assert np.abs(np.diff(c.q[:, :7], axis=0)).max() < 3 * np.abs(np.diff(ep.q[:, :7], axis=0)).max()
+    bowl = circle_centre(scene.others)
+    np.testing.assert_allclose(c.q[-1, 0], ep.q[-1, 0] - 2.0 * np.arctan2(bowl[1], bowl[0]), atol=0.01)
+    np.testing.assert_allclose(c.q[-1, 1:7], ep.q[-1, 1:7], atol=0.02)
+    np.testing.assert_allclose(c.actions[-1, 1:7], ep.actions[-1, 1:7], atol=0.02)
 
     runner = TwinEpisodeRunner(cfg, visual)
     try:
