@@ -387,9 +387,14 @@ def mirrored_keeping_the_hand(ep: Episode, scene: SceneBeforeGrasp, model, arm_c
     rigid motion about the vertical that grows with the approach's progress
     (:func:`approach_progress`) from none at home to the grasp's, reached where the flange comes
     within :data:`FINAL_APPROACH_M` of its grasp pose (the way down beside the object is the
-    demo's own, turned), then changes with the flange's path after the grasp to the end's. The held object's points move with the hand; the others, and
-    every point up to the grasp, are mirrored. Round objects only (their axes: circles fitted to
-    the first frames' points, :func:`circle_centre`). The hand's joints and targets are the demo's.
+    demo's own, turned), then changes with the flange's path after the grasp to the end's. In
+    the clouds, the taken object up to the grasp and the container throughout are their own
+    points moved to their mirrored places, not mirrored: a camera on one side of the table sees
+    a round object's near side wherever it stands, and a mirrored cloud shows the far side
+    (with the twin's camera on the right, a bottle's points 2 x its radius to the left of where a
+    real left-hand bottle's are). After the grasp the held object's points move with the hand.
+    Round objects only (their axes: circles fitted to the first frames' points,
+    :func:`circle_centre`). The hand's joints and targets are the demo's.
 
     Returns None where inverse kinematics misses a pose by more than ``max_error`` (m).
 
@@ -432,18 +437,31 @@ def mirrored_keeping_the_hand(ep: Episode, scene: SceneBeforeGrasp, model, arm_c
                                          flange, max_error, turn_joint)
     if a is None:
         return None
+    # The clouds. A camera on one side of the table sees a round object's near side wherever it
+    # stands: the object at its mirrored place looks like its own cloud moved there (its axis
+    # y -> -y), not like its mirror image, which shows the far side (a surface 2 x its radius off
+    # toward the other side of the table). Other points (none on the twin) are mirrored.
     v = np.array(vis, np.float32, copy=True)
     v[..., 1] *= -1.0
-    if g + 1 < len(v):
-        # after the grasp the held object's points move with the hand; the container's stay mirrored
-        top = pooled[~near, 2].max() + 0.01 if (~near).any() else -np.inf
-        reach = None if other is None else float(np.linalg.norm(scene.others - other, axis=1).max()) + 0.02
-        for t in range(g + 1, len(v)):
-            p = np.asarray(vis[t], float)
-            held = np.ones(len(p), bool) if other is None else \
-                ~((np.linalg.norm(p[:, :2] - other, axis=1) <= reach) & (p[:, 2] <= top))
+    top = pooled[~near, 2].max() + 0.01 if (~near).any() else -np.inf
+    reach = None if other is None else float(np.linalg.norm(scene.others - other, axis=1).max()) + 0.02
+
+    def container(p: np.ndarray) -> np.ndarray:
+        if other is None:
+            return np.zeros(len(p), bool)
+        return (np.linalg.norm(p[:, :2] - other, axis=1) <= reach) & (p[:, 2] <= top)
+
+    for t in range(len(v)):
+        p = np.asarray(vis[t], float)
+        box = container(p)
+        v[t, box, 1] = (p[box, 1] - 2.0 * other[1]).astype(np.float32) if box.any() else v[t, box, 1]
+        if t <= g:
+            taken = ~box & (np.linalg.norm(p[:, :2] - scene.centre, axis=1) <= scene.radius)
+            v[t, taken, 1] = (p[taken, 1] - 2.0 * axis[1]).astype(np.float32)
+        else:
+            # after the grasp the held object's points move with the hand
             m = motion(t, flange_at[t])
-            v[t, held] = (p[held] @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
+            v[t, ~box] = (p[~box] @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
     return Episode(q, a, v, ep.train_until, ep.train_from)
 
 

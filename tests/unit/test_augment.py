@@ -246,13 +246,14 @@ def pour_demos(tmp_path_factory):
 def test_a_mirrored_side_grasp_keeps_the_right_hand_and_pours_on_the_mirrored_placement(pour_demos, tmp_path):
     """``mirrored_keeping_the_hand``: the copy starts at home with the demo's hand; at the grasp its
     fingers' heading is the demo's mirrored and the bottle sits in the palm where it sat in the
-    demo's (within 1 cm); the clouds up to the grasp are mirrored. It ends (the pour) in the demo's
+    demo's (within 1 cm); up to the grasp the bottle's points are the demo's moved to the mirrored
+    place, the near side toward the camera as in a real view. It ends (the pour) in the demo's
     posture turned about the base's vertical: the bowl's mirror image is that turn, and the elbow and
     wrist keep the posture the expert pours with (a solve that carried its changes along ended with
     joint 5 a radian away, on a posture no real demo pours with). Replayed on the twin's mirrored placement the
     copy pours; the plain mirror image (the joints mirrored, a side grasp held thumb down) does not.
     A finetuning job trains on one copy per demo, and refuses both mirrors at once."""
-    from policies.augment import _heading, circle_centre, mirrored_keeping_the_hand
+    from policies.augment import STILL_FRAMES, _heading, circle_centre, mirrored_keeping_the_hand
     from policies.bc import mirror_episode
     from policies.finetune import FinetuneConfig, FinetuneError, FinetuneJob
     from robot_runtime.twin.rollout import TwinEpisodeRunner
@@ -269,8 +270,17 @@ def test_a_mirrored_side_grasp_keeps_the_right_hand_and_pours_on_the_mirrored_pl
     np.testing.assert_array_equal(c.actions[:, 7:], ep.actions[:, 7:])
     assert _heading(model, ep.q[g]) > 0.2
     assert abs(_heading(model, c.q[g]) + _heading(model, ep.q[g])) < 0.01
-    np.testing.assert_allclose(c.visual[: g + 1, :, 1], -ep.visual[: g + 1, :, 1])
     np.testing.assert_array_equal(c.visual[: g + 1, :, [0, 2]], ep.visual[: g + 1, :, [0, 2]])
+    # the bottle's points are its own moved to the mirrored place: the side the camera (on the
+    # right) sees stays toward the camera, where a mirror image shows the far side
+    pooled = np.asarray(ep.visual[: min(g, STILL_FRAMES)]).reshape(-1, 3)
+    axis = circle_centre(pooled[np.linalg.norm(pooled[:, :2] - scene.centre, axis=1) <= scene.radius, :2])
+    seen = np.linalg.norm(ep.visual[0, :, :2] - scene.centre, axis=1) <= scene.radius
+    offset = ep.visual[0, seen, 1].mean() - axis[1]
+    assert offset < -0.01
+    np.testing.assert_allclose(c.visual[0, seen, 1].mean() - (-axis[1]), offset, atol=0.001)
+    moved = ep.visual[0, seen, 1] - c.visual[0, seen, 1]
+    assert moved.std() < 1e-5 and abs(moved.mean() - 2.0 * axis[1]) < 1e-4
     assert np.abs(np.diff(c.q[:, :7], axis=0)).max() < 3 * np.abs(np.diff(ep.q[:, :7], axis=0)).max()
     bowl = circle_centre(scene.others)
     np.testing.assert_allclose(c.q[-1, 0], ep.q[-1, 0] - 2.0 * np.arctan2(bowl[1], bowl[0]), atol=0.01)
