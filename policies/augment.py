@@ -454,7 +454,8 @@ def mirrored_keeping_the_hand(ep: Episode, scene: SceneBeforeGrasp, model, arm_c
     for t in range(len(v)):
         p = np.asarray(vis[t], float)
         box = container(p)
-        v[t, box, 1] = (p[box, 1] - 2.0 * other[1]).astype(np.float32) if box.any() else v[t, box, 1]
+        if box.any():
+            v[t, box, 1] = (p[box, 1] - 2.0 * other[1]).astype(np.float32)
         if t <= g:
             taken = ~box & (np.linalg.norm(p[:, :2] - scene.centre, axis=1) <= scene.radius)
             v[t, taken, 1] = (p[taken, 1] - 2.0 * axis[1]).astype(np.float32)
