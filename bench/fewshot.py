@@ -173,7 +173,7 @@ def main(argv=None) -> int:
         r = {**rollout_summary(rep), "demos": min(n, demos[task]["ok"]), "finetune_s": round(ft.seconds, 1),
              "steps": fc.steps, "train_loss": round(ft.train_loss, 4),
              "val_loss": None if ft.val_loss is None else round(ft.val_loss, 4), "base": base or "scratch",
-             "selected_step": job.best["step"], "open_loop_error_rad": round(job.best["error"], 5),
+             "selected_step": job.selected()["step"], "open_loop_error_rad": job.selected()["open_loop_error_rad"],
              "mirror": fc.mirror, "mirror_keep_hand": fc.mirror_keep_hand, "move_others": fc.move_others,
              "turn_carry": fc.turn_carry, "shift_cell": fc.shift_cell}
         if n == a.demos:

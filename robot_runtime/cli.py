@@ -239,6 +239,7 @@ def _cmd_finetune(args) -> int:
     from robot_runtime.config import load_config
 
     extra = {k: v for k, v in (("lr", args.lr), ("chunk", args.chunk), ("eval_every", args.eval_every),
+                               ("keep", args.keep),
                                ("noise_arm", args.noise_arm), ("noise_hand", args.noise_hand),
                                ("shift_radius", args.shift_radius)) if v is not None}
     cfg = FinetuneConfig(steps=args.steps, batch=args.batch, val_fraction=args.val_fraction,
@@ -599,8 +600,10 @@ def _train_parser(sub, name: str) -> None:
                         "table and the arm's path bent onto them by inverse kinematics (point clouds; the demo "
                         "at placements it was not recorded at)")
     p.add_argument("--shift-radius", type=float, metavar="M", help="--shift-cell: the largest move (default 0.05 m)")
-    p.add_argument("--eval-every", type=int, help="steps between open-loop checks on the held-out demos; the best "
-                                                  "weights are kept (default 250)")
+    p.add_argument("--eval-every", type=int, help="steps between open-loop checks on the held-out demos (default 250)")
+    p.add_argument("--keep", choices=["lowest_error", "last"],
+                   help="the weights saved: those with the lowest open-loop error on the held-out demos at a check, "
+                        "or the last (the EMA's) (default: lowest_error)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of episodes held out for validation "
                                                                    "(at least one; the default: 1 of 15)")
     p.add_argument("--save-every", type=int, default=500, help="steps between interval checkpoints")

@@ -145,6 +145,28 @@ def test_provenance_is_complete_and_interval_checkpoints_are_kept(demos, tmp_pat
     assert (tmp_path / "ft" / "loss.png").stat().st_size > 5_000     # the loss curve, as a picture
 
 
+def test_the_checkpoint_holds_the_weights_the_keep_rule_names(demos, tmp_path):
+    """keep='lowest_error': the weights of the check with the least held-out open-loop error;
+    keep='last': the EMA's last weights, whatever the checks said."""
+    runs = {}
+    for keep in ("lowest_error", "last"):
+        res = FinetuneJob(demos, tmp_path / keep, None, _cfg(steps=30, eval_every=5, keep=keep)).run(bar=False)
+        runs[keep] = (load_checkpoint(res.checkpoint), torch.load(tmp_path / keep / STATE_FILE, weights_only=True))
+    ck, st = runs["last"]
+    sel = ck.provenance["selected"]
+    assert sel["step"] == 30 and sel["by"] == "the last weights (the EMA's)"
+    assert sel["open_loop_error_rad"] == pytest.approx(ck.provenance["open_loop_history"][-1][1])
+    assert all(torch.equal(ck.state[k], st["ema"][k].cpu()) for k in ck.state)
+    ck, st = runs["lowest_error"]
+    history = ck.provenance["open_loop_history"]
+    assert [h[0] for h in history] == [5, 10, 15, 20, 25, 30]
+    best = min(history, key=lambda h: h[1])
+    assert ck.provenance["selected"]["step"] == best[0] == st["best"]["step"]
+    assert all(torch.equal(ck.state[k], st["best"]["state"][k].cpu()) for k in ck.state)
+    with pytest.raises(FinetuneError, match="keep 'newest'"):
+        FinetuneJob(demos, tmp_path / "bad", None, _cfg(keep="newest"))
+
+
 def test_bad_datasets_give_clear_errors(demos, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
