@@ -170,10 +170,11 @@ def main(argv=None) -> int:
         job = FinetuneJob(subset, work / "checkpoints" / name, base, fc)
         ft = job.run(bar=True)
         rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0, work / "rollouts" / name, workers=a.workers)
+        kept = job.selected()
         r = {**rollout_summary(rep), "demos": min(n, demos[task]["ok"]), "finetune_s": round(ft.seconds, 1),
              "steps": fc.steps, "train_loss": round(ft.train_loss, 4),
              "val_loss": None if ft.val_loss is None else round(ft.val_loss, 4), "base": base or "scratch",
-             "selected_step": job.selected()["step"], "open_loop_error_rad": job.selected()["open_loop_error_rad"],
+             "selected_step": kept["step"], "open_loop_error_rad": kept["open_loop_error_rad"],
              "mirror": fc.mirror, "mirror_keep_hand": fc.mirror_keep_hand, "move_others": fc.move_others,
              "turn_carry": fc.turn_carry, "shift_cell": fc.shift_cell}
         if n == a.demos:

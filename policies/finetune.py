@@ -596,7 +596,7 @@ class FinetuneJob:
             if self.cache is not None:
                 self.cache.close()
         self.best = best
-        if best["state"] is not None and cfg.keep == "lowest_error":
+        if self._keeps_lowest_error(best):
             kept = copy.deepcopy(model).cpu()
             kept.load_state_dict(best["state"])
         else:
@@ -626,13 +626,18 @@ class FinetuneJob:
                 "open_loop_history": (best or {}).get("history", []),
                 "code_version": code_version()}
 
+    def _keeps_lowest_error(self, best: dict) -> bool:
+        """Whether the checkpoint holds the lowest-error weights of ``best`` (the rule asks for
+        them and an evaluation found some) rather than the last."""
+        return best.get("state") is not None and self.cfg.keep == "lowest_error"
+
     def selected(self, best=None) -> dict | None:
         """Which weights the checkpoint holds: {'step', 'open_loop_error_rad' (None when not
         evaluated there), 'by'}; None before training ends."""
         best = best if best is not None else getattr(self, "best", None)
         if not best:
             return None
-        if best.get("state") is not None and self.cfg.keep == "lowest_error":
+        if self._keeps_lowest_error(best):
             return {"step": best["step"], "open_loop_error_rad": round(best["error"], 6),
                     "by": "mean |target error| (rad) over every joint and chunk row on the validation demos"}
         last = next((h for h in best.get("history", []) if h[0] == self.cfg.steps), None)
