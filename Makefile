@@ -17,6 +17,7 @@ MEDIAPIPE := mediapipe==0.10.21
 DURATION ?= 0
 VIZ ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
@@ -42,8 +43,18 @@ $(VENV)/.ready: setup.py setup.cfg package.xml
 sim: venv
 	$(VENV)/bin/robot-runtime sim --config config/sim.yaml --duration $(DURATION) $(if $(VIZ),--viz $(VIZ))
 
+# With no PYTEST_ARGS: tests/unit in TEST_WORKERS processes (pytest-xdist), then tests/node and
+# tests/integration in one (their graphs of nodes run in real time and need the cores); both
+# always run, and the target fails if either failed.
 test: venv
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@rc=0; \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests/unit || rc=$$?; \
+	$(PY) -m pytest -q tests/node tests/integration || rc=$$?; \
+	exit $$rc
+else
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+endif
 
 bench: venv
 	$(PIP) install -q -e ".[bench]"

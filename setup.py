@@ -62,7 +62,7 @@ setup(
         "bench": ["transformers>=4.40"],
         # Rerun visualisation (viz_node, robot-runtime replay, eval --rrd).
         "viz": ["rerun-sdk>=0.24"],
-        "dev": ["pytest>=7", "pytest-timeout>=2"],
+        "dev": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3"],
     },
     zip_safe=True,
     maintainer="robot_runtime maintainers",

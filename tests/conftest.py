@@ -13,6 +13,11 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 # A domain of our own per test session so parallel runs on one machine do not cross-talk.
 os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
 sys.path.insert(0, str(REPO))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Unit tests run in one worker per core (the Makefile's `make test`): one thread each, so two
+    # workers' torch and OpenMP pools do not fight over two cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture
