@@ -9,9 +9,8 @@ table says what is expected, what was observed and what data was lost:
   the arm controller holds within 100 ms (its status says so), from then on only brakes, and the
   object is still up 2 s later (the hand keeps its grip); the depth stream goes on for the
   others. The scripted expert (teleop_node, started for this fault) makes the grasp and lift, so
-  the check does not hinge on the learned policy's grasp; the policy then starts its episode
-  holding the object, both controllers are switched to it, and it is killed once their blend
-  is done.
+  the check does not hinge on the learned policy's grasp, while the policy's episode runs; both
+  controllers are then switched to the policy, and it is killed once their blend is done.
 - ``camera_stall``: SIGSTOP of the process serving depth (the twin) for 1.5 s: no target is made
   from a stale frame, nothing non-finite is sent, and the graph runs again after SIGCONT.
 - ``malformed_depth``: a second publisher sends wrong-encoding and short images on the depth
@@ -275,15 +274,14 @@ class Faults:
                     "stream goes on for the other readers at >= half its rate")
         # The scripted expert (teleop_node) grasps and lifts, so the check does not hinge on the
         # learned policy's grasp (live on a loaded 2-core machine it lifts in about 6 of 10
-        # episodes); then the policy starts its episode holding the object, both controllers are
-        # handed to it, and it is killed once the hand-over's blend is done.
+        # episodes); the policy's episode runs meanwhile, both controllers are then handed to it,
+        # and it is killed once the hand-over's blend is done.
         self.graph.start("teleop_node")
         try:
             lifted = self._expert_lift()
             if lifted is not None:
                 self._stop("teleop_node")
                 return FaultResult("policy_kill9_mid_grasp", expected, False, lifted)
-            self._call("/policy_node/start_episode")
             if not self.targets_flow(30.0):
                 self._stop("teleop_node")
                 return FaultResult("policy_kill9_mid_grasp", expected, False,
@@ -336,7 +334,7 @@ class Faults:
     def _expert_lift(self) -> str | None:
         """The twin reset with the policy's episode stopped, then the scripted expert (teleop_node,
         just started, so it holds the reset robot) driving both controllers until the object is
-        lifted 3 cm. None once lifted, else what went wrong."""
+        lifted 3 cm while the policy's new episode runs. None once lifted, else what went wrong."""
         from std_srvs.srv import Trigger
 
         self._call("/policy_node/stop_episode")
@@ -347,8 +345,9 @@ class Faults:
         if not self.probe.wait_for(lambda: any(t > t_reset for t, _ in self.status["teleop_node"]), 60.0):
             return f"teleop_node did not come up: {self.graph.log_tail('teleop_node')}"
         self._select("teleop")
-        for n in CONTROLLERS:
-            self._call(f"/{n}/arm")
+        # The policy's episode runs from the start (it arms both controllers, which follow the
+        # expert): at the hand-over it has seen the whole grasp, as after a demo's.
+        self._call("/policy_node/start_episode")
         end = time.monotonic() + 30.0
         while True:   # the expert plans once the twin's new object poses reached it
             res = self.probe.call(Trigger, "/teleop_node/engage")
