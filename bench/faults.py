@@ -19,8 +19,8 @@ table says what is expected, what was observed and what data was lost:
   limit on the policy topic: the NaN ones are refused and counted, the arm's command stays
   inside its limits.
 - ``nan_measured_joints``: a peer floods NaN joint states on the arm's device topic and on the
-  hand's state topic (the arm's workspace input): both refused and counted, nothing non-finite
-  sent, the arm armed again afterwards (the flood may starve it of states long enough for a
+  hand's state topic (the arm's workspace input and the policy's): refused and counted by the
+  arm controller and by policy_node (no tick with a non-finite action), nothing non-finite sent, the arm armed again afterwards (the flood may starve it of states long enough for a
   state-stall stop, which the twin's armer clears). A device that itself reports NaN latches
   ``measured_not_finite`` (tests/unit/test_controllers.py).
 - ``bad_checkpoint_swaps``: a hot-swap to each kind of bad checkpoint (corrupt, NaN weights,
@@ -489,12 +489,18 @@ class Faults:
         from robot_runtime.interfaces import STATE_TOPICS
 
         expected = ("NaN joint states refused and counted, on the arm's device topic and on the hand's states "
-                    "it reads for its workspace check; nothing non-finite sent; armed again after (a stall at most)")
+                    "it reads for its workspace check, and by the policy, which reads them too (no non-finite "
+                    "action); nothing non-finite sent; armed again after (a stall at most)")
 
         def counts():
             d = _diag(self.diags, "arm_controller_node: loop")
             return int(d.get("device_rejected_states", 0)), int(d.get("rejected_targets", 0))
+
+        def policy_counts():   # the hand's states are also the policy's input
+            d = _diag(self.diags, "policy_node: loop")
+            return int(d.get("joints_refused_hand", 0)), int(d.get("ticks_nonfinite_action", 0))
         dev0, ctx0 = counts()
+        pol0, nonfinite0 = policy_counts()
         t0 = time.time()
         for topic, names in ((self.cfg.arm.state_topic, D.ARM_JOINTS), (STATE_TOPICS["hand"], D.HAND_JOINTS)):
             pub = self.probe.node.create_publisher(JointState, topic, ros_io.STATE_QOS)
@@ -502,14 +508,18 @@ class Faults:
                 pub.publish(ros_io.joint_state_msg(names, time.time(), np.full(len(names), np.nan)))
                 time.sleep(0.002)   # the peer's rate
             self.probe.node.destroy_publisher(pub)
-        counted = self.probe.wait_for(lambda: counts()[0] > dev0 and counts()[1] > ctx0, 5.0)
+        counted = self.probe.wait_for(lambda: counts()[0] > dev0 and counts()[1] > ctx0
+                                      and policy_counts()[0] > pol0, 5.0)
         dev, ctx = counts()
+        pol, nonfinite = policy_counts()
         armed = self.probe.wait_for(lambda: _status(self.arm_status).get("mode") == "armed", 10.0)
         with self.probe.lock:
             finite = all(np.all(np.isfinite(m.position)) for t, m in self.arm_cmd if t >= t0)
-        return FaultResult("nan_measured_joints", expected, counted and armed and finite,
-                           f"{dev - dev0} arm device states and {ctx - ctx0} hand states refused; arm "
-                           f"{_status(self.arm_status).get('mode')} after; commands finite: {finite}")
+        return FaultResult("nan_measured_joints", expected, counted and armed and finite and nonfinite == nonfinite0,
+                           f"{dev - dev0} arm device states and {ctx - ctx0} hand states refused by the arm "
+                           f"controller, {pol - pol0} hand states by the policy ({nonfinite - nonfinite0} ticks "
+                           f"with non-finite actions); arm {_status(self.arm_status).get('mode')} after; "
+                           f"commands finite: {finite}")
 
     def bad_checkpoint_swaps(self) -> FaultResult:
         import torch

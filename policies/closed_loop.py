@@ -23,6 +23,7 @@ Per tick:
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
@@ -451,19 +452,36 @@ class LatestInputs:
     """The policy loop's latest-value slots: the newest depth frame (numbered as it arrives, with
     the intrinsics it is projected with) and each part's newest joint states."""
 
+    #: Joints per part (arm then hand: the policy's 23).
+    SIZES = {"arm": 7, "hand": 16}
+
     def __init__(self):
         self.frame: Frame | None = None
         self._seq = 0
         self._joints: dict[str, tuple[float, np.ndarray]] = {}
+        #: Joint states refused per part (a non-finite value, another count or a bad stamp); the
+        #: last good ones stay, and age into a stale_joint_state skip if no good one follows.
+        self.refused_joints = {p: 0 for p in self.SIZES}
 
     def on_depth(self, stamp: float, depth: np.ndarray, K: np.ndarray) -> None:
         """A depth frame [H, W] (m) acquired at ``stamp`` (s), with its camera's intrinsics K [3, 3]."""
         self._seq += 1
         self.frame = Frame(depth, np.asarray(K, float), stamp, self._seq)
 
-    def on_joints(self, part: str, stamp: float, q) -> None:
-        """``part``'s ('arm' or 'hand') joints (rad, driver order) acquired at ``stamp`` (s)."""
-        self._joints[part] = (stamp, np.asarray(q, float))
+    def on_joints(self, part: str, stamp: float, q) -> bool:
+        """``part``'s ('arm' or 'hand') joints (rad, driver order) acquired at ``stamp`` (s). Refused
+        and counted (:attr:`refused_joints`) unless all finite and as many as the part has (a NaN
+        from any peer on the topic made every action of the network non-finite). Returns whether taken."""
+        try:
+            q = np.asarray(q, float)
+            ok = q.shape == (self.SIZES[part],) and bool(np.all(np.isfinite(q))) and math.isfinite(stamp)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            self.refused_joints[part] += 1
+            return False
+        self._joints[part] = (stamp, q)
+        return True
 
     def joints(self) -> tuple[float, np.ndarray] | None:
         """(the older of the two stamps, q [23] arm then hand), or None until both have arrived."""

@@ -180,7 +180,8 @@ class PolicyNode(LoopNode):
             values_grid = {"tick_grid": "free (policy.tick_lock: free)"}
         values = {**self.window.summary(), **values_grid, "checkpoint": st["checkpoint"], "episode": st["episode"],
                   "running": st["running"], **{f"ticks_{k}": v for k, v in st["counts"].items()},
-                  **{f"depth_dropped_{k}": v for k, v in self.depth.dropped.items()}}
+                  **{f"depth_dropped_{k}": v for k, v in self.depth.dropped.items()},
+                  **{f"joints_refused_{k}": v for k, v in self.inputs.refused_joints.items()}}
         return values, 1 if self.last_skip else 0, self.last_skip or f"running {st['checkpoint']}"
 
     def close(self) -> None:

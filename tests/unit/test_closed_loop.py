@@ -261,6 +261,14 @@ def test_latest_inputs_and_tick_window():
     inp.on_joints("hand", 1.5, np.ones(16))
     t, q = inp.joints()
     assert t == 1.5 and q.shape == (23,) and q[7] == 1.0      # the older stamp, arm then hand
+    # a NaN, another count or a bad stamp from a peer: refused and counted, the last good ones kept
+    assert not inp.on_joints("hand", 1.6, np.full(16, np.nan))
+    assert not inp.on_joints("arm", 2.1, np.zeros(6))
+    assert not inp.on_joints("arm", float("nan"), np.zeros(7))
+    assert not inp.on_joints("arm", 2.2, ["a"] * 7)
+    assert inp.refused_joints == {"arm": 3, "hand": 1}
+    t, q = inp.joints()
+    assert t == 1.5 and np.all(np.isfinite(q))
     inp.on_depth(3.0, np.zeros((4, 4)), np.eye(3))
     inp.on_depth(3.1, np.ones((4, 4)), 2 * np.eye(3))
     assert inp.frame.seq == 2 and inp.frame.t == 3.1 and inp.frame.K[0, 0] == 2.0
