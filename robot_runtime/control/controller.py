@@ -113,6 +113,7 @@ class JointController:
         self._blend_start = 0.0
         self._freshness: Freshness | None = None
         self._restart_after: float | None = None   # armed at this time: restart from a state acquired since
+        self._rehold_after: float | None = None    # moved by something else at this time (see rehold)
         self.last_measured: JointSample | None = None
         self.ticks = 0
         self._tick_done = threading.Condition(self._lock)
@@ -186,6 +187,15 @@ class JointController:
             self._engage(now)
             return f"{self.name} armed, following {self.source}"
 
+    def rehold(self, now: float) -> None:
+        """The device was moved by something other than this controller at ``now`` (s): the twin's
+        reset puts the robot at home at once. From the first joint state acquired since, the
+        command starts there (held, at rest) in every mode, and a followed source blends in from
+        it; until then the controller goes on as before. Without this, the arm's command and the
+        hand's held target stayed where the robot was before the reset and drove it back there."""
+        with self._lock:
+            self._rehold_after = now
+
     def estop(self, reason: str = "e-stop") -> None:
         """Hold at once and latch a stop until re-armed."""
         with self._lock:
@@ -255,6 +265,11 @@ class JointController:
         points_fn = self._bound_points()
         if self._prev is None:
             self._prev = ShieldState.at_rest(measured.position, points_fn)
+        if self._rehold_after is not None and measured.t >= self._rehold_after:
+            self._prev = ShieldState.at_rest(measured.position, points_fn)
+            self._rehold_after = self._restart_after = None
+            if self.mode is Mode.ARMED:
+                self._engage(now)
         if self._restart_after is not None and self.mode is Mode.ARMED:
             if measured.t < self._restart_after:   # no joint state read since the arm request yet
                 return TickOutput(None, None, ("awaiting_state",), self.mode, None)

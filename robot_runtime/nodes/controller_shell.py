@@ -38,6 +38,7 @@ from typing import Callable
 
 import numpy as np
 from sensor_msgs.msg import JointState
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from robot_runtime import ros_io
@@ -90,6 +91,10 @@ class ControllerNode(LoopNode):
                         for s in SOURCES}
         other = "hand" if self.part == "arm" else "arm"
         self.context_sub = ros_io.PolledSubscription(self.io, JointState, STATE_TOPICS[other], ros_io.STATE_QOS)
+        if getattr(cfg, self.part).type == "twin":
+            # The twin's reset puts the robot at home at once: hold it there (ControllerNode.rehold).
+            self.create_subscription(String, "/twin/episode", ros_io.guarded(
+                self._on_twin_episode, self.get_logger(), "/twin/episode"), ros_io.LATCHED_QOS)
         self.create_service(Trigger, f"{ns}/arm", self._on_arm)
         self.create_service(Trigger, f"{ns}/estop", self._on_estop)
         for source in SOURCES:
@@ -103,6 +108,9 @@ class ControllerNode(LoopNode):
             self._timer = self.create_timer(1.0 / self.rate, self._on_timer)
         self.get_logger().info(f"{self.part} controller at {self.rate:g} Hz ({self.scheduling}), disarmed; "
                                f"source {self.controller.source}; arm with {ns}/arm")
+
+    def _on_twin_episode(self, msg) -> None:
+        self.controller.rehold(time.time())
 
     # ------------------------------------------------------------------ loop
     def tick(self, now: float, deadline: float) -> None:

@@ -211,6 +211,7 @@ class TwinRunner:
             hand, self._hand_cmd = self._hand_cmd, None
             reset, self._reset = self._reset, None
         if reset is not None:
+            arm = hand = None   # commands for the robot before the reset, not the reset one
             try:
                 self.sim.reset(reset.task, reset.seed)
                 self._emit_episode()

@@ -267,3 +267,40 @@ def test_source_switch_blends_without_a_jump(rig):
     for n in CONTROLLERS:
         rig.call(n, "select_policy")
         rig.call(n, "estop")
+
+
+def test_a_twin_reset_leaves_the_hand_holding_the_reset_robot_not_its_old_grasp(rig):
+    """The hand is driven to a closed pose, then its source stops (the watchdog latches and the
+    hand holds that target). The twin's reset puts the robot at home at once: the hand then holds
+    home, where the reset put it. Before, it kept the old target and its PD closed the fingers
+    back to it (an episode after a grasp began with that grasp's fingers)."""
+    cfg = rig.cfg
+    home = np.concatenate([cfg.robot.arm_home, cfg.robot.hand_home])
+    closed = home.copy()
+    for finger in range(4):                      # the flexion joints of each finger
+        closed[7 + 4 * finger + 1] += 0.6
+        closed[7 + 4 * finger + 2] += 0.6
+    n0 = len(rig.targets)
+    rig.start_publisher(0.0, pose=closed)
+    node = "hand_controller_node"
+    try:
+        assert rig.probe.wait_for(lambda: len(rig.targets) > n0 + 5, 20.0), "no targets came"
+        for n in CONTROLLERS:
+            rig.arm(n)
+        t_arm = time.time()
+        # the hand reaches the closed pose (the PD against finger gravity: within 0.1 rad)
+        assert rig.probe.wait_for(lambda: rig.count_after(rig.states[node], t_arm + 1.5) > 0, 15.0)
+        _, q = stamped([m for m in rig.states[node] if ros_io.from_time_msg(m.header.stamp) > t_arm + 1.5])
+        assert np.abs(q[-1] - closed[7:]).max() < 0.1, q[-1] - closed[7:]
+    finally:
+        rig.stop_publisher()
+    rig.wait_mode(node, "stopped", reason="watchdog")
+    reset = rig.probe.node.create_client(Trigger, "/twin/reset")
+    res = rig.probe.call(reset, Trigger.Request())
+    assert res.success, res.message
+    t_reset = time.time()
+    assert rig.probe.wait_for(lambda: rig.count_after(rig.states[node], t_reset + 1.5) > 0, 15.0)
+    _, q = stamped([m for m in rig.states[node] if ros_io.from_time_msg(m.header.stamp) > t_reset + 1.0])
+    _, cmd = stamped([m for m in rig.commands[node] if ros_io.from_time_msg(m.header.stamp) > t_reset + 1.0])
+    assert np.abs(q - home[7:]).max() < 0.1, np.abs(q - home[7:]).max(axis=0)       # at home, not closed
+    assert np.abs(cmd - home[7:]).max() < 0.1, np.abs(cmd - home[7:]).max(axis=0)   # and holding home
