@@ -18,6 +18,7 @@ DURATION ?= 0
 VIZ ?=
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
+SERIAL_UNIT := tests/unit/test_xarm_box.py
 
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
@@ -43,14 +44,15 @@ $(VENV)/.ready: setup.py setup.cfg package.xml
 sim: venv
 	$(VENV)/bin/robot-runtime sim --config config/sim.yaml --duration $(DURATION) $(if $(VIZ),--viz $(VIZ))
 
-# With no PYTEST_ARGS: tests/unit in TEST_WORKERS processes (pytest-xdist), then tests/node and
-# tests/integration in one (their graphs of nodes run in real time and need the cores); both
-# always run, and the target fails if either failed.
+# With no PYTEST_ARGS: tests/unit in TEST_WORKERS processes (pytest-xdist), then tests/node,
+# tests/integration and SERIAL_UNIT in one (their graphs of nodes, and the emulated xArm box's
+# servo timing, run in real time and need the cores); both always run, and the target fails if
+# either failed.
 test: venv
 ifeq ($(strip $(PYTEST_ARGS)),)
 	@rc=0; \
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests/unit || rc=$$?; \
-	$(PY) -m pytest -q tests/node tests/integration || rc=$$?; \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests/unit --ignore=$(SERIAL_UNIT) || rc=$$?; \
+	$(PY) -m pytest -q $(SERIAL_UNIT) tests/node tests/integration || rc=$$?; \
 	exit $$rc
 else
 	$(PY) -m pytest -q $(PYTEST_ARGS)
