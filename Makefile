@@ -18,7 +18,7 @@ DURATION ?= 0
 VIZ ?=
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
-SERIAL_UNIT := tests/unit/test_xarm_box.py
+SERIAL_UNIT := tests/unit/test_xarm_box.py tests/unit/test_teleop_recording.py
 
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
@@ -46,12 +46,12 @@ sim: venv
 
 # With no PYTEST_ARGS: tests/unit in TEST_WORKERS processes (pytest-xdist), then tests/node,
 # tests/integration and SERIAL_UNIT in one (their graphs of nodes, and the emulated xArm box's
-# servo timing, run in real time and need the cores); both always run, and the target fails if
-# either failed.
+# servo timing, run in real time and need the cores; MediaPipe, see the README); both always run,
+# and the target fails if either failed.
 test: venv
 ifeq ($(strip $(PYTEST_ARGS)),)
 	@rc=0; \
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests/unit --ignore=$(SERIAL_UNIT) || rc=$$?; \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests/unit $(addprefix --ignore=,$(SERIAL_UNIT)) || rc=$$?; \
 	$(PY) -m pytest -q $(SERIAL_UNIT) tests/node tests/integration || rc=$$?; \
 	exit $$rc
 else
