@@ -21,7 +21,8 @@ table says what is expected, what was observed and what data was lost:
   inside its limits.
 - ``nan_measured_joints``: a peer floods NaN joint states on the arm's device topic and on the
   hand's state topic (the arm's workspace input and the policy's): refused and counted by the
-  arm controller and by policy_node (no tick with a non-finite action), nothing non-finite sent, the arm armed again afterwards (the flood may starve it of states long enough for a
+  arm controller and by policy_node (no tick with a non-finite action), nothing non-finite
+  sent, the arm armed again afterwards (the flood may starve it of states long enough for a
   state-stall stop, which the twin's armer clears). A device that itself reports NaN latches
   ``measured_not_finite`` (tests/unit/test_controllers.py).
 - ``bad_checkpoint_swaps``: a hot-swap to each kind of bad checkpoint (corrupt, NaN weights,
@@ -66,10 +67,6 @@ from robot_runtime.interfaces import CONTROLLERS
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "sim.yaml"
-#: Episodes the shipped policy gets to lift the object before the kill (it misses some grasps),
-#: and how long each may take (it lifts about 7 s after the start on a 2-core machine).
-EPISODES_FOR_A_LIFT = 3
-SECONDS_FOR_A_LIFT = 25.0
 #: How long after both controllers switched to the policy it is killed (s).
 KILL_AFTER_SWITCH_S = 0.15
 SHIPPED = REPO / "policies" / "checkpoints" / "twin_grasp_lift"
@@ -337,16 +334,12 @@ class Faults:
         return FaultResult("policy_kill9_mid_grasp", expected, ok, obs)
 
     def _expert_lift(self) -> str | None:
-        """The twin reset with the policy's episode stopped, then the scripted expert (teleop_node,
+        """The twin reset between episodes, then the scripted expert (teleop_node,
         just started, so it holds the reset robot) driving both controllers until the object is
         lifted 3 cm while the policy's new episode runs. None once lifted, else what went wrong."""
         from std_srvs.srv import Trigger
 
-        self._call("/policy_node/stop_episode")
-        if not self._arm_stopped():
-            return "the arm controller did not stop after the policy's episode stopped"
-        self._call("/twin/reset")
-        t_reset = time.time()
+        t_reset = self._reset_between_episodes()
         if not self.probe.wait_for(lambda: any(t > t_reset for t, _ in self.status["teleop_node"]), 60.0):
             return f"teleop_node did not come up: {self.graph.log_tail('teleop_node')}"
         self._select("teleop")
@@ -368,10 +361,14 @@ class Faults:
                     f"{self.graph.log_tail('teleop_node', 300)}")
         return None
 
-    def _arm_stopped(self, timeout: float = 10.0) -> bool:
-        """Wait until the arm controller's newest status says it is not armed (its watchdog latches
-        once the policy's episode stopped)."""
-        return self.probe.wait_for(lambda: _status(self.arm_status).get("mode") != "armed", timeout)
+    def _reset_between_episodes(self) -> float:
+        """Stop the policy's episode, wait for the arm controller's watchdog to stop it (as between
+        episodes on the robot), then reset the twin. Returns when the reset was done (s)."""
+        self._call("/policy_node/stop_episode")
+        if not self.probe.wait_for(lambda: _status(self.arm_status).get("mode") != "armed", 10.0):
+            raise RuntimeError("the arm controller did not stop after the policy's episode stopped")
+        self._call("/twin/reset")
+        return time.time()
 
     def _call(self, name: str) -> str:
         """Call the Trigger service ``name``; its message, or RuntimeError if it refused."""
@@ -401,11 +398,7 @@ class Faults:
         the arm controller has stopped (as between episodes on the robot: an armed controller
         would drive the reset arm back to its last command), a new episode started (the
         controllers re-arm from where the arm is), and a twin report from after the reset."""
-        self._call("/policy_node/stop_episode")
-        if not self._arm_stopped():
-            raise RuntimeError("the arm controller did not stop after the policy's episode stopped")
-        self._call("/twin/reset")
-        t_reset = time.time()
+        t_reset = self._reset_between_episodes()
         self._call("/policy_node/start_episode")
         self.targets_flow(30.0)
         if not self.probe.wait_for(lambda: bool(_diag(self.diags, "sim_node: twin", since=t_reset + 0.1)), 10.0):

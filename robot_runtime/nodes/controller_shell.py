@@ -92,7 +92,7 @@ class ControllerNode(LoopNode):
         other = "hand" if self.part == "arm" else "arm"
         self.context_sub = ros_io.PolledSubscription(self.io, JointState, STATE_TOPICS[other], ros_io.STATE_QOS)
         if getattr(cfg, self.part).type == "twin":
-            # The twin's reset puts the robot at home at once: hold it there (ControllerNode.rehold).
+            # The twin's reset puts the robot at home at once: hold it there (JointController.rehold).
             self.create_subscription(String, "/twin/episode", ros_io.guarded(
                 self._on_twin_episode, self.get_logger(), "/twin/episode"), ros_io.LATCHED_QOS)
         self.create_service(Trigger, f"{ns}/arm", self._on_arm)
