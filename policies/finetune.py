@@ -53,6 +53,7 @@ from policies.hop import HopArchitecture, HopPolicy
 from policies.schema import PolicySchema
 from robot_runtime import description as D
 from robot_runtime.config import path_inside
+from robot_runtime.control.loop import lower_priority
 from robot_runtime.perception.preprocess import VisualSpec
 
 STATE_FILE = "train_state.pt"
@@ -466,12 +467,7 @@ class FinetuneJob:
             cores = os.cpu_count() or 2
             n = self.cfg.threads or (max(1, cores - 1) if local == 1 else max(1, cores // local))
             torch.set_num_threads(n)
-            if self.cfg.nice:
-                try:
-                    os.nice(self.cfg.nice)
-                except OSError:
-                    pass
-            return f"cpu, {n} threads, nice {os.nice(0)}"
+            return f"cpu, {n} threads, {lower_priority(self.cfg.nice)}"
         return f"cuda ({torch.cuda.get_device_name(device)})"
 
     def run(self, progress: Callable[[dict], None] | None = None, bar: bool = True) -> FinetuneResult:

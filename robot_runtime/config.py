@@ -503,6 +503,7 @@ class VizConfig:
     heavy_hz: float = rng(10.0, 0.5, 100.0)   # depth, cloud, robot pose at most this often
     depth_stride: int = rng(2, 1, 8)
     budget: float = rng(0.25, 0.01, 1.0)      # share of wall time logging may take before it thins itself
+    nice: int = rng(10, 0, 19)                # added to the node's niceness: the control loops come first
 
 
 @dataclass

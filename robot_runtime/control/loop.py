@@ -186,9 +186,10 @@ def _set_timer_slack_ns(ns: int) -> bool:
         return False
 
 
-def request_realtime(priority: int) -> str:
+def request_realtime(priority: int, inherited: bool = True) -> str:
     """Ask for SCHED_FIFO at ``priority`` for the calling thread (0: do not ask), and for the
-    smallest timer slack (allowed to everyone).
+    smallest timer slack (allowed to everyone). With ``inherited`` False, threads and
+    processes it starts later begin at SCHED_OTHER (SCHED_RESET_ON_FORK).
 
     Returns a short description of the scheduling actually in effect; never raises,
     since many machines refuse real-time priority to unprivileged users.
@@ -197,10 +198,33 @@ def request_realtime(priority: int) -> str:
     if priority <= 0 or not hasattr(os, "sched_setscheduler"):
         return "SCHED_OTHER" + slack
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        policy = os.SCHED_FIFO if inherited else os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
+        os.sched_setscheduler(0, policy, os.sched_param(priority))
         return f"SCHED_FIFO {priority}{slack}"
     except (PermissionError, OSError) as exc:
         return f"SCHED_OTHER{slack} (SCHED_FIFO {priority} refused: {exc.strerror or exc})"
+
+
+def lower_priority(nice: int) -> str:
+    """Add ``nice`` to the niceness of every thread of this process that exists now (threads
+    started later inherit it from their creator), for work that must yield the CPU to the
+    control loops: a viewer, a training job. On Linux niceness is per thread, so ``os.nice`` in
+    one thread would leave the middleware's threads (started at ``rclpy.init``) as they were.
+
+    Returns the niceness now in effect for the calling thread; never raises (0: unchanged).
+    """
+    if nice <= 0:
+        return f"nice {os.getpriority(os.PRIO_PROCESS, 0)}"
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        except OSError:                       # the thread ended meanwhile, or no such call here
+            pass
+    return f"nice {os.getpriority(os.PRIO_PROCESS, 0)}"
 
 
 def tighten_gil_switching(interval_s: float = 1e-4) -> None:

@@ -57,6 +57,7 @@ class LoopNode(Node):
         self.pub_diag = self.io.create_publisher(DiagnosticArray, "/diagnostics", ros_io.STATE_QOS)
         self.loop_error: BaseException | None = None
         self.sched_info = "starting"
+        self.executor_sched = "SCHED_OTHER"
         self.stats: LoopStatistics | None = None
         self._loop: DeadlineLoop | FrameLockedLoop | None = None
         self.frame_grid: FrameLockedGrid | None = None
@@ -87,6 +88,11 @@ class LoopNode(Node):
         self._thread = threading.Thread(target=self._run_loop, args=(realtime_priority, priority_key),
                                         name=f"{self.get_name()}-loop", daemon=True)
         self._thread.start()
+        if realtime_priority > 1:
+            # The calling thread spins the executor (services, status). Descheduled by an ordinary
+            # process while it holds the GIL, it would hold up the real-time loop thread; threads
+            # and processes it starts later (a hot-swap's loader) stay ordinary.
+            self.executor_sched = request_realtime(realtime_priority - 1, inherited=False)
 
     def _run_loop(self, priority: int, priority_key: str) -> None:
         self.sched_info = request_realtime(priority) if priority else f"SCHED_OTHER ({priority_key or 'priority'} 0)"
@@ -112,7 +118,8 @@ class LoopNode(Node):
         values, level, message = self.diagnostics(now)
         summary = self.stats.summary() if self.stats is not None else {}
         self.pub_diag.publish(ros_io.diagnostics_msg(now, f"{self.get_name()}: loop", self.hardware_id,
-                                                     {**summary, "scheduling": self.sched_info, **values},
+                                                     {**summary, "scheduling": self.sched_info,
+                                                      "executor_scheduling": self.executor_sched, **values},
                                                      level, message))
         self.publish_status()
 

@@ -12,7 +12,9 @@ viewer, 'connect' to one, 'save' an .rrd);
 ``rate_hz`` (20, the policy's rate: joints, targets and timing every update); ``heavy_hz``
 (10: depth, cloud and robot pose at most this often); ``depth_stride`` (2: the depth image is
 logged at half resolution, in mm); ``budget`` (share of wall time logging may take before
-depth, cloud and robot pose are thinned further). Topic: ``~/status`` (JSON once a second:
+depth, cloud and robot pose are thinned further); ``nice`` (10: added to every thread's niceness
+at start-up, so on a machine without real-time scheduling the control loops still come
+first). Topic: ``~/status`` (JSON once a second:
 updates, achieved rate, thinning, sink).
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from std_msgs.msg import String
 from calibration.extrinsics import camera_pose_for
 from robot_runtime import ros_io
 from robot_runtime.config import load_config
+from robot_runtime.control.loop import lower_priority
 from robot_runtime.errors import RobotRuntimeError
 from robot_runtime.interfaces import STATE_TOPICS
 from robot_runtime.perception.preprocess import PointCloudPreprocess, VisualPreprocessor, VisualSpec
@@ -68,6 +71,7 @@ class VizNode(Node):
         heavy_hz = float(self.declare_parameter("heavy_hz", v.heavy_hz).value)
         depth_stride = int(self.declare_parameter("depth_stride", v.depth_stride).value)
         self.sink, self.target = sink, target
+        self.priority = lower_priority(int(self.declare_parameter("nice", v.nice).value))  # before Rerun's threads start
         T = camera_pose_for(cfg)
         self.logger_rr = RolloutLogger(sink, target, recording_id=f"live-{int(time.time())}", depth_stride=depth_stride,
                                        throttle=LogThrottle(budget=budget,
@@ -89,7 +93,7 @@ class VizNode(Node):
         self._t0, self._n0 = time.monotonic(), 0
         self.create_timer(1.0 / self.rate, self._on_timer)
         self.create_timer(1.0, self._publish_status)
-        self.get_logger().info(f"logging to Rerun ({sink} {target}) at {self.rate:g} Hz")
+        self.get_logger().info(f"logging to Rerun ({sink} {target}) at {self.rate:g} Hz, {self.priority}")
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for st in msg.status:
@@ -121,7 +125,7 @@ class VizNode(Node):
         th = self.logger_rr.throttle
         self.pub_status.publish(String(data=json.dumps({
             "updates": n, "rate_hz": round(rate, 2), "heavy": self.view.counts.heavy, "heavy_every": th.every,
-            "throttle": self.throttle_note, "sink": self.sink, "target": self.target})))
+            "throttle": self.throttle_note, "sink": self.sink, "target": self.target, "priority": self.priority})))
 
     def close(self) -> None:
         self.logger_rr.close()

@@ -1,4 +1,8 @@
 """Arm and hand controllers, the deadline loop and the xArm backend, with injected time."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -340,6 +344,50 @@ def test_whole_run_rate_counts_a_stall_that_the_one_second_rate_has_forgotten():
     s = st.summary()
     assert s["rate_hz"] == pytest.approx(100.0)                   # the last second alone
     assert s["mean_rate_hz"] == pytest.approx(499 / 5.49, abs=0.01)   # 500 ticks over 5.49 s
+
+
+LOWER_PRIORITY_PROBE = """
+import os, threading
+from robot_runtime.control.loop import lower_priority
+nice = lambda: os.getpriority(os.PRIO_PROCESS, 0)
+before, seen, go = nice(), {}, threading.Event()
+def early():                                  # started before the call, like the middleware's threads
+    go.wait(); seen["early"] = nice()
+t = threading.Thread(target=early); t.start()
+said = lower_priority(4)
+go.set(); t.join()
+late = threading.Thread(target=lambda: seen.__setitem__("late", nice())); late.start(); late.join()
+print(before, nice(), seen["early"], seen["late"], said)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_lower_priority_reaches_threads_started_before_and_after_it():
+    out = subprocess.run([sys.executable, "-c", LOWER_PRIORITY_PROBE], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    before, main, early, late, *said = out.stdout.split()
+    assert int(main) == int(early) == int(late) == min(19, int(before) + 4), out.stdout
+    assert " ".join(said) == f"nice {main}"
+
+
+REALTIME_PROBE = """
+import os, threading
+from robot_runtime.control.loop import request_realtime
+said = request_realtime(7, inherited=False)
+seen = {}
+t = threading.Thread(target=lambda: seen.__setitem__("later", os.sched_getscheduler(0))); t.start(); t.join()
+print(said.split(",")[0], os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO,
+      seen["later"] == os.SCHED_OTHER)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_RESET_ON_FORK"), reason="Linux scheduling")
+def test_a_realtime_thread_that_is_not_inherited_starts_ordinary_threads():
+    out = subprocess.run([sys.executable, "-c", REALTIME_PROBE], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    if "refused" in out.stdout or not out.stdout.startswith("SCHED_FIFO"):
+        pytest.skip(f"SCHED_FIFO refused here: {out.stdout.strip()}")
+    assert out.stdout.split() == ["SCHED_FIFO", "7", "True", "True"], out.stdout
 
 
 def test_hand_rearm_continues_from_the_held_target():
