@@ -2,7 +2,8 @@
 
 For each task (grasp & lift over the twin's four objects, grasp & drop, grasp & pour):
 
-1. record ``--demos`` scripted-expert demonstrations (seeds 0 ..) on the in-process twin
+1. record ``--demos`` scripted-expert demonstrations on the in-process twin, at placements
+   that cover the table (``--demo-placements cover``, the default) or at seeds 0 ..,
    through the recorder's own EpisodeRecorder (:mod:`robot_runtime.twin.rollout`), and run
    the demo audit on them (:mod:`robot_runtime.data.audit`);
 2. finetune (:class:`policies.finetune.FinetuneJob`, the few-shot recipe: chunks of
@@ -59,6 +60,7 @@ from policies.finetune import FinetuneConfig, FinetuneJob
 from policies.make_twin_checkpoint import DEMO_SEED0, EVAL_SEED0, PRIOR, load_twin_config
 from robot_runtime.data.audit import audit_folder
 from robot_runtime.twin.rollout import record_scripted_demos_parallel
+from robot_runtime.twin.scene import covering_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("grasp_lift", "grasp_drop", "grasp_pour")
@@ -83,6 +85,10 @@ def main(argv=None) -> int:
     require("bench.fewshot", "torch", "onnxruntime", "mujoco")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demos", type=int, default=15)
+    ap.add_argument("--demo-placements", choices=["cover", "consecutive"], default="cover",
+                    help="the demos' placements: spread over the table (robot_runtime.twin.scene.covering_seeds; "
+                         "the runs with fewer demos take the ones of them that cover best), or seeds 0 .. "
+                         "(the runs with fewer take the first)")
     ap.add_argument("--rollouts", type=int, default=20)
     ap.add_argument("--steps", type=int, default=800, help="finetuning steps of a run from scratch")
     ap.add_argument("--prior-steps", type=int, default=1500, help="finetuning steps of a run from the prior "
@@ -126,12 +132,15 @@ def main(argv=None) -> int:
     for task in sorted({r[1] for r in runs}, key=TASKS.index):
         t0 = time.monotonic()
         folder = work / "demos" / task
-        out = record_scripted_demos_parallel(cfg, task, range(DEMO_SEED0, DEMO_SEED0 + a.demos), folder, spec,
-                                             a.workers)
+        seeds = covering_seeds(task, a.demos, DEMO_SEED0) if a.demo_placements == "cover" \
+            else list(range(DEMO_SEED0, DEMO_SEED0 + a.demos))
+        out = record_scripted_demos_parallel(cfg, task, seeds, folder, spec, a.workers)
         ok = sorted((o for o in out if o.success), key=lambda o: o.seed)
         audit = audit_folder(folder)
-        demos[task] = {"dir": folder, "files": [Path(o.file) for o in ok], "ok": len(ok), "s": time.monotonic() - t0}
-        result[f"{task}_demos"] = {"successful": len(ok), "recorded": a.demos, "record_s": round(demos[task]["s"], 1),
+        demos[task] = {"dir": folder, "files": [Path(o.file) for o in ok], "seeds": [o.seed for o in ok],
+                       "ok": len(ok), "s": time.monotonic() - t0}
+        result[f"{task}_demos"] = {"successful": len(ok), "recorded": a.demos, "seeds": seeds,
+                                   "record_s": round(demos[task]["s"], 1),
                                    "audit_ok": audit.ok, "audit_warnings": audit.warnings(),
                                    "posture_std_rad": audit.to_dict()["posture_std_rad"]}
         if a.mirror:
@@ -152,9 +161,11 @@ def main(argv=None) -> int:
               + ("one branch" if audit.ok else "; ".join(audit.warnings())), flush=True)
     for name, task, n, base in runs:
         subset = work / "demos" / f"{task}_{n}"
-        if n < demos[task]["ok"]:      # the first n demos (by seed), as a lab with fewer demos would have
+        if n < demos[task]["ok"]:      # n of the demos, as a lab with fewer demos would have
             subset.mkdir(parents=True, exist_ok=True)
-            for f in demos[task]["files"][:n]:
+            keep = set(covering_seeds(task, n, among=demos[task]["seeds"])) if a.demo_placements == "cover" \
+                else set(demos[task]["seeds"][:n])
+            for f in (f for f, sd in zip(demos[task]["files"], demos[task]["seeds"]) if sd in keep):
                 link = subset / f.name
                 if not link.exists():
                     link.symlink_to(f.resolve())

@@ -14,11 +14,13 @@
     robot-runtime finetune EPISODES --out DIR [--base CKPT | --scratch] [--resume] [--promote]
     robot-runtime pretrain EPISODES --out DIR [--cache-mb M] [--resume]     (also under torchrun)
     robot-runtime eval CHECKPOINT --task T [--rollouts N]
+    robot-runtime placements --task T [-n N] [--json]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -412,13 +414,19 @@ def _cmd_teleop(args) -> int:
     from std_srvs.srv import Trigger
 
     from robot_runtime.teleop.collect import DemoCollector
+    from robot_runtime.twin.scene import covering_seeds
 
     col = DemoCollector(timeout_s=args.timeout)
     try:
         if args.action == "collect":
+            seeds = [args.seed + i for i in range(args.episodes)]
+            if args.placements == "cover":
+                col.wait("the twin's episode", lambda: "/twin/episode" in col.status)
+                seeds = covering_seeds(col.status["/twin/episode"]["task"], args.episodes, args.seed)
+                print(f"placement seeds covering the table: {seeds}", flush=True)
             ok = 0
-            for i in range(args.episodes):
-                ep = col.episode(args.seed + i)
+            for i, seed in enumerate(seeds):
+                ep = col.episode(seed)
                 ok += ep.success
                 print(f"episode {i + 1}/{args.episodes} seed {ep.seed}: {'success' if ep.success else 'failure'}, "
                       f"dropped {sum(ep.dropped.values())} steps -> {ep.file}", flush=True)
@@ -433,6 +441,27 @@ def _cmd_teleop(args) -> int:
         return 0 if res.success else 1
     finally:
         col.close()
+
+
+def _cmd_placements(args) -> int:
+    """Where to put the objects for each demo: a table (or JSON) in the robot's base frame."""
+    from robot_runtime.twin import scene
+
+    if args.task not in scene.TASKS:
+        raise RobotRuntimeError(f"placements: unknown --task {args.task!r} (one of {', '.join(scene.TASKS)})")
+    seeds = scene.covering_seeds(args.task, args.demos, args.seed)
+    rows = [{"demo": i + 1, "seed": s, "objects": {
+        n: {"x_m": round(x, 3), "y_m": round(y, 3), "yaw_deg": round(math.degrees(yaw), 1)}
+        for n, (x, y, yaw) in scene.draw_placement(args.task, s).items()}} for i, s in enumerate(seeds)]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{args.task}: {args.demos} placements covering the table (base frame: x forward, y left, m; "
+          f"yaw about z, deg)")
+    for r in rows:
+        print(f"demo {r['demo']:2d} (seed {r['seed']:3d}): " + "; ".join(
+            f"{n} x {o['x_m']:.3f} y {o['y_m']:+.3f} yaw {o['yaw_deg']:+6.1f}" for n, o in r["objects"].items()))
+    return 0
 
 
 def _cmd_record(args) -> int:
@@ -667,9 +696,19 @@ def main(argv=None) -> int:
     p = sub.add_parser("teleop", help="engage or disengage teleoperation, or collect scripted demos on the twin")
     p.add_argument("action", choices=["engage", "disengage", "status", "collect"])
     p.add_argument("--episodes", type=int, default=5, help="collect: how many episodes")
-    p.add_argument("--seed", type=int, default=0, help="collect: object placement seed of the first episode")
+    p.add_argument("--seed", type=int, default=0, help="collect: the first placement seed (of the pool with 'cover')")
+    p.add_argument("--placements", choices=["cover", "consecutive"], default="cover",
+                   help="collect: placements spread over the table (k-means cells of 400 seeds' placements), or "
+                        "the seeds from --seed on")
     p.add_argument("--timeout", type=float, default=30.0)
     p.set_defaults(func=_cmd_teleop)
+    p = sub.add_parser("placements", help="where to put the objects for each of N demos so that they cover the "
+                                          "table (the twin's placements; for teleoperated demos on the robot)")
+    p.add_argument("--task", required=True, help="grasp_drop, grasp_pour or grasp_lift")
+    p.add_argument("-n", "--demos", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0, help="first seed of the pool the placements are chosen from")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_placements)
     p = sub.add_parser("record", help="start, stop (save) or discard an episode on the running recorder")
     p.add_argument("action", choices=["start", "stop", "discard", "status"])
     p.add_argument("--task", help="start: the task name stored with the episode")

@@ -134,16 +134,13 @@ class TwinSimulation:
         self._arm_target_time = -math.inf
         self._hand_tau = np.zeros(16)
         self._hand_tau_time = -math.inf
-        rng = np.random.default_rng(int(seed))
-        objs = scene.scene_objects(task, rng)
-        placed = self._placements(rng, [n for n in scene.OBJECTS if n in objs], task)
+        placed = scene.draw_placement(task, seed)
         for i, name in enumerate(scene.OBJECTS):
             spec = scene.OBJECTS[name]
             qa = self._obj_qadr[name]
-            if name in objs:
-                xy = placed[name]
-                yaw = rng.uniform(-math.pi, math.pi)
-                pos = [xy[0], xy[1], scene.TABLE_TOP_Z + spec.rest_z + 0.0005]
+            if name in placed:
+                x, y, yaw = placed[name]
+                pos = [x, y, scene.TABLE_TOP_Z + spec.rest_z + 0.0005]
             else:
                 pos = list(scene.parking_position(i))
                 pos[2] += spec.rest_z + 0.0005
@@ -153,7 +150,7 @@ class TwinSimulation:
         self.data.ctrl[self._arm_act] = home_arm
         self.data.ctrl[self._hand_act] = 0.0
         mj.mj_forward(self.model, self.data)
-        self.task, self.seed, self.active_objects = task, int(seed), tuple(objs)
+        self.task, self.seed, self.active_objects = task, int(seed), tuple(placed)
         return self.object_poses()
 
     def mirror_objects(self) -> dict[str, ObjectPose]:
@@ -176,16 +173,6 @@ class TwinSimulation:
             self.data.qpos[qa + 1] += dy
         self.mj.mj_forward(self.model, self.data)
         return self.object_poses()
-
-    @staticmethod
-    def _placements(rng: np.random.Generator, names: list[str], task: str) -> dict[str, np.ndarray]:
-        """Table spots (x, y, m) for ``names``, at least :data:`scene.MIN_SEPARATION` apart: the whole
-        set is drawn again until it fits (one object: one draw)."""
-        for _ in range(1000):
-            xy = [np.array([rng.uniform(*scene.PLACEMENT_X), rng.uniform(*scene.PLACEMENT_Y)]) for _ in names]
-            if all(np.linalg.norm(a - b) >= scene.MIN_SEPARATION for i, a in enumerate(xy) for b in xy[:i]):
-                return dict(zip(names, xy))
-        raise TwinError(f"could not place {names} {scene.MIN_SEPARATION} m apart for task {task}")  # pragma: no cover
 
     # ------------------------------------------------------------------ commands
     def set_arm_target(self, q) -> None:

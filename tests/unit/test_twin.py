@@ -46,6 +46,51 @@ def test_grasp_lift_uses_all_four_objects_across_seeds(sim):
     assert seen == set(scene.TASKS["grasp_lift"])
 
 
+@pytest.mark.parametrize("task", list(scene.TASKS) + [scene.INTERACTION_SCENE])
+def test_the_drawn_placement_is_where_the_reset_puts_the_objects(sim, task):
+    for seed in (0, 5, 10_017):
+        placed = scene.draw_placement(task, seed)
+        poses = sim.reset(task, seed)
+        assert tuple(placed) == sim.active_objects          # the scene's order: the held object first
+        for name, (x, y, yaw) in placed.items():
+            np.testing.assert_allclose(poses[name].position[:2], [x, y], atol=1e-12)
+            w, _, _, z = poses[name].quaternion
+            assert math.isclose(2 * math.atan2(z, w), yaw, abs_tol=1e-9)
+
+
+def test_covering_seeds_spread_the_demos_where_consecutive_seeds_leave_a_side_bare():
+    def bottle_left(seeds):
+        return sum(scene.draw_placement("grasp_pour", s)["bottle"][1] > 0 for s in seeds)
+
+    consecutive = range(15)
+    cover = scene.covering_seeds("grasp_pour", 15)
+    assert cover == scene.covering_seeds("grasp_pour", 15)            # reproducible
+    assert len(set(cover)) == 15 and cover == sorted(cover) and all(0 <= s < 400 for s in cover)
+    assert bottle_left(consecutive) == 4                                 # 11 of 15 on the right
+    assert 6 <= bottle_left(cover) <= 9
+    # and nearer where a policy is asked to act: from each of 400 other placements (the evaluation
+    # seeds) to its nearest demo, in the placement ranges' units, every object's x and y
+    span = np.array([np.ptp(scene.PLACEMENT_X), np.ptp(scene.PLACEMENT_Y)])
+
+    def gap(seeds):
+        f = [np.concatenate([np.array(v[:2]) / span for v in scene.draw_placement("grasp_pour", s).values()])
+             for s in seeds]
+        return np.linalg.norm(np.stack(f[15:])[:, None] - np.stack(f[:15])[None], axis=2).min(1).mean()
+
+    evals = range(10_000, 10_400)
+    assert gap([*cover, *evals]) < 0.85 * min(gap([*range(a, a + 15), *evals]) for a in (0, 15, 100)), \
+        "the covering demos should sit nearer the evaluation placements than consecutive seeds' (0.22 vs 0.27-0.29)"
+    # grasp & lift: each of its four objects gets its share (3 or 4 of 15)
+    objs = [next(iter(scene.draw_placement("grasp_lift", s))) for s in scene.covering_seeds("grasp_lift", 15)]
+    assert sorted(objs.count(o) for o in scene.TASKS["grasp_lift"]) in ([3, 4, 4, 4], [3, 3, 4, 5])
+    five = scene.covering_seeds("grasp_pour", 5, among=cover)   # the five of the recorded fifteen
+    assert len(five) == 5 and set(five) <= set(cover) and 2 <= bottle_left(five) <= 3
+    with pytest.raises(ValueError, match="n must be 1..pool"):
+        scene.covering_seeds("grasp_pour", 0)
+    with pytest.raises(ValueError, match=r"n must be 1..pool \(15\)"):
+        scene.covering_seeds("grasp_pour", 16, among=cover)
+
+
 def test_unknown_task_and_bad_seed(sim):
     with pytest.raises(TwinError, match="unknown task 'juggle'"):
         sim.reset("juggle", 0)
