@@ -2,15 +2,16 @@
 
 For each task (grasp & lift over the twin's four objects, grasp & drop, grasp & pour):
 
-1. record ``--demos`` scripted-expert demonstrations on the in-process twin, at placements
-   that cover the table (``--demo-placements cover``, the default) or at seeds 0 ..,
+1. record ``--demos`` scripted-expert demonstrations on the in-process twin, at seeds 0 .. or
+   at placements that cover the table (``--demo-placements cover``),
    through the recorder's own EpisodeRecorder (:mod:`robot_runtime.twin.rollout`), and run
    the demo audit on them (:mod:`robot_runtime.data.audit`);
 2. finetune (:class:`policies.finetune.FinetuneJob`, the few-shot recipe: chunks of
    arm-relative, hand-absolute targets, warm-up and cosine LR, EMA, best open-loop error on
    held-out demos) from scratch and from the project's prior (``--prior``, default
    ``policies/checkpoints/twin_prior``, its visual encoder frozen), on all the demos and, for
-   the curve of success against demos, on the first 5 (lift, drop) and 10 (lift);
+   the curve of success against demos, on 5 (lift, drop) and 10 (lift) of them (with ``cover``
+   the ones that cover the table best, else the first by seed);
 3. evaluate ``--rollouts`` rollouts of each result on new placements (seeds 10000 ..):
    success from ground-truth object poses, with a 95% Wilson interval, and per rollout the
    closest approach to the object and the lift height;
@@ -85,10 +86,10 @@ def main(argv=None) -> int:
     require("bench.fewshot", "torch", "onnxruntime", "mujoco")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demos", type=int, default=15)
-    ap.add_argument("--demo-placements", choices=["cover", "consecutive"], default="cover",
-                    help="the demos' placements: spread over the table (robot_runtime.twin.scene.covering_seeds; "
-                         "the runs with fewer demos take the ones of them that cover best), or seeds 0 .. "
-                         "(the runs with fewer take the first)")
+    ap.add_argument("--demo-placements", choices=["consecutive", "cover"], default="consecutive",
+                    help="the demos' placements: seeds 0 .. (the runs with fewer demos take the first), or spread "
+                         "over the table (robot_runtime.twin.scene.covering_seeds; the runs with fewer take the "
+                         "ones of them that cover best)")
     ap.add_argument("--rollouts", type=int, default=20)
     ap.add_argument("--steps", type=int, default=800, help="finetuning steps of a run from scratch")
     ap.add_argument("--prior-steps", type=int, default=1500, help="finetuning steps of a run from the prior "

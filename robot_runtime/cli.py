@@ -697,9 +697,9 @@ def main(argv=None) -> int:
     p.add_argument("action", choices=["engage", "disengage", "status", "collect"])
     p.add_argument("--episodes", type=int, default=5, help="collect: how many episodes")
     p.add_argument("--seed", type=int, default=0, help="collect: the first placement seed (of the pool with 'cover')")
-    p.add_argument("--placements", choices=["cover", "consecutive"], default="cover",
-                   help="collect: placements spread over the table (k-means cells of 400 seeds' placements), or "
-                        "the seeds from --seed on")
+    p.add_argument("--placements", choices=["consecutive", "cover"], default="consecutive",
+                   help="collect: the seeds from --seed on, or placements spread over the table (k-means cells of "
+                        "400 seeds' placements from --seed on)")
     p.add_argument("--timeout", type=float, default=30.0)
     p.set_defaults(func=_cmd_teleop)
     p = sub.add_parser("placements", help="where to put the objects for each of N demos so that they cover the "

@@ -329,3 +329,19 @@ def test_the_in_process_drive_applies_the_controllers_shield(sim):
         drive.step(past)
     assert drive.command[1] <= D.ARM_LIMITS[1][1] and np.all(np.isfinite(drive.measured()))
     assert drive.measured()[1] <= D.ARM_LIMITS[1][1] + 0.02
+
+
+def test_the_placements_command_prints_the_covering_placements(capsys):
+    import json
+
+    from robot_runtime.cli import main
+
+    assert main(["placements", "--task", "grasp_pour", "-n", "4", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["seed"] for r in rows] == scene.covering_seeds("grasp_pour", 4)
+    x, y, yaw = scene.draw_placement("grasp_pour", rows[0]["seed"])["bottle"]
+    assert rows[0]["objects"]["bottle"] == {"x_m": round(x, 3), "y_m": round(y, 3), "yaw_deg": round(math.degrees(yaw), 1)}
+    assert main(["placements", "--task", "grasp_pour", "-n", "4"]) == 0
+    assert capsys.readouterr().out.count("\ndemo ") == 4
+    assert main(["placements", "--task", "juggle"]) == 2
+    assert "unknown --task 'juggle'" in capsys.readouterr().err
