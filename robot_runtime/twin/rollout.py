@@ -84,9 +84,15 @@ class TwinEpisodeRunner:
         visual: the policy input recorded with each step (a checkpoint's ``schema.visual``).
         out_dir: where episodes are saved (None: nothing is recorded).
         source: stored in each episode's metadata (``{"kind": ..., ...}``).
+        stamp0: the first step's stamp of every episode (s, epoch) instead of the wall clock at
+            its start. A recorded cloud's points are drawn seeded by the frame's stamp
+            (:func:`robot_runtime.perception.preprocess.frame_seed`), so with it a seed's
+            episode is recorded the same every time (None: stamps from the wall clock).
     """
 
-    def __init__(self, cfg: RuntimeConfig, visual: VisualSpec, out_dir=None, source: dict | None = None):
+    def __init__(self, cfg: RuntimeConfig, visual: VisualSpec, out_dir=None, source: dict | None = None,
+                 stamp0: float | None = None):
+        self.stamp0 = stamp0
         from robot_runtime.twin.sim import TwinSimulation  # noqa: PLC0415 - needs mujoco
 
         self.cfg = cfg
@@ -131,7 +137,7 @@ class TwinEpisodeRunner:
         if on_reset is not None:
             on_reset(start, q0)
         self.drive.reset()
-        wall0 = time.time()
+        wall0 = time.time() if self.stamp0 is None else self.stamp0
         if self.recorder is not None:
             self.recorder.start(task, note, {"seed": int(seed), "in_process_twin": True}, now=wall0)
         n_steps = int(round((duration_s() if callable(duration_s) else duration_s) / self.period))
@@ -248,13 +254,14 @@ def interaction_episode(runner: TwinEpisodeRunner, expert, seed: int, settle_s: 
 
 
 def record_scripted_demos(cfg: RuntimeConfig, task: str, seeds, out_dir, visual: VisualSpec,
-                          progress: bool = True) -> list[EpisodeOutcome]:
+                          progress: bool = True, stamp0: float | None = None) -> list[EpisodeOutcome]:
     """Record one scripted-expert episode per seed into ``out_dir`` (failures are saved flagged).
 
     ``task`` is one of the twin's tasks, or ``interaction`` for task-agnostic interactions
-    (:func:`interaction_episode`), the data a prior is pretrained on.
+    (:func:`interaction_episode`), the data a prior is pretrained on. ``stamp0``: see
+    :class:`TwinEpisodeRunner` (the same demos every time).
     """
-    runner = TwinEpisodeRunner(cfg, visual, out_dir, {"kind": "scripted_expert"})
+    runner = TwinEpisodeRunner(cfg, visual, out_dir, {"kind": "scripted_expert"}, stamp0=stamp0)
     expert = make_expert(cfg)
     out = []
     bar = None
