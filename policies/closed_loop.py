@@ -37,6 +37,7 @@ from policies.checkpoint import Checkpoint, load_checkpoint
 from policies.errors import PolicyError
 from policies.history import StepHistory
 from policies.runners import PolicyRunner, make_runner
+from robot_runtime import description as D
 from robot_runtime.config import path_inside
 from robot_runtime.perception.preprocess import PreprocessError, VisualPreprocessor
 
@@ -453,7 +454,7 @@ class LatestInputs:
     the intrinsics it is projected with) and each part's newest joint states."""
 
     #: Joints per part (arm then hand: the policy's 23).
-    SIZES = {"arm": 7, "hand": 16}
+    SIZES = {"arm": len(D.ARM_JOINTS), "hand": len(D.HAND_JOINTS)}
 
     def __init__(self):
         self.frame: Frame | None = None

@@ -92,10 +92,10 @@ class TwinEpisodeRunner:
 
     def __init__(self, cfg: RuntimeConfig, visual: VisualSpec, out_dir=None, source: dict | None = None,
                  stamp0: float | None = None):
-        self.stamp0 = stamp0
         from robot_runtime.twin.sim import TwinSimulation  # noqa: PLC0415 - needs mujoco
 
         self.cfg = cfg
+        self.stamp0 = stamp0
         self.sim = TwinSimulation(cfg.twin, cfg.robot)
         self.period = 1.0 / cfg.rates.policy_hz
         self.drive = ShieldedTwinDrive(self.sim, cfg, self.period)

@@ -96,8 +96,9 @@ MIN_SEPARATION = 0.22
 
 def draw_placement(name: str, seed: int) -> dict[str, tuple[float, float, float]]:
     """Where the scene ``name`` puts its objects for ``seed``: ``{object: (x m, y m, yaw rad)}``
-    in the scene's order (:func:`scene_objects`: the held object first), the spots at least :data:`MIN_SEPARATION` apart (the whole set is
-    drawn again until it fits). Pure and reproducible: the twin's reset places exactly these.
+    in the scene's order (:func:`scene_objects`: the held object first), the spots at least
+    :data:`MIN_SEPARATION` apart (the whole set is drawn again until it fits). Pure and
+    reproducible: the twin's reset places exactly these.
 
     Raises:
         KeyError: ``name`` is no scene.
@@ -119,8 +120,9 @@ def draw_placement(name: str, seed: int) -> dict[str, tuple[float, float, float]
 def covering_seeds(name: str, n: int, seed0: int = 0, pool: int = 400, among=None) -> list[int]:
     """``n`` seeds of the scene ``name`` whose placements cover the table the way its
     placements fall: the seeds ``seed0 .. seed0 + pool - 1`` (or the seeds ``among``: the n of
-    some recorded demos that cover best) are grouped by the objects they put out, each group given its share of ``n`` (largest remainders), and within a group the
-    placements (every object's x, y, scaled to the placement ranges) split into that many
+    some recorded demos that cover best) are grouped by the objects they put out, each group
+    given its share of ``n`` (largest remainders), and within a group the placements (every
+    object's x, y, scaled to the placement ranges) split into that many
     k-means cells; each cell gives the seed nearest its centre. Demos at these seeds are spread
     where a policy will be asked to act, where ``n`` consecutive seeds can leave a side bare
     (11 of the first 15 grasp & pour seeds have the bottle on the right). Sorted; pure.
