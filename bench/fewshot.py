@@ -38,10 +38,11 @@ With ``--move-others N`` the runs of the tasks with a second object (drop, pour)
 copies of each demo's approach with that object moved, and with ``--turn-carry N`` on N copies of
 each demo from its grasp on with the cell turned about joint 1, and with ``--shift-cell N`` every
 task on N copies of each demo with the objects moved across the table and the arm's path bent
-onto them (:mod:`policies.augment`).
+onto them, and with ``--detour N`` every task on N copies of each demo whose approach arrives off
+and homes in on the object (:mod:`policies.augment`).
 
     python -m bench.fewshot [--demos 15] [--rollouts 20] [--steps 900] [--runs grasp_lift,grasp_drop] [--mirror]
-                            [--move-others 3] [--turn-carry 2] [--shift-cell 3]
+                            [--move-others 3] [--turn-carry 2] [--shift-cell 3] [--detour 3]
 """
 from __future__ import annotations
 
@@ -112,6 +113,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shift-cell", type=int, default=0, metavar="N",
                     help="train on N copies of each demo with the objects moved across the table and the arm's "
                          "path bent onto them (finetune --shift-cell), for every task")
+    ap.add_argument("--detour", type=int, default=0, metavar="N",
+                    help="train on N copies of each demo whose approach arrives off and homes in on the object "
+                         "(finetune --detour), for every task")
     ap.add_argument("--handover", type=int, default=0, metavar="N",
                     help="diagnostics of each full-demo run also say which phase fails: N new placements with the "
                          "scripted expert driving until each phase begins, the policy from there")
@@ -178,7 +182,7 @@ def main(argv=None) -> int:
                             mirror_keep_hand=demos[task].get("mirror_keep_hand", False),
                             move_others=a.move_others if task in TWO_OBJECT_TASKS else 0,
                             turn_carry=a.turn_carry if task in TWO_OBJECT_TASKS else 0,
-                            shift_cell=a.shift_cell)
+                            shift_cell=a.shift_cell, detour=a.detour)
         job = FinetuneJob(subset, work / "checkpoints" / name, base, fc)
         ft = job.run(bar=True)
         rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0, work / "rollouts" / name, workers=a.workers)
@@ -188,7 +192,7 @@ def main(argv=None) -> int:
              "val_loss": None if ft.val_loss is None else round(ft.val_loss, 4), "base": base or "scratch",
              "selected_step": kept["step"], "open_loop_error_rad": kept["open_loop_error_rad"],
              "mirror": fc.mirror, "mirror_keep_hand": fc.mirror_keep_hand, "move_others": fc.move_others,
-             "turn_carry": fc.turn_carry, "shift_cell": fc.shift_cell}
+             "turn_carry": fc.turn_carry, "shift_cell": fc.shift_cell, "detour": fc.detour}
         if n == a.demos:
             r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,
                                         rollouts=min(10, a.rollouts), workers=a.workers)

@@ -312,6 +312,65 @@ def shifted_cell(ep: Episode, scene: SceneBeforeGrasp, model, arm_cols, region_m
     return out
 
 
+def detour_weight(ep: Episode, model, grasp: int, flange: str, settle_m: float) -> np.ndarray:
+    """How much of a detour each step of ``ep`` carries [N], in [0, 1]: 0 at the start, growing
+    with the flange's path length (forward kinematics of the measured joints) to 1 where
+    ``settle_m`` (m) of the path to the grasp step ``grasp`` is left, back to 0 over that last
+    stretch (smoothstep each way), 0 from the grasp on."""
+    n = len(ep.q)
+    at = np.array([model.link_pose(ep.q[t], flange)[:3, 3] for t in range(min(grasp, n - 1) + 1)])
+    walked = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(at, axis=0), axis=1))])
+    total = walked[-1]
+    w = np.zeros(n)
+    if total <= settle_m:
+        return w
+    up = np.clip(walked / (total - settle_m), 0.0, 1.0)
+    down = np.clip((total - walked) / settle_m, 0.0, 1.0)
+    x = np.minimum(up, down)
+    w[: len(at)] = x * x * (3.0 - 2.0 * x)
+    return w
+
+
+def detoured_approach(ep: Episode, scene: SceneBeforeGrasp, model, arm_cols, copies: int,
+                      rng: np.random.Generator, radius: float = 0.04, settle_m: float = 0.1,
+                      flange: str = "flange", max_error: float = 1e-3, tries: int = 20) -> list[Episode]:
+    """Up to ``copies`` copies of ``ep`` whose approach arrives off the demo's by an offset and
+    corrects it on the last ``settle_m`` (m) of the way to the grasp: what a demonstrator's hand
+    does when it comes down beside an object a few centimetres off and homes in on it.
+
+    A policy's approach from home ends 1-4 cm off the demos' (what it reaches depends on how it
+    got there), and a demo set whose approaches all arrive where they should never shows the way
+    back: from an off pre-grasp a policy goes on as from the demo's, keeping the offset into the
+    grasp. Here the flange's pose at each step is the demo's plus the offset times
+    :func:`detour_weight` (0 at home, 1 with ``settle_m`` of the path left, 0 at the grasp and
+    after), orientation kept, the joints solved by inverse kinematics (joints and targets alike;
+    each target with the weight of the step it is for). The offset is drawn in a disc of
+    ``radius`` m across the table and +-``radius``/2 m up or down. The objects do not move: the
+    clouds and the hand are the demo's; from the grasp on the copy is the demo.
+
+    ``scene``: the demo's :func:`scene_before_grasp`. A draw is kept when inverse kinematics
+    reaches every pose within ``max_error`` (at most ``tries`` draws a copy).
+
+    Raises:
+        PolicyError: the visual input is not point clouds [N, P, 3], or the hand never closes.
+    """
+    vis = point_clouds(ep, "detouring the approach")
+    w = detour_weight(ep, model, scene.grasp, flange, settle_m)
+    w_next = np.append(w[1:], w[-1])
+    out = []
+    for _ in range(copies):
+        for _ in range(tries):
+            r, phi = radius * np.sqrt(rng.uniform()), rng.uniform(0.0, 2.0 * np.pi)
+            d = np.array([r * np.cos(phi), r * np.sin(phi), rng.uniform(-0.5, 0.5) * radius])
+            q = _bend(model, ep.q, w[:, None] * d, arm_cols, flange, max_error)
+            a = None if q is None else _bend(model, ep.actions, w_next[:, None] * d, arm_cols, flange, max_error)
+            if a is None:
+                continue
+            out.append(Episode(q, a, np.array(vis, copy=True), ep.train_until, ep.train_from))
+            break
+    return out
+
+
 #: How close (m) the flange comes to its grasp pose before a mirrored copy's approach follows the
 #: demo's own, turned about the object (:func:`mirrored_keeping_the_hand`).
 FINAL_APPROACH_M = 0.2

@@ -112,6 +112,12 @@ class FinetuneConfig(TrainConfig):
             (drawn in a disc of ``shift_radius`` m) and the arm's path bent onto them by inverse
             kinematics from home on (:func:`policies.augment.shifted_cell`): the whole demo at a
             placement it was not recorded at. 0: off.
+        detour, detour_radius: with point clouds, also train on ``detour`` copies of each training
+            demo (and mirror image) whose approach arrives off the demo's by an offset (drawn in a
+            disc of ``detour_radius`` m across, half that up or down) and homes in on the object
+            over the last 10 cm to the grasp (:func:`policies.augment.detoured_approach`): the way
+            back from an approach that ends off, which no demo that arrives where it should shows.
+            0: off.
         freeze_encoder: with a base, keep its visual encoder fixed (its embeddings are computed
             once, which makes a step several times cheaper).
         eval_every: steps between open-loop evaluations on the held-out demos (0: none).
@@ -162,6 +168,8 @@ class FinetuneConfig(TrainConfig):
     turn_angle: float = 0.4
     shift_cell: int = 0
     shift_radius: float = 0.05
+    detour: int = 0
+    detour_radius: float = 0.04
     freeze_encoder: bool = False
     eval_every: int = 250
     keep: str = "lowest_error"
@@ -329,7 +337,8 @@ class FinetuneJob:
         if self.cfg.cache_mb:
             if self.cfg.cache_mb < 0:
                 raise FinetuneError(f"cache_mb {self.cfg.cache_mb}: expected 0 (all in memory) or a size in MB")
-            held = [k for k in ("mirror", "mirror_keep_hand", "move_others", "turn_carry", "shift_cell", "freeze_encoder") if getattr(self.cfg, k)]
+            held = [k for k in ("mirror", "mirror_keep_hand", "move_others", "turn_carry", "shift_cell", "detour",
+                                "freeze_encoder") if getattr(self.cfg, k)]
             if held:
                 raise FinetuneError(f"cache_mb: {', '.join(held)} need the episodes in memory; drop them or "
                                     f"cache_mb")
@@ -403,13 +412,13 @@ class FinetuneJob:
         """The copies ``cfg.move_others``, ``cfg.turn_carry`` and ``cfg.shift_cell`` ask for, of
         each of ``episodes`` (:mod:`policies.augment`)."""
         c = self.cfg
-        if not (c.move_others or c.turn_carry or c.shift_cell):
+        if not (c.move_others or c.turn_carry or c.shift_cell or c.detour):
             return []
-        from policies.augment import (approach_with_others_moved, scene_before_grasp, shifted_cell,  # noqa: PLC0415
-                                      turned_after_grasp)
+        from policies.augment import (approach_with_others_moved, detoured_approach,  # noqa: PLC0415
+                                      scene_before_grasp, shifted_cell, turned_after_grasp)
         from robot_runtime.kinematics import UrdfModel  # noqa: PLC0415
 
-        for key in ("move_others", "turn_carry", "shift_cell"):
+        for key in ("move_others", "turn_carry", "shift_cell", "detour"):
             if getattr(c, key) < 0:
                 raise FinetuneError(f"{key} {getattr(c, key)}: expected 0 or more copies")
             if getattr(c, key) and self.schema.visual.kind != "pointcloud":
@@ -418,13 +427,15 @@ class FinetuneJob:
             raise FinetuneError(f"turn_angle {c.turn_angle}: expected an angle in (0, pi] rad")
         if not 0.0 < c.shift_radius <= 0.2:
             raise FinetuneError(f"shift_radius {c.shift_radius}: expected a distance in (0, 0.2] m")
+        if not 0.0 < c.detour_radius <= 0.1:
+            raise FinetuneError(f"detour_radius {c.detour_radius}: expected a distance in (0, 0.1] m")
         hand = range(len(D.ARM_JOINTS), len(D.ALL_JOINTS))
         rng = np.random.default_rng(c.seed)
         out = []
         key = "move_others"
         box = self.schema.visual.points
         try:
-            if c.move_others or c.shift_cell:
+            if c.move_others or c.shift_cell or c.detour:
                 model = UrdfModel.from_file(D.description_path(D.URDF_NAME))
                 scenes = [scene_before_grasp(e, model, hand) for e in episodes]
                 spots = np.array([s.others_centre for s in scenes if s.others_centre is not None]).reshape(-1, 2)
@@ -443,6 +454,11 @@ class FinetuneJob:
                 out += [m for e, s in zip(episodes, scenes) for m in shifted_cell(
                     e, s, model, arm, stood.min(axis=0), stood.max(axis=0), c.shift_cell, rng, c.shift_radius,
                     box.box_min, box.box_max, D.FLANGE_FRAME)]
+            key = "detour"
+            if c.detour:
+                arm = np.arange(len(D.ARM_JOINTS))
+                out += [m for e, s in zip(episodes, scenes) for m in detoured_approach(
+                    e, s, model, arm, c.detour, rng, c.detour_radius, flange=D.FLANGE_FRAME)]
         except PolicyError as e:
             raise FinetuneError(f"{key}: {e}") from e
         return out

@@ -243,12 +243,14 @@ def _cmd_finetune(args) -> int:
     extra = {k: v for k, v in (("lr", args.lr), ("chunk", args.chunk), ("eval_every", args.eval_every),
                                ("keep", args.keep),
                                ("noise_arm", args.noise_arm), ("noise_hand", args.noise_hand),
-                               ("shift_radius", args.shift_radius)) if v is not None}
+                               ("shift_radius", args.shift_radius), ("detour_radius", args.detour_radius))
+             if v is not None}
     cfg = FinetuneConfig(steps=args.steps, batch=args.batch, val_fraction=args.val_fraction,
                          save_every=args.save_every, seed=args.seed, device=args.device, threads=args.threads,
                          nice=args.nice, representation=args.representation, freeze_encoder=args.freeze_encoder,
                          mirror=args.mirror, mirror_keep_hand=args.mirror_keep_hand, move_others=args.move_others,
-                         turn_carry=args.turn_carry, shift_cell=args.shift_cell, cache_mb=args.cache_mb, **extra)
+                         turn_carry=args.turn_carry, shift_cell=args.shift_cell, detour=args.detour,
+                         cache_mb=args.cache_mb, **extra)
     pretrain = args.cmd == "pretrain"
     base = None if (pretrain or args.scratch) else \
         (args.base or str(load_config(Path(args.config or default_config("sim.yaml"))).policy.checkpoint))
@@ -629,6 +631,12 @@ def _train_parser(sub, name: str) -> None:
                         "table and the arm's path bent onto them by inverse kinematics (point clouds; the demo "
                         "at placements it was not recorded at)")
     p.add_argument("--shift-radius", type=float, metavar="M", help="--shift-cell: the largest move (default 0.05 m)")
+    p.add_argument("--detour", type=int, default=0, metavar="N",
+                   help="also train on N copies of each demo whose approach arrives off the demo's by an offset "
+                        "and homes in on the object over the last 10 cm to the grasp (point clouds; the way "
+                        "back from an approach that ends off)")
+    p.add_argument("--detour-radius", type=float, metavar="M",
+                   help="--detour: the largest offset across the table (default 0.04 m; half of it up or down)")
     p.add_argument("--eval-every", type=int, help="steps between open-loop checks on the held-out demos (default 250)")
     p.add_argument("--keep", choices=["lowest_error", "last"],
                    help="the weights saved: those with the lowest open-loop error on the held-out demos at a check, "

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policies.augment import (approach_progress, approach_with_others_moved, fingertip_centre, grasp_step,
-                              scene_before_grasp, shifted_cell, turned_after_grasp)
+from policies.augment import (approach_progress, approach_with_others_moved, detour_weight, detoured_approach,
+                              fingertip_centre, grasp_step, scene_before_grasp, shifted_cell, turned_after_grasp)
 from policies.bc import Episode, WindowSampler
 from policies.errors import PolicyError
 from robot_runtime import description as D
@@ -210,6 +210,55 @@ def test_a_shifted_cell_is_the_demo_at_another_placement_and_replays_there(drop_
         assert bent.closest_m < 0.025 and bent.closest_m < unbent.closest_m - 0.015
     finally:
         runner.close()
+
+
+def test_a_detoured_approach_arrives_off_and_homes_in_on_the_demos_grasp(drop_demo, tmp_path):
+    """``detour``: the copy starts at home, its flange leaves the demo's path by the drawn offset
+    (at most the radius across, half of it up or down) where 10 cm of the way to the grasp is
+    left, and is back on the demo's grasp when the hand closes; from there on, the hand and the
+    clouds, it is the demo. Replayed on the demo's own placement the copy's targets still do the
+    task. A finetuning job adds the copies, two per training demo."""
+    from robot_runtime.config import load_config
+    from robot_runtime.twin.rollout import TwinEpisodeRunner
+    from policies.finetune import FinetuneConfig, FinetuneError, FinetuneJob
+
+    ep, _, visual, folder = drop_demo
+    model = _model()
+    scene = scene_before_grasp(ep, model, HAND)
+    g = scene.grasp
+    w = detour_weight(ep, model, g, D.FLANGE_FRAME, 0.1)
+    assert w[0] == 0.0 and 0.95 < w.max() <= 1.0 and np.all(w[g:] == 0.0)
+    peak = int(np.argmax(w))
+    (c,) = detoured_approach(ep, scene, model, np.arange(7), 1, np.random.default_rng(4), 0.04,
+                             flange=D.FLANGE_FRAME)
+    np.testing.assert_array_equal(c.q[0], ep.q[0])
+    np.testing.assert_array_equal(c.visual, ep.visual)
+    np.testing.assert_array_equal(c.q[:, 7:], ep.q[:, 7:])
+    np.testing.assert_array_equal(c.q[g:], ep.q[g:])
+    np.testing.assert_array_equal(c.actions[g:], ep.actions[g:])
+
+    def flange(q, t):
+        return model.link_pose(q[t], D.FLANGE_FRAME)[:3, 3]
+    d = flange(c.q, peak) - flange(ep.q, peak)
+    assert 0.005 < np.linalg.norm(d[:2]) <= 0.0401 and abs(d[2]) <= 0.0201
+    for t in (g // 4, g // 2, peak, (peak + g) // 2):
+        np.testing.assert_allclose(flange(c.q, t), flange(ep.q, t) + w[t] * d, atol=1e-3)
+    assert np.abs(np.diff(c.q[:, :7], axis=0)).max() < 2 * np.abs(np.diff(ep.q[:, :7], axis=0)).max()
+
+    cfg = load_config(Path(__file__).parents[2] / "config" / "sim.yaml")
+    runner = TwinEpisodeRunner(cfg, visual)
+    try:
+        def drive(t, q, depth, K):
+            return c.actions[min(int(round(t / runner.period)), len(c.actions) - 1)]
+        assert runner.run("grasp_drop", 2, drive, len(c.actions) * runner.period).success
+    finally:
+        runner.close()
+
+    job_cfg = dict(steps=1, batch=8, save_every=10, seed=0, threads=1, nice=0, eval_every=0)
+    job = FinetuneJob(folder, tmp_path / "ft", None, FinetuneConfig(detour=2, **job_cfg))
+    assert len(job.train_eps) == 2 and len(job.moved_eps) == 4
+    with pytest.raises(FinetuneError, match="detour_radius 0.5"):
+        FinetuneJob(folder, tmp_path / "ft2", None, FinetuneConfig(detour=1, detour_radius=0.5, **job_cfg))
 
 
 def test_a_circle_fitted_to_the_arc_a_camera_sees_finds_the_axis():
