@@ -42,7 +42,8 @@ onto them, and with ``--detour N`` every task on N copies of each demo whose app
 and homes in on the object (:mod:`policies.augment`).
 
     python -m bench.fewshot [--demos 15] [--rollouts 20] [--steps 900] [--runs grasp_lift,grasp_drop] [--mirror]
-                            [--move-others 3] [--turn-carry 2] [--shift-cell 3] [--detour 3]
+                            [--move-others 3] [--turn-carry 2] [--shift-cell 3] [--shift-radius 0.05]
+                            [--detour 3]
 """
 from __future__ import annotations
 
@@ -113,6 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shift-cell", type=int, default=0, metavar="N",
                     help="train on N copies of each demo with the objects moved across the table and the arm's "
                          "path bent onto them (finetune --shift-cell), for every task")
+    ap.add_argument("--shift-radius", type=float, default=0.05, metavar="M",
+                    help="--shift-cell: the largest move across the table (default %(default)s m)")
     ap.add_argument("--detour", type=int, default=0, metavar="N",
                     help="train on N copies of each demo whose approach arrives off and homes in on the object "
                          "(finetune --detour), for every task")
@@ -182,7 +185,7 @@ def main(argv=None) -> int:
                             mirror_keep_hand=demos[task].get("mirror_keep_hand", False),
                             move_others=a.move_others if task in TWO_OBJECT_TASKS else 0,
                             turn_carry=a.turn_carry if task in TWO_OBJECT_TASKS else 0,
-                            shift_cell=a.shift_cell, detour=a.detour)
+                            shift_cell=a.shift_cell, shift_radius=a.shift_radius, detour=a.detour)
         job = FinetuneJob(subset, work / "checkpoints" / name, base, fc)
         ft = job.run(bar=True)
         rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0, work / "rollouts" / name, workers=a.workers)
@@ -192,7 +195,8 @@ def main(argv=None) -> int:
              "val_loss": None if ft.val_loss is None else round(ft.val_loss, 4), "base": base or "scratch",
              "selected_step": kept["step"], "open_loop_error_rad": kept["open_loop_error_rad"],
              "mirror": fc.mirror, "mirror_keep_hand": fc.mirror_keep_hand, "move_others": fc.move_others,
-             "turn_carry": fc.turn_carry, "shift_cell": fc.shift_cell, "detour": fc.detour}
+             "turn_carry": fc.turn_carry, "shift_cell": fc.shift_cell, "shift_radius": fc.shift_radius,
+             "detour": fc.detour}
         if n == a.demos:
             r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,
                                         rollouts=min(10, a.rollouts), workers=a.workers)
