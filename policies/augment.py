@@ -189,18 +189,41 @@ def approach_progress(ep: Episode, model, grasp: int, flange: str) -> np.ndarray
     """How far along its approach ``ep`` is at each step [N], from 0 at the start to 1 at the grasp
     step ``grasp`` and after: the flange's path length so far (forward kinematics of the measured
     joints) over its length up to the grasp."""
-    n = len(ep.q)
-    at = np.array([model.link_pose(ep.q[t], flange)[:3, 3] for t in range(min(grasp, n - 1) + 1)])
-    s = np.ones(n)
-    s[: len(at)] = _path_fraction(at)
+    walked = _approach_walked(ep, model, grasp, flange)
+    s = np.ones(len(ep.q))
+    s[: len(walked)] = walked / walked[-1] if walked[-1] > 1e-6 else 1.0
     return s
+
+
+def _approach_walked(ep: Episode, model, grasp: int, flange: str) -> np.ndarray:
+    """The flange's path length (m) from the start to each step up to the grasp step ``grasp``
+    [min(grasp, N - 1) + 1], by forward kinematics of the measured joints."""
+    return _walked(np.array([model.link_pose(ep.q[t], flange)[:3, 3]
+                             for t in range(min(grasp, len(ep.q) - 1) + 1)]))
+
+
+def _walked(at: np.ndarray) -> np.ndarray:
+    """The path length (m) up to each of the points ``at`` [K, 3] (m) along the path through them [K]."""
+    return np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(at, axis=0), axis=1))])
 
 
 def _path_fraction(at: np.ndarray) -> np.ndarray:
     """How far along the path through the points ``at`` [K, 3] (m) each is [K]: the path length up to
     it over the whole length (all 1 where the path has no length)."""
-    walked = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(at, axis=0), axis=1))])
+    walked = _walked(at)
     return walked / walked[-1] if walked[-1] > 1e-6 else np.ones(len(walked))
+
+
+def _bent_copy(ep: Episode, model, weights: np.ndarray, offset: np.ndarray, arm, flange: str,
+               max_error: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """``ep``'s joints and targets with the flange moved by ``weights`` [N] times ``offset`` [3] (m),
+    each target with the weight of the step it is for (the next step's); None where inverse
+    kinematics misses a pose (see :func:`_bend`)."""
+    q = _bend(model, ep.q, weights[:, None] * offset, arm, flange, max_error)
+    if q is None:
+        return None
+    a = _bend(model, ep.actions, np.append(weights[1:], weights[-1])[:, None] * offset, arm, flange, max_error)
+    return None if a is None else (q, a)
 
 
 def _bend(model, q: np.ndarray, offsets: np.ndarray, arm, flange: str, max_error: float) -> np.ndarray | None:
@@ -292,7 +315,6 @@ def shifted_cell(ep: Episode, scene: SceneBeforeGrasp, model, arm_cols, region_m
                     and (p_lo + d >= b_lo).all() and (p_hi + d <= b_hi).all())
 
     s = approach_progress(ep, model, scene.grasp, flange)
-    s_next = np.append(s[1:], s[-1])
     out = []
     for _ in range(copies):
         for _ in range(tries):
@@ -300,14 +322,12 @@ def shifted_cell(ep: Episode, scene: SceneBeforeGrasp, model, arm_cols, region_m
             d = np.array([r * np.cos(phi), r * np.sin(phi)])
             if not fits(d):
                 continue
-            d3 = np.array([d[0], d[1], 0.0])
-            q = _bend(model, ep.q, s[:, None] * d3, arm_cols, flange, max_error)
-            a = None if q is None else _bend(model, ep.actions, s_next[:, None] * d3, arm_cols, flange, max_error)
-            if a is None:
+            bent = _bent_copy(ep, model, s, np.array([d[0], d[1], 0.0]), arm_cols, flange, max_error)
+            if bent is None:
                 continue
             v = np.array(vis, np.float32, copy=True)
             v[..., :2] += d.astype(np.float32)
-            out.append(Episode(q, a, v, ep.train_until, ep.train_from))
+            out.append(Episode(*bent, v, ep.train_until, ep.train_from))
             break
     return out
 
@@ -317,17 +337,15 @@ def detour_weight(ep: Episode, model, grasp: int, flange: str, settle_m: float) 
     with the flange's path length (forward kinematics of the measured joints) to 1 where
     ``settle_m`` (m) of the path to the grasp step ``grasp`` is left, back to 0 over that last
     stretch (smoothstep each way), 0 from the grasp on."""
-    n = len(ep.q)
-    at = np.array([model.link_pose(ep.q[t], flange)[:3, 3] for t in range(min(grasp, n - 1) + 1)])
-    walked = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(at, axis=0), axis=1))])
+    walked = _approach_walked(ep, model, grasp, flange)
     total = walked[-1]
-    w = np.zeros(n)
+    w = np.zeros(len(ep.q))
     if total <= settle_m:
         return w
     up = np.clip(walked / (total - settle_m), 0.0, 1.0)
     down = np.clip((total - walked) / settle_m, 0.0, 1.0)
     x = np.minimum(up, down)
-    w[: len(at)] = x * x * (3.0 - 2.0 * x)
+    w[: len(walked)] = x * x * (3.0 - 2.0 * x)
     return w
 
 
@@ -356,18 +374,15 @@ def detoured_approach(ep: Episode, scene: SceneBeforeGrasp, model, arm_cols, cop
     """
     vis = point_clouds(ep, "detouring the approach")
     w = detour_weight(ep, model, scene.grasp, flange, settle_m)
-    w_next = np.append(w[1:], w[-1])
     out = []
     for _ in range(copies):
         for _ in range(tries):
             r, phi = radius * np.sqrt(rng.uniform()), rng.uniform(0.0, 2.0 * np.pi)
             d = np.array([r * np.cos(phi), r * np.sin(phi), rng.uniform(-0.5, 0.5) * radius])
-            q = _bend(model, ep.q, w[:, None] * d, arm_cols, flange, max_error)
-            a = None if q is None else _bend(model, ep.actions, w_next[:, None] * d, arm_cols, flange, max_error)
-            if a is None:
-                continue
-            out.append(Episode(q, a, np.array(vis, copy=True), ep.train_until, ep.train_from))
-            break
+            bent = _bent_copy(ep, model, w, d, arm_cols, flange, max_error)
+            if bent is not None:
+                out.append(Episode(*bent, np.array(vis, copy=True), ep.train_until, ep.train_from))
+                break
     return out
 
 

@@ -448,15 +448,14 @@ class FinetuneJob:
                 out += [t for e in episodes for t in turned_after_grasp(
                     e, hand, j1, rng.uniform(-c.turn_angle, c.turn_angle, c.turn_carry))]
             key = "shift_cell"
+            arm = np.arange(len(D.ARM_JOINTS))
             if c.shift_cell:
                 stood = np.concatenate([np.array([s.centre for s in scenes]), spots])
-                arm = np.arange(len(D.ARM_JOINTS))
                 out += [m for e, s in zip(episodes, scenes) for m in shifted_cell(
                     e, s, model, arm, stood.min(axis=0), stood.max(axis=0), c.shift_cell, rng, c.shift_radius,
                     box.box_min, box.box_max, D.FLANGE_FRAME)]
             key = "detour"
             if c.detour:
-                arm = np.arange(len(D.ARM_JOINTS))
                 out += [m for e, s in zip(episodes, scenes) for m in detoured_approach(
                     e, s, model, arm, c.detour, rng, c.detour_radius, flange=D.FLANGE_FRAME)]
         except PolicyError as e:
