@@ -119,6 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--detour", type=int, default=0, metavar="N",
                     help="train on N copies of each demo whose approach arrives off and homes in on the object "
                          "(finetune --detour), for every task")
+    ap.add_argument("--hand-view", default="", metavar="K[,K...]",
+                    help="give every policy the hand's view (finetune --hand-view), e.g. 4,16")
     ap.add_argument("--handover", type=int, default=0, metavar="N",
                     help="diagnostics of each full-demo run also say which phase fails: N new placements with the "
                          "scripted expert driving until each phase begins, the policy from there")
@@ -185,7 +187,8 @@ def main(argv=None) -> int:
                             mirror_keep_hand=demos[task].get("mirror_keep_hand", False),
                             move_others=a.move_others if task in TWO_OBJECT_TASKS else 0,
                             turn_carry=a.turn_carry if task in TWO_OBJECT_TASKS else 0,
-                            shift_cell=a.shift_cell, shift_radius=a.shift_radius, detour=a.detour)
+                            shift_cell=a.shift_cell, shift_radius=a.shift_radius, detour=a.detour,
+                            hand_view=tuple(int(k) for k in a.hand_view.split(",") if k.strip()))
         job = FinetuneJob(subset, work / "checkpoints" / name, base, fc)
         ft = job.run(bar=True)
         rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0, work / "rollouts" / name, workers=a.workers)
@@ -196,7 +199,7 @@ def main(argv=None) -> int:
              "selected_step": kept["step"], "open_loop_error_rad": kept["open_loop_error_rad"],
              "mirror": fc.mirror, "mirror_keep_hand": fc.mirror_keep_hand, "move_others": fc.move_others,
              "turn_carry": fc.turn_carry, "shift_cell": fc.shift_cell, "shift_radius": fc.shift_radius,
-             "detour": fc.detour}
+             "detour": fc.detour, "hand_view": list(fc.hand_view)}
         if n == a.demos:
             r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,
                                         rollouts=min(10, a.rollouts), workers=a.workers)

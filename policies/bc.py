@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from policies.errors import PolicyError
+from policies.hand_view import network_visual
 from policies.history import window_indices
 from policies.hop import HopPolicy
 from policies.schema import PolicySchema
@@ -146,9 +147,11 @@ class WindowSampler:
 
     ``embed``: a function frames -> embeddings [N, D]; given, the visual inputs are replaced by
     their embeddings once (a frozen visual encoder), and batches carry embeddings.
+    ``hand_view``: the architecture's (:mod:`policies.hand_view`); its rows are appended to each
+    frame's points from the joints of the frame's step.
     """
 
-    def __init__(self, episodes: list[Episode], schema: PolicySchema, driver_names, embed=None):
+    def __init__(self, episodes: list[Episode], schema: PolicySchema, driver_names, embed=None, hand_view=()):
         idx = schema.index_in(driver_names)
         self.schema = schema
         self.T = schema.history
@@ -169,6 +172,11 @@ class WindowSampler:
         self.v = [e.visual if isinstance(e.visual, LazyVisual) else np.asarray(e.visual, np.float32)
                   for e in episodes]
         self.lazy = any(isinstance(v, LazyVisual) for v in self.v)
+        if hand_view:
+            if self.lazy:
+                raise PolicyError("the hand's view is computed up front: it needs the episodes in memory "
+                                  "(no visual cache)")
+            self.v = [network_visual(v, e.q, hand_view) for v, e in zip(self.v, episodes)]
         self.embedded = embed is not None
         if embed is not None:
             if self.lazy:
@@ -353,7 +361,8 @@ def open_loop_error(model: HopPolicy, schema: PolicySchema, episodes: list[Episo
         q, a = e.q[:, idx], e.actions[:, idx]
         ts = np.arange(0, len(q), every)
         wins = np.stack([window_indices(int(t), schema.history) for t in ts])
-        emb = model.encode_visual(torch.from_numpy(np.asarray(e.visual, np.float32)).to(device))
+        vis = network_visual(np.asarray(e.visual, np.float32), e.q, model.arch.hand_view)
+        emb = model.encode_visual(torch.from_numpy(vis).to(device))
         prop = torch.from_numpy(schema.proprio_in(q)[wins]).to(device)
         out = model.act(prop, emb[torch.from_numpy(wins).to(device)]).cpu().numpy()
         for k, t in enumerate(ts):
@@ -380,7 +389,7 @@ def train_bc(model: HopPolicy, schema: PolicySchema, episodes: list[Episode], dr
     cfg = cfg or TrainConfig()
     if not episodes:
         raise PolicyError("no episodes to train on")
-    sampler = WindowSampler(episodes, schema, driver_names)
+    sampler = WindowSampler(episodes, schema, driver_names, hand_view=model.arch.hand_view)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

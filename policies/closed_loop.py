@@ -35,6 +35,7 @@ import numpy as np
 from policies.action import TemporalEnsembler
 from policies.checkpoint import Checkpoint, load_checkpoint
 from policies.errors import PolicyError
+from policies.hand_view import network_visual
 from policies.history import StepHistory
 from policies.runners import PolicyRunner, make_runner
 from robot_runtime import description as D
@@ -140,7 +141,18 @@ class LoadedPolicy:
         """Frame (and the joints [23] at its time, driver order) -> (visual input, embedding [D]).
         Raises PreprocessError for a frame it cannot use."""
         visual = self.preprocess(frame.depth, frame.K, frame.t, q)
-        return visual, self.runner.encode(visual)
+        return visual, self.embed(visual, q)
+
+    def embed(self, visual: np.ndarray, q) -> np.ndarray:
+        """A frame's visual input and the joints [23] (rad, driver order) measured with it -> its
+        embedding [embedding_dim] (with a hand's view, :mod:`policies.hand_view`, the joints place the
+        palm; without, they are not used)."""
+        view = self.checkpoint.arch.hand_view
+        if not view:
+            return self.runner.encode(visual)
+        if q is None:
+            raise PreprocessError(f"{self.checkpoint.path}: its hand's view needs the joints measured with the frame")
+        return self.runner.encode(network_visual(visual, q, view))
 
     def network_inputs(self, steps: list[Step]) -> tuple[np.ndarray, np.ndarray]:
         """Full window of steps -> (proprio [T, 23] normalised, in policy order; embeddings [T, D])."""
@@ -268,7 +280,7 @@ class ClosedLoopPolicy:
                 except PreprocessError as exc:
                     return self._skip(res, "bad_frame", str(exc))
                 t2 = time.perf_counter()
-                emb = pol.runner.encode(visual)
+                emb = pol.embed(visual, q)
                 t3 = time.perf_counter()
                 self._last_frame = (frame.seq, visual, emb)
             self.history.append(Step(np.asarray(q, float), frame, visual, emb))

@@ -118,6 +118,11 @@ class FinetuneConfig(TrainConfig):
             over the last 10 cm to the grasp (:func:`policies.augment.detoured_approach`): the way
             back from an approach that ends off, which no demo that arrives where it should shows.
             0: off.
+        hand_view: with point clouds, give the network the hand's view of the scene
+            (:mod:`policies.hand_view`): for each count k, the mean of the k points nearest the
+            palm, in the palm's frame, embedded into each step's visual token by a small network
+            that starts at zero (so a base without one starts as it was). Empty: none (the base's,
+            with a base that has one).
         freeze_encoder: with a base, keep its visual encoder fixed (its embeddings are computed
             once, which makes a step several times cheaper).
         eval_every: steps between open-loop evaluations on the held-out demos (0: none).
@@ -170,6 +175,7 @@ class FinetuneConfig(TrainConfig):
     shift_radius: float = 0.05
     detour: int = 0
     detour_radius: float = 0.04
+    hand_view: tuple[int, ...] = ()
     freeze_encoder: bool = False
     eval_every: int = 250
     keep: str = "lowest_error"
@@ -329,6 +335,15 @@ class FinetuneJob:
                                         num_points=spec.points.num_points,
                                         chunk=self.cfg.chunk if self.cfg.representation == "chunked" else 1,
                                         proprio_steps=self.cfg.proprio_steps)
+        if self.cfg.hand_view:
+            view = tuple(int(k) for k in self.cfg.hand_view)
+            if self.arch.visual != "pointcloud" or min(view) < 1 or max(view) > self.arch.num_points:
+                raise FinetuneError(f"hand_view {list(view)}: needs point-cloud input and counts of points from 1 to "
+                                    f"{self.arch.num_points}")
+            if self.base is not None and self.base.arch.hand_view and self.base.arch.hand_view != view:
+                raise FinetuneError(f"hand_view {list(view)}: the base {self.base.path} has another, "
+                                    f"{list(self.base.arch.hand_view)}")
+            self.arch = replace(self.arch, hand_view=view)
         rate = float(metas[used[0]].get("rate_hz", self.schema.policy_hz))
         if abs(rate - self.schema.policy_hz) > 1e-6:
             raise FinetuneError(f"{used[0]}: recorded at {rate:g} Hz, the checkpoint runs at {self.schema.policy_hz:g} Hz")
@@ -338,7 +353,7 @@ class FinetuneJob:
             if self.cfg.cache_mb < 0:
                 raise FinetuneError(f"cache_mb {self.cfg.cache_mb}: expected 0 (all in memory) or a size in MB")
             held = [k for k in ("mirror", "mirror_keep_hand", "move_others", "turn_carry", "shift_cell", "detour",
-                                "freeze_encoder") if getattr(self.cfg, k)]
+                                "hand_view", "freeze_encoder") if getattr(self.cfg, k)]
             if held:
                 raise FinetuneError(f"cache_mb: {', '.join(held)} need the episodes in memory; drop them or "
                                     f"cache_mb")
@@ -495,7 +510,7 @@ class FinetuneJob:
         device = world.device(device)
         where = self._setup_process(device)
         torch.manual_seed(cfg.seed)
-        model = self.base.build_model() if self.base is not None else HopPolicy(self.arch)
+        model = self._initial_model()
         model.to(device)
         embed = None
         if cfg.freeze_encoder and self.base is not None:
@@ -539,8 +554,10 @@ class FinetuneJob:
         world.barrier()   # every rank has checked the folder before rank 0 writes into it
         if world.main:
             self.out.mkdir(parents=True, exist_ok=True)
-        train = WindowSampler(self.train_eps + self.mirrored_eps + self.moved_eps, self.schema, D.ALL_JOINTS, embed)
-        val = WindowSampler(self.val_eps, self.schema, D.ALL_JOINTS, embed) if self.val_eps else None
+        view = self.arch.hand_view
+        train = WindowSampler(self.train_eps + self.mirrored_eps + self.moved_eps, self.schema, D.ALL_JOINTS, embed,
+                              view)
+        val = WindowSampler(self.val_eps, self.schema, D.ALL_JOINTS, embed, view) if self.val_eps else None
         if start >= cfg.steps:
             raise FinetuneError(f"{state_file}: already trained {start} of {cfg.steps} steps; raise --steps to go on")
         tc = cfg.train_config()
@@ -620,6 +637,21 @@ class FinetuneJob:
         world.close()
         return FinetuneResult(final, cfg.steps, float(np.mean(losses[-20:])), vals[-1][1] if vals else None, seconds,
                               self.episodes)
+
+    def _initial_model(self) -> HopPolicy:
+        """The network training starts from: the base's, with what the job adds to its architecture
+        (a hand's view) at its initial weights; or a new one."""
+        if self.base is None:
+            return HopPolicy(self.arch)
+        if self.arch == self.base.arch:
+            return self.base.build_model()
+        model = HopPolicy(self.arch)
+        missing, unexpected = model.load_state_dict(self.base.state, strict=False)
+        added = [k for k in missing if not k.startswith("embed_hand.")]
+        if added or unexpected:
+            raise FinetuneError(f"{self.base.path}: its weights do not fit the job's architecture (missing "
+                                f"{added[:5]}, unexpected {list(unexpected)[:5]})")
+        return model
 
     # ------------------------------------------------------------------ saving
     def provenance(self, step: int, losses, vals, where: str, seconds: float | None = None, best=None) -> dict:

@@ -55,9 +55,21 @@ class HopArchitecture:
     #: embedding (identity by default, as HOP)
     point_center: tuple[float, float, float] = (0.0, 0.0, 0.0)
     point_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: the hand's view (:mod:`policies.hand_view`): for each k, the centre of the k cloud points
+    #: nearest the palm, in the palm's frame, as rows appended to the points and embedded by
+    #: ``embed_hand`` into the step's visual token (empty: none, as HOP)
+    hand_view: tuple[int, ...] = ()
+
+    @property
+    def embedding_dim(self) -> int:
+        """The size of one frame's embedding: the visual token [hidden] and the hand's view
+        rows flattened [3 x len(hand_view)] (the rows are embedded in the trunk, so an encoder
+        kept frozen still leaves them to training)."""
+        return self.hidden + 3 * len(self.hand_view)
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["hand_view"] = list(self.hand_view)
         d["depth_channels"] = list(self.depth_channels)
         d["depth_size"] = list(self.depth_size)
         d["point_center"] = list(self.point_center)
@@ -79,6 +91,8 @@ class HopArchitecture:
                 d[k] = tuple(float(x) for x in d[k])
                 if len(d[k]) != 3:
                     raise CheckpointError(f"architecture: {k} must have 3 values (x, y, z), got {len(d[k])}")
+        if "hand_view" in d:
+            d["hand_view"] = tuple(int(x) for x in d["hand_view"])
         arch = cls(**d)
         if arch.hidden % arch.heads:
             raise CheckpointError(f"architecture: hidden {arch.hidden} is not a multiple of heads {arch.heads}")
@@ -90,6 +104,10 @@ class HopArchitecture:
             raise CheckpointError(f"architecture: point_scale {list(arch.point_scale)} must be positive")
         if arch.visual not in ("depth", "pointcloud"):
             raise CheckpointError(f"architecture: visual must be 'depth' or 'pointcloud', not {arch.visual!r}")
+        if arch.hand_view and (arch.visual != "pointcloud" or min(arch.hand_view) < 1
+                               or max(arch.hand_view) > arch.num_points):
+            raise CheckpointError(f"architecture: hand_view {list(arch.hand_view)} needs point-cloud input and "
+                                  f"counts of points from 1 to num_points ({arch.num_points})")
         return arch
 
 
@@ -197,6 +215,17 @@ class Trunk(nn.Module):
         return self.ln_f(x)
 
 
+def hand_view_embedding(arch: HopArchitecture) -> nn.Sequential:
+    """The hand's view rows flattened [..., 3R] -> [..., D]: a small MLP whose output layer starts
+    at zero, so a network given a hand's view starts as the one it was without (a prior finetuned
+    with one begins from the prior's own behaviour)."""
+    width = 64
+    out = nn.Linear(width, arch.hidden)
+    nn.init.zeros_(out.weight)
+    nn.init.zeros_(out.bias)
+    return nn.Sequential(nn.Linear(3 * len(arch.hand_view), width), nn.ELU(), out)
+
+
 class HopPolicy(nn.Module):
     """The HOP policy network (see the module docstring for shapes)."""
 
@@ -218,14 +247,30 @@ class HopPolicy(nn.Module):
         self.transformer = Trunk(arch)
         self.predict_action = nn.Sequential(nn.Linear(arch.hidden, arch.action_dim * arch.chunk))
         self.predict_proprio = nn.Sequential(nn.Linear(arch.hidden, arch.proprio_dim))
+        if arch.hand_view:
+            self.embed_hand = hand_view_embedding(arch)
 
     @property
     def tokenizer(self) -> nn.Module:
         return self.embed_pc if self.arch.visual == "pointcloud" else self.embed_depth
 
     def encode_visual(self, visual: torch.Tensor) -> torch.Tensor:
-        """One token per frame: [N, H, W] depth or [N, P, 3] points -> [N, D]."""
-        return self.tokenizer(visual)
+        """One embedding per frame: [N, H, W] depth or [N, P, 3] points -> [N, D]; with a hand's view
+        the points are followed by its R rows ([N, P + R, 3]) and the embedding is the token and
+        the rows flattened, [N, D + 3R] (``arch.embedding_dim``)."""
+        r = len(self.arch.hand_view)
+        if not r:
+            return self.tokenizer(visual)
+        p = visual.shape[1] - r
+        return torch.cat([self.tokenizer(visual[:, :p]), visual[:, p:].flatten(1)], dim=1)
+
+    def visual_token(self, visual_emb: torch.Tensor) -> torch.Tensor:
+        """Frame embeddings [..., embedding_dim] -> the steps' visual tokens [..., D] (the hand's
+        view, if any, embedded and added to the scene's token)."""
+        if not self.arch.hand_view:
+            return visual_emb
+        d = self.arch.hidden
+        return visual_emb[..., :d] + self.embed_hand(visual_emb[..., d:])
 
     def _tokens(self, proprio: torch.Tensor, visual_emb: torch.Tensor) -> torch.Tensor:
         """The interleaved, normalised tokens [B, 2T, D]. With ``arch.proprio_steps`` = k > 0 only the
@@ -245,7 +290,7 @@ class HopPolicy(nn.Module):
             shown = (torch.arange(t, device=proprio.device) >= t - k).to(p.dtype)
             p = p * shown[None, :, None]
         p = p + pos
-        v = visual_emb + pos
+        v = self.visual_token(visual_emb) + pos
         return self.embed_ln(torch.stack([p, v], dim=2).reshape(b, 2 * t, -1))
 
     def trunk(self, proprio: torch.Tensor, visual_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

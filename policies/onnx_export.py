@@ -58,6 +58,14 @@ def cache_dir() -> Path:
     return Path(root) / "onnx"
 
 
+def network_visual_shape(checkpoint: Checkpoint) -> tuple[int, ...]:
+    """The shape of one frame's input to the network: the schema's visual input, and with a
+    hand's view (:mod:`policies.hand_view`) its rows after the points."""
+    shape = tuple(checkpoint.schema.visual.shape)
+    rows = len(checkpoint.arch.hand_view)
+    return (shape[0] + rows, *shape[1:]) if rows else shape
+
+
 def export_folder(checkpoint: Checkpoint) -> Path:
     """The cache folder of ``checkpoint``'s exported files."""
     return cache_dir() / f"{checkpoint.sha256[:16]}-T{checkpoint.schema.history}-op{OPSET}-v{EXPORT_VERSION}"
@@ -90,8 +98,8 @@ def export_onnx(checkpoint: Checkpoint, folder: Path | None = None, model: HopPo
         return enc, act
     folder.mkdir(parents=True, exist_ok=True)
     model = model if model is not None else checkpoint.build_model()
-    t, d = checkpoint.schema.history, checkpoint.arch.hidden
-    visual = torch.zeros((1, *checkpoint.schema.visual.shape))
+    t, d = checkpoint.schema.history, checkpoint.arch.embedding_dim
+    visual = torch.zeros((1, *network_visual_shape(checkpoint)))
     proprio, emb = torch.zeros((1, t, checkpoint.arch.proprio_dim)), torch.zeros((1, t, d))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice

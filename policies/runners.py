@@ -19,7 +19,7 @@ import torch
 from policies.checkpoint import Checkpoint
 from policies.errors import PolicyError
 from policies.hop import HopPolicy
-from policies.onnx_export import EXPORT_VERSION, OPSET, export_onnx
+from policies.onnx_export import EXPORT_VERSION, OPSET, export_onnx, network_visual_shape
 
 RUNNERS = ("onnxruntime", "torch")
 
@@ -32,7 +32,7 @@ class PolicyRunner(ABC):
     def __init__(self, checkpoint: Checkpoint):
         self.checkpoint = checkpoint
         self.history = checkpoint.schema.history
-        self.visual_shape = checkpoint.schema.visual.shape
+        self.visual_shape = network_visual_shape(checkpoint)
 
     @abstractmethod
     def encode(self, visual: np.ndarray) -> np.ndarray:

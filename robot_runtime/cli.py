@@ -235,6 +235,17 @@ def promote_checkpoint(checkpoint, timeout: float = 60.0) -> tuple[bool, str]:
         rclpy.shutdown(context=context)
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    """'4,16' -> (4, 16): positive whole numbers, comma-separated (an argparse type)."""
+    try:
+        out = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        out = ()
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive whole numbers separated by commas, e.g. 4,16")
+    return out
+
+
 def _cmd_finetune(args) -> int:
     """Behaviour cloning on recorded episodes; optionally promote the result into policy_node."""
     from policies.finetune import FinetuneConfig, FinetuneJob, provenance_summary
@@ -250,7 +261,7 @@ def _cmd_finetune(args) -> int:
                          nice=args.nice, representation=args.representation, freeze_encoder=args.freeze_encoder,
                          mirror=args.mirror, mirror_keep_hand=args.mirror_keep_hand, move_others=args.move_others,
                          turn_carry=args.turn_carry, shift_cell=args.shift_cell, detour=args.detour,
-                         cache_mb=args.cache_mb, **extra)
+                         hand_view=args.hand_view, cache_mb=args.cache_mb, **extra)
     pretrain = args.cmd == "pretrain"
     base = None if (pretrain or args.scratch) else \
         (args.base or str(load_config(Path(args.config or default_config("sim.yaml"))).policy.checkpoint))
@@ -637,6 +648,9 @@ def _train_parser(sub, name: str) -> None:
                         "back from an approach that ends off)")
     p.add_argument("--detour-radius", type=float, metavar="M",
                    help="--detour: the largest offset across the table (default 0.04 m; half of it up or down)")
+    p.add_argument("--hand-view", type=_counts, default=(), metavar="K[,K...]",
+                   help="give the network the hand's view: for each K, the mean of the K cloud points nearest "
+                        "the palm, in the palm's frame (point clouds; e.g. 4,16)")
     p.add_argument("--eval-every", type=int, help="steps between open-loop checks on the held-out demos (default 250)")
     p.add_argument("--keep", choices=["lowest_error", "last"],
                    help="the weights saved: those with the lowest open-loop error on the held-out demos at a check, "

@@ -386,3 +386,39 @@ def test_the_expert_drives_until_the_handover_phase_and_the_policy_from_there(tm
     assert np.abs(cmd[handover + 2:] - plan[handover + 2:]).max() > 1e-4
     with pytest.raises(ValueError, match="no_such_phase.*descend"):
         evaluate(cfg, cfg.policy.checkpoint, "grasp_lift", 1, seed0=10_000, progress=False, expert_until="no_such_phase")
+
+
+def test_a_hand_view_added_to_a_base_starts_as_the_base_and_runs_in_the_loaded_policy(demos, tmp_path):
+    """``hand_view``: a job from a base without one starts with the base's targets, trains the
+    view's embedding, saves it in the checkpoint, and the runtime builds the view from the joints
+    measured with each frame; input it cannot apply to is refused, naming the key."""
+    from policies.bc import open_loop_error   # noqa: PLC0415
+    from policies.closed_loop import Frame, LiveRobot, LoadedPolicy   # noqa: PLC0415
+    from policies.runners import make_runner   # noqa: PLC0415
+    from robot_runtime.perception.preprocess import PointCloudPreprocess   # noqa: PLC0415
+
+    clouds = tmp_path / "clouds"
+    write_episodes(clouds, n=3, steps=20, spec=VisualSpec("pointcloud", points=PointCloudPreprocess(num_points=32)))
+    base = FinetuneJob(clouds, tmp_path / "base", None, _cfg(steps=4, eval_every=0)).run(bar=False).checkpoint
+    job = FinetuneJob(clouds, tmp_path / "ft", base, _cfg(steps=6, eval_every=0, hand_view=(2, 8), freeze_encoder=True))
+    before = load_checkpoint(base).build_model()
+    errs = [open_loop_error(m, job.schema, job.train_eps, D.ALL_JOINTS, every=5)["chunk"]
+            for m in (before, job._initial_model().eval())]
+    assert errs[0] == pytest.approx(errs[1], abs=1e-6)
+    ck = load_checkpoint(job.run(bar=False).checkpoint)
+    assert ck.arch.hand_view == (2, 8) and ck.arch.embedding_dim == ck.arch.hidden + 6
+    assert float(ck.state["embed_hand.2.weight"].abs().max()) > 0.0        # trained from zero
+    T = np.array([[1.0, 0, 0, 0.5], [0, 1, 0, 0], [0, 0, 1, -0.4], [0, 0, 0, 1]])   # write_episodes' camera
+    policy = LoadedPolicy(ck, make_runner("onnxruntime", ck), LiveRobot(D.ALL_JOINTS, D.ALL_LIMITS, 20.0, T))
+    depth = np.full((60, 80), 0.75, np.float32)
+    depth[:, :40] = 1.4
+    frame, moved = Frame(depth, K, 1.0, 1), HOME.copy()
+    moved[1] += 0.4
+    (vis, e0), (_, e1) = policy.encode(frame, HOME), policy.encode(frame, moved)
+    assert vis.shape == (32, 3) and e0.shape == (ck.arch.embedding_dim,)
+    np.testing.assert_allclose(e0[:ck.arch.hidden], e1[:ck.arch.hidden], atol=1e-5)   # the scene's token
+    assert np.abs(e0[ck.arch.hidden:] - e1[ck.arch.hidden:]).max() > 0.1               # the hand's view moved
+    with pytest.raises(FinetuneError, match="hand_view"):
+        FinetuneJob(demos, tmp_path / "d", None, _cfg(hand_view=(2,)))
+    with pytest.raises(FinetuneError, match="hand_view .*has another"):
+        FinetuneJob(clouds, tmp_path / "o", ck.path, _cfg(hand_view=(4,)))

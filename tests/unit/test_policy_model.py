@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from policies.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
-from policies.errors import CheckpointError, SchemaMismatchError
+from policies.errors import CheckpointError, PolicyError, SchemaMismatchError
 from policies.history import StepHistory, window_indices
 from policies.onnx_export import EXPORT_VERSION, OPSET
 from policies.hop import HopArchitecture, HopPolicy
@@ -358,6 +358,56 @@ def test_point_standardisation_travels_in_the_checkpoint_and_the_onnx_export(tmp
     with pytest.raises(CheckpointError, match="point_scale"):
         HopArchitecture.from_dict(arch.to_dict() | {"point_scale": [0.1, 0.0, 0.1]})
 
+
+
+def test_the_hands_view_is_the_nearest_points_in_the_palm_frame_and_travels_through_onnx(tmp_path):
+    """The hand's view rows are the means of the k points nearest the palm, in the palm's frame
+    (units of 0.1 m, clipped); a network given them starts with the actions of the one without
+    (its embedding starts at zero) and its ONNX export matches torch on the longer input."""
+    from policies.hand_view import CLIP, SCALE, hand_rows, network_visual, palm_poses   # noqa: PLC0415
+
+    q = np.array(D.ARM_HOME + D.HAND_HOME)
+    T = palm_poses(q[None])[0]
+    local = np.array([[0.05, 0.0, 0.0], [0.0, 0.06, 0.0], [0.0, 0.0, -0.07], [0.3, 0.1, 0.0], [0.0, -0.4, 0.2]])
+    pts = (T[:3, :3] @ local.T).T + T[:3, 3]                     # known palm-frame points, in the base frame
+    rows = hand_rows(pts[None], q[None], (1, 3))[0]
+    np.testing.assert_allclose(rows[0], local[0] / SCALE, atol=1e-9)
+    np.testing.assert_allclose(rows[1], local[:3].mean(0) / SCALE, atol=1e-9)
+    far = hand_rows((pts + [0.0, 0.0, 3.0])[None], q[None], (1,))[0, 0]
+    assert np.abs(far).max() == CLIP                              # 3 m up: clipped, not 30 units
+    bent = q.copy()
+    bent[0] += 0.3                                               # another posture sees the same points elsewhere
+    assert np.abs(hand_rows(pts[None], bent[None], (1,)) - rows[:1]).max() > 0.5
+    with pytest.raises(PolicyError, match="counts"):
+        hand_rows(pts[None], q[None], (6,))
+
+    torch.manual_seed(1)
+    kw = dict(visual="pointcloud", hidden=64, layers=2, heads=2, inner=128, num_points=5)
+    viewed, plain = HopPolicy(HopArchitecture(hand_view=(1, 3), **kw)).eval(), HopPolicy(HopArchitecture(**kw)).eval()
+    missing, unexpected = viewed.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("embed_hand.") for k in missing)
+    vis = torch.from_numpy(np.repeat(network_visual(pts.astype(np.float32), q, (1, 3))[None], 4, 0))
+    assert vis.shape == (4, 7, 3) and viewed.arch.embedding_dim == 64 + 6
+    p = torch.zeros((1, 4, 23))
+    torch.testing.assert_close(viewed.act(p, viewed.encode_visual(vis)[None]),
+                               plain.act(p, plain.encode_visual(vis[:, :5])[None]))
+    with torch.no_grad():
+        for w in viewed.embed_hand.parameters():
+            w.normal_(0.0, 0.1)                                  # as if trained: the rows now count
+    spec = VisualSpec("pointcloud", points=PointCloudPreprocess(num_points=5))
+    ck = load_checkpoint(save_checkpoint(tmp_path / "ck", viewed, PolicySchema.hop(spec), {"source": "test"}))
+    assert ck.arch.hand_view == (1, 3)
+    ort, pt = OnnxRunner(ck, folder=tmp_path / "onnx"), TorchRunner(ck)
+    e_ort, e_pt = ort.encode(vis[0].numpy()), pt.encode(vis[0].numpy())
+    assert e_ort.shape == (70,) and np.abs(e_ort - e_pt).max() <= 1e-4
+    e = np.repeat(e_pt[None], 16, 0)
+    assert np.abs(ort.act(np.zeros((16, 23), np.float32), e) - pt.act(np.zeros((16, 23), np.float32), e)).max() <= 1e-4
+    e2 = e.copy()
+    e2[:, 64:] += 1.0                                            # the hand elsewhere: another action
+    assert np.abs(pt.act(np.zeros((16, 23), np.float32), e2) - pt.act(np.zeros((16, 23), np.float32), e)).max() > 1e-3
+    for bad in ({"hand_view": [0]}, {"hand_view": [6]}, {"visual": "depth", "hand_view": [1]}):
+        with pytest.raises(CheckpointError, match="hand_view"):
+            HopArchitecture.from_dict(HopArchitecture(**kw).to_dict() | bad)
 
 def test_every_cli_help_page_prints(capsys):
     """``robot-runtime --help`` and each command's help render (a bare % in a help string once
