@@ -39,11 +39,13 @@ copies of each demo's approach with that object moved, and with ``--turn-carry N
 each demo from its grasp on with the cell turned about joint 1, and with ``--shift-cell N`` every
 task on N copies of each demo with the objects moved across the table and the arm's path bent
 onto them, and with ``--detour N`` every task on N copies of each demo whose approach arrives off
-and homes in on the object (:mod:`policies.augment`).
+and homes in on the object (:mod:`policies.augment`). With ``--hand-view K[,K...]`` every policy
+also sees, for each K, the mean of the K cloud points nearest its palm, in the palm's frame
+(:mod:`policies.hand_view`).
 
     python -m bench.fewshot [--demos 15] [--rollouts 20] [--steps 900] [--runs grasp_lift,grasp_drop] [--mirror]
                             [--move-others 3] [--turn-carry 2] [--shift-cell 3] [--shift-radius 0.05]
-                            [--detour 3]
+                            [--detour 3] [--hand-view 4,16]
 """
 from __future__ import annotations
 
