@@ -41,11 +41,13 @@ task on N copies of each demo with the objects moved across the table and the ar
 onto them, and with ``--detour N`` every task on N copies of each demo whose approach arrives off
 and homes in on the object (:mod:`policies.augment`). With ``--hand-view K[,K...]`` every policy
 also sees, for each K, the mean of the K cloud points nearest its palm, in the palm's frame
-(:mod:`policies.hand_view`).
+(:mod:`policies.hand_view`). With ``--few-demos-whole`` the runs on 5 and 10 demos train on all
+of them and keep the last weights (by default one demo is held out to pick the weights by, which
+leaves 4 of 5 to learn from).
 
     python -m bench.fewshot [--demos 15] [--rollouts 20] [--steps 900] [--runs grasp_lift,grasp_drop] [--mirror]
                             [--move-others 3] [--turn-carry 2] [--shift-cell 3] [--shift-radius 0.05]
-                            [--detour 3] [--hand-view 4,16]
+                            [--detour 3] [--hand-view 4,16] [--few-demos-whole]
 """
 from __future__ import annotations
 
@@ -123,6 +125,9 @@ def main(argv=None) -> int:
                          "(finetune --detour), for every task")
     ap.add_argument("--hand-view", default="", metavar="K[,K...]",
                     help="give every policy the hand's view (finetune --hand-view), e.g. 4,16")
+    ap.add_argument("--few-demos-whole", action="store_true",
+                    help="the runs on fewer demos (5, 10) train on all of them and keep the last weights, holding "
+                         "none out to pick weights by (a lab with 5 demos keeps them all)")
     ap.add_argument("--handover", type=int, default=0, metavar="N",
                     help="diagnostics of each full-demo run also say which phase fails: N new placements with the "
                          "scripted expert driving until each phase begins, the policy from there")
@@ -190,7 +195,8 @@ def main(argv=None) -> int:
                             move_others=a.move_others if task in TWO_OBJECT_TASKS else 0,
                             turn_carry=a.turn_carry if task in TWO_OBJECT_TASKS else 0,
                             shift_cell=a.shift_cell, shift_radius=a.shift_radius, detour=a.detour,
-                            hand_view=tuple(int(k) for k in a.hand_view.split(",") if k.strip()))
+                            hand_view=tuple(int(k) for k in a.hand_view.split(",") if k.strip()),
+                            **({"val_fraction": 0.0, "keep": "last"} if a.few_demos_whole and n < a.demos else {}))
         job = FinetuneJob(subset, work / "checkpoints" / name, base, fc)
         ft = job.run(bar=True)
         rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0, work / "rollouts" / name, workers=a.workers)
@@ -201,7 +207,7 @@ def main(argv=None) -> int:
              "selected_step": kept["step"], "open_loop_error_rad": kept["open_loop_error_rad"],
              "mirror": fc.mirror, "mirror_keep_hand": fc.mirror_keep_hand, "move_others": fc.move_others,
              "turn_carry": fc.turn_carry, "shift_cell": fc.shift_cell, "shift_radius": fc.shift_radius,
-             "detour": fc.detour, "hand_view": list(fc.hand_view)}
+             "detour": fc.detour, "hand_view": list(fc.hand_view), "held_out": fc.val_fraction > 0}
         if n == a.demos:
             r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,
                                         rollouts=min(10, a.rollouts), workers=a.workers)
@@ -231,7 +237,7 @@ def main(argv=None) -> int:
         r = result[name]
         d = r.get("diagnostics", {}).get("demo_seeds")
         print(f"{name:30s} {r['success_rate']:8.2f} {r['ci95'][0]:5.2f}-{r['ci95'][1]:4.2f} {r['demos']:6d} "
-              f"{r['finetune_s']:11.1f} {r['open_loop_error_rad']:11.4f} "
+              f"{r['finetune_s']:11.1f} {r['open_loop_error_rad'] or np.nan:11.4f} "
               f"{'-' if d is None else format(d['success_rate'], '.2f'):>11s} "
               f"{100 * (r['closest_m_median'] or np.nan):9.1f} {100 * (r['lift_m_median'] or np.nan):8.1f} "
               f"{100 * (r.get('end_m_median') or np.nan):7.1f}")
