@@ -65,6 +65,7 @@ from policies.diagnostics import diagnose, phase_handover, plot_success_against_
 from policies.evaluate import evaluate, replay_commands
 from policies.finetune import FinetuneConfig, FinetuneJob
 from policies.make_twin_checkpoint import DEMO_SEED0, EVAL_SEED0, PRIOR, load_twin_config
+from robot_runtime.cli import parse_counts
 from robot_runtime.data.audit import audit_folder
 from robot_runtime.twin.rollout import record_scripted_demos_parallel
 from robot_runtime.twin.scene import covering_seeds
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
     ap.add_argument("--detour", type=int, default=0, metavar="N",
                     help="train on N copies of each demo whose approach arrives off and homes in on the object "
                          "(finetune --detour), for every task")
-    ap.add_argument("--hand-view", default="", metavar="K[,K...]",
+    ap.add_argument("--hand-view", type=parse_counts, default=(), metavar="K[,K...]",
                     help="give every policy the hand's view (finetune --hand-view), e.g. 4,16")
     ap.add_argument("--few-demos-whole", action="store_true",
                     help="the runs on fewer demos (5, 10) train on all of them and keep the last weights, holding "
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
                             move_others=a.move_others if task in TWO_OBJECT_TASKS else 0,
                             turn_carry=a.turn_carry if task in TWO_OBJECT_TASKS else 0,
                             shift_cell=a.shift_cell, shift_radius=a.shift_radius, detour=a.detour,
-                            hand_view=tuple(int(k) for k in a.hand_view.split(",") if k.strip()),
+                            hand_view=a.hand_view,
                             **({"val_fraction": 0.0, "keep": "last"} if a.few_demos_whole and n < a.demos else {}))
         job = FinetuneJob(subset, work / "checkpoints" / name, base, fc)
         ft = job.run(bar=True)

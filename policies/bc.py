@@ -172,16 +172,13 @@ class WindowSampler:
         self.v = [e.visual if isinstance(e.visual, LazyVisual) else np.asarray(e.visual, np.float32)
                   for e in episodes]
         self.lazy = any(isinstance(v, LazyVisual) for v in self.v)
+        if self.lazy and (hand_view or embed is not None):
+            what = "the hand's view" if hand_view else "a frozen encoder's embeddings"
+            raise PolicyError(f"{what}: computed up front, so the episodes must be in memory (no visual cache)")
         if hand_view:
-            if self.lazy:
-                raise PolicyError("the hand's view is computed up front: it needs the episodes in memory "
-                                  "(no visual cache)")
             self.v = [network_visual(v, e.q, hand_view) for v, e in zip(self.v, episodes)]
         self.embedded = embed is not None
         if embed is not None:
-            if self.lazy:
-                raise PolicyError("a frozen encoder's embeddings are computed up front: they need the episodes "
-                                  "in memory (no visual cache)")
             self.v = [np.asarray(embed(v), np.float32) for v in self.v]
         #: [J] std of the proprio noise in the network's input units (None: ``cfg.proprio_noise`` applies)
         self.noise = None if spec is None else (spec.noise_std() / spec.proprio_std).astype(np.float32)

@@ -48,7 +48,7 @@ from policies.action import ActionSpec
 from policies.bc import (Episode, TrainConfig, WeightAverage, WindowSampler, bc_loss, bc_step, mirror_episode,
                         open_loop_error, validation_loss)
 from policies.checkpoint import META_FILE, _sha256, load_checkpoint, save_checkpoint
-from policies.errors import PolicyError
+from policies.errors import CheckpointError, PolicyError
 from policies.hop import HopArchitecture, HopPolicy
 from policies.schema import PolicySchema
 from robot_runtime import description as D
@@ -337,13 +337,13 @@ class FinetuneJob:
                                         proprio_steps=self.cfg.proprio_steps)
         if self.cfg.hand_view:
             view = tuple(int(k) for k in self.cfg.hand_view)
-            if self.arch.visual != "pointcloud" or min(view) < 1 or max(view) > self.arch.num_points:
-                raise FinetuneError(f"hand_view {list(view)}: needs point-cloud input and counts of points from 1 to "
-                                    f"{self.arch.num_points}")
             if self.base is not None and self.base.arch.hand_view and self.base.arch.hand_view != view:
                 raise FinetuneError(f"hand_view {list(view)}: the base {self.base.path} has another, "
                                     f"{list(self.base.arch.hand_view)}")
-            self.arch = replace(self.arch, hand_view=view)
+            try:   # the architecture's own checks (point-cloud input, counts within the points)
+                self.arch = HopArchitecture.from_dict({**self.arch.to_dict(), "hand_view": list(view)})
+            except CheckpointError as exc:
+                raise FinetuneError(str(exc)) from None
         rate = float(metas[used[0]].get("rate_hz", self.schema.policy_hz))
         if abs(rate - self.schema.policy_hz) > 1e-6:
             raise FinetuneError(f"{used[0]}: recorded at {rate:g} Hz, the checkpoint runs at {self.schema.policy_hz:g} Hz")

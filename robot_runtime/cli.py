@@ -235,7 +235,7 @@ def promote_checkpoint(checkpoint, timeout: float = 60.0) -> tuple[bool, str]:
         rclpy.shutdown(context=context)
 
 
-def _counts(text: str) -> tuple[int, ...]:
+def parse_counts(text: str) -> tuple[int, ...]:
     """'4,16' -> (4, 16): positive whole numbers, comma-separated (an argparse type)."""
     try:
         out = tuple(int(x) for x in text.split(",") if x.strip())
@@ -648,7 +648,7 @@ def _train_parser(sub, name: str) -> None:
                         "back from an approach that ends off)")
     p.add_argument("--detour-radius", type=float, metavar="M",
                    help="--detour: the largest offset across the table (default 0.04 m; half of it up or down)")
-    p.add_argument("--hand-view", type=_counts, default=(), metavar="K[,K...]",
+    p.add_argument("--hand-view", type=parse_counts, default=(), metavar="K[,K...]",
                    help="give the network the hand's view: for each K, the mean of the K cloud points nearest "
                         "the palm, in the palm's frame (point clouds; e.g. 4,16)")
     p.add_argument("--eval-every", type=int, help="steps between open-loop checks on the held-out demos (default 250)")
