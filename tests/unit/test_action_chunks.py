@@ -260,10 +260,12 @@ def _placement_episodes(n=8, steps=12, seed=0):
     return eps
 
 
-def test_a_move_set_by_the_object_position_is_read_from_the_point_cloud():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_move_set_by_the_object_position_is_read_from_the_point_cloud(precision):
     """The object's place, 10 cm from one demo to the next, reaches the network: standardised points
     and GPT-2's small position table (a raw 100-point cloud under torch's N(0, 1) table gave the
-    twin's policies a visual token whose spread between demos was 2-4% of the token)."""
+    twin's policies a visual token whose spread between demos was 2-4% of the token). A forward
+    pass in bf16 (what finetuning runs where the hardware has it) learns it as well."""
     import torch   # noqa: PLC0415
 
     from policies.bc import TrainConfig, WindowSampler, bc_step, open_loop_error   # noqa: PLC0415
@@ -278,7 +280,8 @@ def test_a_move_set_by_the_object_position_is_read_from_the_point_cloud():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     model = HopPolicy(HopArchitecture(visual="pointcloud", **SMALL, **point_statistics(eps)))
-    cfg = TrainConfig(steps=300, batch=16, lr=1e-3, weight_decay=0.0, warmup=10, run=1, loss="mse", loss_on="last")
+    cfg = TrainConfig(steps=300, batch=16, lr=1e-3, weight_decay=0.0, warmup=10, run=1, loss="mse", loss_on="last",
+                      precision=precision)
     sampler = WindowSampler(eps, schema, D.ALL_JOINTS)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(0)
@@ -286,6 +289,43 @@ def test_a_move_set_by_the_object_position_is_read_from_the_point_cloud():
         bc_step(model, opt, sampler, rng, cfg, step=step)
     err = open_loop_error(model, schema, eps, D.ALL_JOINTS, every=1)
     assert err["per_joint"][0] < 0.2 * spread, (err["per_joint"][0], spread)
+
+
+def test_the_last_step_loss_is_the_trunks_last_prediction_and_bf16_stays_within_its_rounding():
+    """``loss_on='last'`` computes the last token alone through the final block: the same loss as
+    the whole trunk's last prediction. A bf16 forward pass gives that loss within bf16's rounding
+    and a gradient pointing the same way; 'auto' is bf16 exactly where the CPU has AMX bf16, and
+    an unknown precision is refused by name."""
+    import torch   # noqa: PLC0415
+
+    from policies.bc import autocast, bc_loss, training_precision   # noqa: PLC0415
+    from policies.errors import PolicyError   # noqa: PLC0415
+    from policies.hop import HopArchitecture, HopPolicy   # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = HopPolicy(HopArchitecture(visual="depth", depth_size=SMALL_DEPTH.shape, hidden=64, layers=2, heads=2,
+                                      inner=128, chunk=3))
+    b, t, a = 6, 8, model.arch.action_dim * 3
+    proprio, emb = torch.randn(b, t, 23), torch.randn(b * t, 64)
+    index, actions = torch.arange(b * t).reshape(b, t), torch.randn(b, t, a)
+    whole = (model.trunk(proprio, emb[index])[0][:, -1] - actions[:, -1]).pow(2).mean()
+    loss = bc_loss(model, proprio, emb, index, actions, embedded=True, loss="mse", loss_on="last")
+    assert abs(loss.item() - whole.item()) < 1e-5 * whole.item()
+
+    def grad(precision):
+        model.zero_grad()
+        with autocast(precision, "cpu"):
+            out = bc_loss(model, proprio, emb, index, actions, embedded=True, loss="mse", loss_on="last")
+        out.backward()
+        return out.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    (l32, g32), (l16, g16) = grad("fp32"), grad("bf16")
+    assert abs(l16 - l32) < 0.02 * l32, (l16, l32)
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
+    amx = bool(torch.cpu.get_capabilities().get("amx_bf16"))
+    assert training_precision("auto", "cpu") == ("bf16" if amx else "fp32")
+    assert training_precision("fp32", "cpu") == "fp32" and training_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(PolicyError, match="'fp16'"):
+        training_precision("fp16", "cpu")
 
 
 def test_a_mirrored_demo_is_the_demo_in_the_cell_mirrored_across_the_base_x_z_plane():

@@ -165,6 +165,9 @@ def test_the_checkpoint_holds_the_weights_the_keep_rule_names(demos, tmp_path):
     assert all(torch.equal(ck.state[k], st["best"]["state"][k].cpu()) for k in ck.state)
     with pytest.raises(FinetuneError, match="keep 'newest'"):
         FinetuneJob(demos, tmp_path / "bad", None, _cfg(keep="newest"))
+    with pytest.raises(FinetuneError, match="precision 'fp16'"):
+        FinetuneJob(demos, tmp_path / "bad", None, _cfg(precision="fp16"))
+    assert ck.provenance["device"].endswith(("fp32", "bf16"))
 
 
 def test_bad_datasets_give_clear_errors(demos, tmp_path):
