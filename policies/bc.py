@@ -359,8 +359,8 @@ class WeightAverage:
     def update(self, model: HopPolicy) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))   # short memory while young
-        for pe, p in zip(self.model.parameters(), model.parameters()):
-            pe.lerp_(p.detach(), 1.0 - d)
+        pairs = [(pe, p.detach()) for pe, p in zip(self.model.parameters(), model.parameters())]
+        torch._foreach_lerp_([pe for pe, _ in pairs], [p for _, p in pairs], 1.0 - d)   # one call, every tensor
         for be, b in zip(self.model.buffers(), model.buffers()):
             be.copy_(b)
 

@@ -532,7 +532,7 @@ class FinetuneJob:
                 return np.concatenate(out)
             embed = frozen_embeddings
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, foreach=True)   # one kernel per op, not per tensor
         ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
         start, losses, vals = 0, [], []
         best = {"step": 0, "error": float("inf"), "state": None, "history": []}
