@@ -7,47 +7,61 @@ For each task (grasp & lift over the twin's four objects, grasp & drop, grasp & 
    through the recorder's own EpisodeRecorder (:mod:`robot_runtime.twin.rollout`), and run
    the demo audit on them (:mod:`robot_runtime.data.audit`);
 2. finetune (:class:`policies.finetune.FinetuneJob`, the few-shot recipe: chunks of
-   arm-relative, hand-absolute targets, warm-up and cosine LR, EMA, best open-loop error on
-   held-out demos) from scratch and from the project's prior (``--prior``, default
-   ``policies/checkpoints/twin_prior``, its visual encoder frozen), on all the demos and, for
-   the curve of success against demos, on 5 (lift, drop) and 10 (lift) of them (with ``cover``
-   the ones that cover the table best, else the first by seed);
+   arm-relative, hand-absolute targets, warm-up and cosine LR, EMA, the forward pass in bf16
+   where the hardware has it) from the project's prior (``--prior``, default
+   ``policies/checkpoints/twin_prior``, its visual encoder frozen) on all the demos: the runs
+   named by the task (``grasp_lift``, ``grasp_drop``, ``grasp_pour``; the JSON also carries
+   them as ``*_with_prior``); and for the prior's gain and the curve of success against demos,
+   on 5 (lift, drop: from scratch and from the prior) and 10 (lift, from the prior) of them (with
+   ``cover`` the ones that cover the table best, else the first by seed);
 3. evaluate ``--rollouts`` rollouts of each result on new placements (seeds 10000 ..):
    success from ground-truth object poses, with a 95% Wilson interval, and per rollout the
    closest approach to the object and the lift height;
-4. diagnostics of each 15-demo run (:func:`policies.diagnostics.diagnose`): the open-loop
+4. diagnostics of each all-demo run (:func:`policies.diagnostics.diagnose`): the open-loop
    error per joint and per chunk row against the demo step, success on the demos' own
    placements, a replay of a demo's recorded commands, and a picture of a failed rollout's
    targets against its demo; a success-against-demos plot; with ``--handover N``, which phase
    fails (:func:`policies.diagnostics.phase_handover`).
 
-Everything on (the default, 12 runs) takes well over the 40 minutes the project allows a
-benchmark on a 2-core CPU: a run from scratch takes about 6 minutes with its evaluation, one
-from the prior about 4, and each 15-demo run 2 more for its diagnostics. ``--runs`` picks some
-(the measured subsets and their times are in the README).
+Everything on, the default (the 8 runs of :data:`DEFAULT_RUNS`, the recipe below), is meant to
+take at most the 40 minutes the project allows a benchmark on a 2-core CPU; the README gives the
+measured time. On a 2-core Xeon with AMX a run from the prior takes about 3 minutes to finetune
+and 1 to evaluate, one from scratch on 5 demos about 2 and 1, each all-demo run 1 more for its
+diagnostics; on a CPU without bf16 hardware the finetuning takes about twice as long.
+``--runs all`` adds the all-demo runs from scratch (``*_scratch``) and lift on 10 from scratch
+(about 12 minutes more); ``--runs`` names some.
 Recording and evaluation run in ``--workers`` processes; finetuning uses every core.
 
-With ``--mirror`` each task's first demos are replayed mirrored across the base's x-z plane on
-mirrored placements, and a task whose mirrored replays all succeed trains on its demos and their
-mirror images (:func:`policies.bc.mirror_episode`); on the twin that is grasp & drop and grasp &
-lift (top grasps), not grasp & pour (the right hand's side grasp, mirrored, does not hold). A task
-whose mirror images fail is checked the same way with its demos mirrored keeping the hand
-(:func:`policies.augment.mirrored_keeping_the_hand`: the objects mirrored, the right hand's grasp
-kept) and trains on those when they all succeed: grasp & pour.
-With ``--move-others N`` the runs of the tasks with a second object (drop, pour) also train on N
-copies of each demo's approach with that object moved, and with ``--turn-carry N`` on N copies of
-each demo from its grasp on with the cell turned about joint 1, and with ``--shift-cell N`` every
-task on N copies of each demo with the objects moved across the table and the arm's path bent
-onto them, and with ``--detour N`` every task on N copies of each demo whose approach arrives off
-and homes in on the object (:mod:`policies.augment`). With ``--hand-view K[,K...]`` every policy
-also sees, for each K, the mean of the K cloud points nearest its palm, in the palm's frame
-(:mod:`policies.hand_view`). With ``--few-demos-whole`` the runs on 5 and 10 demos train on all
-of them and keep the last weights (by default one demo is held out to pick the weights by, which
-leaves 4 of 5 to learn from).
+The recipe, on by default:
 
-    python -m bench.fewshot [--demos 15] [--rollouts 20] [--steps 900] [--runs grasp_lift,grasp_drop] [--mirror]
-                            [--move-others 3] [--turn-carry 2] [--shift-cell 3] [--shift-radius 0.05]
-                            [--detour 3] [--hand-view 4,16] [--few-demos-whole]
+- ``--mirror``: each task's first demos are replayed mirrored across the base's x-z plane on
+  mirrored placements, and a task whose mirrored replays all succeed trains on its demos and
+  their mirror images (:func:`policies.bc.mirror_episode`); on the twin that is grasp & drop and
+  grasp & lift (top grasps), not grasp & pour (the right hand's side grasp, mirrored, does not
+  hold). A task whose mirror images fail is checked the same way with its demos mirrored keeping
+  the hand (:func:`policies.augment.mirrored_keeping_the_hand`: the objects mirrored, the right
+  hand's grasp kept) and trains on those when they all succeed: grasp & pour.
+- ``--move-others 3`` and ``--turn-carry 2``: the runs of the tasks with a second object (drop,
+  pour) also train on 3 copies of each demo's approach with that object moved, and on 2 copies
+  of each demo from its grasp on with the cell turned about joint 1 (:mod:`policies.augment`).
+- ``--hand-view 4,16`` on ``--hand-view-tasks grasp_pour``: pour's policies also see the means
+  of the 4 and the 16 cloud points nearest the palm, in the palm's frame
+  (:mod:`policies.hand_view`); drop's and lift's do not (it cost them in the README's ladder).
+- ``--prior-steps 5000`` steps from the prior, ``--steps 800`` from scratch, batch 32.
+- every run trains on all its demos and keeps the last weights (the EMA's). ``--hold-out``
+  holds one demo of each run out and keeps the weights with the lowest open-loop error on it
+  (finetune's default), which leaves 4 of 5 to learn from and, on one held-out demo, does not
+  rank closed-loop success (README ladder rungs 28-29, 35, 36).
+
+Off by default: ``--shift-cell N`` (every task on N copies of each demo with the objects moved
+across the table and the arm's path bent onto them) and ``--detour N`` (copies whose approach
+arrives off and homes in on the object); ``--no-mirror``, ``--move-others 0``, ``--turn-carry 0``,
+``--hand-view-tasks none`` turn the recipe's parts off.
+
+    python -m bench.fewshot [--demos 15] [--rollouts 20] [--runs all | grasp_lift,grasp_drop,...]
+                            [--steps 800] [--prior-steps 5000] [--no-mirror] [--move-others 3]
+                            [--turn-carry 2] [--hand-view 4,16] [--hand-view-tasks grasp_pour]
+                            [--hold-out] [--shift-cell 3] [--detour 3] [--precision auto]
 """
 from __future__ import annotations
 
@@ -63,7 +77,8 @@ from bench.common import machine, require, write
 from policies.checkpoint import load_checkpoint
 from policies.diagnostics import diagnose, phase_handover, plot_success_against_demos, rollout_summary
 from policies.evaluate import evaluate, replay_commands
-from policies.finetune import FinetuneConfig, FinetuneJob
+from policies.bc import training_precision
+from policies.finetune import FinetuneConfig, FinetuneJob, pick_device
 from policies.make_twin_checkpoint import DEMO_SEED0, EVAL_SEED0, PRIOR, load_twin_config
 from robot_runtime.cli import parse_counts
 from robot_runtime.data.audit import audit_folder
@@ -79,14 +94,54 @@ MIRROR_CHECKS = 3
 
 
 def plan_runs(demos: int, prior: str) -> list[tuple[str, str, int, str | None]]:
-    """(name, task, demos, base) of every run, in the order they run."""
-    runs = [(t, t, demos, None) for t in TASKS]
-    runs += [(f"{t}_with_prior", t, demos, prior) for t in TASKS]
+    """(name, task, demos, base) of every run the benchmark knows, in the order they run: each task
+    on all the demos from the prior (the recipe's base; named by the task) and from scratch, and
+    lift and drop on 5, lift on 10, from scratch and from the prior."""
+    runs = [(t, t, demos, prior) for t in TASKS]
+    runs += [(f"{t}_scratch", t, demos, None) for t in TASKS]
     for n, tasks in ((5, ("grasp_lift", "grasp_drop")), (10, ("grasp_lift",))):
         if n < demos:
             for t in tasks:
                 runs += [(f"{t}_{n}demos", t, n, None), (f"{t}_{n}demos_with_prior", t, n, prior)]
     return runs
+
+
+#: the runs a plain ``python -m bench.fewshot`` makes: everything the issue's targets are measured on
+DEFAULT_RUNS = ("grasp_lift", "grasp_drop", "grasp_pour", "grasp_lift_5demos", "grasp_lift_5demos_with_prior",
+                "grasp_drop_5demos", "grasp_drop_5demos_with_prior", "grasp_lift_10demos_with_prior")
+#: names of the all-demo runs from the prior that the JSON also carries (the same run as the task's key)
+WITH_PRIOR = {f"{t}_with_prior": t for t in TASKS}
+
+
+def pick_runs(runs: list[tuple[str, str, int, str | None]], wanted: str) -> list[tuple[str, str, int, str | None]]:
+    """The runs ``--runs`` names ('' : :data:`DEFAULT_RUNS`; 'all': every one), in plan order.
+
+    Raises:
+        SystemExit: a name is not a run (the message lists the known ones).
+    """
+    if wanted.strip() == "all":
+        return runs
+    names = [WITH_PRIOR.get(r.strip(), r.strip()) for r in wanted.split(",") if r.strip()] or list(DEFAULT_RUNS)
+    known = {r[0] for r in runs}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise SystemExit(f"bench.fewshot: unknown runs {unknown}; known: {[r[0] for r in runs]} (or 'all')")
+    return [r for r in runs if r[0] in names]
+
+
+def hand_view_tasks(text: str) -> tuple[str, ...]:
+    """``--hand-view-tasks``: the tasks named (comma-separated), every one ('all') or none ('none', '').
+
+    Raises:
+        SystemExit: a name is not a task.
+    """
+    if text.strip() in ("all", "none", ""):
+        return TASKS if text.strip() == "all" else ()
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = sorted(set(names) - set(TASKS))
+    if unknown:
+        raise SystemExit(f"bench.fewshot: --hand-view-tasks: unknown tasks {unknown}; known: {list(TASKS)}")
+    return names
 
 
 def main(argv=None) -> int:
@@ -99,21 +154,24 @@ def main(argv=None) -> int:
                          "ones of them that cover best)")
     ap.add_argument("--rollouts", type=int, default=20)
     ap.add_argument("--steps", type=int, default=800, help="finetuning steps of a run from scratch")
-    ap.add_argument("--prior-steps", type=int, default=1500, help="finetuning steps of a run from the prior "
+    ap.add_argument("--prior-steps", type=int, default=5000, help="finetuning steps of a run from the prior "
                                                                   "(its visual encoder frozen)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--prior", default=str(PRIOR), help="checkpoint to finetune from (default: %(default)s)")
-    ap.add_argument("--runs", default="", help="comma-separated run names (default: all; see plan_runs)")
+    ap.add_argument("--runs", default="", help="comma-separated run names, or 'all' (default: DEFAULT_RUNS; see "
+                                               "plan_runs)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="the training forward pass (finetune --precision; auto: bf16 where the hardware has it)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--workers", type=int, default=2, help="processes recording demos and running rollouts")
     ap.add_argument("--keep", help="keep demos, checkpoints and rollouts in this folder")
-    ap.add_argument("--mirror", action="store_true",
+    ap.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
                     help="train on each demo and its mirror image (finetune --mirror) for every task whose "
                          f"first {MIRROR_CHECKS} demos, mirrored, still do the task when replayed")
-    ap.add_argument("--move-others", type=int, default=0, metavar="N",
+    ap.add_argument("--move-others", type=int, default=3, metavar="N",
                     help="train on N copies of each demo's approach with the other objects moved "
                          "(finetune --move-others) for the tasks with a second object")
-    ap.add_argument("--turn-carry", type=int, default=0, metavar="N",
+    ap.add_argument("--turn-carry", type=int, default=2, metavar="N",
                     help="train on N copies of each demo from its grasp on, the cell turned about joint 1 "
                          "(finetune --turn-carry), for the tasks with a second object")
     ap.add_argument("--shift-cell", type=int, default=0, metavar="N",
@@ -124,27 +182,26 @@ def main(argv=None) -> int:
     ap.add_argument("--detour", type=int, default=0, metavar="N",
                     help="train on N copies of each demo whose approach arrives off and homes in on the object "
                          "(finetune --detour), for every task")
-    ap.add_argument("--hand-view", type=parse_counts, default=(), metavar="K[,K...]",
-                    help="give every policy the hand's view (finetune --hand-view), e.g. 4,16")
-    ap.add_argument("--few-demos-whole", action="store_true",
-                    help="the runs on fewer demos (5, 10) train on all of them and keep the last weights, holding "
-                         "none out to pick weights by (a lab with 5 demos keeps them all)")
+    ap.add_argument("--hand-view", type=parse_counts, default=(4, 16), metavar="K[,K...]",
+                    help="the hand's view (finetune --hand-view) of the --hand-view-tasks' policies (default 4,16)")
+    ap.add_argument("--hand-view-tasks", default="grasp_pour", metavar="TASK[,TASK...]",
+                    help="the tasks whose policies get the hand's view: comma-separated, 'all' or 'none' "
+                         "(default %(default)s: it helps the side grasp and costs drop and lift)")
+    ap.add_argument("--hold-out", action="store_true",
+                    help="every run holds one of its demos out and keeps the weights with the lowest open-loop error "
+                         "on it (finetune's default); without it, the default, every run trains on all its demos and "
+                         "keeps the last weights")
     ap.add_argument("--handover", type=int, default=0, metavar="N",
                     help="diagnostics of each full-demo run also say which phase fails: N new placements with the "
                          "scripted expert driving until each phase begins, the policy from there")
     a = ap.parse_args(argv)
+    view_tasks = hand_view_tasks(a.hand_view_tasks)
     cfg = load_twin_config(REPO / "config" / "sim.yaml")
     prior = a.prior
     spec = load_checkpoint(prior).schema.visual   # one preprocessing for every run, the prior's
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="fewshot_"))
     t_start = time.monotonic()
-    runs = plan_runs(a.demos, prior)
-    if a.runs:
-        wanted = [r.strip() for r in a.runs.split(",") if r.strip()]
-        unknown = sorted(set(wanted) - {r[0] for r in runs})
-        if unknown:
-            raise SystemExit(f"bench.fewshot: unknown runs {unknown}; known: {[r[0] for r in runs]}")
-        runs = [r for r in runs if r[0] in wanted]
+    runs = pick_runs(plan_runs(a.demos, prior), a.runs)
     result: dict = {"config": vars(a) | {"prior": prior}}
     demos: dict[str, dict] = {}
     for task in sorted({r[1] for r in runs}, key=TASKS.index):
@@ -196,8 +253,8 @@ def main(argv=None) -> int:
                             move_others=a.move_others if task in TWO_OBJECT_TASKS else 0,
                             turn_carry=a.turn_carry if task in TWO_OBJECT_TASKS else 0,
                             shift_cell=a.shift_cell, shift_radius=a.shift_radius, detour=a.detour,
-                            hand_view=a.hand_view,
-                            **({"val_fraction": 0.0, "keep": "last"} if a.few_demos_whole and n < a.demos else {}))
+                            hand_view=a.hand_view if task in view_tasks else (), precision=a.precision,
+                            **({} if a.hold_out else {"val_fraction": 0.0, "keep": "last"}))
         job = FinetuneJob(subset, work / "checkpoints" / name, base, fc)
         ft = job.run(bar=True)
         rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0, work / "rollouts" / name, workers=a.workers)
@@ -208,7 +265,8 @@ def main(argv=None) -> int:
              "selected_step": kept["step"], "open_loop_error_rad": kept["open_loop_error_rad"],
              "mirror": fc.mirror, "mirror_keep_hand": fc.mirror_keep_hand, "move_others": fc.move_others,
              "turn_carry": fc.turn_carry, "shift_cell": fc.shift_cell, "shift_radius": fc.shift_radius,
-             "detour": fc.detour, "hand_view": list(fc.hand_view), "held_out": fc.val_fraction > 0}
+             "detour": fc.detour, "hand_view": list(fc.hand_view), "held_out": fc.val_fraction > 0,
+             "precision": training_precision(fc.precision, pick_device(fc.device))}
         if n == a.demos:
             r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,
                                         rollouts=min(10, a.rollouts), workers=a.workers)
@@ -217,6 +275,9 @@ def main(argv=None) -> int:
                                                               workers=a.workers)
         result[name] = r
         print(rep.line(), flush=True)
+    for alias, name in WITH_PRIOR.items():   # BENCH.md's keys for the all-demo runs from the prior
+        if name in result:
+            result[alias] = {**result[name], "same_run_as": name}
     curves: dict[str, dict] = {}
     for name, task, n, base in runs:
         curves.setdefault(f"{task}, {'prior' if base else 'scratch'}", {})[result[name]["demos"]] = \
