@@ -48,10 +48,10 @@ The recipe, on by default:
   of the 4 and the 16 cloud points nearest the palm, in the palm's frame
   (:mod:`policies.hand_view`); drop's and lift's do not (it cost them in the README's ladder).
 - ``--prior-steps 5000`` steps from the prior, ``--steps 800`` from scratch, batch 32.
-- every run trains on all its demos and keeps the last weights (the EMA's). ``--hold-out``
-  holds one demo of each run out and keeps the weights with the lowest open-loop error on it
-  (finetune's default), which leaves 4 of 5 to learn from and, on one held-out demo, does not
-  rank closed-loop success (README ladder rungs 28-29, 35, 36).
+- the all-demo runs hold one demo out and keep the weights with the lowest open-loop error on it
+  among the evaluations of the job's second half (finetune's default); ``--few-demos-whole``:
+  the runs on 5 and 10 demos train on all of them and keep the last weights
+  (``--no-few-demos-whole`` holds one out as well, which leaves 4 of 5 to learn from).
 
 Off by default: ``--shift-cell N`` (every task on N copies of each demo with the objects moved
 across the table and the arm's path bent onto them) and ``--detour N`` (copies whose approach
@@ -61,7 +61,7 @@ arrives off and homes in on the object); ``--no-mirror``, ``--move-others 0``, `
     python -m bench.fewshot [--demos 15] [--rollouts 20] [--runs all | grasp_lift,grasp_drop,...]
                             [--steps 800] [--prior-steps 5000] [--no-mirror] [--move-others 3]
                             [--turn-carry 2] [--hand-view 4,16] [--hand-view-tasks grasp_pour]
-                            [--hold-out] [--shift-cell 3] [--detour 3] [--precision auto]
+                            [--no-few-demos-whole] [--shift-cell 3] [--detour 3] [--precision auto]
 """
 from __future__ import annotations
 
@@ -187,10 +187,9 @@ def main(argv=None) -> int:
     ap.add_argument("--hand-view-tasks", default="grasp_pour", metavar="TASK[,TASK...]",
                     help="the tasks whose policies get the hand's view: comma-separated, 'all' or 'none' "
                          "(default %(default)s: it helps the side grasp and costs drop and lift)")
-    ap.add_argument("--hold-out", action="store_true",
-                    help="every run holds one of its demos out and keeps the weights with the lowest open-loop error "
-                         "on it (finetune's default); without it, the default, every run trains on all its demos and "
-                         "keeps the last weights")
+    ap.add_argument("--few-demos-whole", action=argparse.BooleanOptionalAction, default=True,
+                    help="the runs on fewer demos (5, 10) train on all of them and keep the last weights, holding "
+                         "none out to pick weights by (a lab with 5 demos keeps them all; the default)")
     ap.add_argument("--handover", type=int, default=0, metavar="N",
                     help="diagnostics of each full-demo run also say which phase fails: N new placements with the "
                          "scripted expert driving until each phase begins, the policy from there")
@@ -254,7 +253,7 @@ def main(argv=None) -> int:
                             turn_carry=a.turn_carry if task in TWO_OBJECT_TASKS else 0,
                             shift_cell=a.shift_cell, shift_radius=a.shift_radius, detour=a.detour,
                             hand_view=a.hand_view if task in view_tasks else (), precision=a.precision,
-                            **({} if a.hold_out else {"val_fraction": 0.0, "keep": "last"}))
+                            **({"val_fraction": 0.0, "keep": "last"} if a.few_demos_whole and n < a.demos else {}))
         job = FinetuneJob(subset, work / "checkpoints" / name, base, fc)
         ft = job.run(bar=True)
         rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0, work / "rollouts" / name, workers=a.workers)

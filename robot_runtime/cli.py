@@ -252,7 +252,7 @@ def _cmd_finetune(args) -> int:
     from robot_runtime.config import load_config
 
     extra = {k: v for k, v in (("lr", args.lr), ("chunk", args.chunk), ("eval_every", args.eval_every),
-                               ("keep", args.keep), ("precision", args.precision),
+                               ("keep", args.keep), ("precision", args.precision), ("select_after", args.select_after),
                                ("noise_arm", args.noise_arm), ("noise_hand", args.noise_hand),
                                ("shift_radius", args.shift_radius), ("detour_radius", args.detour_radius))
              if v is not None}
@@ -655,6 +655,9 @@ def _train_parser(sub, name: str) -> None:
     p.add_argument("--keep", choices=["lowest_error", "last"],
                    help="the weights saved: those with the lowest open-loop error on the held-out demos at a check, "
                         "or the last (the EMA's) (default: lowest_error)")
+    p.add_argument("--select-after", type=float, metavar="SHARE",
+                   help="with --keep lowest_error, only checks at or after this share of the steps are candidates "
+                        "(default 0.5; the last always is)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="the training forward pass: bf16 (fp32 weights and optimizer) or fp32; auto, the default, "
                         "is bf16 where the CPU (AMX) or GPU multiplies bf16 in hardware")

@@ -160,11 +160,13 @@ def test_the_checkpoint_holds_the_weights_the_keep_rule_names(demos, tmp_path):
     ck, st = runs["lowest_error"]
     history = ck.provenance["open_loop_history"]
     assert [h[0] for h in history] == [5, 10, 15, 20, 25, 30]
-    best = min(history, key=lambda h: h[1])
+    best = min((h for h in history if h[0] >= 15), key=lambda h: h[1])   # select_after 0.5 of 30 steps
     assert ck.provenance["selected"]["step"] == best[0] == st["best"]["step"]
     assert all(torch.equal(ck.state[k], st["best"]["state"][k].cpu()) for k in ck.state)
     with pytest.raises(FinetuneError, match="keep 'newest'"):
         FinetuneJob(demos, tmp_path / "bad", None, _cfg(keep="newest"))
+    with pytest.raises(FinetuneError, match="select_after 1.5"):
+        FinetuneJob(demos, tmp_path / "bad", None, _cfg(select_after=1.5))
     with pytest.raises(FinetuneError, match="precision 'fp16'"):
         FinetuneJob(demos, tmp_path / "bad", None, _cfg(precision="fp16"))
     assert ck.provenance["device"].endswith(("fp32", "bf16"))
