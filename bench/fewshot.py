@@ -12,8 +12,9 @@ For each task (grasp & lift over the twin's four objects, grasp & drop, grasp & 
    ``policies/checkpoints/twin_prior``, its visual encoder frozen) on all the demos: the runs
    named by the task (``grasp_lift``, ``grasp_drop``, ``grasp_pour``; the JSON also carries
    them as ``*_with_prior``); and for the prior's gain and the curve of success against demos,
-   on 5 (lift, drop: from scratch and from the prior) and 10 (lift, from the prior) of them (with
-   ``cover`` the ones that cover the table best, else the first by seed);
+   on 5 of them (lift, drop: from scratch and from the prior) and, with ``--runs all``, on 10
+   (lift) and all from scratch (with ``cover`` the ones that cover the table best, else the
+   first by seed);
 3. evaluate ``--rollouts`` rollouts of each result on new placements (seeds 10000 ..):
    success from ground-truth object poses, with a 95% Wilson interval, and per rollout the
    closest approach to the object and the lift height;
@@ -23,13 +24,13 @@ For each task (grasp & lift over the twin's four objects, grasp & drop, grasp & 
    targets against its demo; a success-against-demos plot; with ``--handover N``, which phase
    fails (:func:`policies.diagnostics.phase_handover`).
 
-Everything on, the default (the 8 runs of :data:`DEFAULT_RUNS`, the recipe below), is meant to
+Everything on, the default (the 7 runs of :data:`DEFAULT_RUNS`, the recipe below), is meant to
 take at most the 40 minutes the project allows a benchmark on a 2-core CPU; the README gives the
 measured time. On a 2-core Xeon with AMX a run from the prior takes about 3 minutes to finetune
 and 1 to evaluate, one from scratch on 5 demos about 2 and 1, each all-demo run 1 more for its
 diagnostics; on a CPU without bf16 hardware the finetuning takes about twice as long.
 ``--runs all`` adds the all-demo runs from scratch (``*_scratch``) and lift on 10 from scratch
-(about 12 minutes more); ``--runs`` names some.
+and from the prior (about 25 minutes more); ``--runs`` names some.
 Recording and evaluation run in ``--workers`` processes; finetuning uses every core.
 
 The recipe, on by default:
@@ -108,7 +109,7 @@ def plan_runs(demos: int, prior: str) -> list[tuple[str, str, int, str | None]]:
 
 #: the runs a plain ``python -m bench.fewshot`` makes: everything the issue's targets are measured on
 DEFAULT_RUNS = ("grasp_lift", "grasp_drop", "grasp_pour", "grasp_lift_5demos", "grasp_lift_5demos_with_prior",
-                "grasp_drop_5demos", "grasp_drop_5demos_with_prior", "grasp_lift_10demos_with_prior")
+                "grasp_drop_5demos", "grasp_drop_5demos_with_prior")
 #: names of the all-demo runs from the prior that the JSON also carries (the same run as the task's key)
 WITH_PRIOR = {f"{t}_with_prior": t for t in TASKS}
 
@@ -127,6 +128,27 @@ def pick_runs(runs: list[tuple[str, str, int, str | None]], wanted: str) -> list
     if unknown:
         raise SystemExit(f"bench.fewshot: unknown runs {unknown}; known: {[r[0] for r in runs]} (or 'all')")
     return [r for r in runs if r[0] in names]
+
+
+def link_demos(files: list[Path], folder: Path) -> list[Path]:
+    """Link ``files`` into ``folder``, one link each: the recording workers each write their own
+    ``seeds_<first seed>`` folder and their files' names (time and index) can be the same, so a
+    link is named by its folder and its name.
+
+    Raises:
+        RuntimeError: the folder does not end up holding exactly these files.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    links = []
+    for f in files:
+        link = folder / f"{f.parent.name}_{f.name}"
+        if not link.exists():
+            link.symlink_to(f.resolve())
+        links.append(link)
+    held = sorted(p.resolve() for p in folder.iterdir())
+    if held != sorted(f.resolve() for f in files):
+        raise RuntimeError(f"{folder}: holds {len(held)} demos, expected the {len(files)} linked")
+    return links
 
 
 def hand_view_tasks(text: str) -> tuple[str, ...]:
@@ -236,13 +258,9 @@ def main(argv=None) -> int:
     for name, task, n, base in runs:
         subset = work / "demos" / f"{task}_{n}"
         if n < demos[task]["ok"]:      # n of the demos, as a lab with fewer demos would have
-            subset.mkdir(parents=True, exist_ok=True)
             keep = set(covering_seeds(task, n, among=demos[task]["seeds"])) if a.demo_placements == "cover" \
                 else set(demos[task]["seeds"][:n])
-            for f in (f for f, sd in zip(demos[task]["files"], demos[task]["seeds"]) if sd in keep):
-                link = subset / f.name
-                if not link.exists():
-                    link.symlink_to(f.resolve())
+            link_demos([f for f, sd in zip(demos[task]["files"], demos[task]["seeds"]) if sd in keep], subset)
         else:
             subset = demos[task]["dir"]
         fc = FinetuneConfig(steps=a.prior_steps if base else a.steps, batch=a.batch,
@@ -258,7 +276,7 @@ def main(argv=None) -> int:
         ft = job.run(bar=True)
         rep = evaluate(cfg, ft.checkpoint, task, a.rollouts, EVAL_SEED0, work / "rollouts" / name, workers=a.workers)
         kept = job.selected()
-        r = {**rollout_summary(rep), "demos": min(n, demos[task]["ok"]), "finetune_s": round(ft.seconds, 1),
+        r = {**rollout_summary(rep), "demos": len(job.episodes), "finetune_s": round(ft.seconds, 1),
              "steps": fc.steps, "train_loss": round(ft.train_loss, 4),
              "val_loss": None if ft.val_loss is None else round(ft.val_loss, 4), "base": base or "scratch",
              "selected_step": kept["step"], "open_loop_error_rad": kept["open_loop_error_rad"],

@@ -42,9 +42,8 @@ def test_every_other_benchmark_has_what_it_needs_in_the_test_venv(bench, monkeyp
 
 
 def test_the_few_shot_benchmark_runs_by_default_what_the_issues_targets_are_measured_on():
-    """A plain ``python -m bench.fewshot`` runs each task on all demos from the prior, lift and drop
-    on 5 from scratch and from the prior, and lift on 10 from the prior; ``all`` adds the
-    scratch runs; the old ``*_with_prior`` names still pick the all-demo runs; unknown runs and
+    """A plain ``python -m bench.fewshot`` runs each task on all demos from the prior and lift and
+    drop on 5 from scratch and from the prior; ``all`` adds the scratch runs and lift on 10; the old ``*_with_prior`` names still pick the all-demo runs; unknown runs and
     tasks are refused by name, and the hand's view goes to pour alone unless told."""
     from bench.fewshot import DEFAULT_RUNS, hand_view_tasks, pick_runs, plan_runs
 
@@ -62,3 +61,23 @@ def test_the_few_shot_benchmark_runs_by_default_what_the_issues_targets_are_meas
     assert hand_view_tasks("grasp_pour") == ("grasp_pour",) and hand_view_tasks("none") == ()
     with pytest.raises(SystemExit, match="grasp_sing"):
         hand_view_tasks("grasp_pour,grasp_sing")
+
+
+def test_the_few_shot_benchmark_links_every_demo_of_a_subset_even_when_two_workers_named_files_alike(tmp_path):
+    """The recording workers write into their own folders, and their first files can carry the same
+    name (time and index): a subset of 5 demos is 5 links, not 3."""
+    from bench.fewshot import link_demos
+
+    files = []
+    for worker, count in (("seeds_0", 3), ("seeds_3", 2)):
+        (tmp_path / worker).mkdir()
+        for i in range(count):
+            f = tmp_path / worker / f"20261207-152123_grasp_lift_{i:04d}.episode.npz"
+            f.write_bytes(worker.encode() + bytes([i]))
+            files.append(f)
+    links = link_demos(files, tmp_path / "grasp_lift_5")
+    assert len(links) == len(set(links)) == 5
+    assert sorted(p.resolve() for p in (tmp_path / "grasp_lift_5").iterdir()) == sorted(files)
+    (tmp_path / "grasp_lift_5" / "stray.npz").write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="holds 6 demos, expected the 5"):
+        link_demos(files, tmp_path / "grasp_lift_5")
