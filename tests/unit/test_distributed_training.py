@@ -31,7 +31,7 @@ def _pretrain(episodes, out, nproc: int, steps: int, extra=(), port=None, wait=T
     """``robot-runtime pretrain`` as a lab runs it: under torchrun for several processes."""
     args = [str(episodes), "--out", str(out), "--steps", str(steps), "--batch", "16", "--lr", "1e-3",
             "--save-every", "5", "--eval-every", "0", "--threads", "1", "--nice", "0", "--progress-json",
-            "--seed", "3", *extra]
+            "--seed", "3", "--precision", "fp32", *extra]   # fp32: the same arithmetic, batch split or not
     cli = [sys.executable, "-m", "robot_runtime.cli", "pretrain", *args]
     if nproc > 1:
         cli = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
