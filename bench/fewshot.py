@@ -12,9 +12,9 @@ For each task (grasp & lift over the twin's four objects, grasp & drop, grasp & 
    ``policies/checkpoints/twin_prior``, its visual encoder frozen) on all the demos: the runs
    named by the task (``grasp_lift``, ``grasp_drop``, ``grasp_pour``; the JSON also carries
    them as ``*_with_prior``); and for the prior's gain and the curve of success against demos,
-   on 5 of them (lift, drop: from scratch and from the prior) and, with ``--runs all``, on 10
-   (lift) and all from scratch (with ``cover`` the ones that cover the table best, else the
-   first by seed);
+   on 5 of them (lift, drop: from scratch and from the prior) and on 10 (lift, from the prior;
+   with ``--runs all`` from scratch too, and every task on all demos from scratch) (with
+   ``cover`` the ones that cover the table best, else the first by seed);
 3. evaluate ``--rollouts`` rollouts of each result on new placements (seeds 10000 ..):
    success from ground-truth object poses, with a 95% Wilson interval, and per rollout the
    closest approach to the object and the lift height;
@@ -24,13 +24,13 @@ For each task (grasp & lift over the twin's four objects, grasp & drop, grasp & 
    targets against its demo; a success-against-demos plot; with ``--handover N``, which phase
    fails (:func:`policies.diagnostics.phase_handover`).
 
-Everything on, the default (the 7 runs of :data:`DEFAULT_RUNS`, the recipe below), is meant to
+Everything on, the default (the 8 runs of :data:`DEFAULT_RUNS`, the recipe below), is meant to
 take at most the 40 minutes the project allows a benchmark on a 2-core CPU; the README gives the
 measured time. On a 2-core Xeon with AMX a run from the prior takes about 3 minutes to finetune
 and 1 to evaluate, one from scratch on 5 demos about 2 and 1, each all-demo run 1 more for its
 diagnostics; on a CPU without bf16 hardware the finetuning takes about twice as long.
 ``--runs all`` adds the all-demo runs from scratch (``*_scratch``) and lift on 10 from scratch
-and from the prior (about 25 minutes more); ``--runs`` names some.
+(about 15 minutes more); ``--runs`` names some.
 Recording and evaluation run in ``--workers`` processes; finetuning uses every core.
 
 The recipe, on by default:
@@ -109,7 +109,7 @@ def plan_runs(demos: int, prior: str) -> list[tuple[str, str, int, str | None]]:
 
 #: the runs a plain ``python -m bench.fewshot`` makes: everything the issue's targets are measured on
 DEFAULT_RUNS = ("grasp_lift", "grasp_drop", "grasp_pour", "grasp_lift_5demos", "grasp_lift_5demos_with_prior",
-                "grasp_drop_5demos", "grasp_drop_5demos_with_prior")
+                "grasp_drop_5demos", "grasp_drop_5demos_with_prior", "grasp_lift_10demos_with_prior")
 #: names of the all-demo runs from the prior that the JSON also carries (the same run as the task's key)
 WITH_PRIOR = {f"{t}_with_prior": t for t in TASKS}
 

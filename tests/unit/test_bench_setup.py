@@ -42,8 +42,9 @@ def test_every_other_benchmark_has_what_it_needs_in_the_test_venv(bench, monkeyp
 
 
 def test_the_few_shot_benchmark_runs_by_default_what_the_issues_targets_are_measured_on():
-    """A plain ``python -m bench.fewshot`` runs each task on all demos from the prior and lift and
-    drop on 5 from scratch and from the prior; ``all`` adds the scratch runs and lift on 10; the old ``*_with_prior`` names still pick the all-demo runs; unknown runs and
+    """A plain ``python -m bench.fewshot`` runs each task on all demos from the prior, lift and drop
+    on 5 from scratch and from the prior, and lift on 10 from the prior; ``all`` adds the scratch
+    runs; the old ``*_with_prior`` names still pick the all-demo runs; unknown runs and
     tasks are refused by name, and the hand's view goes to pour alone unless told."""
     from bench.fewshot import DEFAULT_RUNS, hand_view_tasks, pick_runs, plan_runs
 
@@ -52,7 +53,8 @@ def test_the_few_shot_benchmark_runs_by_default_what_the_issues_targets_are_meas
     assert [r[0] for r in picked] == list(DEFAULT_RUNS)
     assert {r[0]: r[3] for r in picked}["grasp_pour"] == "prior"
     assert {(r[1], r[2], r[3]) for r in picked} >= {("grasp_lift", 5, None), ("grasp_lift", 5, "prior"),
-                                                    ("grasp_drop", 5, None), ("grasp_drop", 5, "prior")}
+                                                    ("grasp_drop", 5, None), ("grasp_drop", 5, "prior"),
+                                                    ("grasp_lift", 10, "prior")}
     assert len(pick_runs(runs, "all")) == len(runs) > len(picked)
     assert [r[0] for r in pick_runs(runs, "grasp_drop_5demos, grasp_lift_with_prior")] == \
         ["grasp_lift", "grasp_drop_5demos"]
