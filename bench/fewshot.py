@@ -75,11 +75,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import machine, require, write
+from policies.bc import PRECISIONS
 from policies.checkpoint import load_checkpoint
 from policies.diagnostics import diagnose, phase_handover, plot_success_against_demos, rollout_summary
 from policies.evaluate import evaluate, replay_commands
-from policies.bc import training_precision
-from policies.finetune import FinetuneConfig, FinetuneJob, pick_device
+from policies.finetune import FinetuneConfig, FinetuneJob
 from policies.make_twin_checkpoint import DEMO_SEED0, EVAL_SEED0, PRIOR, load_twin_config
 from robot_runtime.cli import parse_counts
 from robot_runtime.data.audit import audit_folder
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prior", default=str(PRIOR), help="checkpoint to finetune from (default: %(default)s)")
     ap.add_argument("--runs", default="", help="comma-separated run names, or 'all' (default: DEFAULT_RUNS; see "
                                                "plan_runs)")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="the training forward pass (finetune --precision; auto: bf16 where the hardware has it)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--workers", type=int, default=2, help="processes recording demos and running rollouts")
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
              "mirror": fc.mirror, "mirror_keep_hand": fc.mirror_keep_hand, "move_others": fc.move_others,
              "turn_carry": fc.turn_carry, "shift_cell": fc.shift_cell, "shift_radius": fc.shift_radius,
              "detour": fc.detour, "hand_view": list(fc.hand_view), "held_out": fc.val_fraction > 0,
-             "precision": training_precision(fc.precision, pick_device(fc.device))}
+             "precision": job.precision}
         if n == a.demos:
             r["diagnostics"] = diagnose(cfg, ft.checkpoint, task, subset, work / "diagnostics" / name,
                                         rollouts=min(10, a.rollouts), workers=a.workers)

@@ -258,14 +258,14 @@ def training_precision(precision: str, device: torch.device | str) -> str:
     if precision not in PRECISIONS:
         raise PolicyError(f"precision {precision!r}: expected one of {list(PRECISIONS)}")
     kind = torch.device(device).type
-    if kind == "cuda":
-        hardware = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    elif kind == "cpu":
-        caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-        hardware = bool(caps.get("amx_bf16"))
-    else:
-        hardware = False
-    if precision == "auto":
+    if precision == "auto":   # the hardware is asked only here: a resolved precision costs no lookup per step
+        if kind == "cuda":
+            hardware = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        elif kind == "cpu":
+            caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+            hardware = bool(caps.get("amx_bf16"))
+        else:
+            hardware = False
         return "bf16" if hardware else "fp32"
     if precision == "bf16" and kind not in ("cpu", "cuda"):
         raise PolicyError(f"precision 'bf16': no bf16 training on a {kind} device")

@@ -526,7 +526,9 @@ class FinetuneJob:
         device = pick_device(cfg.device)
         self.world = world = World.from_env(device)
         device = world.device(device)
-        where = f"{self._setup_process(device)}, {training_precision(cfg.precision, device)}"
+        #: the precision the forward pass runs in ('fp32' or 'bf16'), resolved once for the job
+        self.precision = training_precision(cfg.precision, device)
+        where = f"{self._setup_process(device)}, {self.precision}"
         torch.manual_seed(cfg.seed)
         model = self._initial_model()
         model.to(device)
@@ -578,7 +580,7 @@ class FinetuneJob:
         val = WindowSampler(self.val_eps, self.schema, D.ALL_JOINTS, embed, view) if self.val_eps else None
         if start >= cfg.steps:
             raise FinetuneError(f"{state_file}: already trained {start} of {cfg.steps} steps; raise --steps to go on")
-        tc = cfg.train_config()
+        tc = replace(cfg.train_config(), precision=self.precision)
         ddp = None
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
@@ -620,7 +622,7 @@ class FinetuneJob:
                 if self.val_eps and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
                     err = open_loop_error(judged, self.schema, self.val_eps, D.ALL_JOINTS, every=4, device=device)
                     best["history"].append([done, round(err["chunk"], 6), round(err["arm"], 6), round(err["hand"], 6)])
-                    if err["chunk"] < best["error"] and (done >= cfg.select_after * cfg.steps or done == cfg.steps):
+                    if err["chunk"] < best["error"] and done >= cfg.select_after * cfg.steps:   # the last always is
                         best.update(step=done, error=err["chunk"],
                                     state={k: v.detach().cpu().clone() for k, v in judged.state_dict().items()})
                 if progress is not None and (done % 10 == 0 or saving):
